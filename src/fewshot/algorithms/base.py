@@ -1,0 +1,34 @@
+"""The interface every algorithm implements.
+
+An algorithm owns the meta-parameters (the backbone's, plus any it learns itself,
+such as inner learning rates) and answers three questions:
+
+  meta_gradient(tasks)        accumulate d(meta-objective)/d(meta-parameters) into .grad
+  adapt(support_x, support_y) task-specific state learned from the support set
+  predict(adapted, x)         outputs for new inputs under that state
+
+The trainer owns the optimizer; the evaluator calls adapt + predict only, so no
+graph for second-order gradients is ever kept at evaluation.
+"""
+import torch
+import torch.nn as nn
+
+
+class Algorithm(nn.Module):
+    def __init__(self, model, config, family):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.family = family
+
+    def meta_gradient(self, tasks):
+        """Add the gradient of the mean meta-loss over `tasks` to .grad; return
+        {"loss": mean query loss, metric_name: mean query metric} after adaptation."""
+        raise NotImplementedError
+
+    def adapt(self, support_x, support_y, steps=None, lr=None):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, adapted, x):
+        raise NotImplementedError

@@ -1,0 +1,134 @@
+"""Presets and their overrides.
+
+A preset is a YAML file in `presets/` whose keys override DEFAULTS. Every key a
+user may set is listed in DEFAULTS, so a typo is an error, not a silent no-op.
+"""
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import FewshotError
+
+DEFAULTS = {
+    "description": "",
+    # data
+    "dataset": "omniglot",
+    "data": None,              # a prepared dataset folder, a raw copy, or a name under FEWSHOT_HOME
+    "split": "maml",           # omniglot: maml | lake
+    "image_size": 28,
+    "channels": 1,
+    # tasks
+    "ways": 5,
+    "shots": 1,
+    "query": 15,               # query images per class at meta-train
+    "eval_query": None,        # query images per class at evaluation (None: same as query)
+    # model
+    "model": "conv4",
+    "filters": 64,
+    "downsample": "maxpool",   # conv4: maxpool (4 x conv-BN-ReLU-pool) | stride (4 x strided conv-BN-ReLU)
+    "batch_norm": "transductive",  # transductive (batch statistics always) | inductive (running statistics at test)
+    # algorithm
+    "algorithm": "maml",
+    "first_order": False,
+    "inner_steps": 5,
+    "inner_lr": 0.4,
+    "eval_inner_steps": 10,
+    "eval_inner_lr": None,     # None: same as inner_lr
+    # meta-optimization
+    "meta_batch": 32,
+    "meta_lr": 0.001,
+    "lr_decay_every": 0,       # 0: constant meta learning rate
+    "lr_decay_gamma": 0.5,
+    "steps": 60000,
+    # bookkeeping
+    "seed": 0,
+    "log_every": 50,
+    "val_every": 500,
+    "val_tasks": 100,
+    "save_every": 500,
+    "eval_tasks": 600,
+    "eval_seed": 1234,
+}
+
+
+def preset_names():
+    folder = resources.files("fewshot") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _check_keys(values, where):
+    unknown = sorted(set(values) - set(DEFAULTS))
+    if unknown:
+        raise FewshotError(
+            f"unknown config key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(DEFAULTS))}")
+
+
+def load_preset(name):
+    """Return DEFAULTS updated by preset `name` (a preset name or a path to a YAML file)."""
+    path = Path(name)
+    if name.endswith((".yaml", ".yml")) and path.is_file():
+        text, where = path.read_text(), str(path)
+    else:
+        resource = resources.files("fewshot") / "presets" / f"{name}.yaml"
+        if not resource.is_file():
+            raise FewshotError(
+                f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} (or a .yaml file)")
+        text, where = resource.read_text(), f"preset {name}"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise FewshotError(f"{where} is not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise FewshotError(f"{where} must be a mapping of keys to values")
+    _check_keys(values, where)
+    config = dict(DEFAULTS)
+    config.update(values)
+    config["preset"] = name
+    return config
+
+
+def parse_overrides(pairs):
+    """`["steps=600", "inner_lr=0.1"]` -> {"steps": 600, "inner_lr": 0.1}."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FewshotError(f"--set takes KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    _check_keys(overrides, "--set")
+    return overrides
+
+
+def apply_overrides(config, overrides):
+    config = dict(config)
+    config.update(overrides)
+    validate(config)
+    return config
+
+
+def validate(config):
+    """Reject settings that cannot form a task before any work starts."""
+    for key in ("ways", "shots", "query", "meta_batch", "steps", "inner_steps", "eval_inner_steps"):
+        value = config[key]
+        minimum = 0 if key.endswith("inner_steps") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise FewshotError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    if config["ways"] < 2 and config["dataset"] != "sinusoid":
+        raise FewshotError(f"ways must be at least 2 for classification, got {config['ways']}")
+    for key, choices in (("downsample", ("maxpool", "stride")),
+                         ("batch_norm", ("transductive", "inductive"))):
+        if config[key] not in choices:
+            raise FewshotError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+
+
+def eval_query(config):
+    return config["eval_query"] or config["query"]
+
+
+def eval_inner_lr(config):
+    return config["eval_inner_lr"] if config["eval_inner_lr"] is not None else config["inner_lr"]
+
+
+def dump(config):
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,160 @@
+"""Omniglot (Lake et al. 2015): readers for the official layout and the 28x28
+sprite form, the official download, and the two standard class splits."""
+import csv
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..errors import FewshotError
+from .download import download
+from .images import ImageClass, write_dataset
+
+OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
+# md5 of the official release files (the checksums torchvision checks as well).
+OFFICIAL_ZIPS = {
+    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+# <set>/<Alphabet>/characterNN/<id>_<drawer>.png, where <set> is images_background,
+# images_evaluation or one of the official small subsets (images_background_small1, ...).
+PNG_PATH = re.compile(r"(?:^|/)images_(background|evaluation)\w*/([^/]+)/(character\d+)/(\d+)_(\d+)\.png$")
+LAYOUT_HINT = ("expected images_background/<Alphabet>/characterNN/<id>_<drawer>.png (or the official "
+               ".zip files), or the 28x28 sprite form with index.csv")
+
+
+def _iter_official_pngs(path):
+    """Yield (match, open-bytes callable, where) for every Omniglot PNG under `path`
+    (a folder, a zip, or a folder of zips)."""
+    path = Path(path)
+    zips = [path] if path.is_file() else sorted(path.glob("images_*.zip"))
+    for archive in zips:
+        try:
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    if match := PNG_PATH.search(name):
+                        yield match, z.read(name), f"{archive.name}:{name}"
+        except (zipfile.BadZipFile, OSError) as error:
+            raise FewshotError(f"{archive} is not a readable zip ({error}); download it again "
+                               f"or unzip it yourself and pass the folder") from None
+    if path.is_dir():
+        for png in sorted(path.glob("images_*/*/character*/*.png")):
+            if match := PNG_PATH.search(png.as_posix()):
+                yield match, png.read_bytes(), str(png)
+
+
+def read_official(path, size, progress=True):
+    """Decode the official layout into {char_id: (group, alphabet, character, {drawer: image})}.
+    Images are resized as the reference code and the sprite form do: convert('L'), LANCZOS."""
+    characters = {}
+    for match, data, where in tqdm(_iter_official_pngs(path), desc="reading Omniglot", unit="img",
+                                   disable=not progress, leave=False):
+        group, alphabet, character, char_id, drawer = match.groups()
+        try:
+            image = Image.open(io.BytesIO(data)).convert("L")
+            if image.size != (size, size):
+                image = image.resize((size, size), Image.LANCZOS)
+        except (UnidentifiedImageError, OSError) as error:
+            raise FewshotError(f"cannot decode image {where} ({error}); replace or remove it") from None
+        entry = characters.setdefault(int(char_id), (group, alphabet, character, {}))
+        entry[3][int(drawer)] = np.asarray(image, dtype=np.uint8)
+    return characters
+
+
+def read_sprites(path, size):
+    """Read the sprite form: one sheet per alphabet, a row per character, a column per drawer."""
+    path = Path(path)
+    if size != 28:
+        raise FewshotError(f"the sprite form in {path} is 28x28 only; for image_size {size} "
+                           f"import the official zips instead")
+    characters, sheets = {}, {}
+    try:
+        rows = list(csv.DictReader(open(path / "index.csv", newline="")))
+        for row in rows:
+            key = (row["set"], row["alphabet"])
+            if key not in sheets:
+                sheets[key] = np.asarray(Image.open(path / f"images_{key[0]}" / f"{key[1]}.png").convert("L"))
+            r, drawers = int(row["row"]), int(row["drawers"])
+            tiles = sheets[key][28 * r:28 * (r + 1)].reshape(28, drawers, 28).transpose(1, 0, 2)
+            if tiles.shape != (drawers, 28, 28):
+                raise ValueError(f"sheet {key[1]}.png is too small for row {r}")
+            characters[int(row["char_id"])] = (row["set"], row["alphabet"], row["character"],
+                                               {d + 1: tiles[d] for d in range(drawers)})
+    except (KeyError, ValueError, OSError, UnidentifiedImageError) as error:
+        raise FewshotError(f"the sprite form in {path} is malformed ({error}); {LAYOUT_HINT}") from None
+    return characters
+
+
+def is_sprite_form(path):
+    return Path(path, "index.csv").is_file()
+
+
+def read_any(path, size, progress=True):
+    path = Path(path)
+    if not path.exists():
+        raise FewshotError(f"{path} does not exist; {LAYOUT_HINT}")
+    characters = read_sprites(path, size) if is_sprite_form(path) else read_official(path, size, progress)
+    if not characters:
+        raise FewshotError(f"{path} holds no Omniglot images; {LAYOUT_HINT}")
+    return characters
+
+
+def import_omniglot(source, folder, size=28, progress=True):
+    """Decode `source` once into the cached array in `folder`."""
+    characters = read_any(source, size, progress)
+    images, classes, start = [], [], 0
+    for char_id in sorted(characters):
+        group, alphabet, character, drawers = characters[char_id]
+        images.extend(drawers[d] for d in sorted(drawers))
+        classes.append(ImageClass(f"{alphabet}/{character}", group, start, len(drawers), {"char_id": char_id}))
+        start += len(drawers)
+    array = np.stack(images)[:, None]  # N x 1 x H x W; 0 = ink, 255 = background, as in the files
+    meta = {"dataset": "omniglot", "source": str(Path(source).resolve()), "invert": True, "channels": 1}
+    write_dataset(folder, array, classes, meta)
+    return folder
+
+
+def download_official(root, base_url=OFFICIAL_URL, progress=True):
+    """Fetch the two official zips into `root/raw` and return that folder."""
+    raw = Path(root) / "raw"
+    for name, md5 in OFFICIAL_ZIPS.items():
+        download(f"{base_url}/{name}", raw / name, md5=md5, progress=progress,
+                 hint="If you have a copy, import it with `fewshot data omniglot --from PATH`.")
+    return raw
+
+
+# The MAML paper's split (cbfinn/maml data_generator.py): all characters shuffled
+# with a fixed seed, 1200 for meta-training of which the last 100 validate, the
+# remaining 423 for meta-test. Fractions keep the rule for smaller copies.
+MAML_TRAIN, MAML_VAL, MAML_TOTAL = 1100, 100, 1623
+ROTATIONS = (0, 1, 2, 3)  # multiples of 90 degrees; each a new training class
+
+
+def splits(dataset, name, seed=1):
+    """Class references (start, count, rotation) for train / val / test."""
+    n = len(dataset.classes)
+    if name == "maml":
+        order = np.random.default_rng(seed).permutation(n)
+        n_train = round(n * MAML_TRAIN / MAML_TOTAL)
+        n_val = max(1, round(n * MAML_VAL / MAML_TOTAL))
+        parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
+                 "test": order[n_train + n_val:]}
+    elif name == "lake":
+        background = [i for i, c in enumerate(dataset.classes) if c.group == "background"]
+        evaluation = [i for i, c in enumerate(dataset.classes) if c.group == "evaluation"]
+        held = np.random.default_rng(seed).permutation(len(background))
+        n_val = max(1, round(len(background) * MAML_VAL / MAML_TOTAL))
+        parts = {"train": np.array(background)[held[n_val:]], "val": np.array(background)[held[:n_val]],
+                 "test": np.array(evaluation, dtype=int)}
+    else:
+        raise FewshotError(f"unknown Omniglot split {name!r}; choose maml or lake")
+    refs = {}
+    for part, indices in parts.items():
+        rotations = ROTATIONS if part == "train" else (0,)
+        refs[part] = [(dataset.classes[i].start, dataset.classes[i].count, r)
+                      for i in sorted(indices) for r in rotations]
+    return refs

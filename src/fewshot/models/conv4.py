@@ -1,0 +1,83 @@
+"""The conv4 backbone of the MAML paper and the few-shot literature.
+
+Two standard forms:
+  maxpool: 4 x [conv3x3 (pad 1), BN, ReLU, max-pool 2x2], flattened (Vinyals et al.;
+           MAML on miniImageNet)
+  stride:  4 x [conv3x3 stride 2 (pad 1), BN, ReLU], averaged over space (MAML's
+           original Omniglot network, cbfinn/maml `forward_conv` without max-pool)
+then a linear layer to `ways` outputs.
+
+`functional_forward(params, x)` takes the parameters explicitly, so an inner loop
+adapts a dict of tensors and never mutates the module.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import FewshotError
+from . import register
+
+
+class Block(nn.Module):
+    def __init__(self, in_channels, filters):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, filters, 3, padding=1)
+        self.norm = nn.BatchNorm2d(filters, momentum=0.1)
+
+
+@register("conv4")
+class Conv4(nn.Module):
+    def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
+                 batch_norm="transductive"):
+        super().__init__()
+        self.downsample = downsample
+        self.transductive = batch_norm == "transductive"
+        self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters) for i in range(4))
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if downsample == "maxpool" and side < 1:
+            raise FewshotError(f"image_size {image_size} is too small for four 2x2 max-pools; use 16 or more")
+        features = filters if downsample == "stride" else filters * side * side
+        self.head = nn.Linear(features, ways)
+        for module in self.modules():  # Glorot, as cbfinn/maml initializes conv and fc weights
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def features(self, params, x, bn_training=True, trace=None):
+        """`trace`, a list, receives (layer, output shape, parameter count) per layer."""
+        stride = 2 if self.downsample == "stride" else 1
+        note = trace.append if trace is not None else (lambda row: None)
+        for i, block in enumerate(self.blocks):
+            p = f"blocks.{i}."
+            x = F.conv2d(x, params[p + "conv.weight"], params[p + "conv.bias"], stride=stride, padding=1)
+            note((p + f"conv  3x3/{stride}", tuple(x.shape), _count(block.conv)))
+            # Transductive: batch statistics always, no running statistics kept.
+            # Inductive: running statistics updated while training, used at test.
+            running = not self.transductive
+            x = F.batch_norm(x, block.norm.running_mean if running else None,
+                             block.norm.running_var if running else None,
+                             params[p + "norm.weight"], params[p + "norm.bias"],
+                             training=bn_training or self.transductive, momentum=0.1)
+            x = F.relu(x)
+            note((p + "norm  BN+ReLU", tuple(x.shape), _count(block.norm)))
+            if self.downsample == "maxpool":
+                x = F.max_pool2d(x, 2)
+                note((p + "pool  maxpool 2x2", tuple(x.shape), 0))
+        x = x.mean((2, 3)) if self.downsample == "stride" else x.flatten(1)
+        note(("features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), tuple(x.shape), 0))
+        return x
+
+    def functional_forward(self, params, x, bn_training=True, trace=None):
+        x = F.linear(self.features(params, x, bn_training, trace), params["head.weight"], params["head.bias"])
+        if trace is not None:
+            trace.append(("head  linear", tuple(x.shape), _count(self.head)))
+        return x
+
+    def forward(self, x):
+        return self.functional_forward(dict(self.named_parameters()), x, self.training)
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,226 @@
+"""The meta-training loop, shared by every algorithm.
+
+A run folder holds config.yaml, metrics.jsonl / metrics.csv, last.pt and best.pt.
+Task batch i is a pure function of (seed, i) and the checkpoint carries weights,
+optimizer, schedule, RNG and step, so a resumed run ends with the same weights
+as an uninterrupted one.
+"""
+import csv
+import fcntl
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from . import algorithms, checkpoint, data
+from .config import dump, eval_query, validate
+from .errors import FewshotError
+from .evaluate import evaluate
+from .io import write_text
+
+CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
+               "tasks_per_s", "images_per_s", "elapsed_s"]
+
+
+class RunLock:
+    """An exclusive lock on a run folder, released when the process ends."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise FewshotError(f"run folder {folder} is in use by another fewshot process (pid {owner}); "
+                               f"wait for it to finish or choose another --out") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self):
+        self.handle.close()
+
+
+def device_of(name):
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FewshotError(f"--device {name} asked for, but this PyTorch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def prepare_run(config, out, resume):
+    """Create or reopen the run folder; never touch another run's files."""
+    out = Path(out)
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise FewshotError(f"{out} holds no run to resume (no config.yaml); start one with "
+                               f"`fewshot train PRESET --out {out}`")
+        return out
+    if (out / "config.yaml").exists() or (out / "last.pt").exists():
+        raise FewshotError(f"{out} already holds a run; continue it with `fewshot train --resume {out}` "
+                           f"or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl (every field) and metrics.csv (fixed columns), appended row by row."""
+
+    def __init__(self, folder, keep_until_step):
+        self.jsonl, self.csv = Path(folder) / "metrics.jsonl", Path(folder) / "metrics.csv"
+        rows = read_metrics(folder)
+        kept = [r for r in rows if r["step"] <= keep_until_step]
+        if len(kept) != len(rows) or not self.csv.exists():  # a resumed run rewinds its log to the checkpoint
+            write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+            write_text(self.csv, buffer.getvalue())
+
+    def write(self, row):
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", newline="") as f:
+            csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+
+
+def read_metrics(folder):
+    path = Path(folder) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_optimizer(algorithm, config):
+    optimizer = torch.optim.Adam(algorithm.parameters(), lr=config["meta_lr"])
+    every = config["lr_decay_every"]
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every if every > 0 else 1,
+                                               gamma=config["lr_decay_gamma"] if every > 0 else 1.0)
+    return optimizer, schedule
+
+
+class StopRequested(Exception):
+    pass
+
+
+def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None):
+    """Meta-train into run folder `out`; with `resume`, continue the run there.
+    `stop_after` ends the run after that step as an interruption would (for tests)."""
+    if resume:
+        config = yaml.safe_load((Path(out) / "config.yaml").read_text())
+    validate(config)
+    device = device_of(device)
+    out = prepare_run(config, out, resume)
+    lock = RunLock(out)
+    try:
+        return _train(config, out, resume, device, progress, stop_after)
+    finally:
+        lock.release()
+
+
+def _train(config, out, resume, device, progress, stop_after):
+    dataset, refs = data.load(config, progress)
+    train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
+    val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config))
+    torch.manual_seed(config["seed"])
+    algorithm = algorithms.build(config).to(device)
+    optimizer, schedule = make_optimizer(algorithm, config)
+    step, best = 0, None
+    if resume and (out / "last.pt").exists():
+        state = checkpoint.load(out / "last.pt")
+        algorithm.load_state_dict(state["algorithm"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        step, best = state["step"], state["best"]
+    else:
+        write_text(out / "config.yaml", dump(config))
+    log = MetricsLog(out, step)
+    metric = algorithm.family.metric_name
+
+    def save(name):
+        checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
+                        optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                        rng=torch.get_rng_state(), step=step, best=best)
+
+    def interrupt(signum, frame):
+        raise StopRequested()
+
+    previous = signal.signal(signal.SIGTERM, interrupt) if _main_thread() else None
+    total = config["steps"]
+    batches = data.Prefetcher(train_sampler, step, total, config["meta_batch"])
+    bar = tqdm(total=total, initial=step, desc=f"train {config.get('preset', '')}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    started, window_start, window = time.perf_counter(), time.perf_counter(), []
+    stopped = False
+    try:
+        while step < total:
+            tasks = [t.to(device) for t in next(batches)]
+            algorithm.train()
+            optimizer.zero_grad(set_to_none=True)
+            result = algorithm.meta_gradient(tasks)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            window.append(result)
+            bar.update(1)
+            bar.set_postfix(loss=f"{result['loss']:.3f}", **{metric[:3]: f"{result[metric]:.3f}"})
+            validate_now = step % config["val_every"] == 0 or step == total
+            if step % config["log_every"] == 0 or validate_now:
+                elapsed = time.perf_counter() - window_start
+                images = sum(t.images for t in tasks) * len(window)
+                row = {"step": step, "loss": _mean(window, "loss"), "metric": _mean(window, metric),
+                       "lr": optimizer.param_groups[0]["lr"], "sec_per_step": elapsed / len(window),
+                       "tasks_per_s": len(tasks) * len(window) / elapsed, "images_per_s": images / elapsed,
+                       "elapsed_s": time.perf_counter() - started}
+                if validate_now:
+                    val = evaluate(algorithm, val_sampler, config["val_tasks"], device=device)
+                    row.update(val_metric=val["mean"], val_ci95=val["ci95"])
+                    if best is None or val["mean"] > best:
+                        best = val["mean"]
+                        save("best.pt")
+                log.write(row)
+                bar.write(_format_row(row, metric))
+                window, window_start = [], time.perf_counter()
+            if step % config["save_every"] == 0 or step == total:
+                save("last.pt")
+            if stop_after is not None and step >= stop_after:
+                raise StopRequested()
+    except (KeyboardInterrupt, StopRequested):
+        save("last.pt")
+        stopped = True
+        bar.write(f"stopped at step {step}; continue with `fewshot train --resume {out}`")
+    finally:
+        batches.close()
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return {"out": str(out), "step": step, "best": best, "stopped": stopped, "algorithm": algorithm}
+
+
+def _main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _mean(rows, key):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def _format_row(row, metric):
+    text = (f"step {row['step']:>6}  loss {row['loss']:.4f}  {metric} {row['metric']:.4f}  "
+            f"{row['sec_per_step']:.3f} s/step  {row['tasks_per_s']:.1f} tasks/s  "
+            f"{row['images_per_s']:.0f} img/s")
+    if "val_metric" in row:
+        text += f"  val {metric} {row['val_metric']:.4f} +- {row['val_ci95']:.4f}"
+    return text
