@@ -57,7 +57,7 @@ def device_of(name):
     return torch.device(name)
 
 
-def prepare_run(config, out, resume):
+def prepare_run(out, resume):
     """Create or reopen the run folder; never touch another run's files."""
     out = Path(out)
     if resume:
@@ -117,10 +117,12 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `stop_after` ends the run after that step as an interruption would (for tests)."""
     if resume:
-        config = yaml.safe_load((Path(out) / "config.yaml").read_text())
+        out = prepare_run(out, resume=True)
+        config = yaml.safe_load((out / "config.yaml").read_text())
     validate(config)
     device = device_of(device)
-    out = prepare_run(config, out, resume)
+    if not resume:
+        out = prepare_run(out, resume=False)
     lock = RunLock(out)
     try:
         return _train(config, out, resume, device, progress, stop_after)

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from fewshot.data.episodes import EpisodeSampler, Prefetcher
+from fewshot.errors import FewshotError
+
+
+def tagged(classes=10, per_class=6):
+    images = np.zeros((classes * per_class, 1, 4, 4), dtype=np.uint8)
+    for c in range(classes):
+        images[c * per_class:(c + 1) * per_class, 0, 0, 0] = c
+        images[c * per_class:(c + 1) * per_class, 0, 0, 1] = np.arange(per_class)
+    refs = [(c * per_class, per_class, 0) for c in range(classes)]
+    return images, refs
+
+
+def ids(x):
+    """(class, index) of each image, read back from the tagged pixels."""
+    pixels = (x[:, 0, 0, :2] * 255).round().long()
+    return [tuple(p.tolist()) for p in pixels]
+
+
+def test_tasks_have_distinct_classes_disjoint_sets_and_consistent_labels():
+    images, refs = tagged()
+    sampler = EpisodeSampler(images, refs, ways=4, shots=2, query=3, seed=0)
+    for index in range(50):
+        task = sampler.batch(index, 1)[0]
+        support, query = ids(task.support_x), ids(task.query_x)
+        assert task.support_x.shape == (8, 1, 4, 4) and task.query_x.shape == (12, 1, 4, 4)
+        assert len({c for c, _ in support}) == 4                      # classes never repeat
+        assert not set(support) & set(query)                          # support and query are disjoint
+        assert len(set(support)) == 8 and len(set(query)) == 12
+        label_of = {}
+        for (c, _), y in zip(support + query, torch.cat([task.support_y, task.query_y]).tolist()):
+            assert label_of.setdefault(c, y) == y                     # one label per class
+        assert sorted(label_of.values()) == [0, 1, 2, 3]
+
+
+def test_labels_are_shuffled_per_task():
+    images, refs = tagged()
+    sampler = EpisodeSampler(images, refs, ways=2, shots=1, query=1, seed=0)
+    labels_of_class_0 = set()
+    for index in range(200):
+        task = sampler.batch(index, 1)[0]
+        for (c, _), y in zip(ids(task.support_x), task.support_y.tolist()):
+            if c == 0:
+                labels_of_class_0.add(y)
+    assert labels_of_class_0 == {0, 1}
+
+
+def test_batches_are_a_function_of_seed_and_index():
+    images, refs = tagged()
+    a = EpisodeSampler(images, refs, 3, 1, 2, seed=7).batch(5, 4)
+    b = EpisodeSampler(images, refs, 3, 1, 2, seed=7).batch(5, 4)
+    c = EpisodeSampler(images, refs, 3, 1, 2, seed=7).batch(6, 4)
+    assert all(torch.equal(x.query_x, y.query_x) and torch.equal(x.query_y, y.query_y) for x, y in zip(a, b))
+    assert not all(torch.equal(x.query_x, y.query_x) for x, y in zip(a, c))
+
+
+def test_rotated_classes_are_rotated_images():
+    images, _ = tagged()
+    images[:, 0] = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    plain = EpisodeSampler(images, [(0, 6, 0), (6, 6, 0)], 2, 1, 1, seed=0).batch(0, 1)[0]
+    turned = EpisodeSampler(images, [(0, 6, 1), (6, 6, 1)], 2, 1, 1, seed=0).batch(0, 1)[0]
+    torch.testing.assert_close(turned.support_x, torch.rot90(plain.support_x, 1, (-2, -1)))
+
+
+def test_impossible_tasks_are_refused_with_the_numbers():
+    images, refs = tagged(classes=3, per_class=4)
+    with pytest.raises(FewshotError, match="5-way tasks need 5 classes but the train split has 3"):
+        EpisodeSampler(images, refs, ways=5, shots=1, query=1, seed=0)
+    with pytest.raises(FewshotError, match="need 5 images per class, but a class of the train split has 4"):
+        EpisodeSampler(images, refs, ways=2, shots=2, query=3, seed=0)
+
+
+def test_prefetcher_yields_the_same_batches_in_order():
+    images, refs = tagged()
+    sampler = EpisodeSampler(images, refs, 3, 1, 1, seed=3)
+    prefetch = Prefetcher(sampler, start=4, stop=8, size=2)
+    for index in range(4, 8):
+        got = next(prefetch)
+        want = sampler.batch(index, 2)
+        assert all(torch.equal(g.support_x, w.support_x) for g, w in zip(got, want))
+    prefetch.close()

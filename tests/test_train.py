@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+
+from fewshot import checkpoint
+from fewshot.errors import FewshotError
+from fewshot.train import RunLock, train
+
+from helpers import tagged_dataset, tiny_config
+
+
+@pytest.fixture
+def data(tmp_path):
+    return str(tagged_dataset(tmp_path / "data", classes=80))
+
+
+def weights(out):
+    return checkpoint.load(out / "last.pt")["algorithm"]
+
+
+@pytest.mark.parametrize("batch_norm", ["transductive", "inductive"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data, batch_norm):
+    config = tiny_config(data=data, steps=7, save_every=2, val_every=3, lr_decay_every=2,
+                         lr_decay_gamma=0.5, batch_norm=batch_norm)
+    full = train(config, tmp_path / "full", progress=False)
+    assert not full["stopped"] and full["step"] == 7
+    part = train(config, tmp_path / "part", progress=False, stop_after=4)
+    assert part["stopped"] and part["step"] == 4
+    assert checkpoint.load(tmp_path / "part" / "last.pt")["step"] == 4
+    resumed = train(out=tmp_path / "part", resume=True, progress=False)
+    assert resumed["step"] == 7
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    rows = lambda out: [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert rows(tmp_path / "full") == rows(tmp_path / "part")
+
+
+def test_resume_from_an_older_checkpoint_rewinds_the_log(tmp_path, data):
+    config = tiny_config(data=data, steps=6, save_every=2, val_every=100, log_every=1)
+    out = tmp_path / "run"
+    train(config, out, progress=False, stop_after=4)
+    older = checkpoint.load(out / "last.pt")
+    assert older["step"] == 4
+    # as if the process died at step 5, after logging but before saving
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "loss": 9.0, "metric": 0.0}) + "\n")
+    train(out=out, resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    header = (out / "metrics.csv").read_text().splitlines()
+    assert header[0].startswith("step,loss,metric") and len(header) == 7
+
+
+def test_the_log_holds_speed_and_validation_columns(tmp_path, data):
+    out = tmp_path / "run"
+    train(tiny_config(data=data, steps=4, log_every=2, val_every=4), out, progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in ("loss", "metric", "sec_per_step", "tasks_per_s", "images_per_s", "lr"):
+        assert rows[-1][key] > 0
+    assert 0 <= rows[-1]["val_metric"] <= 1 and "val_metric" not in rows[0]
+    assert (out / "best.pt").is_file() and (out / "config.yaml").is_file()
+
+
+def test_a_run_folder_is_never_reused_or_shared(tmp_path, data):
+    config = tiny_config(data=data, steps=2)
+    out = tmp_path / "run"
+    train(config, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(FewshotError, match="already holds a run"):
+        train(config, out, progress=False)
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    lock = RunLock(out)  # another process is training here
+    try:
+        with pytest.raises(FewshotError, match="in use by another fewshot process"):
+            train(out=out, resume=True, progress=False)
+    finally:
+        lock.release()
+
+
+def test_training_improves_on_real_omniglot(tmp_path, omniglot_cache):
+    config = tiny_config(data=str(omniglot_cache), image_size=28, ways=5, query=3, filters=16,
+                         downsample="stride", inner_lr=0.4, meta_batch=8, steps=40, val_every=40,
+                         log_every=10, val_tasks=40, seed=1, meta_lr=0.003)
+    train(config, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["val_metric"] > 0.4  # chance is 0.2
