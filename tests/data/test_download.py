@@ -232,10 +232,6 @@ def test_an_unreachable_server_suggests_from(closed_port, tmp_path):
     assert not any((tmp_path / "raw").glob("*.zip"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: download() treats a body cut short (connection dropped before Content-Length "
-    "bytes) as finished: with an md5 the .part is deleted as 'corrupt', so the download "
-    "cannot resume; without one the truncated file takes the final name"))
 @pytest.mark.parametrize("checked", [True, False], ids=["md5", "no-md5"])
 def test_a_dropped_connection_keeps_the_part_for_resuming(server, official, tmp_path, checked):
     data = official[0]["images_background.zip"]

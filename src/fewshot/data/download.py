@@ -39,10 +39,16 @@ def download(url, dest, md5=None, hint="", progress=True, timeout=30):
             with open(part, "ab" if resumed else "wb") as f, tqdm(
                     total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
                     disable=not progress, leave=False) as bar:
+                got = 0
                 while block := response.read(1 << 16):
                     f.write(block)
+                    got += len(block)
                     bar.update(len(block))
+            if length is not None and got < int(length):  # the connection dropped: keep the part
+                raise FewshotError(f"download of {url} stopped after {have + got} of {total} bytes; "
+                                   f"run the command again to resume. {hint}")
     except urllib.error.HTTPError as error:
+        error.close()
         if error.code == 416 and have:  # the part is already complete
             pass
         else:

@@ -37,7 +37,7 @@ def _iter_official_pngs(path):
             with zipfile.ZipFile(archive) as z:
                 for name in z.namelist():
                     if match := PNG_PATH.search(name):
-                        yield match, z.read(name), f"{archive.name}:{name}"
+                        yield match, z.read(name), f"{archive}:{name}"
         except (zipfile.BadZipFile, OSError) as error:
             raise FewshotError(f"{archive} is not a readable zip ({error}); download it again "
                                f"or unzip it yourself and pass the folder") from None
@@ -58,7 +58,7 @@ def read_official(path, size, progress=True):
             image = Image.open(io.BytesIO(data)).convert("L")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.LANCZOS)
-        except (UnidentifiedImageError, OSError) as error:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise FewshotError(f"cannot decode image {where} ({error}); replace or remove it") from None
         entry = characters.setdefault(int(char_id), (group, alphabet, character, {}))
         entry[3][int(drawer)] = np.asarray(image, dtype=np.uint8)
@@ -73,7 +73,8 @@ def read_sprites(path, size):
                            f"import the official zips instead")
     characters, sheets = {}, {}
     try:
-        rows = list(csv.DictReader(open(path / "index.csv", newline="")))
+        with open(path / "index.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
         for row in rows:
             key = (row["set"], row["alphabet"])
             if key not in sheets:
