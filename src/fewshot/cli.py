@@ -20,17 +20,34 @@ def cmd_summary(args):
 
 
 def cmd_data(args):
-    from .data import images, omniglot
+    from .data import folder, images, omniglot
     root = Path(args.root) if args.root else images.home()
-    folder = root / (args.name or args.dataset)
-    if args.download == bool(args.source):
-        raise FewshotError("give exactly one of --download or --from PATH")
-    source = args.source or omniglot.download_official(folder, args.url or omniglot.OFFICIAL_URL,
-                                                       progress=not args.no_progress)
-    omniglot.import_omniglot(source, folder, size=args.size, progress=not args.no_progress)
-    dataset = images.read_dataset(folder, args.size)
-    print(f"prepared {len(dataset.classes)} classes, {len(dataset.images)} images at "
-          f"{args.size}x{args.size} in {folder}; train with `fewshot train omniglot-5w1s --data {folder}`")
+    target = root / (args.name or args.dataset)
+    if args.dataset == "folder":
+        if not args.source or args.download:
+            raise FewshotError("fewshot data folder takes --from DIR (a tree of <class>/<image> folders)")
+        folder.import_folder(args.source, target, size=args.size, channels=args.channels,
+                             ratios=_ratios(args.split), seed=args.seed, progress=not args.no_progress)
+    else:
+        if args.download == bool(args.source):
+            raise FewshotError("give exactly one of --download or --from PATH")
+        source = args.source or omniglot.download_official(target, args.url or omniglot.OFFICIAL_URL,
+                                                           progress=not args.no_progress)
+        omniglot.import_omniglot(source, target, size=args.size, progress=not args.no_progress)
+    dataset = images.read_dataset(target, args.size)
+    groups = {}
+    for c in dataset.classes:
+        groups[c.group] = groups.get(c.group, 0) + 1
+    counts = ", ".join(f"{n} {g}" for g, n in groups.items())
+    print(f"prepared {len(dataset.classes)} classes ({counts}), {len(dataset.images)} images at "
+          f"{args.size}x{args.size} in {target}; train with `fewshot train PRESET --data {target}`")
+
+
+def _ratios(text):
+    try:
+        return tuple(float(r) for r in text.split(","))
+    except ValueError:
+        raise FewshotError(f"--split takes three ratios like 0.64,0.16,0.20, got {text!r}") from None
 
 
 def cmd_train(args):
@@ -51,9 +68,10 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .evaluate import describe, evaluate_checkpoint
+    at_steps = None if args.at_steps is None else [int(s) for s in args.at_steps.split(",") if s]
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
                                  data_spec=args.data, seed=args.seed, device=args.device,
-                                 progress=not args.no_progress and not args.json)
+                                 progress=not args.no_progress and not args.json, at_steps=at_steps)
     scores = result.pop("scores")
     if args.json:
         print(json.dumps(result, indent=1))
@@ -65,8 +83,37 @@ def cmd_eval(args):
 
 
 def cmd_plot(args):
-    from .plot import plot_run
-    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    from .plot import plot_adaptation, plot_run
+    print(f"wrote {(plot_adaptation if args.adaptation else plot_run)(args.run_dir, args.out)}")
+
+
+def cmd_predict(args):
+    from .predict import load
+    if args.top_k < 1:
+        raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
+    learner = load(args.checkpoint, device=args.device)
+    adapted = learner.adapt(args.support, steps=args.steps)
+    rows = adapted.classify(args.query, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "classes": adapted.classes,
+                          "predictions": [{k: r[k] for k in ("file", "label", "probabilities")} for r in rows]},
+                         indent=1))
+    else:
+        width = max(len(r["file"]) for r in rows)
+        for r in rows:
+            top = "  ".join(f"{label} {p:.3f}" for label, p in r["top"][1:])
+            print(f"{r['file']:{width}}  {r['label']}  {r['probability']:.3f}" + (f"  ({top})" if top else ""))
+    if args.csv:
+        import csv
+        import io
+        from .io import write_text
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["file", "label", "probability", *[f"p_{c}" for c in adapted.classes]])
+        for r in rows:
+            writer.writerow([r["file"], r["label"], f"{r['probability']:.6f}",
+                             *[f"{r['probabilities'][c]:.6f}" for c in adapted.classes]])
+        write_text(args.csv, buffer.getvalue())
 
 
 def _config(args):
@@ -91,13 +138,16 @@ def parser():
     s.set_defaults(run=cmd_summary)
 
     s = sub.add_parser("data", help="download or import a dataset into the cache")
-    s.add_argument("dataset", choices=["omniglot"])
+    s.add_argument("dataset", choices=["omniglot", "folder"])
     s.add_argument("--from", dest="source", metavar="PATH", help="import a copy you have")
     s.add_argument("--download", action="store_true", help="fetch the official files")
     s.add_argument("--root", help="folder for prepared datasets (default: $FEWSHOT_HOME or ~/.cache/fewshot)")
     s.add_argument("--name", help="folder name under the root (default: the dataset's name)")
     s.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
     s.add_argument("--url", help="base URL to download from (default: the official repository)")
+    s.add_argument("--channels", type=int, choices=[1, 3], help="folder: 1 (gray) or 3 (RGB); default: as the images")
+    s.add_argument("--split", default="0.64,0.16,0.20", help="folder without train/val/test: class ratios")
+    s.add_argument("--seed", type=int, default=0, help="folder: seed of the class split")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_data)
 
@@ -121,13 +171,28 @@ def parser():
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="print one JSON document")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
+    s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_eval)
 
     s = sub.add_parser("plot", help="draw a run's learning curves to a PNG")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or adaptation.png)")
+    s.add_argument("--adaptation", action="store_true",
+                   help="regression: the true curve, the K points, and predictions before and after adapting")
     s.set_defaults(run=cmd_plot)
+
+    s = sub.add_parser("predict", help="adapt a checkpoint to a labelled support set and classify new images")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or .pt file")
+    s.add_argument("--support", required=True, metavar="SUPPORT_DIR", help="<class>/<image> folders")
+    s.add_argument("--query", required=True, nargs="+", metavar="QUERY", help="image files or folders")
+    s.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's meta-test setting)")
+    s.add_argument("--top-k", type=int, default=1, help="also show the K most likely classes")
+    output = s.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON document")
+    output.add_argument("--csv", metavar="FILE", help="also write the predictions to a CSV file")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(run=cmd_predict)
     return p
 
 

@@ -13,7 +13,7 @@ from .errors import FewshotError
 DEFAULTS = {
     "description": "",
     # data
-    "dataset": "omniglot",
+    "dataset": "omniglot",     # omniglot | folder | sinusoid
     "data": None,              # a prepared dataset folder, a raw copy, or a name under FEWSHOT_HOME
     "split": "maml",           # omniglot: maml | lake
     "image_size": 28,
@@ -28,6 +28,9 @@ DEFAULTS = {
     "filters": 64,
     "downsample": "maxpool",   # conv4: maxpool (4 x conv-BN-ReLU-pool) | stride (4 x strided conv-BN-ReLU)
     "batch_norm": "transductive",  # transductive (batch statistics always) | inductive (running statistics at test)
+    "in_features": 1,          # mlp: input size
+    "hidden": [40, 40],        # mlp: hidden layer sizes
+    "out_features": None,      # mlp: output size (None: ways)
     # algorithm
     "algorithm": "maml",
     "first_order": False,
@@ -35,6 +38,7 @@ DEFAULTS = {
     "inner_lr": 0.4,
     "eval_inner_steps": 10,
     "eval_inner_lr": None,     # None: same as inner_lr
+    "eval_at_steps": None,     # also report the metric after these inner-step counts, e.g. [0, 1, 10]
     # meta-optimization
     "meta_batch": 32,
     "meta_lr": 0.001,
@@ -42,6 +46,7 @@ DEFAULTS = {
     "lr_decay_gamma": 0.5,
     "steps": 60000,
     # bookkeeping
+    "threads": None,           # torch threads for training (None: torch's default, one per core)
     "seed": 0,
     "log_every": 50,
     "val_every": 500,
@@ -114,7 +119,7 @@ def validate(config):
         minimum = 0 if key.endswith("inner_steps") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise FewshotError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    if config["ways"] < 2 and config["dataset"] != "sinusoid":
+    if config["ways"] < 2 and config["dataset"] != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config['ways']}")
     for key, choices in (("downsample", ("maxpool", "stride")),
                          ("batch_norm", ("transductive", "inductive"))):

@@ -16,19 +16,25 @@ def confidence(values):
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
 
 
-def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", progress=False, desc="eval"):
+def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", progress=False, desc="eval",
+             at_steps=()):
     """Adapt on each task's support set and score its query set; task i is the same
-    for every call with the same sampler seed."""
+    for every call with the same sampler seed. `at_steps` adds the score after other
+    numbers of inner steps (e.g. 0, 1) under "by_steps"."""
     was_training = algorithm.training
     algorithm.eval()
-    scores = []
+    counts = sorted({steps if steps is not None else algorithm.config["eval_inner_steps"], *at_steps})
+    main = steps if steps is not None else algorithm.config["eval_inner_steps"]
+    scores = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
         task = sampler.batch(index, 1)[0].to(device)
-        adapted = algorithm.adapt(task.support_x, task.support_y, steps, lr)
-        scores.append(algorithm.family.metric(algorithm.predict(adapted, task.query_x), task.query_y))
+        for count in counts:
+            adapted = algorithm.adapt(task.support_x, task.support_y, count, lr)
+            scores[count].append(algorithm.family.metric(algorithm.predict(adapted, task.query_x), task.query_y))
     algorithm.train(was_training)
-    mean, ci95 = confidence(scores)
-    return {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores}
+    mean, ci95 = confidence(scores[main])
+    by_steps = {str(count): dict(zip(("mean", "ci95"), confidence(values))) for count, values in scores.items()}
+    return {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores[main], "by_steps": by_steps}
 
 
 def load_algorithm(state, device="cpu"):
@@ -38,7 +44,7 @@ def load_algorithm(state, device="cpu"):
 
 
 def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, data_spec=None,
-                        seed=None, device="cpu", progress=True):
+                        seed=None, device="cpu", progress=True, at_steps=None):
     """Everything `fewshot eval` does, as a dict."""
     state = checkpoint.load(target)
     config = dict(state["config"])
@@ -55,7 +61,9 @@ def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, d
     n_tasks = config["eval_tasks"] if tasks is None else tasks
     if n_tasks < 1:
         raise FewshotError(f"--tasks must be at least 1, got {n_tasks}")
-    result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}")
+    at_steps = config["eval_at_steps"] or () if at_steps is None else at_steps
+    result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
+                      at_steps=at_steps)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
         "preset": config.get("preset"), "ways": config["ways"], "shots": config["shots"],
@@ -67,12 +75,20 @@ def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, d
 
 
 def describe(result):
-    pct = 100 if result["metric"] == "accuracy" else 1
-    unit = "%" if pct == 100 else ""
-    return (f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
-            f"{pct * result['mean']:.2f}{unit} +- {pct * result['ci95']:.2f}{unit} (95% CI, "
-            f"{result['tasks']} tasks, {result['ways']}-way {result['shots']}-shot, {result['query']} "
-            f"queries per class, {result['inner_steps']} inner steps at lr {result['inner_lr']})")
+    percent = result["metric"] == "accuracy"
+
+    def value(mean, ci95):
+        return f"{100 * mean:.2f}% +- {100 * ci95:.2f}%" if percent else f"{mean:.4f} +- {ci95:.4f}"
+
+    task = (f"{result['ways']}-way {result['shots']}-shot" if percent else f"{result['shots']}-shot")
+    lines = [f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
+             f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, "
+             f"{result['query']} queries per {'class' if percent else 'task'}, {result['inner_steps']} inner "
+             f"steps at lr {result['inner_lr']})"]
+    if len(result["by_steps"]) > 1:
+        lines += [f"  after {count:>3} steps: {result['metric']} {value(r['mean'], r['ci95'])}"
+                  for count, r in sorted(result["by_steps"].items(), key=lambda item: int(item[0]))]
+    return "\n".join(lines)
 
 
 __all__ = ["confidence", "evaluate", "evaluate_checkpoint", "describe", "load_algorithm"]

@@ -17,5 +17,25 @@ class Classification:
         return (outputs.argmax(1) == targets).to(torch.float64).mean().item()
 
 
+class Regression:
+    metric_name = "mse"
+    higher_is_better = False
+
+    @staticmethod
+    def loss(outputs, targets):
+        return F.mse_loss(outputs, targets)
+
+    @staticmethod
+    def metric(outputs, targets):
+        return F.mse_loss(outputs, targets).item()
+
+
+REGRESSION_DATASETS = {"sinusoid"}
+
+
 def family(config):
-    return Classification()
+    return Regression() if config["dataset"] in REGRESSION_DATASETS else Classification()
+
+
+def better(family, new, old):
+    return old is None or (new > old if family.higher_is_better else new < old)

@@ -23,6 +23,7 @@ from .config import dump, eval_query, validate
 from .errors import FewshotError
 from .evaluate import evaluate
 from .io import write_text
+from .tasks import better
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
                "tasks_per_s", "images_per_s", "elapsed_s"]
@@ -131,7 +132,10 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
 
 
 def _train(config, out, resume, device, progress, stop_after):
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
     dataset, refs = data.load(config, progress)
+    preprocessing = data.preprocessing(dataset, config)
     train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
     val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config))
     torch.manual_seed(config["seed"])
@@ -153,7 +157,7 @@ def _train(config, out, resume, device, progress, stop_after):
     def save(name):
         checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
                         optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
-                        rng=torch.get_rng_state(), step=step, best=best)
+                        rng=torch.get_rng_state(), step=step, best=best, preprocessing=preprocessing)
 
     def interrupt(signum, frame):
         raise StopRequested()
@@ -188,7 +192,7 @@ def _train(config, out, resume, device, progress, stop_after):
                 if validate_now:
                     val = evaluate(algorithm, val_sampler, config["val_tasks"], device=device)
                     row.update(val_metric=val["mean"], val_ci95=val["ci95"])
-                    if best is None or val["mean"] > best:
+                    if better(algorithm.family, val["mean"], best):
                         best = val["mean"]
                         save("best.pt")
                 log.write(row)

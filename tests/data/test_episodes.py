@@ -11,7 +11,7 @@ def tagged(classes=10, per_class=6):
     for c in range(classes):
         images[c * per_class:(c + 1) * per_class, 0, 0, 0] = c
         images[c * per_class:(c + 1) * per_class, 0, 0, 1] = np.arange(per_class)
-    refs = [(c * per_class, per_class, 0) for c in range(classes)]
+    refs = [(c * per_class, per_class, 0, f"class{c}") for c in range(classes)]
     return images, refs
 
 
@@ -61,8 +61,8 @@ def test_batches_are_a_function_of_seed_and_index():
 def test_rotated_classes_are_rotated_images():
     images, _ = tagged()
     images[:, 0] = np.arange(16, dtype=np.uint8).reshape(4, 4)
-    plain = EpisodeSampler(images, [(0, 6, 0), (6, 6, 0)], 2, 1, 1, seed=0).batch(0, 1)[0]
-    turned = EpisodeSampler(images, [(0, 6, 1), (6, 6, 1)], 2, 1, 1, seed=0).batch(0, 1)[0]
+    plain = EpisodeSampler(images, [(0, 6, 0, "a"), (6, 6, 0, "b")], 2, 1, 1, seed=0).batch(0, 1)[0]
+    turned = EpisodeSampler(images, [(0, 6, 1, "a"), (6, 6, 1, "b")], 2, 1, 1, seed=0).batch(0, 1)[0]
     torch.testing.assert_close(turned.support_x, torch.rot90(plain.support_x, 1, (-2, -1)))
 
 
@@ -70,7 +70,7 @@ def test_impossible_tasks_are_refused_with_the_numbers():
     images, refs = tagged(classes=3, per_class=4)
     with pytest.raises(FewshotError, match="5-way tasks need 5 classes but the train split has 3"):
         EpisodeSampler(images, refs, ways=5, shots=1, query=1, seed=0)
-    with pytest.raises(FewshotError, match="need 5 images per class, but a class of the train split has 4"):
+    with pytest.raises(FewshotError, match="need 5 images per class, but class 'class0' of the train split has 4"):
         EpisodeSampler(images, refs, ways=2, shots=2, query=3, seed=0)
 
 

@@ -1,61 +1,96 @@
-"""Datasets: import once into a cached array, then sample episodes from it."""
+"""Datasets: import once into a cached array, then sample episodes from it.
+
+Kinds: `omniglot` (official layout, zips or sprite form), `folder` (a user's tree
+of class folders) and `sinusoid` (generated, no data).
+"""
 import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import FewshotError
-from . import omniglot
+from . import folder, omniglot
 from .episodes import EpisodeSampler, Prefetcher, Task
 from .images import home, is_prepared, read_dataset
+from .sinusoid import SinusoidSampler
 
-# dataset name -> (import a raw copy into a folder, class splits)
-IMPORTERS = {"omniglot": omniglot.import_omniglot}
-SPLITTERS = {"omniglot": omniglot.splits}
+GENERATED = {"sinusoid"}
+# kind -> (import a raw copy into a prepared folder, class splits)
+IMPORTERS = {"omniglot": omniglot.import_omniglot, "folder": folder.import_folder}
+SPLITTERS = {"omniglot": omniglot.splits, "folder": folder.splits}
 
 
 def resolve(config, progress=True):
     """The prepared folder for `config["data"]`: a prepared folder, a raw copy (imported
     into a cache under FEWSHOT_HOME on first use), or a name under FEWSHOT_HOME."""
-    spec, dataset, size = config["data"], config["dataset"], config["image_size"]
+    spec, kind, size = config["data"], config["dataset"], config["image_size"]
     if spec is None:
         raise FewshotError("no data given: pass --data DIR (e.g. ../shared/data/omniglot-28) "
                            "or prepare a copy with `fewshot data omniglot --from PATH`")
     path = Path(spec).expanduser()
     if not path.exists():
         named = home() / str(spec)
-        if is_prepared(named):
-            path = named
-        else:
+        if not is_prepared(named):
             raise FewshotError(f"data {spec!r} is neither a folder nor a dataset prepared under {home()}; "
-                               f"check the path or run `fewshot data {dataset} --from PATH`")
+                               f"check the path, or prepare it with `fewshot data {kind} --from PATH`")
+        path = named
     if is_prepared(path, size):
         return path
-    if is_prepared(path):
-        raise FewshotError(f"{path} is prepared, but not at image_size {size}; prepare it again from the "
-                           f"raw copy with `fewshot data {dataset} --from RAW --size {size}`")
+    if is_prepared(path):  # prepared at another size: decode again from the recorded source
+        meta = read_dataset(path, None).meta
+        source = Path(meta.get("source", ""))
+        if not source.exists():
+            raise FewshotError(f"{path} is prepared at sizes {meta.get('sizes')}, not {size}, and its source "
+                               f"{source} is gone; import it again with --size {size}")
+        _import(meta["dataset"], source, path, size, meta, progress)
+        return path
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    cache = home() / "cache" / f"{dataset}-{key}"
+    cache = home() / "cache" / f"{kind}-{key}"
     if not is_prepared(cache, size):
-        IMPORTERS[dataset](path, cache, size=size, progress=progress)
+        _import(kind, path, cache, size, {}, progress)
     return cache
 
 
+def _import(kind, source, target, size, meta, progress):
+    options = {k: meta[k] for k in ("ratios", "seed", "channels") if k in meta} if kind == "folder" else {}
+    if kind == "folder" and "ratios" in options:
+        options["ratios"] = tuple(options["ratios"])
+    IMPORTERS[kind](source, target, size=size, progress=progress, **options)
+
+
 def load(config, progress=True):
-    """(dataset, {split: class refs}) for a config."""
+    """(dataset, {split: class refs}) for a config; (None, None) for generated tasks."""
+    if config["dataset"] in GENERATED:
+        return None, None
     if config["dataset"] not in IMPORTERS:
-        raise FewshotError(f"unknown dataset {config['dataset']!r}; choose one of {', '.join(IMPORTERS)}")
+        known = ", ".join([*IMPORTERS, *GENERATED])
+        raise FewshotError(f"unknown dataset {config['dataset']!r}; choose one of {known}")
     dataset = read_dataset(resolve(config, progress), config["image_size"])
     if dataset.images.nbytes < (1 << 30):  # small sets live in memory; large ones stay memory-mapped
         dataset.images = np.ascontiguousarray(dataset.images)
-    return dataset, SPLITTERS[config["dataset"]](dataset, config["split"])
+    return dataset, SPLITTERS[dataset.meta["dataset"]](dataset, config["split"])
 
 
-def sampler(config, dataset, refs, split, seed, query=None, dtype=None):
-    import torch
-    return EpisodeSampler(dataset.images, refs[split], config["ways"], config["shots"],
-                          config["query"] if query is None else query, seed, split=split,
-                          invert=dataset.meta.get("invert", False), dtype=dtype or torch.float32)
+def sampler(config, dataset, refs, split, seed, query=None, dtype=torch.float32):
+    query = config["query"] if query is None else query
+    if config["dataset"] in GENERATED:
+        return SinusoidSampler(config["shots"], query, seed + {"train": 0, "val": 1, "test": 2}[split], dtype)
+    if not refs[split]:
+        raise FewshotError(f"the {split} split of {dataset.root} has no classes; give that split classes "
+                           f"(a {split}/ folder, or --split ratios that leave it some)")
+    return EpisodeSampler(dataset.images, refs[split], config["ways"], config["shots"], query, seed,
+                          split=split, invert=dataset.meta.get("invert", False), dtype=dtype,
+                          channels=config["channels"])
 
 
-__all__ = ["EpisodeSampler", "Prefetcher", "Task", "load", "resolve", "sampler"]
+def preprocessing(dataset, config):
+    """What predict needs to turn a user's image into the model's input."""
+    if dataset is None:
+        return None
+    return {"invert": bool(dataset.meta.get("invert", False)), "size": config["image_size"],
+            "channels": config["channels"]}
+
+
+__all__ = ["EpisodeSampler", "Prefetcher", "SinusoidSampler", "Task", "load", "preprocessing", "resolve",
+           "sampler"]

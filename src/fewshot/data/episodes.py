@@ -29,30 +29,44 @@ class Task:
         return len(self.support_x) + len(self.query_x)
 
 
-def to_float(pixels, invert, dtype=torch.float32):
-    """uint8 pixels -> [0, 1]; Omniglot is inverted so that ink is 1, as in the reference code."""
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
+
+
+def to_float(pixels, invert, dtype=torch.float32, channels=None):
+    """uint8 pixels (..., C, H, W) -> [0, 1] with `channels` channels; Omniglot is
+    inverted so that ink is 1, as in the reference code."""
     x = torch.from_numpy(pixels).to(dtype) / 255.0
+    have = x.shape[-3]
+    if channels is not None and channels != have:
+        if have == 3 and channels == 1:
+            x = (x * torch.tensor(GRAY, dtype=dtype).view(3, 1, 1)).sum(-3, keepdim=True)
+        elif have == 1:
+            x = x.expand(*x.shape[:-3], channels, *x.shape[-2:])
+        else:
+            raise FewshotError(f"cannot turn {have}-channel images into {channels} channels")
     return 1.0 - x if invert else x
 
 
 class EpisodeSampler:
     """Samples `ways` classes without repetition, `shots` support and `query` query
-    images of each, disjoint, with labels shuffled per task."""
+    images of each, disjoint, with labels shuffled per task. `classes` holds
+    (first row, image count, rotation in quarter turns, name) per class."""
 
     def __init__(self, images, classes, ways, shots, query, seed, split="train",
-                 invert=False, dtype=torch.float32):
+                 invert=False, dtype=torch.float32, channels=None):
         if ways > len(classes):
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
         need = shots + query
-        smallest = min(range(len(classes)), key=lambda i: classes[i][1])
-        if classes[smallest][1] < need:
+        start, count, rotation, name = min(classes, key=lambda c: c[1])
+        if count < need:
             raise FewshotError(f"{shots}-shot tasks with {query} queries need {need} images per class, but "
-                               f"a class of the {split} split has {classes[smallest][1]}; lower shots or query")
+                               f"class {name!r} of the {split} split has {count}; lower shots or query, "
+                               f"or add images to that class")
         self.images = images
         self.classes = classes
         self.ways, self.shots, self.query = ways, shots, query
-        self.seed, self.invert, self.dtype = seed, invert, dtype
+        self.seed, self.invert, self.dtype, self.channels = seed, invert, dtype, channels
 
     def task(self, rng):
         chosen = rng.choice(len(self.classes), self.ways, replace=False)
@@ -60,7 +74,7 @@ class EpisodeSampler:
         per_class = self.shots + self.query
         rows, rotations = [], []
         for c in chosen:
-            start, count, rotation = self.classes[c]
+            start, count, rotation, _ = self.classes[c]
             rows.append(start + rng.choice(count, per_class, replace=False))
             rotations.append(rotation)
         pixels = self.images[np.concatenate(rows)]  # ways*per_class x C x H x W
@@ -68,7 +82,7 @@ class EpisodeSampler:
         for i, rotation in enumerate(rotations):
             if rotation:
                 pixels[i] = np.rot90(pixels[i], rotation, axes=(-2, -1)).copy()
-        x = to_float(np.ascontiguousarray(pixels), self.invert, self.dtype)
+        x = to_float(np.ascontiguousarray(pixels), self.invert, self.dtype, self.channels)
         y = torch.from_numpy(labels).long()[:, None].expand(self.ways, per_class)
         return Task(x[:, :self.shots].flatten(0, 1), y[:, :self.shots].flatten(),
                     x[:, self.shots:].flatten(0, 1), y[:, self.shots:].flatten())

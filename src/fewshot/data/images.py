@@ -77,6 +77,8 @@ def read_dataset(folder, size):
     folder = Path(folder)
     try:
         index = json.loads((folder / INDEX).read_text())
+        if size is None:  # the index alone
+            return ImageDataset(folder, None, [ImageClass(**c) for c in index["classes"]], index["meta"])
         images = np.load(folder / array_name(size), mmap_mode="r")
     except FileNotFoundError as error:
         raise FewshotError(f"{folder} has no prepared data at size {size} ({Path(error.filename).name} "

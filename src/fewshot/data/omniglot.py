@@ -136,7 +136,7 @@ ROTATIONS = (0, 1, 2, 3)  # multiples of 90 degrees; each a new training class
 
 
 def splits(dataset, name, seed=1):
-    """Class references (start, count, rotation) for train / val / test."""
+    """Class references (start, count, rotation, name) for train / val / test."""
     n = len(dataset.classes)
     if name == "maml":
         order = np.random.default_rng(seed).permutation(n)
@@ -156,6 +156,7 @@ def splits(dataset, name, seed=1):
     refs = {}
     for part, indices in parts.items():
         rotations = ROTATIONS if part == "train" else (0,)
-        refs[part] = [(dataset.classes[i].start, dataset.classes[i].count, r)
+        refs[part] = [(dataset.classes[i].start, dataset.classes[i].count, r,
+                       dataset.classes[i].name + (f" rotated {90 * r}" if r else ""))
                       for i in sorted(indices) for r in rotations]
     return refs

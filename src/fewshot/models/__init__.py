@@ -14,9 +14,7 @@ def register(name):
 def build(config):
     if config["model"] not in MODELS:
         raise FewshotError(f"unknown model {config['model']!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[config["model"]](in_channels=config["channels"], ways=config["ways"],
-                                   filters=config["filters"], downsample=config["downsample"],
-                                   image_size=config["image_size"], batch_norm=config["batch_norm"])
+    return MODELS[config["model"]].from_config(config)
 
 
-from . import conv4  # noqa: E402,F401  (registers)
+from . import conv4, mlp  # noqa: E402,F401  (registers)

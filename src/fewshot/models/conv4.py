@@ -45,6 +45,12 @@ class Conv4(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(in_channels=config["channels"], ways=config["ways"], filters=config["filters"],
+                   downsample=config["downsample"], image_size=config["image_size"],
+                   batch_norm=config["batch_norm"])
+
     def features(self, params, x, bn_training=True, trace=None):
         """`trace`, a list, receives (layer, output shape, parameter count) per layer."""
         stride = 2 if self.downsample == "stride" else 1

@@ -1,0 +1,39 @@
+"""Sinusoid regression (Finn et al. 2017, section 5.1): each task is a sine wave
+y = A sin(x - phase) with A in [0.1, 5.0], phase in [0, pi], x uniform in [-5, 5]."""
+import math
+
+import numpy as np
+import torch
+
+from .episodes import Task
+
+AMPLITUDE = (0.1, 5.0)
+PHASE = (0.0, math.pi)
+X_RANGE = (-5.0, 5.0)
+
+
+class SinusoidSampler:
+    """The same interface as EpisodeSampler: batch i is a function of (seed, i)."""
+
+    def __init__(self, shots, query, seed, dtype=torch.float32):
+        self.shots, self.query, self.seed, self.dtype = shots, query, seed, dtype
+
+    def wave(self, rng):
+        return rng.uniform(*AMPLITUDE), rng.uniform(*PHASE)
+
+    def task(self, rng):
+        amplitude, phase = self.wave(rng)
+        x = rng.uniform(*X_RANGE, size=(self.shots + self.query, 1))
+        y = amplitude * np.sin(x - phase)
+        x, y = torch.from_numpy(x).to(self.dtype), torch.from_numpy(y).to(self.dtype)
+        task = Task(x[:self.shots], y[:self.shots], x[self.shots:], y[self.shots:])
+        task.amplitude, task.phase = amplitude, phase
+        return task
+
+    def batch(self, index, size):
+        rng = np.random.default_rng([self.seed, index])
+        return [self.task(rng) for _ in range(size)]
+
+
+def curve(amplitude, phase, x):
+    return amplitude * np.sin(np.asarray(x) - phase)

@@ -1,0 +1,43 @@
+"""A fully connected ReLU network: the MAML paper's regression model (two hidden
+layers of 40 units), with a functional forward like every backbone."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import register
+
+
+@register("mlp")
+class MLP(nn.Module):
+    def __init__(self, in_features=1, hidden=(40, 40), out_features=1):
+        super().__init__()
+        sizes = [in_features, *hidden, out_features]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config["in_features"], tuple(config["hidden"]), config["out_features"] or config["ways"])
+
+    def functional_forward(self, params, x, bn_training=True, trace=None):
+        last = len(self.layers) - 1
+        for i in range(len(self.layers)):
+            x = F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+            if i < last:
+                x = F.relu(x)
+            if trace is not None:
+                trace.append((f"layers.{i}  linear" + ("+ReLU" if i < last else ""), tuple(x.shape),
+                               sum(p.numel() for p in self.layers[i].parameters())))
+        return x
+
+    def batched_forward(self, params, x):
+        """Many tasks at once: `params` have a leading task dimension T, x is T x n x in."""
+        last = len(self.layers) - 1
+        for i in range(len(self.layers)):
+            x = torch.baddbmm(params[f"layers.{i}.bias"].unsqueeze(1), x,
+                              params[f"layers.{i}.weight"].transpose(1, 2))
+            if i < last:
+                x = F.relu(x)
+        return x
+
+    def forward(self, x):
+        return self.functional_forward(dict(self.named_parameters()), x)
