@@ -114,8 +114,9 @@ class StopRequested(Exception):
     pass
 
 
-def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None):
+def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None, threads=None):
     """Meta-train into run folder `out`; with `resume`, continue the run there.
+    `threads` overrides the config's torch thread count for this process only.
     `stop_after` ends the run after that step as an interruption would (for tests)."""
     if resume:
         out = prepare_run(out, resume=True)
@@ -125,6 +126,8 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
     if not resume:
         out = prepare_run(out, resume=False)
     lock = RunLock(out)
+    if threads or config["threads"]:
+        torch.set_num_threads(threads or config["threads"])
     try:
         return _train(config, out, resume, device, progress, stop_after)
     finally:
@@ -132,8 +135,6 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
 
 
 def _train(config, out, resume, device, progress, stop_after):
-    if config["threads"]:
-        torch.set_num_threads(config["threads"])
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
     train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
