@@ -1,7 +1,7 @@
 """The meta-training loop, shared by every algorithm.
 
 A run folder holds config.yaml, metrics.jsonl / metrics.csv, last.pt and best.pt.
-Task batch i is a pure function of (seed, i) and the checkpoint carries weights,
+Every task is a pure function of (seed, step, position) and the checkpoint carries weights,
 optimizer, schedule, RNG and step, so a resumed run ends with the same weights
 as an uninterrupted one.
 """
@@ -18,7 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import algorithms, checkpoint, data
+from . import algorithms, checkpoint, data, distributed
 from .config import dump, eval_query, validate
 from .errors import FewshotError
 from .evaluate import evaluate
@@ -114,27 +114,52 @@ class StopRequested(Exception):
     pass
 
 
-def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None, threads=None):
+def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None, threads=None,
+          procs=1):
     """Meta-train into run folder `out`; with `resume`, continue the run there.
-    `threads` overrides the config's torch thread count for this process only.
+    `procs` > 1 splits each meta-batch across that many local processes.
+    `threads` overrides the config's torch thread count (per process).
     `stop_after` ends the run after that step as an interruption would (for tests)."""
+    if not isinstance(procs, int) or procs < 1:
+        raise FewshotError(f"--procs must be a whole number >= 1, got {procs}")
+    leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
     if resume:
-        out = prepare_run(out, resume=True)
+        out = prepare_run(out, resume=True) if leader else Path(out)
         config = yaml.safe_load((out / "config.yaml").read_text())
     validate(config)
-    device = device_of(device)
-    if not resume:
+    device_of(device)
+    if not resume and leader:
         out = prepare_run(out, resume=False)
-    lock = RunLock(out)
-    if threads or config["threads"]:
-        torch.set_num_threads(threads or config["threads"])
+    out = Path(out)
+    lock = RunLock(out) if leader else None
+    threads = threads or config["threads"]
     try:
-        return _train(config, out, resume, device, progress, stop_after)
+        if procs > 1:
+            data.load(config, progress)  # import once here, and report bad data before any process starts
+            threads = threads or max(1, (os.cpu_count() or 1) // procs)
+            distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads)
+            state = checkpoint.load(out / "last.pt")
+            return {"out": str(out), "step": state["step"], "best": state["best"],
+                    "stopped": state["step"] < config["steps"], "algorithm": None}
+        return _train_process(config, out, resume, device, progress, stop_after, threads)
     finally:
-        lock.release()
+        if lock:
+            lock.release()
 
 
-def _train(config, out, resume, device, progress, stop_after):
+def _train_process(config, out, resume, device, progress, stop_after, threads):
+    if threads:
+        torch.set_num_threads(threads)
+    device = device_of(device)
+    distributed.init_from_env(device)
+    rank, size = distributed.world()
+    if device.type == "cuda" and size > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size)
+
+
+def _train(config, out, resume, device, progress, stop_after, rank=0, size=1):
+    leader = rank == 0
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
     train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
@@ -150,22 +175,24 @@ def _train(config, out, resume, device, progress, stop_after):
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
-    else:
+    elif leader:
         write_text(out / "config.yaml", dump(config))
-    log = MetricsLog(out, step)
+    log = MetricsLog(out, step) if leader else None
     metric = algorithm.family.metric_name
 
     def save(name):
-        checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
-                        optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
-                        rng=torch.get_rng_state(), step=step, best=best, preprocessing=preprocessing)
+        if leader:
+            checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
+                            optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
+                            rng=torch.get_rng_state(), step=step, best=best, preprocessing=preprocessing)
 
     def interrupt(signum, frame):
         raise StopRequested()
 
     previous = signal.signal(signal.SIGTERM, interrupt) if _main_thread() else None
-    total = config["steps"]
-    batches = data.Prefetcher(train_sampler, step, total, config["meta_batch"])
+    total, meta_batch = config["steps"], config["meta_batch"]
+    part = distributed.share(meta_batch, rank, size) if size > 1 else None
+    batches = data.Prefetcher(train_sampler, step, total, meta_batch, part)
     bar = tqdm(total=total, initial=step, desc=f"train {config.get('preset', '')}", unit="step",
                disable=not progress, dynamic_ncols=True)
     started, window_start, window = time.perf_counter(), time.perf_counter(), []
@@ -176,6 +203,8 @@ def _train(config, out, resume, device, progress, stop_after):
             algorithm.train()
             optimizer.zero_grad(set_to_none=True)
             result = algorithm.meta_gradient(tasks)
+            if size > 1:
+                result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
             optimizer.step()
             schedule.step()
             step += 1
@@ -183,12 +212,12 @@ def _train(config, out, resume, device, progress, stop_after):
             bar.update(1)
             bar.set_postfix(loss=f"{result['loss']:.3f}", **{metric[:3]: f"{result[metric]:.3f}"})
             validate_now = step % config["val_every"] == 0 or step == total
-            if step % config["log_every"] == 0 or validate_now:
+            if leader and (step % config["log_every"] == 0 or validate_now):
                 elapsed = time.perf_counter() - window_start
-                images = sum(t.images for t in tasks) * len(window)
+                images = sum(t.images for t in tasks) * size * len(window)
                 row = {"step": step, "loss": _mean(window, "loss"), "metric": _mean(window, metric),
                        "lr": optimizer.param_groups[0]["lr"], "sec_per_step": elapsed / len(window),
-                       "tasks_per_s": len(tasks) * len(window) / elapsed, "images_per_s": images / elapsed,
+                       "tasks_per_s": meta_batch * len(window) / elapsed, "images_per_s": images / elapsed,
                        "elapsed_s": time.perf_counter() - started}
                 if validate_now:
                     val = evaluate(algorithm, val_sampler, config["val_tasks"], device=device)
@@ -206,7 +235,8 @@ def _train(config, out, resume, device, progress, stop_after):
     except (KeyboardInterrupt, StopRequested):
         save("last.pt")
         stopped = True
-        bar.write(f"stopped at step {step}; continue with `fewshot train --resume {out}`")
+        if leader:
+            bar.write(f"stopped at step {step}; continue with `fewshot train --resume {out}`")
     finally:
         batches.close()
         bar.close()

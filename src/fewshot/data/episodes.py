@@ -1,6 +1,6 @@
 """N-way K-shot episodes.
 
-Every task batch is a pure function of (seed, batch index): a resumed run sees
+Every task is a pure function of (seed, batch index, position): a resumed run sees
 exactly the tasks an uninterrupted one would, and evaluation sees a fixed set.
 """
 import queue
@@ -87,23 +87,30 @@ class EpisodeSampler:
         return Task(x[:, :self.shots].flatten(0, 1), y[:, :self.shots].flatten(),
                     x[:, self.shots:].flatten(0, 1), y[:, self.shots:].flatten())
 
-    def batch(self, index, size):
-        rng = np.random.default_rng([self.seed, index])
-        return [self.task(rng) for _ in range(size)]
+    def batch(self, index, size, part=None):
+        return sample_batch(self, index, size, part)
+
+
+def sample_batch(sampler, index, size, part=None):
+    """Tasks `part` (default: all) of batch `index`. Task j of a batch has its own
+    generator, seeded by (seed, index, j), so a process that samples only its share
+    of the batch gets the very tasks a single process would."""
+    positions = range(size) if part is None else part
+    return [sampler.task(np.random.default_rng([sampler.seed, index, j])) for j in positions]
 
 
 class Prefetcher:
     """Samples batches `start, start+1, ...` on a background thread so that the
     trainer never waits for sampling."""
 
-    def __init__(self, sampler, start, stop, size, depth=4):
+    def __init__(self, sampler, start, stop, size, part=None, depth=4):
         self.queue = queue.Queue(maxsize=depth)
         self.stop_event = threading.Event()
 
         def work():
             try:
                 for index in range(start, stop):
-                    item = sampler.batch(index, size)
+                    item = sampler.batch(index, size, part)
                     while not self.stop_event.is_set():
                         try:
                             self.queue.put(item, timeout=0.1)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from .episodes import Task
+from .episodes import Task, sample_batch
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -30,9 +30,8 @@ class SinusoidSampler:
         task.amplitude, task.phase = amplitude, phase
         return task
 
-    def batch(self, index, size):
-        rng = np.random.default_rng([self.seed, index])
-        return [self.task(rng) for _ in range(size)]
+    def batch(self, index, size, part=None):
+        return sample_batch(self, index, size, part)
 
 
 def curve(amplitude, phase, x):

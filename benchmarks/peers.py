@@ -1,0 +1,714 @@
+"""One MAML meta-training step: fewshot against the libraries people would otherwise use.
+
+    python benchmarks/peers.py --data ../shared/data/omniglot-28 \
+        --workloads omniglot-5w1s-pytorch omniglot-20w1s --orders second first \
+        --steps 7 --warmup 2 --json runs/bench/peers.json
+
+Like with like. A workload is one of our presets (plus `--set` overrides) at one
+order (second = exact MAML, first = FOMAML). Every implementation gets
+  - the same conv4 network: ours is `fewshot.models.Conv4`; the peers get `Mirror`,
+    an nn.Module that computes exactly what Conv4's functional forward does
+    (conv, batch norm on batch statistics, ReLU, max-pool or strided, flatten or
+    spatial mean, linear), loaded with the same initial weights;
+  - the same tasks: sampled once per step by our sampler, the identical tensors
+    are fed to everyone;
+  - the same inner steps, inner learning rate, meta-batch, meta-objective (mean of
+    the per-task query losses) and meta-optimizer (Adam at the preset's meta_lr,
+    one step per meta-step, zero_grad included).
+
+Implementations:
+  fewshot              `algorithm.meta_gradient(tasks)`, then Adam (as the trainer does)
+  pytorch-loop         plain PyTorch in the style of the common MAML-PyTorch code:
+                       tasks in a Python loop, `torch.autograd.grad(create_graph=True)`
+                       for second order (without it for first order), list of fast
+                       weights, `torch.func.functional_call`, one backward per task
+  learn2learn          `learn2learn.algorithms.MAML(net, lr, first_order)`, clone/adapt
+  higher               `higher.innerloop_ctx(net, SGD)`; first order with
+                       `track_higher_grads=False` and the query gradient of the fast
+                       weights added to the meta-parameters' .grad
+  torchopt-metasgd     `torchopt.MetaSGD` with extract/recover_state_dict, as in TorchOpt's
+                       MAML Omniglot example (second order only: MetaSGD has no
+                       first-order mode)
+  torchopt-functional  `torchopt.sgd` + `torchopt.apply_updates` (functional API) over
+                       `functional_call`; first order without create_graph
+
+Correctness first: one meta-gradient per implementation in float64 (model and tasks
+in double), max |difference| against ours. Float32 comparisons cannot decide
+equality on this network: near-ties in max-pooling after ReLU flip between
+convolution kernels and the inner steps amplify one flip (see the notes on peers).
+
+Timing: float32, in one process, interleaved round-robin (ours, peer, peer, ...,
+ours, ...) so that machine noise hits all alike; `--warmup` rounds, then `--steps`
+timed rounds; median seconds per meta-step and its ratio to ours.
+
+FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one extra float32 meta-step
+of each implementation (convolutions and matrix products, forward, backward and
+double backward); GFLOP/s = FLOPs / median time. Peak: the median rate of a
+4096x4096 float32 matmul on the same threads, measured before and after the
+timing.
+
+Memory: each implementation runs `--mem-steps` meta-steps in a fresh subprocess
+(same workload, same threads); "peak MB" is that process's peak RSS
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, torch, the data and the peer library
+included), "step MB" is that peak minus the RSS just before the first meta-step.
+
+Installing the peers (CPU torch 2.13.0, Python 3.11), none of them pulls another torch:
+    pip install -e ".[bench]"              # higher==0.2.1, torchopt==0.7.3
+  learn2learn 0.2.0 is an sdist whose generated C files do not compile on Python
+  3.11 (longintrepr.h); regenerate them with a current Cython, outside the repo:
+    cd /tmp && pip download --no-deps --no-binary :all: learn2learn==0.2.0
+    tar xzf learn2learn-0.2.0.tar.gz && cd learn2learn-0.2.0
+    python3 -m venv /tmp/cy && /tmp/cy/bin/pip install cython
+    for f in meta_dataset task_dataset transforms; do
+        /tmp/cy/bin/cython -3 learn2learn/data/$f.pyx -o learn2learn/data/$f.c; done
+    /path/to/.venv/bin/python -m pip install --no-deps --no-build-isolation .
+  `import learn2learn` then still fails (it imports torchvision, requests, gym, ...;
+  no torchvision works beside torch 2.13.0+cpu), so this script loads
+  `learn2learn.algorithms.maml` (and the `learn2learn.utils` it needs) on its own,
+  under stub parent packages, when the full import fails; its MAML code is
+  unchanged. The report records the import error.
+
+A peer that cannot be imported or run gets a row with its error; the rest still run.
+
+On a shared machine, `--pause-pid PID` stops process PID (SIGSTOP) during each
+workload's measurements and the peak-matmul measurement, and resumes it (SIGCONT)
+after each, on errors and on SIGINT/SIGTERM.
+"""
+import argparse
+import atexit
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from fewshot import algorithms, data
+from fewshot.config import apply_overrides, load_preset, parse_overrides
+from fewshot.data import Task
+from fewshot.train import make_optimizer
+
+IMPLEMENTATIONS = ["fewshot", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd", "torchopt-functional"]
+ORDERS = ("second", "first")
+
+
+# --------------------------------------------------------------------------- workload
+
+class Workload:
+    """One preset at one order: its config, its task sampler and the initial weights."""
+
+    def __init__(self, preset, data_spec, order, overrides):
+        config = apply_overrides(load_preset(preset),
+                                 {"data": data_spec, **overrides, "first_order": order == "first"})
+        if config["model"] != "conv4" or config["algorithm"] != "maml":
+            raise SystemExit(f"{preset}: this benchmark compares MAML on conv4, not "
+                             f"{config['algorithm']} on {config['model']}")
+        self.preset, self.order, self.config = preset, order, config
+        dataset, refs = data.load(config, progress=False)
+        self.sampler = data.sampler(config, dataset, refs, "train", config["seed"])
+        torch.manual_seed(config["seed"])
+        model = algorithms.build(config).model
+        self.initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    @property
+    def name(self):
+        return self.preset
+
+    def tasks(self, index, dtype=torch.float32):
+        batch = self.sampler.batch(index, self.config["meta_batch"])
+        if dtype == torch.float32:
+            return batch
+        return [Task(t.support_x.to(dtype), t.support_y, t.query_x.to(dtype), t.query_y) for t in batch]
+
+
+# --------------------------------------------------------------------------- the network as an nn.Module
+
+class MirrorBlock(nn.Module):
+    def __init__(self, in_channels, filters, stride, track_running_stats):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, filters, 3, stride=stride, padding=1)
+        self.norm = nn.BatchNorm2d(filters, momentum=0.1, track_running_stats=track_running_stats)
+
+
+class Mirror(nn.Module):
+    """`fewshot.models.Conv4`'s functional forward as a plain nn.Module, with the same
+    parameter names. Transductive batch norm (batch statistics always, no running
+    statistics) is BatchNorm2d(track_running_stats=False); inductive is the default
+    BatchNorm2d in train mode."""
+
+    def __init__(self, config):
+        super().__init__()
+        filters, channels = config["filters"], config["channels"]
+        self.maxpool = config["downsample"] == "maxpool"
+        stride = 1 if self.maxpool else 2
+        track = config["batch_norm"] != "transductive"
+        self.blocks = nn.ModuleList(MirrorBlock(channels if i == 0 else filters, filters, stride, track)
+                                    for i in range(4))
+        side = config["image_size"]
+        for _ in range(4):
+            side //= 2
+        self.head = nn.Linear(filters * side * side if self.maxpool else filters, config["ways"])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = F.relu(block.norm(block.conv(x)))
+            if self.maxpool:
+                x = F.max_pool2d(x, 2)
+        return self.head(x.flatten(1) if self.maxpool else x.mean((2, 3)))
+
+
+def mirror(workload, dtype):
+    net = Mirror(workload.config)
+    names = dict(net.named_parameters())
+    if set(names) != set(workload.initial):
+        raise RuntimeError(f"parameter names differ from fewshot's conv4: "
+                           f"{sorted(set(names) ^ set(workload.initial))}")
+    with torch.no_grad():
+        for name, p in names.items():
+            p.copy_(workload.initial[name])
+    return net.to(dtype).train()
+
+
+# --------------------------------------------------------------------------- implementations
+
+class Implementation:
+    """Holds one model and its Adam; `step(tasks)` is one meta-training step."""
+
+    def __init__(self, workload, dtype):
+        self.config = workload.config
+        self.second_order = not self.config["first_order"]
+        self.steps, self.lr = self.config["inner_steps"], self.config["inner_lr"]
+
+    def named_parameters(self):
+        raise NotImplementedError
+
+    def meta_gradient(self, tasks):
+        raise NotImplementedError
+
+    def make_optimizer(self):
+        return torch.optim.Adam([p for _, p in self.named_parameters()], lr=self.config["meta_lr"])
+
+    def step(self, tasks):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.meta_gradient(tasks)
+        self.optimizer.step()
+
+    def gradient(self):
+        return {n: p.grad.detach().clone() for n, p in self.named_parameters()}
+
+
+class Fewshot(Implementation):
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        torch.manual_seed(self.config["seed"])
+        self.algorithm = algorithms.build(self.config)
+        with torch.no_grad():
+            for name, p in self.algorithm.model.named_parameters():
+                p.copy_(workload.initial[name])
+        self.algorithm.to(dtype)
+        self.optimizer, _ = make_optimizer(self.algorithm, self.config)
+
+    def named_parameters(self):
+        return list(self.algorithm.model.named_parameters())
+
+    def meta_gradient(self, tasks):
+        return self.algorithm.meta_gradient(tasks)
+
+    def step(self, tasks):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.algorithm.meta_gradient(tasks)
+        self.optimizer.step()
+
+
+class PytorchLoop(Implementation):
+    """Plain PyTorch: a list of fast weights, autograd.grad, a backward per task."""
+
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        self.net = mirror(workload, dtype)
+        self.names = [n for n, _ in self.net.named_parameters()]
+        self.optimizer = self.make_optimizer()
+
+    def named_parameters(self):
+        return list(self.net.named_parameters())
+
+    def forward(self, weights, x):
+        return torch.func.functional_call(self.net, dict(zip(self.names, weights)), (x,))
+
+    def meta_gradient(self, tasks):
+        meta = list(self.net.parameters())
+        for task in tasks:
+            fast = meta
+            for _ in range(self.steps):
+                loss = F.cross_entropy(self.forward(fast, task.support_x), task.support_y)
+                grads = torch.autograd.grad(loss, fast, create_graph=self.second_order)
+                fast = [w - self.lr * g for w, g in zip(fast, grads)]
+            query_loss = F.cross_entropy(self.forward(fast, task.query_x), task.query_y)
+            (query_loss / len(tasks)).backward()
+
+
+LEARN2LEARN_NOTE = []
+LEARN2LEARN_MAML = []
+
+
+def import_learn2learn_maml():
+    """`learn2learn.algorithms.MAML`: the package if it imports, else its maml module
+    (and learn2learn.utils) loaded on their own under stub parent packages."""
+    if LEARN2LEARN_MAML:
+        return LEARN2LEARN_MAML[0]
+    try:
+        import learn2learn
+        LEARN2LEARN_MAML.append(learn2learn.algorithms.MAML)
+        return LEARN2LEARN_MAML[0]
+    except Exception as error:
+        for key in [k for k in sys.modules if k == "learn2learn" or k.startswith("learn2learn.")]:
+            del sys.modules[key]
+        spec = importlib.util.find_spec("learn2learn")
+        if spec is None:
+            raise
+        root_dir = Path(list(spec.submodule_search_locations)[0])
+        for name, folder in (("learn2learn", root_dir), ("learn2learn.algorithms", root_dir / "algorithms")):
+            stub = types.ModuleType(name)
+            stub.__path__ = [str(folder)]
+            sys.modules[name] = stub
+        module = importlib.import_module("learn2learn.algorithms.maml")
+        note = (f"`import learn2learn` fails ({type(error).__name__}: {error}); timed "
+                f"learn2learn.algorithms.maml loaded on its own (unchanged MAML code)")
+        LEARN2LEARN_NOTE.append(note)
+        LEARN2LEARN_MAML.append(module.MAML)
+        return module.MAML
+
+
+class Learn2learn(Implementation):
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        MAML = import_learn2learn_maml()
+        self.maml = MAML(mirror(workload, dtype), lr=self.lr, first_order=not self.second_order)
+        self.optimizer = self.make_optimizer()
+
+    def named_parameters(self):
+        return list(self.maml.module.named_parameters())
+
+    def meta_gradient(self, tasks):
+        for task in tasks:
+            learner = self.maml.clone()
+            for _ in range(self.steps):
+                learner.adapt(F.cross_entropy(learner(task.support_x), task.support_y))
+            query_loss = F.cross_entropy(learner(task.query_x), task.query_y)
+            (query_loss / len(tasks)).backward()
+
+
+class Higher(Implementation):
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        import higher
+        self.higher = higher
+        self.net = mirror(workload, dtype)
+        self.inner_optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr)
+        self.optimizer = self.make_optimizer()
+
+    def named_parameters(self):
+        return list(self.net.named_parameters())
+
+    def meta_gradient(self, tasks):
+        meta = list(self.net.parameters())
+        for task in tasks:
+            with self.higher.innerloop_ctx(self.net, self.inner_optimizer, copy_initial_weights=False,
+                                           track_higher_grads=self.second_order) as (fnet, diffopt):
+                for _ in range(self.steps):
+                    diffopt.step(F.cross_entropy(fnet(task.support_x), task.support_y))
+                query_loss = F.cross_entropy(fnet(task.query_x), task.query_y) / len(tasks)
+                if self.second_order:
+                    query_loss.backward()
+                else:  # the fast weights are detached leaves: carry their gradient over
+                    grads = torch.autograd.grad(query_loss, list(fnet.parameters()))
+                    for p, g in zip(meta, grads):
+                        p.grad = g if p.grad is None else p.grad + g
+
+
+class TorchoptMetaSGD(Implementation):
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        if not self.second_order:
+            raise Skip("MetaSGD always builds the second-order graph; first order is the functional API row")
+        import torchopt
+        self.torchopt = torchopt
+        self.net = mirror(workload, dtype)
+        self.optimizer = self.make_optimizer()
+
+    def named_parameters(self):
+        return list(self.net.named_parameters())
+
+    def meta_gradient(self, tasks):
+        torchopt = self.torchopt
+        inner = torchopt.MetaSGD(self.net, lr=self.lr)
+        net_state = torchopt.extract_state_dict(self.net)
+        inner_state = torchopt.extract_state_dict(inner)
+        for task in tasks:
+            for _ in range(self.steps):
+                inner.step(F.cross_entropy(self.net(task.support_x), task.support_y))
+            query_loss = F.cross_entropy(self.net(task.query_x), task.query_y)
+            (query_loss / len(tasks)).backward()
+            torchopt.recover_state_dict(self.net, net_state)
+            torchopt.recover_state_dict(inner, inner_state)
+
+
+class TorchoptFunctional(Implementation):
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        import torchopt
+        self.torchopt = torchopt
+        self.net = mirror(workload, dtype)
+        self.names = [n for n, _ in self.net.named_parameters()]
+        self.inner = torchopt.sgd(lr=self.lr)
+        self.optimizer = self.make_optimizer()
+
+    def named_parameters(self):
+        return list(self.net.named_parameters())
+
+    def meta_gradient(self, tasks):
+        torchopt = self.torchopt
+        meta = tuple(self.net.parameters())
+        for task in tasks:
+            fast = meta
+            state = self.inner.init(fast)
+            for _ in range(self.steps):
+                out = torch.func.functional_call(self.net, dict(zip(self.names, fast)), (task.support_x,))
+                grads = torch.autograd.grad(F.cross_entropy(out, task.support_y), fast,
+                                            create_graph=self.second_order)
+                updates, state = self.inner.update(grads, state, inplace=False)
+                fast = torchopt.apply_updates(fast, updates, inplace=False)
+            out = torch.func.functional_call(self.net, dict(zip(self.names, fast)), (task.query_x,))
+            (F.cross_entropy(out, task.query_y) / len(tasks)).backward()
+
+
+class Skip(Exception):
+    """This implementation has no form of this workload."""
+
+
+CLASSES = {"fewshot": Fewshot, "pytorch-loop": PytorchLoop, "learn2learn": Learn2learn, "higher": Higher,
+           "torchopt-metasgd": TorchoptMetaSGD, "torchopt-functional": TorchoptFunctional}
+
+
+def build(name, workload, dtype):
+    return CLASSES[name](workload, dtype)
+
+
+def describe(error):
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
+
+# --------------------------------------------------------------------------- measurements
+
+def float64_gradients(workload, names):
+    """{name: (gradient dict | None, error | None)} of one float64 meta-step on batch 0."""
+    tasks = workload.tasks(0, torch.float64)
+    out = {}
+    for name in names:
+        try:
+            impl = build(name, workload, torch.float64)
+            impl.optimizer.zero_grad(set_to_none=True)
+            impl.meta_gradient(tasks)
+            out[name] = (impl.gradient(), None)
+        except Skip as skip:
+            out[name] = (None, f"skipped: {skip}")
+        except Exception as error:
+            out[name] = (None, describe(error))
+        impl = None
+    return out
+
+
+def max_abs_difference(grads, reference):
+    return max((grads[n] - reference[n]).abs().max().item() for n in reference)
+
+
+def matmul_peak(size=4096, repeats=5):
+    """Median GFLOP/s of a size x size float32 matmul on torch's current threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return [2 * size ** 3 / t / 1e9 for t in times]
+
+
+def count_flops(impl, tasks):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        impl.step(tasks)
+    return counter.get_total_flops()
+
+
+def time_interleaved(impls, workload, steps, warmup, errors):
+    """Round-robin over `impls` (a dict, ours first); {name: [seconds per timed step]}."""
+    times = {name: [] for name in impls}
+    live = dict(impls)
+    for round_ in range(warmup + steps):
+        tasks = workload.tasks(1 + round_)
+        for name, impl in list(live.items()):
+            try:
+                start = time.perf_counter()
+                impl.step(tasks)
+                elapsed = time.perf_counter() - start
+            except Exception as error:
+                errors[name] = describe(error)
+                del live[name]
+                continue
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def memory_in_subprocess(args, workload_name, order, name):
+    command = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--child-memory", name,
+               "--workloads", workload_name, "--orders", order, "--mem-steps", str(args.mem_steps),
+               "--threads", str(torch.get_num_threads())]
+    for pair in args.set or []:
+        command += ["--set", pair]
+    result = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"memory_error": f"exit {result.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def child_memory(args):
+    workload = Workload(args.workloads[0], args.data, args.orders[0], parse_overrides(args.set))
+    impl = build(args.child_memory, workload, torch.float32)
+    batches = [workload.tasks(1 + i) for i in range(args.mem_steps)]
+    before = rss_mb()
+    for tasks in batches:
+        impl.step(tasks)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"peak_mb": peak, "step_mb": max(0.0, peak - before), "before_mb": before}))
+
+
+# --------------------------------------------------------------------------- pausing a background process
+
+class Pause:
+    """SIGSTOP `pid` inside the block, SIGCONT on leaving it (and at exit, on signals)."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        if pid:
+            atexit.register(self.resume)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(sig)
+
+                def handler(signum, frame, previous=previous):
+                    self.resume()
+                    if callable(previous):
+                        previous(signum, frame)
+                    raise SystemExit(128 + signum)
+                signal.signal(sig, handler)
+
+    def resume(self):
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self):
+        if self.pid:
+            os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        self.resume()
+        return False
+
+
+# --------------------------------------------------------------------------- report
+
+def git_state():
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+        return head + (" (src/ modified)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fmt(value, spec, missing="–"):
+    return missing if value is None else format(value, spec)
+
+
+def table(rows, peak):
+    lines = ["| workload | order | implementation | max abs grad diff vs ours (float64) | median s/step | "
+             "ratio to ours | peak MB (step MB) | GFLOP/s | % of peak |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| `{r['workload']}` | {r['order']} | {r['implementation']} | "
+                         f"{r.get('status')} | | | | | |")
+            continue
+        diff = "reference" if r["implementation"] == "fewshot" else fmt(r.get("grad_diff"), ".1e")
+        memory = (f"{r['peak_mb']:.0f} ({r['step_mb']:.0f})" if r.get("peak_mb") is not None
+                  else r.get("memory_error", "–"))
+        gflops = r.get("gflops")
+        lines.append(f"| `{r['workload']}` | {r['order']} | {r['implementation']} | {diff} | "
+                     f"{fmt(r.get('median_s'), '.3f')} | {fmt(r.get('ratio'), '.2f')} | {memory} | "
+                     f"{fmt(gflops, '.1f')} | {fmt(None if gflops is None else 100 * gflops / peak, '.0f')} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--workloads", nargs="+", default=["omniglot-5w1s-pytorch", "omniglot-20w1s"])
+    parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
+    parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS,
+                        help="implementations to run (fewshot always runs: it is the reference)")
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--mem-steps", type=int, default=2, help="meta-steps per memory subprocess")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
+    parser.add_argument("--pause-pid", type=int, help="SIGSTOP this process while measuring, SIGCONT after")
+    parser.add_argument("--json")
+    parser.add_argument("--child-memory", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child_memory:
+        return child_memory(args)
+
+    names = ["fewshot"] + [n for n in args.impls if n != "fewshot"]
+    overrides = parse_overrides(args.set)
+    pause = Pause(args.pause_pid)
+    started = datetime.datetime.now().astimezone()
+    with pause:
+        peak_rates = matmul_peak()
+    rows = []
+    for workload_name in args.workloads:
+        for order in args.orders:
+            workload = Workload(workload_name, args.data, order, overrides)
+            print(f"[{workload_name} {order}] float64 meta-gradients", file=sys.stderr, flush=True)
+            checks = float64_gradients(workload, names)
+            reference, ref_error = checks["fewshot"]
+            if reference is None:
+                raise SystemExit(f"fewshot's own float64 meta-gradient failed: {ref_error}")
+            scale = max(g.abs().max().item() for g in reference.values())
+            results = {}
+            for name in names:
+                grads, error = checks[name]
+                row = {"workload": workload_name, "order": order, "implementation": name,
+                       "grad_max_abs": scale, "status": "ok" if error is None else error}
+                if grads is not None:
+                    row["grad_diff"] = max_abs_difference(grads, reference)
+                results[name] = row
+            impls = {}
+            for name in names:
+                if results[name]["status"] != "ok":
+                    continue
+                try:
+                    impls[name] = build(name, workload, torch.float32)
+                except Skip as skip:
+                    results[name]["status"] = f"skipped: {skip}"
+                except Exception as error:
+                    results[name]["status"] = describe(error)
+            print(f"[{workload_name} {order}] timing {', '.join(impls)}", file=sys.stderr, flush=True)
+            errors = {}
+            with pause:
+                for name, impl in impls.items():  # one counted, untimed step each
+                    try:
+                        results[name]["flops"] = count_flops(impl, workload.tasks(0))
+                    except Exception as error:
+                        errors[name] = describe(error)
+                times = time_interleaved({n: i for n, i in impls.items() if n not in errors},
+                                         workload, args.steps, args.warmup, errors)
+                impls = None
+                if not args.no_memory:
+                    for name in names:
+                        if results[name]["status"] == "ok" and name not in errors:
+                            results[name].update(memory_in_subprocess(args, workload_name, order, name))
+            for name, error in errors.items():
+                results[name]["status"] = error
+            ours = statistics.median(times["fewshot"]) if times.get("fewshot") else None
+            for name in names:
+                row = results[name]
+                if row["status"] != "ok" or not times.get(name):
+                    continue
+                row["times_s"] = times[name]
+                row["median_s"] = statistics.median(times[name])
+                row["ratio"] = row["median_s"] / ours if ours else None
+                if row.get("flops"):
+                    row["gflops"] = row["flops"] / row["median_s"] / 1e9
+                    row["fraction_of_peak"] = row["gflops"] / statistics.median(peak_rates)
+            rows += [results[n] for n in names]
+            print(table([results[n] for n in names], statistics.median(peak_rates)), file=sys.stderr, flush=True)
+    with pause:
+        peak_rates += matmul_peak()
+    peak = statistics.median(peak_rates)
+    for row in rows:
+        if row.get("gflops"):
+            row["fraction_of_peak"] = row["gflops"] / peak
+    rows.sort(key=lambda r: (args.workloads.index(r["workload"]), args.orders.index(r["order"]),
+                             names.index(r["implementation"])))
+
+    meta = {"date": started.isoformat(timespec="seconds"), "command": " ".join([Path(sys.executable).name,
+                                                                                 *sys.argv]),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "fewshot_git": git_state(),
+            "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps,
+            "matmul_peak_gflops": peak, "matmul_rates_gflops": peak_rates,
+            "paused_pid": args.pause_pid, "notes": LEARN2LEARN_NOTE}
+    print(f"{meta['date']}: torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} "
+          f"({meta['cores']} cores), fewshot {meta['fewshot_git']}; {args.warmup} warm-up + {args.steps} "
+          f"timed meta-steps, interleaved; 4096x4096 float32 matmul peak {peak:.0f} GFLOP/s")
+    print()
+    print(table(rows, peak))
+    for workload_name in args.workloads:
+        for order in args.orders:
+            sel = [r for r in rows if r["workload"] == workload_name and r["order"] == order and r.get("flops")]
+            if sel:
+                counts = sorted({r["flops"] for r in sel})
+                print(f"\n`{workload_name}` {order}: {counts[0] / 1e9:.1f} GFLOP per meta-step"
+                      + ("" if len(counts) == 1 else f" (peers count {', '.join(f'{c / 1e9:.1f}' for c in counts)})")
+                      + f"; largest |meta-gradient| entry {sel[0]['grad_max_abs']:.3g}")
+    for note in LEARN2LEARN_NOTE:
+        print(f"\nlearn2learn: {note}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
