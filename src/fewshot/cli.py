@@ -11,7 +11,7 @@ from .errors import FewshotError
 def cmd_presets(args):
     from .config import load_preset, preset_names
     for name in preset_names():
-        print(f"{name:24} {load_preset(name)['description']}")
+        print(f"{name:27} {load_preset(name)['description']}")
 
 
 def cmd_summary(args):

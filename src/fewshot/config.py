@@ -28,6 +28,8 @@ DEFAULTS = {
     "filters": 64,
     "downsample": "maxpool",   # conv4: maxpool (4 x conv-BN-ReLU-pool) | stride (4 x strided conv-BN-ReLU)
     "batch_norm": "transductive",  # transductive (batch statistics always) | inductive (running statistics at test)
+    "head": True,              # a linear output layer of `ways` units (False: features only, e.g. ProtoNets)
+    "per_step_bn": False,      # conv4: batch-norm weights and statistics per inner step (MAML++)
     "in_features": 1,          # mlp: input size
     "hidden": [40, 40],        # mlp: hidden layer sizes
     "out_features": None,      # mlp: output size (None: ways)
@@ -39,9 +41,20 @@ DEFAULTS = {
     "eval_inner_steps": 10,
     "eval_inner_lr": None,     # None: same as inner_lr
     "eval_at_steps": None,     # also report the metric after these inner-step counts, e.g. [0, 1, 10]
+    "eval_ways": None,         # ways at validation/test (None: same as ways; ProtoNets train with more)
+    # algorithm-specific
+    "msl_epochs": 0,           # MAML++: epochs of multi-step loss, annealed toward the last step
+    "first_order_epochs": 0,   # MAML++: first-order gradients for this many epochs, then second order
+    "steps_per_epoch": 500,    # MAML++: meta-steps per "epoch" for the two schedules above
+    "inner_optimizer": "sgd",  # Reptile: sgd | adam
+    "inner_batch": None,       # Reptile: inner mini-batch size (None: the whole task)
+    "reptile_eval": "transductive",  # Reptile: transductive | non_transductive test-time batch norm
     # meta-optimization
     "meta_batch": 32,
+    "meta_optimizer": "adam",  # adam | sgd (Reptile: sgd with meta_lr as its outer step size)
     "meta_lr": 0.001,
+    "lr_schedule": "step",     # step (x lr_decay_gamma every lr_decay_every) | cosine | linear (to min_meta_lr)
+    "min_meta_lr": 0.0,
     "lr_decay_every": 0,       # 0: constant meta learning rate
     "lr_decay_gamma": 0.5,
     "steps": 60000,
@@ -122,13 +135,21 @@ def validate(config):
     if config["ways"] < 2 and config["dataset"] != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config['ways']}")
     for key, choices in (("downsample", ("maxpool", "stride")),
-                         ("batch_norm", ("transductive", "inductive"))):
+                         ("batch_norm", ("transductive", "inductive")),
+                         ("meta_optimizer", ("adam", "sgd")),
+                         ("lr_schedule", ("step", "cosine", "linear")),
+                         ("inner_optimizer", ("sgd", "adam")),
+                         ("reptile_eval", ("transductive", "non_transductive"))):
         if config[key] not in choices:
             raise FewshotError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
 
 
 def eval_query(config):
     return config["eval_query"] or config["query"]
+
+
+def eval_ways(config):
+    return config["eval_ways"] or config["ways"]
 
 
 def eval_inner_lr(config):

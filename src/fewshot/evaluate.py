@@ -6,7 +6,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data
-from .config import eval_inner_lr, eval_query
+from .config import eval_query, eval_ways
 from .errors import FewshotError
 
 
@@ -54,10 +54,9 @@ def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, d
         raise FewshotError(f"unknown split {split!r}; choose train, val or test")
     dataset, refs = data.load(config, progress)
     sampler = data.sampler(config, dataset, refs, split, config["eval_seed"] if seed is None else seed,
-                           query=eval_query(config))
+                           query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
     steps = config["eval_inner_steps"] if steps is None else steps
-    lr = eval_inner_lr(config) if lr is None else lr
     n_tasks = config["eval_tasks"] if tasks is None else tasks
     if n_tasks < 1:
         raise FewshotError(f"--tasks must be at least 1, got {n_tasks}")
@@ -66,8 +65,9 @@ def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, d
                       at_steps=at_steps)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
-        "preset": config.get("preset"), "ways": config["ways"], "shots": config["shots"],
-        "query": eval_query(config), "inner_steps": steps, "inner_lr": lr,
+        "preset": config.get("preset"), "shots": config["shots"], "algorithm": config["algorithm"],
+        "ways": eval_ways(config), "query": eval_query(config), "inner_steps": steps,
+        "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
         "metric": algorithm.family.metric_name,
         "seed": config["eval_seed"] if seed is None else seed,
     })

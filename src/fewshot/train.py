@@ -19,7 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data, distributed
-from .config import dump, eval_query, validate
+from .config import dump, eval_query, eval_ways, validate
 from .errors import FewshotError
 from .evaluate import evaluate
 from .io import write_text
@@ -103,11 +103,31 @@ def read_metrics(folder):
 
 
 def make_optimizer(algorithm, config):
-    optimizer = torch.optim.Adam(algorithm.parameters(), lr=config["meta_lr"])
-    every = config["lr_decay_every"]
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every if every > 0 else 1,
-                                               gamma=config["lr_decay_gamma"] if every > 0 else 1.0)
+    if config["meta_optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(algorithm.parameters(), lr=config["meta_lr"])
+    else:
+        optimizer = torch.optim.Adam(algorithm.parameters(), lr=config["meta_lr"])
+    steps, floor = config["steps"], config["min_meta_lr"]
+    if config["lr_schedule"] == "cosine":  # MAML++
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=floor)
+    elif config["lr_schedule"] == "linear":  # Reptile: the outer step size falls linearly to its final value
+        end = floor / config["meta_lr"] if config["meta_lr"] else 0.0
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(steps, end))
+    else:
+        every = config["lr_decay_every"]
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every if every > 0 else 1,
+                                                   gamma=config["lr_decay_gamma"] if every > 0 else 1.0)
     return optimizer, schedule
+
+
+class LinearDecay:
+    """Multiplier falling linearly from 1 at step 0 to `end` at step `steps` (picklable)."""
+
+    def __init__(self, steps, end):
+        self.steps, self.end = steps, end
+
+    def __call__(self, step):
+        return 1.0 + (self.end - 1.0) * min(step, self.steps) / self.steps
 
 
 class StopRequested(Exception):
@@ -163,7 +183,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1):
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
     train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-    val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config))
+    val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config),
+                               ways=eval_ways(config))
     torch.manual_seed(config["seed"])
     algorithm = algorithms.build(config).to(device)
     optimizer, schedule = make_optimizer(algorithm, config)
@@ -202,7 +223,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1):
             tasks = [t.to(device) for t in next(batches)]
             algorithm.train()
             optimizer.zero_grad(set_to_none=True)
-            result = algorithm.meta_gradient(tasks)
+            result = algorithm.meta_gradient(tasks, step)
             if size > 1:
                 result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
             optimizer.step()

@@ -3,7 +3,7 @@
 An algorithm owns the meta-parameters (the backbone's, plus any it learns itself,
 such as inner learning rates) and answers three questions:
 
-  meta_gradient(tasks)        accumulate d(meta-objective)/d(meta-parameters) into .grad
+  meta_gradient(tasks, step)  accumulate d(meta-objective)/d(meta-parameters) into .grad
   adapt(support_x, support_y) task-specific state learned from the support set
   predict(adapted, x)         outputs for new inputs under that state
 
@@ -21,7 +21,9 @@ class Algorithm(nn.Module):
         self.config = config
         self.family = family
 
-    def meta_gradient(self, tasks):
+    any_number_of_classes = False  # True for algorithms with no fixed output layer
+
+    def meta_gradient(self, tasks, step=0):
         """Add the gradient of the mean meta-loss over `tasks` to .grad; return
         {"loss": mean query loss, metric_name: mean query metric} after adaptation."""
         raise NotImplementedError
@@ -32,3 +34,7 @@ class Algorithm(nn.Module):
     @torch.no_grad()
     def predict(self, adapted, x):
         raise NotImplementedError
+
+    def describe_inner_lr(self):
+        """The meta-test inner learning rate, for reports."""
+        return self.config["eval_inner_lr"] if self.config["eval_inner_lr"] is not None else self.config["inner_lr"]

@@ -72,14 +72,15 @@ def load(config, progress=True):
     return dataset, SPLITTERS[dataset.meta["dataset"]](dataset, config["split"])
 
 
-def sampler(config, dataset, refs, split, seed, query=None, dtype=torch.float32):
+def sampler(config, dataset, refs, split, seed, query=None, dtype=torch.float32, ways=None):
     query = config["query"] if query is None else query
+    ways = config["ways"] if ways is None else ways
     if config["dataset"] in GENERATED:
         return SinusoidSampler(config["shots"], query, seed + {"train": 0, "val": 1, "test": 2}[split], dtype)
     if not refs[split]:
         raise FewshotError(f"the {split} split of {dataset.root} has no classes; give that split classes "
                            f"(a {split}/ folder, or --split ratios that leave it some)")
-    return EpisodeSampler(dataset.images, refs[split], config["ways"], config["shots"], query, seed,
+    return EpisodeSampler(dataset.images, refs[split], ways, config["shots"], query, seed,
                           split=split, invert=dataset.meta.get("invert", False), dtype=dtype,
                           channels=config["channels"])
 

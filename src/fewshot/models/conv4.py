@@ -28,18 +28,25 @@ class Block(nn.Module):
 @register("conv4")
 class Conv4(nn.Module):
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
-                 batch_norm="transductive"):
+                 batch_norm="transductive", bn_steps=1):
         super().__init__()
         self.downsample = downsample
         self.transductive = batch_norm == "transductive"
         self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters) for i in range(4))
+        if bn_steps > 1:  # MAML++: batch-norm weights and statistics per inner step
+            for block in self.blocks:
+                block.norm.weight = nn.Parameter(torch.ones(bn_steps, filters))
+                block.norm.bias = nn.Parameter(torch.zeros(bn_steps, filters))
+                block.norm.running_mean = torch.zeros(bn_steps, filters)
+                block.norm.running_var = torch.ones(bn_steps, filters)
         side = image_size
         for _ in range(4):
             side //= 2
         if downsample == "maxpool" and side < 1:
             raise FewshotError(f"image_size {image_size} is too small for four 2x2 max-pools; use 16 or more")
         features = filters if downsample == "stride" else filters * side * side
-        self.head = nn.Linear(features, ways)
+        self.features_size = features
+        self.head = nn.Linear(features, ways) if ways else None  # no head: a feature extractor (ProtoNets)
         for module in self.modules():  # Glorot, as cbfinn/maml initializes conv and fc weights
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
@@ -47,11 +54,12 @@ class Conv4(nn.Module):
 
     @classmethod
     def from_config(cls, config):
-        return cls(in_channels=config["channels"], ways=config["ways"], filters=config["filters"],
-                   downsample=config["downsample"], image_size=config["image_size"],
-                   batch_norm=config["batch_norm"])
+        steps = max(config["inner_steps"], config["eval_inner_steps"]) + 1
+        return cls(in_channels=config["channels"], ways=config["ways"] if config["head"] else 0,
+                   filters=config["filters"], downsample=config["downsample"], image_size=config["image_size"],
+                   batch_norm=config["batch_norm"], bn_steps=steps if config["per_step_bn"] else 1)
 
-    def features(self, params, x, bn_training=True, trace=None):
+    def features(self, params, x, bn_training=True, trace=None, bn_step=0):
         """`trace`, a list, receives (layer, output shape, parameter count) per layer."""
         stride = 2 if self.downsample == "stride" else 1
         note = trace.append if trace is not None else (lambda row: None)
@@ -61,11 +69,13 @@ class Conv4(nn.Module):
             note((p + f"conv  3x3/{stride}", tuple(x.shape), _count(block.conv)))
             # Transductive: batch statistics always, no running statistics kept.
             # Inductive: running statistics updated while training, used at test.
-            running = not self.transductive
-            x = F.batch_norm(x, block.norm.running_mean if running else None,
-                             block.norm.running_var if running else None,
-                             params[p + "norm.weight"], params[p + "norm.bias"],
-                             training=bn_training or self.transductive, momentum=0.1)
+            weight, bias = params[p + "norm.weight"], params[p + "norm.bias"]
+            mean, var = (block.norm.running_mean, block.norm.running_var) if not self.transductive else (None, None)
+            if weight.dim() == 2:  # per-step weights and statistics
+                k = min(bn_step, weight.shape[0] - 1)
+                weight, bias = weight[k], bias[k]
+                mean, var = (mean[k], var[k]) if mean is not None else (None, None)
+            x = F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive, momentum=0.1)
             x = F.relu(x)
             note((p + "norm  BN+ReLU", tuple(x.shape), _count(block.norm)))
             if self.downsample == "maxpool":
@@ -75,8 +85,11 @@ class Conv4(nn.Module):
         note(("features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), tuple(x.shape), 0))
         return x
 
-    def functional_forward(self, params, x, bn_training=True, trace=None):
-        x = F.linear(self.features(params, x, bn_training, trace), params["head.weight"], params["head.bias"])
+    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
+        x = self.features(params, x, bn_training, trace, bn_step)
+        if self.head is None:
+            return x
+        x = F.linear(x, params["head.weight"], params["head.bias"])
         if trace is not None:
             trace.append(("head  linear", tuple(x.shape), _count(self.head)))
         return x

@@ -18,7 +18,7 @@ class MLP(nn.Module):
     def from_config(cls, config):
         return cls(config["in_features"], tuple(config["hidden"]), config["out_features"] or config["ways"])
 
-    def functional_forward(self, params, x, bn_training=True, trace=None):
+    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
             x = F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])

@@ -1,0 +1,48 @@
+"""Prototypical Networks (Snell, Swersky & Zemel 2017): the non-gradient baseline.
+
+A class's prototype is the mean embedding of its support images; a query's logits
+are the negative squared Euclidean distances to the prototypes. Support and query
+are embedded in one batch, as in the authors' code. No fixed output layer: any
+number of classes at test (`eval_ways`, and `fewshot predict` with any support).
+"""
+import torch
+
+from . import register
+from .base import Algorithm
+
+
+def prototype_logits(support_features, support_y, query_features):
+    classes = int(support_y.max()) + 1
+    prototypes = torch.stack([support_features[support_y == c].mean(0) for c in range(classes)])
+    return -torch.cdist(query_features, prototypes).pow(2)
+
+
+@register("protonet")
+class ProtoNet(Algorithm):
+    any_number_of_classes = True
+
+    def logits(self, params, support_x, support_y, query_x, bn_training=True):
+        features = self.model.functional_forward(params, torch.cat([support_x, query_x]), bn_training)
+        return prototype_logits(features[:len(support_x)], support_y, features[len(support_x):])
+
+    def meta_gradient(self, tasks, step=0):
+        params = dict(self.model.named_parameters())
+        loss_sum = metric_sum = 0.0
+        for task in tasks:
+            logits = self.logits(params, task.support_x, task.support_y, task.query_x)
+            loss = self.family.loss(logits, task.query_y)
+            (loss / len(tasks)).backward()
+            loss_sum += loss.item()
+            metric_sum += self.family.metric(logits.detach(), task.query_y)
+        return {"loss": loss_sum / len(tasks), self.family.metric_name: metric_sum / len(tasks)}
+
+    def adapt(self, support_x, support_y, steps=None, lr=None):
+        return {"support_x": support_x, "support_y": support_y}
+
+    @torch.no_grad()
+    def predict(self, adapted, x):
+        params = dict(self.model.named_parameters())
+        return self.logits(params, adapted["support_x"], adapted["support_y"], x, bn_training=False)
+
+    def describe_inner_lr(self):
+        return "none (no inner loop)"

@@ -1,0 +1,339 @@
+"""`fewshot predict` and `fewshot.load(...).adapt(...).predict(...)` on real Omniglot
+characters: support and query folders cut from the official sample zip (105x105
+PNGs), a checkpoint trained here on the 28x28 sprites, and every bad input."""
+import csv
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fewshot
+from fewshot.cli import main
+from fewshot.config import apply_overrides, load_preset
+from fewshot.train import train
+
+from conftest import SHARED_DATA
+
+SAMPLE_ZIP = SHARED_DATA / "omniglot-official-sample" / "images_background_small1.zip"
+ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
+CHARACTERS = [f"character{i:02d}" for i in range(1, 6)]
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fewshot: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def cut(archive, root, alphabet, characters=CHARACTERS):
+    """support/<character>/<drawer 1 image>; queries/ holds drawers 2 and 3 of every
+    character, singles/ drawer 4 (to be passed file by file). Query files are named
+    <character>_<original name> so that a test knows the true class."""
+    support, folder, singles = root / "support", root / "queries", root / "singles"
+    for path in (folder, singles):
+        path.mkdir(parents=True)
+    names = archive.namelist()
+    for character in characters:
+        prefix = f"images_background_small1/{alphabet}/{character}/"
+        files = sorted(n for n in names if n.startswith(prefix) and n.endswith(".png"))
+        assert len(files) == 20, (alphabet, character)
+        for name in files:
+            drawer, base = int(name[-6:-4]), Path(name).name
+            target = {1: support / character / base, 2: folder / f"{character}_{base}",
+                      3: folder / f"{character}_{base}", 4: singles / f"{character}_{base}"}.get(drawer)
+            if target:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.read(name))
+    return support, sorted(singles.iterdir()), folder
+
+
+@pytest.fixture(scope="module")
+def archive():
+    if not SAMPLE_ZIP.is_file():
+        pytest.skip(f"the official Omniglot sample is not at {SAMPLE_ZIP}")
+    with zipfile.ZipFile(SAMPLE_ZIP) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def sample(archive, tmp_path_factory):
+    """(support dir, [single query files], query dir) for 5 Latin characters."""
+    return cut(archive, tmp_path_factory.mktemp("latin"), "Latin")
+
+
+def train_run(folder, cache, **overrides):
+    settings = dict(data=str(cache), steps=4, meta_batch=2, filters=8, val_every=2, val_tasks=4, log_every=2,
+                    save_every=2)
+    settings.update(overrides)
+    with pytest.MonkeyPatch.context() as patch:  # a prepared folder is used in place; nothing goes to a cache
+        patch.setenv("FEWSHOT_HOME", str(folder / "home"))
+        result = train(apply_overrides(load_preset("omniglot-5w1s"), settings), folder / "run", progress=False)
+    assert not result["stopped"]
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def run_dir(omniglot_cache, tmp_path_factory):
+    """A 5-way checkpoint trained for 4 steps on the real 28x28 sprites."""
+    return train_run(tmp_path_factory.mktemp("predict-run"), omniglot_cache)
+
+
+def query_args(sample):
+    support, singles, folder = sample
+    return ["--support", support, "--query", *singles, folder]
+
+
+def expected_files(sample):
+    _, singles, folder = sample
+    return [str(p) for p in singles] + [str(p) for p in sorted(folder.iterdir())]
+
+
+def true_label(file):
+    return Path(file).name.split("_", 1)[0]
+
+
+def parse_rows(out):
+    """`file  label  p  (label p  label p)` -> [(file, [(label, p), ...])]."""
+    rows = []
+    for line in out.splitlines():
+        tokens = line.replace("(", " ").replace(")", " ").split()
+        file, pairs = tokens[0], tokens[1:]
+        rows.append((file, [(pairs[i], float(pairs[i + 1])) for i in range(0, len(pairs), 2)]))
+    return rows
+
+
+def test_one_row_per_query_image_with_a_class_and_its_probability(run_dir, sample, capsys):
+    code, out, err = run(capsys, "predict", run_dir, *query_args(sample))
+    assert code == 0 and err == ""
+    rows = parse_rows(out)
+    assert [file for file, _ in rows] == expected_files(sample)  # 5 single files, then the folder's 10
+    assert len(rows) == 15
+    for file, top in rows:
+        assert len(top) == 1
+        label, p = top[0]
+        assert label in CHARACTERS
+        assert 0.2 - 5e-4 <= p <= 1.0  # the most likely of 5 classes has at least 1/5
+
+
+def test_top_k_shows_the_k_most_likely_classes_in_order(run_dir, sample, capsys):
+    _, plain, _ = run(capsys, "predict", run_dir, *query_args(sample))
+    code, out, _ = run(capsys, "predict", run_dir, *query_args(sample), "--top-k", "3")
+    assert code == 0
+    rows = parse_rows(out)
+    assert len(rows) == 15
+    for (file, top), (plain_file, plain_top) in zip(rows, parse_rows(plain)):
+        assert file == plain_file and top[0] == plain_top[0]
+        labels, ps = [label for label, _ in top], [p for _, p in top]
+        assert len(top) == 3 and len(set(labels)) == 3 and set(labels) <= set(CHARACTERS)
+        assert ps == sorted(ps, reverse=True) and sum(ps) <= 1.0 + 2e-3
+    code, out, _ = run(capsys, "predict", run_dir, *query_args(sample), "--top-k", "9")
+    assert code == 0 and all(len(top) == 5 for _, top in parse_rows(out))  # at most all the classes
+
+
+def predict_json(capsys, run_dir, sample, *extra):
+    code, out, err = run(capsys, "predict", run_dir, *query_args(sample), "--json", *extra)
+    assert code == 0, err
+    return out, json.loads(out)
+
+
+def test_json_holds_every_class_probability(run_dir, sample, capsys):
+    _, document = predict_json(capsys, run_dir, sample)
+    _, text, _ = run(capsys, "predict", run_dir, *query_args(sample))
+    assert document["classes"] == CHARACTERS and document["checkpoint"] == str(run_dir)
+    predictions = document["predictions"]
+    assert [p["file"] for p in predictions] == expected_files(sample)
+    for prediction, (file, top) in zip(predictions, parse_rows(text)):
+        assert set(prediction) == {"file", "label", "probabilities"}
+        probabilities = prediction["probabilities"]
+        assert list(probabilities) == CHARACTERS
+        assert all(0 < p <= 1 for p in probabilities.values())
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert prediction["label"] == max(probabilities, key=probabilities.get) == top[0][0]
+        assert probabilities[prediction["label"]] == pytest.approx(top[0][1], abs=5e-4)
+
+
+def test_csv_writes_a_header_and_one_row_per_image(run_dir, sample, capsys, tmp_path):
+    _, document = predict_json(capsys, run_dir, sample)
+    target = tmp_path / "out" / "predictions.csv"
+    target.parent.mkdir()
+    code, out, _ = run(capsys, "predict", run_dir, *query_args(sample), "--csv", target)
+    assert code == 0 and len(out.splitlines()) == 15  # the table is still printed
+    with open(target, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["file", "label", "probability", *[f"p_{c}" for c in CHARACTERS]]
+    assert len(table) == 16
+    for row, prediction in zip(table[1:], document["predictions"]):
+        assert row[0] == prediction["file"] and row[1] == prediction["label"]
+        values = [float(v) for v in row[3:]]
+        assert values == pytest.approx(list(prediction["probabilities"].values()), abs=1e-6)
+        assert float(row[2]) == pytest.approx(prediction["probabilities"][row[1]], abs=1e-6)
+    with pytest.raises(SystemExit) as exit:  # one output format at a time: argparse says so
+        main([str(a) for a in ["predict", run_dir, *query_args(sample), "--csv", target, "--json"]])
+    assert exit.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_two_runs_print_the_same(run_dir, sample, capsys):
+    first = run(capsys, "predict", run_dir, *query_args(sample), "--top-k", "2")
+    second = run(capsys, "predict", run_dir, *query_args(sample), "--top-k", "2")
+    assert first == second and first[0] == 0
+    assert predict_json(capsys, run_dir, sample)[0] == predict_json(capsys, run_dir, sample)[0]
+
+
+def test_python_api_gives_the_clis_probabilities(run_dir, sample, capsys):
+    _, document = predict_json(capsys, run_dir, sample)
+    expected = torch.tensor([list(p["probabilities"].values()) for p in document["predictions"]])
+    learner = fewshot.load(run_dir)
+    adapted = learner.adapt(sample[0])
+    assert adapted.classes == CHARACTERS
+    x = learner.images(expected_files(sample))
+    assert x.shape == (15, 1, 28, 28) and x.dtype == torch.float32
+    probabilities = adapted.predict(x)
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=1e-6)
+    assert [r["label"] for r in adapted.classify(expected_files(sample))] == \
+        [p["label"] for p in document["predictions"]]
+    # tensors and labels in place of a folder: the same adaptation
+    support, labels, classes = learner.read_support(sample[0])
+    assert classes == CHARACTERS and labels.tolist() == [0, 1, 2, 3, 4] and support.shape == (5, 1, 28, 28)
+    from_tensors = learner.adapt(support, labels)
+    assert from_tensors.classes == ["0", "1", "2", "3", "4"]
+    torch.testing.assert_close(from_tensors.predict(x), expected, rtol=0, atol=1e-6)
+    # --steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
+    _, zero = predict_json(capsys, run_dir, sample, "--steps", "0")
+    without = torch.tensor([list(p["probabilities"].values()) for p in zero["predictions"]])
+    torch.testing.assert_close(learner.adapt(sample[0], steps=0).predict(x), without, rtol=0, atol=1e-6)
+    assert (without - expected).abs().max() > 1e-3
+
+
+def test_any_image_mode_is_converted_as_at_training(run_dir, sample, tmp_path, capsys):
+    """The same characters as RGB PNG copies give the very same probabilities."""
+    support, singles, _ = sample
+    copies = tmp_path / "rgb"
+    copies.mkdir()
+    for path in singles:
+        Image.open(path).convert("RGB").save(copies / path.name)
+    assert Image.open(singles[0]).mode == "1" and Image.open(copies / singles[0].name).mode == "RGB"
+    _, original, _ = run(capsys, "predict", run_dir, "--support", support, "--query", *singles, "--json")
+    _, converted, _ = run(capsys, "predict", run_dir, "--support", support, "--query", copies, "--json")
+    original, converted = json.loads(original)["predictions"], json.loads(converted)["predictions"]
+    assert [Path(p["file"]).name for p in converted] == [p.name for p in singles]
+    assert [p["probabilities"] for p in converted] == [p["probabilities"] for p in original]
+
+
+def test_the_support_images_themselves_are_given_their_own_classes(run_dir, sample, capsys):
+    """After adapting to the support set, each support image is labelled with its own
+    folder: the labels are wired to the right class names."""
+    support = sample[0]
+    files = sorted(support.glob("*/*.png"))
+    code, out, _ = run(capsys, "predict", run_dir, "--support", support, "--query", *files, "--json")
+    assert code == 0
+    predictions = json.loads(out)["predictions"]
+    assert [p["label"] for p in predictions] == [f.parent.name for f in files]
+
+
+def test_a_short_training_run_predicts_new_drawings_better_than_chance(archive, omniglot_cache, tmp_path):
+    """60 steps on the sprites, then 5 alphabets x 15 queries (drawers 2-4) from one
+    drawing each. Chance is 15 of 75; 10 training seeds gave 24 to 32. One alphabet
+    alone (15 queries) is too few: some seeds get 1 or 2 of 15 there."""
+    learner = fewshot.load(train_run(tmp_path, omniglot_cache, steps=60, meta_batch=8, filters=16,
+                                     val_every=60, val_tasks=4, log_every=60, save_every=60))
+    correct, total = 0, 0
+    for alphabet in ALPHABETS:
+        support, singles, folder = cut(archive, tmp_path / alphabet, alphabet)
+        rows = learner.adapt(support).classify([*singles, folder])
+        correct += sum(row["label"] == true_label(row["file"]) for row in rows)
+        total += len(rows)
+    assert total == 75
+    assert correct >= 22, correct
+
+
+@pytest.fixture
+def seven_classes(archive, tmp_path):
+    return cut(archive, tmp_path / "seven", "Korean", [f"character{i:02d}" for i in range(1, 8)])[0]
+
+
+def test_a_support_set_with_another_number_of_classes_names_both_numbers(run_dir, sample, seven_classes, capsys):
+    code, _, err = run(capsys, "predict", run_dir, "--support", seven_classes, "--query", sample[2])
+    assert code == 2
+    line = one_error_line(err)
+    assert "7 classes" in line and "5-way" in line
+    three = seven_classes.parent / "three"
+    three.mkdir()
+    for character in CHARACTERS[:3]:
+        (seven_classes / character).rename(three / character)
+    code, _, err = run(capsys, "predict", run_dir, "--support", three, "--query", sample[2])
+    assert code == 2 and "3 classes" in one_error_line(err)
+    with pytest.raises(fewshot.FewshotError, match="7 classes"):
+        fewshot.load(run_dir).adapt(torch.zeros(7, 1, 28, 28), torch.arange(7))
+
+
+@pytest.fixture
+def bad_paths(sample, tmp_path):
+    support, singles, folder = sample
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "not-images" / "a").mkdir(parents=True)
+    (tmp_path / "not-images" / "a" / "notes.txt").write_text("x")
+    corrupt = tmp_path / "corrupt" / "broken.png"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n but then nothing of an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(singles[0].read_bytes()[:200])
+    bad_support = tmp_path / "bad-support"
+    for character in CHARACTERS:
+        (bad_support / character).mkdir(parents=True)
+        (bad_support / character / "1.png").write_bytes(next((support / character).iterdir()).read_bytes())
+    (bad_support / "character03" / "2.png").write_bytes(b"garbage")
+    return {"SUPPORT": support, "QUERY": singles[0], "MISSING": tmp_path / "missing", "EMPTY": tmp_path / "empty",
+            "NOT_IMAGES": tmp_path / "not-images", "FILE": singles[0], "CORRUPT": corrupt,
+            "TRUNCATED": truncated, "BAD_SUPPORT": bad_support, "BAD_IMAGE": bad_support / "character03" / "2.png",
+            "MISSING_PT": tmp_path / "missing.pt"}
+
+
+@pytest.mark.parametrize("argv,message,named", [
+    (["--support", "MISSING", "--query", "QUERY"], "is not a folder", "MISSING"),
+    (["--support", "FILE", "--query", "QUERY"], "is not a folder", "FILE"),
+    (["--support", "EMPTY", "--query", "QUERY"], "holds no class folders with images", "EMPTY"),
+    (["--support", "NOT_IMAGES", "--query", "QUERY"], "holds no class folders with images", "NOT_IMAGES"),
+    (["--support", "SUPPORT", "--query", "QUERY", "MISSING"], "does not exist", "MISSING"),
+    (["--support", "SUPPORT", "--query", "EMPTY"], "holds no images", "EMPTY"),
+    (["--support", "SUPPORT", "--query", "QUERY", "CORRUPT"], "cannot read image", "CORRUPT"),
+    (["--support", "SUPPORT", "--query", "TRUNCATED"], "cannot read image", "TRUNCATED"),
+    (["--support", "SUPPORT", "--query", "CORRUPT", "QUERY"], "cannot read image", "CORRUPT"),
+    (["--support", "BAD_SUPPORT", "--query", "QUERY"], "cannot read image", "BAD_IMAGE"),
+    (["--support", "SUPPORT", "--query", "QUERY", "--top-k", "0"], "--top-k must be at least 1", None),
+])
+def test_bad_input_gets_one_clear_line(run_dir, bad_paths, capsys, argv, message, named):
+    code, out, err = run(capsys, "predict", run_dir, *[bad_paths.get(a, a) for a in argv])
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert message in line
+    if named:
+        assert str(bad_paths[named]) in line
+
+
+def test_a_missing_checkpoint_or_one_not_trained_on_images(bad_paths, tmp_path, capsys):
+    code, _, err = run(capsys, "predict", bad_paths["MISSING_PT"], "--support", bad_paths["SUPPORT"],
+                       "--query", bad_paths["QUERY"])
+    assert code == 2 and "does not exist" in one_error_line(err)
+    sine = tmp_path / "sine"
+    train(apply_overrides(load_preset("sinusoid-10shot"), dict(steps=2, val_every=2, val_tasks=2, save_every=2)),
+          sine, progress=False)
+    code, _, err = run(capsys, "predict", sine, "--support", bad_paths["SUPPORT"], "--query", bad_paths["QUERY"])
+    assert code == 2 and "not trained on images" in one_error_line(err)
+    # regression checkpoints take tensors from Python
+    learner = fewshot.load(sine)
+    x = torch.linspace(-5, 5, 10).unsqueeze(1)
+    adapted = learner.adapt(x, torch.sin(x))
+    assert adapted.classes is None
+    assert adapted.predict(x).shape == (10, 1) and np.isfinite(adapted.predict(x).numpy()).all()
