@@ -3,7 +3,6 @@ characters: support and query folders cut from the official sample zip (105x105
 PNGs), a checkpoint trained here on the 28x28 sprites, and every bad input."""
 import csv
 import json
-import re
 import zipfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from PIL import Image
 import fewshot
 from fewshot.cli import main
 from fewshot.config import apply_overrides, load_preset
+from fewshot.data.images import read_dataset
 from fewshot.train import train
 
 from conftest import SHARED_DATA
@@ -231,6 +231,24 @@ def test_any_image_mode_is_converted_as_at_training(run_dir, sample, tmp_path, c
     assert [p["probabilities"] for p in converted] == [p["probabilities"] for p in original]
 
 
+def test_a_users_png_becomes_exactly_what_training_saw(run_dir, sample, omniglot_cache):
+    """The 105x105 PNG of a drawing, read by predict, is bit for bit the model input
+    that meta-training made of the same drawing in the 28x28 sprites (gray, LANCZOS,
+    inverted so that ink is 1)."""
+    learner = fewshot.load(run_dir)
+    assert learner.preprocessing == {"invert": True, "size": 28, "channels": 1}
+    dataset = read_dataset(omniglot_cache, 28)
+    classes = {c.name: c for c in dataset.classes}
+    files = expected_files(sample)
+    for image, file in zip(learner.images(files), files):
+        drawer = int(Path(file).stem.rsplit("_", 1)[1])
+        cls = classes[f"Latin/{true_label(file)}"]
+        assert cls.count == 20
+        row = torch.from_numpy(np.array(dataset.images[cls.start + drawer - 1]))
+        assert torch.equal(image, 1 - row.to(torch.float32) / 255), file
+        assert image[0, 0, 0] == 0 and image.max() == 1  # white paper is 0, ink is 1
+
+
 def test_the_support_images_themselves_are_given_their_own_classes(run_dir, sample, capsys):
     """After adapting to the support set, each support image is labelled with its own
     folder: the labels are wired to the right class names."""
@@ -337,3 +355,13 @@ def test_a_missing_checkpoint_or_one_not_trained_on_images(bad_paths, tmp_path, 
     adapted = learner.adapt(x, torch.sin(x))
     assert adapted.classes is None
     assert adapted.predict(x).shape == (10, 1) and np.isfinite(adapted.predict(x).numpy()).all()
+
+
+def test_csv_naming_a_folder_gets_one_line(run_dir, sample, tmp_path, capsys):
+    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--csv", tmp_path)
+    assert code == 2 and str(tmp_path) in one_error_line(err)
+
+
+def test_negative_steps_get_one_line(run_dir, sample, capsys):
+    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--steps", "-2")
+    assert code == 2 and "--steps" in one_error_line(err)

@@ -20,27 +20,36 @@ def cmd_summary(args):
 
 
 def cmd_data(args):
-    from .data import folder, images, omniglot
+    from .data import folder, images, miniimagenet, omniglot
     root = Path(args.root) if args.root else images.home()
     target = root / (args.name or args.dataset)
-    if args.dataset == "folder":
+    if args.dataset == "miniimagenet":
+        if not args.source or args.download:
+            raise FewshotError("fewshot data miniimagenet takes --from PATH (images/ with the split CSVs, "
+                               "a tree of <wnid>/ folders, or learn2learn's pickles); it is not downloadable")
+        miniimagenet.import_miniimagenet(args.source, target, size=args.size or 84, progress=not args.no_progress,
+                                         csv_dir=args.csv_dir, allow_partial=args.allow_partial)
+        for line in miniimagenet.summary(images.read_dataset(target, args.size or 84)):
+            print(line)
+    elif args.dataset == "folder":
         if not args.source or args.download:
             raise FewshotError("fewshot data folder takes --from DIR (a tree of <class>/<image> folders)")
-        folder.import_folder(args.source, target, size=args.size, channels=args.channels,
+        folder.import_folder(args.source, target, size=args.size or 28, channels=args.channels,
                              ratios=_ratios(args.split), seed=args.seed, progress=not args.no_progress)
     else:
         if args.download == bool(args.source):
             raise FewshotError("give exactly one of --download or --from PATH")
         source = args.source or omniglot.download_official(target, args.url or omniglot.OFFICIAL_URL,
                                                            progress=not args.no_progress)
-        omniglot.import_omniglot(source, target, size=args.size, progress=not args.no_progress)
-    dataset = images.read_dataset(target, args.size)
+        omniglot.import_omniglot(source, target, size=args.size or 28, progress=not args.no_progress)
+    size = args.size or (84 if args.dataset == "miniimagenet" else 28)
+    dataset = images.read_dataset(target, size)
     groups = {}
     for c in dataset.classes:
         groups[c.group] = groups.get(c.group, 0) + 1
     counts = ", ".join(f"{n} {g}" for g, n in groups.items())
     print(f"prepared {len(dataset.classes)} classes ({counts}), {len(dataset.images)} images at "
-          f"{args.size}x{args.size} in {target}; train with `fewshot train PRESET --data {target}`")
+          f"{size}x{size} in {target}; train with `fewshot train PRESET --data {target}`")
 
 
 def _ratios(text):
@@ -70,6 +79,8 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .evaluate import describe, evaluate_checkpoint
+    if args.steps is not None and args.steps < 0:
+        raise FewshotError(f"--steps must be at least 0, got {args.steps}")
     at_steps = None if args.at_steps is None else [int(s) for s in args.at_steps.split(",") if s]
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
                                  data_spec=args.data, seed=args.seed, device=args.device,
@@ -93,6 +104,10 @@ def cmd_predict(args):
     from .predict import load
     if args.top_k < 1:
         raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.steps is not None and args.steps < 0:
+        raise FewshotError(f"--steps must be at least 0, got {args.steps}")
+    if args.csv and Path(args.csv).is_dir():
+        raise FewshotError(f"--csv {args.csv} is a folder; give a file name such as predictions.csv")
     learner = load(args.checkpoint, device=args.device)
     adapted = learner.adapt(args.support, steps=args.steps)
     rows = adapted.classify(args.query, top_k=args.top_k)
@@ -115,7 +130,10 @@ def cmd_predict(args):
         for r in rows:
             writer.writerow([r["file"], r["label"], f"{r['probability']:.6f}",
                              *[f"{r['probabilities'][c]:.6f}" for c in adapted.classes]])
-        write_text(args.csv, buffer.getvalue())
+        try:
+            write_text(args.csv, buffer.getvalue())
+        except OSError as error:
+            raise FewshotError(f"cannot write {args.csv} ({error.strerror}); choose another --csv path") from None
 
 
 def _config(args):
@@ -140,12 +158,15 @@ def parser():
     s.set_defaults(run=cmd_summary)
 
     s = sub.add_parser("data", help="download or import a dataset into the cache")
-    s.add_argument("dataset", choices=["omniglot", "folder"])
+    s.add_argument("dataset", choices=["omniglot", "miniimagenet", "folder"])
     s.add_argument("--from", dest="source", metavar="PATH", help="import a copy you have")
     s.add_argument("--download", action="store_true", help="fetch the official files")
     s.add_argument("--root", help="folder for prepared datasets (default: $FEWSHOT_HOME or ~/.cache/fewshot)")
     s.add_argument("--name", help="folder name under the root (default: the dataset's name)")
-    s.add_argument("--size", type=int, default=28, help="image side in pixels (default 28)")
+    s.add_argument("--size", type=int, help="image side in pixels (default 28; miniimagenet 84)")
+    s.add_argument("--csv-dir", help="miniimagenet: folder of train.csv / val.csv / test.csv")
+    s.add_argument("--allow-partial", action="store_true",
+                   help="miniimagenet: import the images present when the CSVs name missing ones")
     s.add_argument("--url", help="base URL to download from (default: the official repository)")
     s.add_argument("--channels", type=int, choices=[1, 3], help="folder: 1 (gray) or 3 (RGB); default: as the images")
     s.add_argument("--split", default="0.64,0.16,0.20", help="folder without train/val/test: class ratios")

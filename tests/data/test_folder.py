@@ -151,8 +151,19 @@ def test_gray_images_give_one_channel_and_any_colour_gives_three(tmp_path, fewsh
     assert set(np.unique(dataset.images[classes["c"].start])) == {expected}
 
 
-@pytest.mark.xfail(strict=True, reason="src/fewshot/data/folder.py load_image: Pillow's convert('L') clips "
-                   "16-bit ('I;16') pixels at 255 instead of scaling them, so 16-bit gray PNGs import white")
+def test_colour_after_many_gray_images_still_gives_three_channels(tmp_path, fewshot_home, capsys):
+    root = tmp_path / "late"
+    for c in range(10):
+        for i in range(21):
+            solid(root / f"gray{c}" / f"{i:02d}.png", "L", (8, 8), 100)
+    solid(root / "zz-colour" / "0.png", "RGB", (8, 8), (255, 0, 0))
+    code, _, err = run(capsys, "data", "folder", "--from", root, "--name", "late", "--no-progress")
+    assert code == 0, err
+    dataset, classes = prepared(fewshot_home, "late")
+    assert dataset.meta["channels"] == 3
+    assert [int(v) for v in dataset.images[classes["zz-colour"].start][:, 0, 0]] == [255, 0, 0]
+
+
 def test_sixteen_bit_gray_png_keeps_its_gray_level(tmp_path, fewshot_home, capsys):
     root = tmp_path / "deep"
     (root / "a").mkdir(parents=True)

@@ -1,7 +1,8 @@
 """Datasets: import once into a cached array, then sample episodes from it.
 
-Kinds: `omniglot` (official layout, zips or sprite form), `folder` (a user's tree
-of class folders) and `sinusoid` (generated, no data).
+Kinds: `omniglot` (official layout, zips or sprite form), `miniimagenet` (images
+with the Ravi & Larochelle split CSVs, class-folder trees, learn2learn pickles,
+npz), `folder` (a user's tree of class folders) and `sinusoid` (generated).
 """
 import hashlib
 from pathlib import Path
@@ -10,15 +11,16 @@ import numpy as np
 import torch
 
 from ..errors import FewshotError
-from . import folder, omniglot
+from . import folder, miniimagenet, omniglot
 from .episodes import EpisodeSampler, Prefetcher, Task
 from .images import home, is_prepared, read_dataset
 from .sinusoid import SinusoidSampler
 
 GENERATED = {"sinusoid"}
 # kind -> (import a raw copy into a prepared folder, class splits)
-IMPORTERS = {"omniglot": omniglot.import_omniglot, "folder": folder.import_folder}
-SPLITTERS = {"omniglot": omniglot.splits, "folder": folder.splits}
+IMPORTERS = {"omniglot": omniglot.import_omniglot, "folder": folder.import_folder,
+             "miniimagenet": miniimagenet.import_miniimagenet}
+SPLITTERS = {"omniglot": omniglot.splits, "folder": folder.splits, "miniimagenet": miniimagenet.splits}
 
 
 def resolve(config, progress=True):
@@ -52,9 +54,13 @@ def resolve(config, progress=True):
     return cache
 
 
+# the import options a prepared dataset records, so that it can be decoded again at another size
+REIMPORT_OPTIONS = {"folder": ("ratios", "seed", "channels"), "miniimagenet": ("csv_dir", "allow_partial")}
+
+
 def _import(kind, source, target, size, meta, progress):
-    options = {k: meta[k] for k in ("ratios", "seed", "channels") if k in meta} if kind == "folder" else {}
-    if kind == "folder" and "ratios" in options:
+    options = {k: meta[k] for k in REIMPORT_OPTIONS.get(kind, ()) if k in meta}
+    if "ratios" in options:
         options["ratios"] = tuple(options["ratios"])
     IMPORTERS[kind](source, target, size=size, progress=progress, **options)
 

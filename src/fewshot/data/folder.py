@@ -21,6 +21,10 @@ def load_image(path, size, channels):
     """Any size and mode -> uint8 C x size x size, converted as at training time."""
     try:
         with Image.open(path) as image:
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # wide gray: scale, don't clip
+                wide = np.asarray(image, dtype=np.float64)
+                top = 65535.0 if image.mode.startswith("I;16") else max(float(wide.max()), 1.0)
+                image = Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.LANCZOS)
@@ -61,7 +65,7 @@ def import_folder(source, folder, size=28, channels=None, ratios=(0.64, 0.16, 0.
     found = class_folders(source)
     files = [(split, c, f) for split, classes in found.items() for c in classes for f in image_files(c)]
     if channels is None:  # keep colour only if the images have it
-        channels = 3 if any(_is_colour(f) for _, _, f in files[:200]) else 1
+        channels = 3 if any(_is_colour(f) for _, _, f in files) else 1  # headers only: cheap
     if "all" in found:
         assignment = split_classes([c.name for c in found["all"]], ratios, seed)
     images, classes = [], []

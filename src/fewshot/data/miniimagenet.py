@@ -34,7 +34,6 @@ images in the order of its CSV or file. Its meta records the per-channel `mean` 
 `std` of the meta-train split (pixels in [0, 1], population std over all pixels).
 """
 import csv
-import io
 import os
 import pickle
 import re
@@ -46,8 +45,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FewshotError
-from . import folder
 from .folder import load_image
+from .folder import splits as _group_splits
 from .images import ImageClass, write_dataset
 
 SPLITS = ("train", "val", "test")
@@ -88,10 +87,15 @@ def import_miniimagenet(source, folder, size=84, progress=True, csv_dir=None, al
             classes.append(ImageClass(name, split, rows, count, {}))
             rows += count
     images = np.empty((rows, 3, size, size), np.uint8)
+    paths = []
     for c in classes:
-        for i, image in enumerate(splits[c.group][c.name]):
-            images[c.start + i] = image
+        for i, item in enumerate(splits[c.group][c.name]):
+            if isinstance(item, Path):
+                paths.append((c.start + i, item))
+            else:
+                images[c.start + i] = item
     del splits
+    _decode_into(images, paths, size, progress)
     train_rows = [(c.start, c.count) for c in classes if c.group == "train"]
     stats_from = "train" if train_rows else "all"
     mean, std = channel_stats(images, train_rows or [(0, rows)])
@@ -125,7 +129,7 @@ def summary(meta):
 def splits(dataset, name=None, seed=None):
     """The split is fixed at import (the CSVs or split files): each class's group. `name`
     and `seed` are accepted for the common interface and ignored."""
-    return folder.splits(dataset)
+    return _group_splits(dataset)
 
 
 # --- the CSV split ----------------------------------------------------------------
@@ -186,7 +190,7 @@ def check_disjoint(split_rows):
 # --- JPEG forms ----------------------------------------------------------------
 
 def _read_jpegs(source, size, progress, csv_dir, allow_partial):
-    """(form, {split: {class: [image, ...]}}, partial counts) for the images and tree forms."""
+    """(form, {split: {class: [JPEG path, ...]}}, partial counts) for the images and tree forms."""
     if csv_dir and not Path(csv_dir).expanduser().is_dir():
         raise FewshotError(f"--csv-dir {csv_dir} is not a folder; give the folder that holds "
                            f"train.csv, val.csv and test.csv")
@@ -220,14 +224,14 @@ def _read_jpegs(source, size, progress, csv_dir, allow_partial):
         unnamed = len(set(available) - named)
         extra = f"; {unnamed} images there are named in no split file" if unnamed else ""
         raise FewshotError(f"{total_missing} images named in the split files are missing from {source} "
-                           f"({per_split}), first: {', '.join(first)}{extra}; pass --allow-partial to "
-                           f"import only the images present, or bring the complete set")
-    jobs = [(split, label, available[f]) for split in SPLITS for f, label in split_rows.get(split, [])
-            if f in available]
-    decoded = _decode([path for _, _, path in jobs], size, progress)
+                           f"({per_split}), first: {', '.join(first)}{extra}; import only the images present with "
+                           f"--allow-partial (`fewshot data miniimagenet --from PATH --allow-partial`), "
+                           f"or bring the complete set")
     result = {}
-    for (split, label, _), image in zip(jobs, decoded):
-        result.setdefault(split, {}).setdefault(label, []).append(image)
+    for split in SPLITS:
+        for f, label in split_rows.get(split, []):
+            if f in available:
+                result.setdefault(split, {}).setdefault(label, []).append(available[f])
     partial = {split: {"named": len(rows), "missing": len(missing[split])} for split, rows in split_rows.items()}
     return form, result, partial
 
@@ -253,36 +257,40 @@ def _tree_jpegs(root):
     return found
 
 
-def _decode(paths, size, progress):
-    """uint8 3 x size x size per path, in order, decoded on a few threads (Pillow
-    releases the interpreter lock while it decodes)."""
-    workers = max(1, min(8, os.cpu_count() or 1))
-    pool = ThreadPoolExecutor(workers)
+def _decode_into(images, jobs, size, progress):
+    """Decode each (row, JPEG path) into images[row] as uint8 3 x size x size, on a few
+    threads (Pillow releases the interpreter lock while it decodes)."""
+    if not jobs:
+        return
+
+    def work(job):
+        images[job[0]] = load_image(job[1], size, 3)
+
+    pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)))
     try:
-        results = list(tqdm(pool.map(lambda p: load_image(p, size, 3), paths, chunksize=1),
-                            total=len(paths), desc="decoding miniImageNet", unit="img",
-                            disable=not progress, leave=False))
+        for _ in tqdm(pool.map(work, jobs), total=len(jobs), desc="decoding miniImageNet", unit="img",
+                      disable=not progress, leave=False):
+            pass
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
-    return results
 
 
 # --- array forms ----------------------------------------------------------------
 
 def array_files(source):
     """{split: path} of the array form in `source` (a folder, or one of its files)."""
-    folder_ = source if source.is_dir() else source.parent
+    where = source if source.is_dir() else source.parent
     if not source.is_dir() and not ARRAY_FILE.match(source.name):
         return {}
     found = {}
-    for path in sorted(folder_.iterdir()):
+    for path in sorted(where.iterdir()):
         match = ARRAY_FILE.match(path.name)
         if match and path.is_file():
             split = SPLIT_ALIASES[match.group(1).lower()]
             if split in found:
-                raise FewshotError(f"{folder_} has two files for the {split} split, {found[split].name} and "
+                raise FewshotError(f"{where} has two files for the {split} split, {found[split].name} and "
                                    f"{path.name}; keep one")
             found[split] = path
     return found
