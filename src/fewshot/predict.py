@@ -33,7 +33,7 @@ class Learner:
             raise FewshotError("this checkpoint was not trained on images; pass tensors to adapt() and predict()")
         size, channels = self.preprocessing["size"], self.preprocessing["channels"]
         pixels = np.stack([load_image(p, size, channels) for p in paths])
-        return to_float(pixels, self.preprocessing["invert"]).to(self.device)
+        return to_float(pixels, self.preprocessing).to(self.device)
 
     def adapt(self, support, labels=None, classes=None, steps=None, lr=None):
         """`support` is a folder of class folders, or a tensor of inputs with `labels`."""

@@ -333,7 +333,7 @@ def test_train_and_eval_a_preset_on_a_colour_folder_dataset(tmp_path, capsys):
     assert code == 0, err
     assert "done: 2 steps" in out
     state = checkpoint.load(out_dir)
-    assert state["preprocessing"] == {"invert": False, "size": 28, "channels": 1}
+    assert state["preprocessing"] == {"invert": False, "size": 28, "channels": 1, "mean": None, "std": None}
     code, out, err = run(capsys, "eval", out_dir, "--tasks", "5", "--no-progress")
     assert code == 0, err
     assert "test split: accuracy" in out and "5 tasks" in out

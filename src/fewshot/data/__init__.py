@@ -87,16 +87,19 @@ def sampler(config, dataset, refs, split, seed, query=None, dtype=torch.float32,
         raise FewshotError(f"the {split} split of {dataset.root} has no classes; give that split classes "
                            f"(a {split}/ folder, or --split ratios that leave it some)")
     return EpisodeSampler(dataset.images, refs[split], ways, config["shots"], query, seed,
-                          split=split, invert=dataset.meta.get("invert", False), dtype=dtype,
-                          channels=config["channels"])
+                          split=split, preprocessing=preprocessing(dataset, config), dtype=dtype)
 
 
 def preprocessing(dataset, config):
-    """What predict needs to turn a user's image into the model's input."""
+    """How stored pixels become the model's input (also saved with checkpoints, for predict):
+    channels, Omniglot's inversion, and the meta-train split's per-channel mean and std."""
     if dataset is None:
         return None
-    return {"invert": bool(dataset.meta.get("invert", False)), "size": config["image_size"],
-            "channels": config["channels"]}
+    meta = dataset.meta
+    normalize = meta.get("mean") is not None and len(meta["mean"]) == config["channels"]
+    return {"invert": bool(meta.get("invert", False)), "size": config["image_size"],
+            "channels": config["channels"], "mean": meta["mean"] if normalize else None,
+            "std": meta["std"] if normalize else None}
 
 
 __all__ = ["EpisodeSampler", "Prefetcher", "SinusoidSampler", "Task", "load", "preprocessing", "resolve",

@@ -32,11 +32,13 @@ class Task:
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
 
 
-def to_float(pixels, invert, dtype=torch.float32, channels=None):
-    """uint8 pixels (..., C, H, W) -> [0, 1] with `channels` channels; Omniglot is
-    inverted so that ink is 1, as in the reference code."""
+def to_float(pixels, preprocessing=None, dtype=torch.float32):
+    """uint8 pixels (..., C, H, W) -> model input, as `preprocessing` says:
+    `channels` (convert gray <-> RGB), `invert` (Omniglot: ink is 1, as in the
+    reference code), `mean` / `std` (per channel, from the meta-train split)."""
+    preprocessing = preprocessing or {}
     x = torch.from_numpy(pixels).to(dtype) / 255.0
-    have = x.shape[-3]
+    have, channels = x.shape[-3], preprocessing.get("channels")
     if channels is not None and channels != have:
         if have == 3 and channels == 1:
             x = (x * torch.tensor(GRAY, dtype=dtype).view(3, 1, 1)).sum(-3, keepdim=True)
@@ -44,7 +46,13 @@ def to_float(pixels, invert, dtype=torch.float32, channels=None):
             x = x.expand(*x.shape[:-3], channels, *x.shape[-2:])
         else:
             raise FewshotError(f"cannot turn {have}-channel images into {channels} channels")
-    return 1.0 - x if invert else x
+    if preprocessing.get("invert"):
+        x = 1.0 - x
+    if preprocessing.get("mean") is not None and len(preprocessing["mean"]) == x.shape[-3]:
+        mean = torch.tensor(preprocessing["mean"], dtype=dtype).view(-1, 1, 1)
+        std = torch.tensor(preprocessing["std"], dtype=dtype).view(-1, 1, 1)
+        x = (x - mean) / std
+    return x
 
 
 class EpisodeSampler:
@@ -53,7 +61,7 @@ class EpisodeSampler:
     (first row, image count, rotation in quarter turns, name) per class."""
 
     def __init__(self, images, classes, ways, shots, query, seed, split="train",
-                 invert=False, dtype=torch.float32, channels=None):
+                 preprocessing=None, dtype=torch.float32):
         if ways > len(classes):
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
@@ -66,7 +74,7 @@ class EpisodeSampler:
         self.images = images
         self.classes = classes
         self.ways, self.shots, self.query = ways, shots, query
-        self.seed, self.invert, self.dtype, self.channels = seed, invert, dtype, channels
+        self.seed, self.preprocessing, self.dtype = seed, preprocessing, dtype
 
     def task(self, rng):
         chosen = rng.choice(len(self.classes), self.ways, replace=False)
@@ -82,7 +90,7 @@ class EpisodeSampler:
         for i, rotation in enumerate(rotations):
             if rotation:
                 pixels[i] = np.rot90(pixels[i], rotation, axes=(-2, -1)).copy()
-        x = to_float(np.ascontiguousarray(pixels), self.invert, self.dtype, self.channels)
+        x = to_float(np.ascontiguousarray(pixels), self.preprocessing, self.dtype)
         y = torch.from_numpy(labels).long()[:, None].expand(self.ways, per_class)
         return Task(x[:, :self.shots].flatten(0, 1), y[:, :self.shots].flatten(),
                     x[:, self.shots:].flatten(0, 1), y[:, self.shots:].flatten())
