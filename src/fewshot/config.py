@@ -36,6 +36,7 @@ DEFAULTS = {
     # algorithm
     "algorithm": "maml",
     "first_order": False,
+    "batch_tasks": None,       # MAML family: all tasks of a meta-batch in one batched pass (None: model's default)
     "inner_steps": 5,
     "inner_lr": 0.4,
     "eval_inner_steps": 10,

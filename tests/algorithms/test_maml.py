@@ -110,3 +110,15 @@ def test_meta_gradient_leaves_the_weights_unchanged():
     algorithm.meta_gradient(make_tasks(2))
     for n, p in algorithm.model.named_parameters():
         assert torch.equal(p, before[n])
+
+
+def test_batched_conv4_tasks_give_the_per_task_meta_gradient_in_float64():
+    for downsample in ("stride", "maxpool"):
+        for first_order in (False, True):
+            tasks = make_tasks(3)
+            loop = analytic_gradient(build(downsample=downsample, first_order=first_order, inner_steps=2), tasks)
+            algorithm = build(downsample=downsample, first_order=first_order, inner_steps=2, batch_tasks=True)
+            assert algorithm.batches_tasks(tasks)
+            batched = analytic_gradient(algorithm, tasks)
+            for name in loop:
+                torch.testing.assert_close(batched[name], loop[name], rtol=1e-10, atol=1e-12)

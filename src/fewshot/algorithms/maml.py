@@ -55,8 +55,21 @@ class MAML(Algorithm):
     def meta_parameters(self):
         return dict(self.model.named_parameters())
 
+    def batches_tasks(self, tasks):
+        """Whether to run all tasks in one batched pass: the model can (an MLP, or conv4
+        with transductive batch norm), the config asks for it (`batch_tasks`; None
+        means yes for MLPs, no for conv4, where it pays only for small tasks, see
+        docs/benchmarks.md), the tasks have one shape, and no subclass changes the
+        per-task objective."""
+        wanted = self.config["batch_tasks"]
+        if wanted is None:
+            wanted = not hasattr(self.model, "blocks")
+        return (wanted and getattr(self.model, "can_batch_tasks", False) and hasattr(self.model, "batched_forward")
+                and type(self).task_objective is MAML.task_objective
+                and len({(t.support_x.shape, t.query_x.shape) for t in tasks}) == 1)
+
     def meta_gradient(self, tasks, step=0):
-        if hasattr(self.model, "batched_forward") and len({t.support_x.shape for t in tasks}) == 1:
+        if self.batches_tasks(tasks):
             return self.batched_meta_gradient(tasks, step)
         loss_sum = metric_sum = 0.0
         for task in tasks:

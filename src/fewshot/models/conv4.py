@@ -97,6 +97,31 @@ class Conv4(nn.Module):
     def forward(self, x):
         return self.functional_forward(dict(self.named_parameters()), x, self.training)
 
+    @property
+    def can_batch_tasks(self):
+        return self.transductive and self.head is not None and self.blocks[0].norm.weight.dim() == 1
+
+    def batched_forward(self, params, x):
+        """Many tasks at once: `params` have a leading task dimension T, x is
+        T x n x C x H x W. The tasks become the groups of grouped convolutions
+        (tasks side by side along channels), so batch statistics stay per task."""
+        tasks, n = x.shape[:2]
+        stride = 2 if self.downsample == "stride" else 1
+        h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+        for i in range(4):
+            p = f"blocks.{i}."
+            weight = params[p + "conv.weight"]
+            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), params[p + "conv.bias"].reshape(-1),
+                         stride=stride, padding=1, groups=tasks)
+            h = F.batch_norm(h, None, None, params[p + "norm.weight"].reshape(-1),
+                             params[p + "norm.bias"].reshape(-1), training=True)
+            h = F.relu(h)
+            if self.downsample == "maxpool":
+                h = F.max_pool2d(h, 2)
+        h = h.mean((2, 3)) if self.downsample == "stride" else h.reshape(n, tasks, -1, *h.shape[2:]).flatten(2)
+        h = h.reshape(n, tasks, -1).transpose(0, 1)
+        return torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
+
 
 def _count(module):
     return sum(p.numel() for p in module.parameters())

@@ -29,6 +29,8 @@ class MLP(nn.Module):
                                sum(p.numel() for p in self.layers[i].parameters())))
         return x
 
+    can_batch_tasks = True
+
     def batched_forward(self, params, x):
         """Many tasks at once: `params` have a leading task dimension T, x is T x n x in."""
         last = len(self.layers) - 1
