@@ -52,6 +52,14 @@ def cmd_data(args):
           f"{size}x{size} in {target}; train with `fewshot train PRESET --data {target}`")
 
 
+def _minutes(value):
+    if value is None:
+        return None
+    if value <= 0:
+        raise FewshotError(f"--time-limit takes minutes > 0, got {value}")
+    return value * 60
+
+
 def _ratios(text):
     try:
         return tuple(float(r) for r in text.split(","))
@@ -65,14 +73,14 @@ def cmd_train(args):
         if args.preset or args.set or args.data:
             raise FewshotError("--resume continues a run with its own config; drop PRESET, --data and --set")
         result = train(out=args.resume, resume=True, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs)
+                       threads=args.threads, procs=args.procs, time_limit=_minutes(args.time_limit))
     else:
         if not args.preset:
             raise FewshotError("name a preset (see `fewshot presets`) or give --resume RUN_DIR")
         if not args.out:
             raise FewshotError("give --out RUN_DIR, the folder for logs and checkpoints")
         result = train(_config(args), args.out, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs)
+                       threads=args.threads, procs=args.procs, time_limit=_minutes(args.time_limit))
     if not result["stopped"]:
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
 
@@ -183,6 +191,8 @@ def parser():
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     s.add_argument("--threads", type=int, help="torch threads for this process (overrides the preset's "
                    "`threads`; use 1 when other jobs share the cores)")
+    s.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop cleanly after this many minutes (continue later with --resume)")
     s.add_argument("--procs", type=int, default=1, help="split each meta-batch across N local processes "
                    "(torch.distributed; for several machines launch with torchrun instead)")
     s.add_argument("--no-progress", action="store_true")

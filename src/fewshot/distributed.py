@@ -42,6 +42,15 @@ def reduce_meta_gradient(parameters, metrics, share_size, meta_batch):
     return {n: flat[offset + i].item() for i, n in enumerate(names)}
 
 
+def agree(flag):
+    """True on every rank if it is True on any (so all ranks stop at the same step)."""
+    if world()[1] == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value)
+    return value.item() > 0
+
+
 def init_from_env(device):
     """Join the process group torchrun describes, if any."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():

@@ -135,10 +135,11 @@ class StopRequested(Exception):
 
 
 def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None, threads=None,
-          procs=1):
+          procs=1, time_limit=None):
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `procs` > 1 splits each meta-batch across that many local processes.
     `threads` overrides the config's torch thread count (per process).
+    `time_limit` (seconds) stops the run cleanly, resumable, once that much time has passed.
     `stop_after` ends the run after that step as an interruption would (for tests)."""
     if not isinstance(procs, int) or procs < 1:
         raise FewshotError(f"--procs must be a whole number >= 1, got {procs}")
@@ -157,17 +158,18 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
         if procs > 1:
             data.load(config, progress)  # import once here, and report bad data before any process starts
             threads = threads or max(1, (os.cpu_count() or 1) // procs)
-            distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads)
+            distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
+                              time_limit)
             state = checkpoint.load(out / "last.pt")
             return {"out": str(out), "step": state["step"], "best": state["best"],
                     "stopped": state["step"] < config["steps"], "algorithm": None}
-        return _train_process(config, out, resume, device, progress, stop_after, threads)
+        return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit)
     finally:
         if lock:
             lock.release()
 
 
-def _train_process(config, out, resume, device, progress, stop_after, threads):
+def _train_process(config, out, resume, device, progress, stop_after, threads, time_limit=None):
     if threads:
         torch.set_num_threads(threads)
     device = device_of(device)
@@ -175,10 +177,10 @@ def _train_process(config, out, resume, device, progress, stop_after, threads):
     rank, size = distributed.world()
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
-    return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size)
+    return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size, time_limit)
 
 
-def _train(config, out, resume, device, progress, stop_after, rank=0, size=1):
+def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None):
     leader = rank == 0
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
@@ -252,6 +254,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1):
             if step % config["save_every"] == 0 or step == total:
                 save("last.pt")
             if stop_after is not None and step >= stop_after:
+                raise StopRequested()
+            if time_limit is not None and distributed.agree(time.perf_counter() - started > time_limit):
                 raise StopRequested()
     except (KeyboardInterrupt, StopRequested):
         save("last.pt")
