@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from .config import complete
 from .errors import FewshotError
 from .io import atomic_path
 
@@ -41,6 +42,8 @@ def load(target):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FewshotError(f"{path} is not a fewshot checkpoint (a foreign or raw state dict?); give a "
                            f"best.pt or last.pt written by `fewshot train`")
+    if isinstance(state.get("config"), dict):
+        state["config"] = complete(state["config"])
     if state.get("version", 0) > VERSION:
         raise FewshotError(f"{path} was written by a newer fewshot (format {state['version']}); upgrade fewshot")
     return state

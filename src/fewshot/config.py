@@ -145,6 +145,11 @@ def validate(config):
             raise FewshotError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
 
 
+def complete(config):
+    """A config saved by an older fewshot, with the keys added since at their defaults."""
+    return {**DEFAULTS, **config}
+
+
 def eval_query(config):
     return config["eval_query"] or config["query"]
 

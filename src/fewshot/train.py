@@ -19,7 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data, distributed
-from .config import dump, eval_query, eval_ways, validate
+from .config import complete, dump, eval_query, eval_ways, validate
 from .errors import FewshotError
 from .evaluate import evaluate
 from .io import write_text
@@ -146,7 +146,7 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
     if resume:
         out = prepare_run(out, resume=True) if leader else Path(out)
-        config = yaml.safe_load((out / "config.yaml").read_text())
+        config = complete(yaml.safe_load((out / "config.yaml").read_text()))
     validate(config)
     device_of(device)
     if not resume and leader:
