@@ -2,6 +2,7 @@
 arguments and calls one library function."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def cmd_train(args):
             raise FewshotError("give --out RUN_DIR, the folder for logs and checkpoints")
         result = train(_config(args), args.out, device=args.device, progress=not args.no_progress,
                        threads=args.threads, procs=args.procs, time_limit=_minutes(args.time_limit))
-    if not result["stopped"]:
+    if not result["stopped"] and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
 
 

@@ -35,7 +35,10 @@ GRAY = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
 def to_float(pixels, preprocessing=None, dtype=torch.float32):
     """uint8 pixels (..., C, H, W) -> model input, as `preprocessing` says:
     `channels` (convert gray <-> RGB), `invert` (Omniglot: ink is 1, as in the
-    reference code), `mean` / `std` (per channel, from the meta-train split)."""
+    reference code), `mean` / `std` (per channel, from the meta-train split).
+    Float input (precomputed features, see embeddings.py) is returned unchanged."""
+    if pixels.dtype.kind == "f":
+        return torch.from_numpy(pixels).to(dtype)
     preprocessing = preprocessing or {}
     x = torch.from_numpy(pixels).to(dtype) / 255.0
     have, channels = x.shape[-3], preprocessing.get("channels")

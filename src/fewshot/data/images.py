@@ -3,6 +3,9 @@
 A dataset folder holds `images-<size>.npy` (uint8, N x C x H x W, memory-mapped
 on load) and `index.json` listing its classes; each class's images are
 contiguous rows [start, start + count). Decoding happens once, at import.
+
+Feature datasets (precomputed embeddings, see embeddings.py) use the same folder
+layout with `features-<dim>.npy` (float32, N x dim) in place of the image array.
 """
 import json
 import os
@@ -47,11 +50,16 @@ def array_name(size):
     return f"images-{size}.npy"
 
 
+def features_name(dim):
+    return f"features-{dim}.npy"
+
+
 def is_prepared(folder, size=None):
+    """Whether `folder` holds a prepared dataset (at image size, or feature dimension, `size`)."""
     folder = Path(folder)
     if not (folder / INDEX).is_file():
         return False
-    return size is None or (folder / array_name(size)).is_file()
+    return size is None or (folder / array_name(size)).is_file() or (folder / features_name(size)).is_file()
 
 
 def write_dataset(folder, images, classes, meta):
@@ -91,3 +99,33 @@ def read_dataset(folder, size):
         raise FewshotError(f"the cache in {folder} does not match its index; delete the folder and "
                            f"prepare the data again")
     return ImageDataset(folder, images, classes, index["meta"])
+
+
+def write_features(folder, features, classes, meta):
+    """The float32 variant of write_dataset: `features` is N x dim, rows grouped by class."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / features_name(features.shape[-1])) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(features, dtype=np.float32))
+    meta = {**meta, "features": True, "sizes": [int(features.shape[-1])]}
+    write_text(folder / INDEX, json.dumps({"meta": meta, "classes": [vars(c) for c in classes]}, indent=1))
+
+
+def read_features(folder, dim):
+    """A feature dataset: `images` holds the float32 N x dim array, memory-mapped."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / INDEX).read_text())
+        features = np.load(folder / features_name(dim), mmap_mode="r")
+    except FileNotFoundError as error:
+        raise FewshotError(f"{folder} has no prepared features of dimension {dim} ({Path(error.filename).name} "
+                           f"missing); import the embeddings again, or set embedding_dim to their size") from None
+    except (ValueError, OSError, json.JSONDecodeError) as error:
+        raise FewshotError(f"the cache in {folder} is corrupt ({error}); delete the folder and "
+                           f"prepare the data again") from None
+    classes = [ImageClass(**c) for c in index["classes"]]
+    if features.ndim != 2 or features.dtype != np.float32 or sum(c.count for c in classes) != len(features):
+        raise FewshotError(f"the cache in {folder} does not match its index; delete the folder and "
+                           f"prepare the data again")
+    return ImageDataset(folder, features, classes, index["meta"])
