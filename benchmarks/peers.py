@@ -448,6 +448,7 @@ def matmul_peak(size=4096, repeats=5):
 
 
 def count_flops(impl, tasks):
+    PAUSE.reassert()
     counter = FlopCounterMode(display=False)
     with counter:
         impl.step(tasks)
@@ -461,6 +462,7 @@ def time_interleaved(impls, workload, steps, warmup, errors):
     for round_ in range(warmup + steps):
         tasks = workload.tasks(1 + round_)
         for name, impl in list(live.items()):
+            PAUSE.reassert()
             try:
                 start = time.perf_counter()
                 impl.step(tasks)
@@ -475,6 +477,7 @@ def time_interleaved(impls, workload, steps, warmup, errors):
 
 
 def memory_in_subprocess(args, workload_name, order, name):
+    PAUSE.reassert()
     command = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--child-memory", name,
                "--workloads", workload_name, "--orders", order, "--mem-steps", str(args.mem_steps),
                "--threads", str(torch.get_num_threads())]
@@ -507,10 +510,14 @@ def child_memory(args):
 # --------------------------------------------------------------------------- pausing a background process
 
 class Pause:
-    """SIGSTOP `pid` inside the block, SIGCONT on leaving it (and at exit, on signals)."""
+    """SIGSTOP `pid` inside the block, SIGCONT on leaving it (and at exit, on signals).
 
-    def __init__(self, pid):
-        self.pid = pid
+    `reassert()`, called before each measured step, stops `pid` again in case someone
+    else resumed it meanwhile; after `limit` seconds in one block it resumes `pid` for
+    good and stops reasserting, so that no pause lasts longer than that."""
+
+    def __init__(self, pid, limit=540):
+        self.pid, self.limit, self.since = pid, limit, None
         if pid:
             atexit.register(self.resume)
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -530,14 +537,35 @@ class Pause:
             except ProcessLookupError:
                 pass
 
-    def __enter__(self):
-        if self.pid:
+    def reassert(self):
+        if not self.pid or self.since is None:
+            return
+        if time.monotonic() - self.since > self.limit:
+            log(f"pause of {self.pid} reached {self.limit} s: resuming it, measuring on")
+            self.since = None
+            self.resume()
+            return
+        try:
             os.kill(self.pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self):
+        self.since = time.monotonic()
+        self.reassert()
         return self
 
     def __exit__(self, *exc):
+        self.since = None
         self.resume()
         return False
+
+
+PAUSE = Pause(None)
+
+
+def log(message):
+    print(f"{datetime.datetime.now():%H:%M:%S} {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -601,6 +629,9 @@ def main():
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
     parser.add_argument("--pause-pid", type=int, help="SIGSTOP this process while measuring, SIGCONT after")
+    parser.add_argument("--max-pause", type=float, default=540, help="longest pause of --pause-pid, seconds")
+    parser.add_argument("--check-threads", type=int, default=1,
+                        help="torch threads for the float64 check (not timed)")
     parser.add_argument("--json")
     parser.add_argument("--child-memory", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -611,7 +642,9 @@ def main():
 
     names = ["fewshot"] + [n for n in args.impls if n != "fewshot"]
     overrides = parse_overrides(args.set)
-    pause = Pause(args.pause_pid)
+    global PAUSE
+    pause = PAUSE = Pause(args.pause_pid, args.max_pause)
+    threads = torch.get_num_threads()
     started = datetime.datetime.now().astimezone()
     with pause:
         peak_rates = matmul_peak()
@@ -619,8 +652,10 @@ def main():
     for workload_name in args.workloads:
         for order in args.orders:
             workload = Workload(workload_name, args.data, order, overrides)
-            print(f"[{workload_name} {order}] float64 meta-gradients", file=sys.stderr, flush=True)
+            log(f"[{workload_name} {order}] float64 meta-gradients ({args.check_threads} thread(s))")
+            torch.set_num_threads(args.check_threads)
             checks = float64_gradients(workload, names)
+            torch.set_num_threads(threads)
             reference, ref_error = checks["fewshot"]
             if reference is None:
                 raise SystemExit(f"fewshot's own float64 meta-gradient failed: {ref_error}")
@@ -643,7 +678,7 @@ def main():
                     results[name]["status"] = f"skipped: {skip}"
                 except Exception as error:
                     results[name]["status"] = describe(error)
-            print(f"[{workload_name} {order}] timing {', '.join(impls)}", file=sys.stderr, flush=True)
+            log(f"[{workload_name} {order}] timing {', '.join(impls)} on {threads} thread(s)")
             errors = {}
             with pause:
                 for name, impl in impls.items():  # one counted, untimed step each
@@ -655,6 +690,7 @@ def main():
                                          workload, args.steps, args.warmup, errors)
                 impls = None
                 if not args.no_memory:
+                    log(f"[{workload_name} {order}] memory, one subprocess each")
                     for name in names:
                         if results[name]["status"] == "ok" and name not in errors:
                             results[name].update(memory_in_subprocess(args, workload_name, order, name))
@@ -671,6 +707,8 @@ def main():
                 if row.get("flops"):
                     row["gflops"] = row["flops"] / row["median_s"] / 1e9
                     row["fraction_of_peak"] = row["gflops"] / statistics.median(peak_rates)
+            for name in names:
+                results[name]["load_average_after"] = os.getloadavg()[0]
             rows += [results[n] for n in names]
             print(table([results[n] for n in names], statistics.median(peak_rates)), file=sys.stderr, flush=True)
     with pause:
@@ -688,7 +726,8 @@ def main():
             "cores": os.cpu_count(), "python": platform.python_version(), "fewshot_git": git_state(),
             "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps,
             "matmul_peak_gflops": peak, "matmul_rates_gflops": peak_rates,
-            "paused_pid": args.pause_pid, "notes": LEARN2LEARN_NOTE}
+            "paused_pid": args.pause_pid, "check_threads": args.check_threads,
+            "load_average_after": os.getloadavg(), "notes": LEARN2LEARN_NOTE}
     print(f"{meta['date']}: torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} "
           f"({meta['cores']} cores), fewshot {meta['fewshot_git']}; {args.warmup} warm-up + {args.steps} "
           f"timed meta-steps, interleaved; 4096x4096 float32 matmul peak {peak:.0f} GFLOP/s")

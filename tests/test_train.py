@@ -89,3 +89,9 @@ def test_training_improves_on_real_omniglot(tmp_path, omniglot_cache):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["val_metric"] > 0.4  # chance is 0.2
+
+
+def test_a_run_stops_once_validation_reaches_the_target(tmp_path, data):
+    result = train(tiny_config(data=data, steps=8, val_every=3, stop_at_val=0.0), tmp_path / "run", progress=False)
+    assert result["step"] == 3 and not result["stopped"]
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["step"] == 3

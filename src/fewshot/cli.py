@@ -104,6 +104,19 @@ def cmd_eval(args):
         write_text(args.scores, "".join(f"{s}\n" for s in scores))
 
 
+def cmd_embed(args):
+    from .embed import embed
+    if not args.out:
+        raise FewshotError("give --out DIR, the folder for the embedding files")
+    result = embed(_config(args), args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   device=args.device, progress=not args.no_progress)
+    if result["stopped"]:
+        print(f"stopped at pretraining step {result['steps']}; run the same command again to continue")
+    else:
+        print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}; train "
+              f"LEO on them with `fewshot train PRESET --data {result['out']} --set embedding_dim={result['dim']}`")
+
+
 def cmd_plot(args):
     from .plot import plot_adaptation, plot_run
     print(f"wrote {(plot_adaptation if args.adaptation else plot_run)(args.run_dir, args.out)}")
@@ -198,6 +211,18 @@ def parser():
                    "(torch.distributed; for several machines launch with torchrun instead)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_train)
+
+    s = sub.add_parser("embed", help="pretrain conv4 on the meta-train classes, write LEO embedding files")
+    s.add_argument("preset", help="an image preset: its dataset, split, image size and conv4")
+    s.add_argument("--data", help="prepared dataset folder, raw copy, or name")
+    s.add_argument("--out", help="folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
+    s.add_argument("--steps", type=int, default=2000, help="pretraining steps (default 2000)")
+    s.add_argument("--batch-size", type=int, default=64, help="pretraining batch size (default 64)")
+    s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(run=cmd_embed)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint on a fixed set of test tasks")
     s.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")

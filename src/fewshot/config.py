@@ -13,11 +13,14 @@ from .errors import FewshotError
 DEFAULTS = {
     "description": "",
     # data
-    "dataset": "omniglot",     # omniglot | folder | sinusoid
+    "dataset": "omniglot",     # omniglot | folder | miniimagenet | embeddings | sinusoid
     "data": None,              # a prepared dataset folder, a raw copy, or a name under FEWSHOT_HOME
     "split": "maml",           # omniglot: maml | lake
     "image_size": 28,
     "channels": 1,
+    "embedding_dim": 640,      # embeddings: the feature dimension the files must have (LEO's WRN-28-10: 640)
+    "embedding_crop": "center",  # embeddings: center | multiview, the subfolder of --data to read (LEO's layout)
+    "embedding_dataset": None,   # embeddings: miniImageNet | tieredImageNet, the subfolder of --data above the crop
     # tasks
     "ways": 5,
     "shots": 1,
@@ -50,6 +53,16 @@ DEFAULTS = {
     "inner_optimizer": "sgd",  # Reptile: sgd | adam
     "inner_batch": None,       # Reptile: inner mini-batch size (None: the whole task)
     "reptile_eval": "transductive",  # Reptile: transductive | non_transductive test-time batch norm
+    "num_latents": 64,         # LEO: dimension of the latent code z (LEO defaults: deepmind/leo config.py)
+    "inner_unroll_length": 5,  # LEO: latent-space adaptation steps at meta-train (meta-test: eval_inner_steps)
+    "finetuning_unroll_length": 5,  # LEO: parameter-space fine-tuning steps after the latent steps
+    "inner_lr_init": 1.0,      # LEO: initial value of the learned latent step sizes (one per latent unit)
+    "finetuning_lr_init": 0.001,  # LEO: initial value of the learned fine-tuning step sizes (one per feature)
+    "dropout_rate": 0.5,       # LEO: dropout on the embeddings at meta-train
+    "kl_weight": 0.001,        # LEO: beta, weight of the KL term of the latent code
+    "encoder_penalty_weight": 1e-9,  # LEO: gamma, weight of ||z' - z||^2 (encoder output vs adapted code)
+    "l2_penalty_weight": 1e-8,  # LEO: lambda_1, weight of the L2 penalty on encoder, relation and decoder weights
+    "orthogonality_penalty_weight": 0.001,  # LEO: lambda_2, weight of the decoder's orthogonality penalty
     # meta-optimization
     "meta_batch": 32,
     "meta_optimizer": "adam",  # adam | sgd (Reptile: sgd with meta_lr as its outer step size)
@@ -59,12 +72,15 @@ DEFAULTS = {
     "lr_decay_every": 0,       # 0: constant meta learning rate
     "lr_decay_gamma": 0.5,
     "steps": 60000,
+    "grad_clip_value": None,   # clip each meta-gradient entry to [-v, v] before the optimizer step (None: off)
+    "grad_clip_norm": None,    # then clip the meta-gradient's global L2 norm to this (None: off)
     # bookkeeping
     "threads": None,           # torch threads for training (None: torch's default, one per core)
     "seed": 0,
     "log_every": 50,
     "val_every": 500,
     "val_tasks": 100,
+    "stop_at_val": None,       # stop once the validation metric reaches this (time-to-accuracy runs)
     "save_every": 500,
     "eval_tasks": 600,
     "eval_seed": 1234,

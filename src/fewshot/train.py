@@ -228,6 +228,10 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
             result = algorithm.meta_gradient(tasks, step)
             if size > 1:
                 result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
+            if config["grad_clip_value"] is not None:  # by value, then by global norm (as LEO)
+                torch.nn.utils.clip_grad_value_(algorithm.parameters(), config["grad_clip_value"])
+            if config["grad_clip_norm"] is not None:
+                torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config["grad_clip_norm"])
             optimizer.step()
             schedule.step()
             step += 1
@@ -251,6 +255,13 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                 log.write(row)
                 bar.write(_format_row(row, metric))
                 window, window_start = [], time.perf_counter()
+            reached = leader and validate_now and _reached(algorithm.family, best, config["stop_at_val"])
+            if distributed.agree(reached):
+                save("last.pt")
+                if leader:
+                    bar.write(f"validation {metric} reached {config['stop_at_val']} at step {step}, "
+                              f"{time.perf_counter() - started:.0f} s after start")
+                break
             if step % config["save_every"] == 0 or step == total:
                 save("last.pt")
             if stop_after is not None and step >= stop_after:
@@ -273,6 +284,10 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
 def _main_thread():
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+def _reached(family, best, target):
+    return target is not None and best is not None and (best >= target if family.higher_is_better else best <= target)
 
 
 def _mean(rows, key):

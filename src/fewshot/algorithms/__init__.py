@@ -18,4 +18,4 @@ def build(config):
     return ALGORITHMS[config["algorithm"]](models.build(config), config, tasks.family(config))
 
 
-from . import anil, maml, mamlpp, metasgd, protonet, reptile  # noqa: E402,F401  (registers)
+from . import anil, leo, maml, mamlpp, metasgd, protonet, reptile  # noqa: E402,F401  (registers)

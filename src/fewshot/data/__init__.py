@@ -2,7 +2,8 @@
 
 Kinds: `omniglot` (official layout, zips or sprite form), `miniimagenet` (images
 with the Ravi & Larochelle split CSVs, class-folder trees, learn2learn pickles,
-npz), `folder` (a user's tree of class folders) and `sinusoid` (generated).
+npz), `folder` (a user's tree of class folders), `embeddings` (LEO's precomputed
+`{train,val,test}_embeddings.pkl`, float features) and `sinusoid` (generated).
 """
 import hashlib
 from pathlib import Path
@@ -11,22 +12,29 @@ import numpy as np
 import torch
 
 from ..errors import FewshotError
-from . import folder, miniimagenet, omniglot
+from . import embeddings, folder, miniimagenet, omniglot
 from .episodes import EpisodeSampler, Prefetcher, Task
-from .images import home, is_prepared, read_dataset
+from .images import home, is_prepared, read_dataset, read_features
 from .sinusoid import SinusoidSampler
 
 GENERATED = {"sinusoid"}
 # kind -> (import a raw copy into a prepared folder, class splits)
 IMPORTERS = {"omniglot": omniglot.import_omniglot, "folder": folder.import_folder,
-             "miniimagenet": miniimagenet.import_miniimagenet}
-SPLITTERS = {"omniglot": omniglot.splits, "folder": folder.splits, "miniimagenet": miniimagenet.splits}
+             "miniimagenet": miniimagenet.import_miniimagenet, "embeddings": embeddings.import_embeddings}
+SPLITTERS = {"omniglot": omniglot.splits, "folder": folder.splits, "miniimagenet": miniimagenet.splits,
+             "embeddings": embeddings.splits}
+FEATURES = {"embeddings"}  # kinds stored as float features: their "size" is the feature dimension
+
+
+def array_size(config):
+    """The size a prepared array is stored at: the image side, or the feature dimension."""
+    return config["embedding_dim"] if config["dataset"] in FEATURES else config["image_size"]
 
 
 def resolve(config, progress=True):
     """The prepared folder for `config["data"]`: a prepared folder, a raw copy (imported
     into a cache under FEWSHOT_HOME on first use), or a name under FEWSHOT_HOME."""
-    spec, kind, size = config["data"], config["dataset"], config["image_size"]
+    spec, kind, size = config["data"], config["dataset"], array_size(config)
     if spec is None:
         raise FewshotError("no data given: pass --data DIR (e.g. ../shared/data/omniglot-28) "
                            "or prepare a copy with `fewshot data omniglot --from PATH`")
@@ -37,6 +45,8 @@ def resolve(config, progress=True):
             raise FewshotError(f"data {spec!r} is neither a folder nor a dataset prepared under {home()}; "
                                f"check the path, or prepare it with `fewshot data {kind} --from PATH`")
         path = named
+    if kind == "embeddings":  # LEO's layout: <data_path>/<dataset_name>/<embedding_crop>/
+        path = embeddings.locate(path, config["embedding_crop"], config["embedding_dataset"])
     if is_prepared(path, size):
         return path
     if is_prepared(path):  # prepared at another size: decode again from the recorded source
@@ -72,7 +82,8 @@ def load(config, progress=True):
     if config["dataset"] not in IMPORTERS:
         known = ", ".join([*IMPORTERS, *GENERATED])
         raise FewshotError(f"unknown dataset {config['dataset']!r}; choose one of {known}")
-    dataset = read_dataset(resolve(config, progress), config["image_size"])
+    reader = read_features if config["dataset"] in FEATURES else read_dataset
+    dataset = reader(resolve(config, progress), array_size(config))
     if dataset.images.nbytes < (1 << 30):  # small sets live in memory; large ones stay memory-mapped
         dataset.images = np.ascontiguousarray(dataset.images)
     return dataset, SPLITTERS[dataset.meta["dataset"]](dataset, config["split"])

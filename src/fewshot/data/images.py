@@ -102,13 +102,22 @@ def read_dataset(folder, size):
 
 
 def write_features(folder, features, classes, meta):
-    """The float32 variant of write_dataset: `features` is N x dim, rows grouped by class."""
+    """The float32 variant of write_dataset: `features` is N x dim, rows grouped by class,
+    or a list of such blocks written one after another (never all in memory twice)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / features_name(features.shape[-1])) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(features, dtype=np.float32))
-    meta = {**meta, "features": True, "sizes": [int(features.shape[-1])]}
+    parts = features if isinstance(features, (list, tuple)) else [features]
+    dim = int(parts[0].shape[-1])
+    with atomic_path(folder / features_name(dim)) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                        shape=(sum(len(part) for part in parts), dim))
+        row = 0
+        for part in parts:
+            out[row:row + len(part)] = part
+            row += len(part)
+        out.flush()
+        del out
+    meta = {**meta, "features": True, "sizes": [dim]}
     write_text(folder / INDEX, json.dumps({"meta": meta, "classes": [vars(c) for c in classes]}, indent=1))
 
 

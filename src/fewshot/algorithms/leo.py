@@ -1,0 +1,264 @@
+"""LEO: meta-learning with latent embedding optimization (Rusu et al., ICLR 2019).
+
+LEO meta-learns on fixed image embeddings (dataset `embeddings`, model `none`).
+It follows the reference implementation, github.com/deepmind/leo `model.py`
+(class `LEO`), with the hyperparameter names of its `config.py`:
+
+- inputs: each embedding L2-normalized, as the reference's data provider does
+  (`tf.nn.l2_normalize` in `data.py`, `get_instance`);
+- encoder: dropout (`dropout_rate`, meta-train only), then a linear map D -> L
+  (`num_latents`), no bias, per support example;
+- relation network: a 3-layer MLP (2L units per layer, ReLU between layers, no
+  bias) on the concatenated codes of every ordered pair of the task's N*K support
+  examples, averaged over the pair's second member, then over each class's K
+  examples: the mean and unnormalized std (2L numbers) of a Gaussian per class;
+- latent code: z ~ N(mu, sigma), sigma = max(exp(s) - 1, 1e-10), sampled at
+  meta-train (a sample per support example), the mean at meta-test;
+- decoder: a linear map L -> 2D, no bias: mean and unnormalized std of each
+  class's classifier weights, sampled like z with sigma offset by the Glorot
+  scale sqrt(2 / (N + D)) at meta-train, the mean at meta-test;
+- classifier: logit of class c for input x = mean over k of x . w[c, k] (x with
+  dropout at meta-train);
+- latent inner loop: `inner_unroll_length` steps (meta-test: the number of steps
+  asked of `adapt`, `eval_inner_steps`) of z <- z - alpha * dL/dz, alpha learned
+  per latent unit from `inner_lr_init`, L the support cross-entropy summed over
+  the support examples (the reference differentiates the per-example loss vector,
+  i.e. its sum), the weights decoded again after every step;
+- fine-tuning: `finetuning_unroll_length` steps of w <- w - eta * dL/dw in
+  parameter space, eta learned per feature from `finetuning_lr_init`;
+- outer objective: query cross-entropy + `kl_weight` * KL(q(z) || N(0, I)) (the
+  reference's one-sample estimate log q(z) - log p(z), averaged over units) +
+  `encoder_penalty_weight` * mean (stop_gradient(z') - z)^2 (adapted code against
+  the encoder's), averaged over tasks, + `l2_penalty_weight` * sum w^2 / 2 over
+  encoder, relation and decoder weights + `orthogonality_penalty_weight` * mean
+  (C - I)^2, C the correlation matrix of the decoder's rows (one row per latent
+  unit); all exact second order;
+- a meta-batch whose loss or gradient is not finite is replaced by the gradient
+  of 1e-4 * sum w^2 / 2 alone (the reference's `grads_and_vars`);
+- the trainer's Adam with `grad_clip_value` then `grad_clip_norm` (the reference's
+  `gradient_threshold` and `gradient_norm_threshold`).
+
+The architecture table of the MindSpore port's README (3-layer MLPs with 16/32/40
+hidden units, decoder output 2 x 1761) describes the paper's sinusoid-regression
+model; on ImageNet embeddings the reference code uses the linear encoder and
+decoder above, which this file follows.
+
+All tasks of a meta-batch run in one batched pass (they have one shape); the
+classes of a task may be any number N, with the same K support examples each.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import models
+from ..errors import FewshotError
+from . import register
+from .base import Algorithm
+
+
+@models.register("none")
+class NoBackbone(nn.Module):
+    """No backbone: the inputs are features already (LEO on precomputed embeddings)."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls()
+
+    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
+        if trace is not None:
+            trace.append(("identity (precomputed features)", tuple(x.shape), 0))
+        return x
+
+
+def orthogonality(weight):
+    """Mean squared difference between the correlation matrix of `weight`'s rows and
+    the identity (the reference's `get_orthogonality_regularizer`, before its weight)."""
+    norms = weight.norm(dim=1, keepdim=True) + 1e-32
+    correlation = (weight @ weight.t()) / (norms @ norms.t())
+    return (correlation - torch.eye(len(weight), dtype=weight.dtype, device=weight.device)).pow(2).mean()
+
+
+def gaussian_log_prob(x, mean, std):
+    return -((x - mean) ** 2) / (2 * std ** 2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def kl_divergence(samples, mean, std):
+    """The reference's estimate of KL(N(mean, std) || N(0, 1)) from one sample per unit:
+    mean over units of log q(sample) - log p(sample)."""
+    zeros, ones = torch.zeros_like(samples), torch.ones_like(samples)
+    return (gaussian_log_prob(samples, mean, std) - gaussian_log_prob(samples, zeros, ones)).mean()
+
+
+def split_gaussian(params, stddev_offset=0.0):
+    """(mean, std) from the last dimension's two halves: std = max(exp(s) - (1 - offset), 1e-10)."""
+    mean, unnormalized = params.chunk(2, dim=-1)
+    return mean, (torch.exp(unnormalized) - (1.0 - stddev_offset)).clamp(min=1e-10)
+
+
+@register("leo")
+class LEO(Algorithm):
+    any_number_of_classes = True  # classifier weights are generated per class, for any N
+
+    def __init__(self, model, config, family):
+        if config["model"] != "none":
+            raise FewshotError(f"LEO learns on precomputed embeddings and takes no backbone; set model: none "
+                               f"(got model {config['model']!r}), dataset: embeddings")
+        super().__init__(model, config, family)
+        dim, latents = config["embedding_dim"], config["num_latents"]
+        self.dim, self.latents = dim, latents
+
+        def glorot(fan_in, fan_out):
+            return nn.Parameter(nn.init.xavier_uniform_(torch.empty(fan_in, fan_out)))
+
+        # weights stored (in, out), as the reference's snt.Linear: rows index the inputs
+        self.encoder = glorot(dim, latents)
+        self.relation = nn.ParameterList([glorot(2 * latents, 2 * latents) for _ in range(3)])
+        self.decoder = glorot(latents, 2 * dim)
+        self.inner_lr = nn.Parameter(torch.full((latents,), float(config["inner_lr_init"])))
+        self.finetuning_lr = nn.Parameter(torch.full((dim,), float(config["finetuning_lr_init"])))
+
+    # the pieces ----------------------------------------------------------------
+    def regularized(self):
+        """The weights under the L2 penalty (the reference's regularizers)."""
+        return [self.encoder, *self.relation, self.decoder]
+
+    def l2_penalty(self):
+        return sum(w.pow(2).sum() for w in self.regularized()) / 2
+
+    def orthogonality_penalty(self):
+        return orthogonality(self.decoder)
+
+    def dropout(self, x, training):
+        return F.dropout(x, self.config["dropout_rate"], training=training)
+
+    def encode(self, support, training):
+        """support T x N x K x D -> (latents T x N x K x L, KL) from encoder and relation network."""
+        t, n, k, _ = support.shape
+        codes = (self.dropout(support, training) @ self.encoder).reshape(t, n * k, self.latents)
+        pairs = torch.cat([codes.unsqueeze(2).expand(t, n * k, n * k, self.latents),
+                           codes.unsqueeze(1).expand(t, n * k, n * k, self.latents)], dim=-1)
+        h = pairs
+        for i, weight in enumerate(self.relation):
+            h = h @ weight
+            if i < len(self.relation) - 1:
+                h = F.relu(h)
+        params = h.mean(dim=2).reshape(t, n, k, 2 * self.latents).mean(dim=2, keepdim=True).expand(-1, -1, k, -1)
+        mean, std = split_gaussian(params)
+        if not training:
+            return mean, params.new_zeros(())
+        samples = mean + std * torch.randn_like(mean)
+        return samples, kl_divergence(samples, mean, std)
+
+    def decode(self, latents, training):
+        """latents T x N x K x L -> classifier weights T x N x K x D."""
+        n = latents.shape[1]
+        mean, std = split_gaussian(latents @ self.decoder, stddev_offset=math.sqrt(2.0 / (n + self.dim)))
+        return mean + std * torch.randn_like(mean) if training else mean
+
+    def logits(self, x, weights, training):
+        """x T x M x D, weights T x N x K x D -> T x M x N."""
+        return torch.einsum("tmd,tnkd->tmnk", self.dropout(x, training), weights).mean(-1)
+
+    def support_loss(self, support, weights, training):
+        """Cross-entropy summed over each task's support examples, and over tasks (so that its
+        gradient with respect to a task's latents or weights is that task's own)."""
+        t, n, k, d = support.shape
+        labels = torch.arange(n, device=support.device).repeat_interleave(k).repeat(t)
+        out = self.logits(support.reshape(t, n * k, d), weights, training)
+        return F.cross_entropy(out.reshape(t * n * k, n), labels, reduction="sum")
+
+    # the two inner loops -------------------------------------------------------
+    def inner_loops(self, support, training, steps=None, lr=None, finetuning_steps=None):
+        """(classifier weights after the latent and fine-tuning loops, KL, encoder penalty).
+        With `training`, the whole trajectory stays differentiable (second order)."""
+        steps = self.config["inner_unroll_length"] if steps is None else steps
+        finetuning_steps = self.config["finetuning_unroll_length"] if finetuning_steps is None else finetuning_steps
+        inner_lr = self.inner_lr if lr is None else lr
+
+        def step(value, loss, rate):
+            if not training:
+                grad, = torch.autograd.grad(loss, value)
+                return (value - rate * grad).detach().requires_grad_(True)
+            grad, = torch.autograd.grad(loss, value, create_graph=True)
+            return value - rate * grad
+
+        with torch.enable_grad():
+            start, kl = self.encode(support, training)
+            latents = start if training else start.detach().requires_grad_(True)
+            weights = self.decode(latents, training)
+            loss = self.support_loss(support, weights, training)
+            for _ in range(steps):
+                latents = step(latents, loss, inner_lr)
+                weights = self.decode(latents, training)
+                loss = self.support_loss(support, weights, training)
+            if not training:
+                weights = weights.detach().requires_grad_(True)
+                loss = self.support_loss(support, weights, training)
+            for _ in range(finetuning_steps):
+                weights = step(weights, loss, self.finetuning_lr if training else self.finetuning_lr.detach())
+                loss = self.support_loss(support, weights, training)
+        penalty = (latents.detach() - start).pow(2).mean() if training else start.new_zeros(())
+        return weights, kl, penalty
+
+    # the interface -----------------------------------------------------------
+    def group(self, support_x, support_y):
+        """support N*K x D (labels 0..N-1, K each, any order) -> N x K x D, L2-normalized."""
+        n = int(support_y.max()) + 1
+        counts = torch.bincount(support_y, minlength=n)
+        if (counts != counts[0]).any() or counts[0] == 0:
+            raise FewshotError(f"LEO needs the same number of support examples in every class, got "
+                               f"{counts.tolist()}")
+        order = torch.argsort(support_y, stable=True)
+        return F.normalize(support_x[order], dim=-1).reshape(n, int(counts[0]), -1)
+
+    def check_dim(self, x):
+        if x.shape[-1] != self.dim:
+            raise FewshotError(f"LEO was built for {self.dim}-dimensional embeddings (embedding_dim) but got "
+                               f"inputs of shape {tuple(x.shape)}; use the dataset `embeddings` with files of "
+                               f"that dimension")
+
+    def meta_gradient(self, tasks, step=0):
+        self.check_dim(tasks[0].support_x)
+        if len({(t.support_x.shape, t.query_x.shape) for t in tasks}) != 1:
+            raise FewshotError("LEO runs a meta-batch in one pass; its tasks must have one shape")
+        support = torch.stack([self.group(t.support_x, t.support_y) for t in tasks])
+        query = F.normalize(torch.stack([t.query_x for t in tasks]), dim=-1)
+        query_y = torch.stack([t.query_y for t in tasks])
+        weights, kl, encoder_penalty = self.inner_loops(support, training=True)
+        out = self.logits(query, weights, training=True)
+        query_loss = F.cross_entropy(out.flatten(0, 1), query_y.flatten())
+        config = self.config
+        total = (query_loss + config["kl_weight"] * kl + config["encoder_penalty_weight"] * encoder_penalty
+                 + config["l2_penalty_weight"] * self.l2_penalty()
+                 + config["orthogonality_penalty_weight"] * self.orthogonality_penalty())
+        total.backward()
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not torch.isfinite(total) or not all(torch.isfinite(g).all() for g in grads):
+            self.regularization_only_gradient()
+        out = out.detach()
+        metric = sum(self.family.metric(out[i], query_y[i]) for i in range(len(tasks))) / len(tasks)
+        return {"loss": query_loss.item(), self.family.metric_name: metric}
+
+    def regularization_only_gradient(self):
+        """The gradient of 1e-4 * sum w^2 / 2 over the regularized weights, zero elsewhere."""
+        regularized = {id(w) for w in self.regularized()}
+        for p in self.parameters():
+            p.grad = 1e-4 * p.detach().clone() if id(p) in regularized else torch.zeros_like(p)
+
+    def adapt(self, support_x, support_y, steps=None, lr=None):
+        self.check_dim(support_x)
+        steps = self.config["eval_inner_steps"] if steps is None else steps
+        weights, _, _ = self.inner_loops(self.group(support_x, support_y).unsqueeze(0), training=False,
+                                         steps=steps, lr=lr)
+        return {"weights": weights.detach()}
+
+    @torch.no_grad()
+    def predict(self, adapted, x):
+        return self.logits(F.normalize(x, dim=-1).unsqueeze(0), adapted["weights"], training=False)[0]
+
+    def describe_inner_lr(self):
+        return (f"learned (latent: mean {self.inner_lr.mean().item():.4g} over {self.latents} units; "
+                f"fine-tuning: mean {self.finetuning_lr.mean().item():.4g} over {self.dim} features, "
+                f"{self.config['finetuning_unroll_length']} steps)")

@@ -1,0 +1,178 @@
+"""`fewshot embed`: image embeddings in LEO's file format, from a backbone pretrained
+on the meta-train classes only.
+
+1. Pretraining: the preset's conv4 (its filters, downsampling, image size and
+   channels; inductive batch norm, so that running statistics serve at embedding
+   time) with a linear head over all meta-train classes of the preset's split
+   (Omniglot: each rotation its own class, as in meta-training), trained by
+   ordinary supervised classification (cross-entropy, Adam) on mini-batches drawn
+   from meta-train images only. Validation and test classes are never seen.
+2. Embedding: every image of every split through the backbone's features, batch
+   norm in evaluation mode: `center`, the image itself; `multiview`, the mean of
+   the features of six fixed views (the image, its horizontal flip, and four
+   crops shifted by an eighth of the side toward each corner after reflection
+   padding).
+
+Output: OUT/center/{train,val,test}_embeddings.pkl and OUT/multiview/..., in
+LEO's format (see data/embeddings.py), keys `<row>-<class>-<class>_<index>`
+with class names made key-safe ("-", "_", "/" and spaces become "."), labels
+the class index within the split. Train LEO on them with
+`fewshot train leo-... --data OUT --set embedding_dim=<dim>` (the dimension is
+printed, and recorded in OUT/embed.json).
+
+Resumable: OUT/pretrain.pt holds the backbone, optimizer, RNG and step every
+`save_every` steps (and at the end, or on Ctrl-C); a rerun with the same --out
+continues from it, and keeps the embedding files already written.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint, data, models
+from .data.embeddings import SPLITS, file_name, make_key, write_leo_pickles
+from .data.episodes import to_float
+from .errors import FewshotError
+from .io import write_text
+
+CROPS = ("center", "multiview")
+EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
+
+
+def key_safe(name):
+    return re.sub(r"[-_/\s]+", ".", str(name)).strip(".") or "class"
+
+
+def class_names(refs):
+    """Key-safe, unique names for a split's class references."""
+    names, seen = [], set()
+    for ref in refs:
+        name = key_safe(ref[3])
+        while name in seen:
+            name += ".x"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def views(x):
+    """The multiview set for a batch N x C x H x W: 6 x N x C x H x W."""
+    side = x.shape[-1]
+    pad = max(1, side // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    shifted = [padded[..., i:i + side, j:j + side] for i in (0, 2 * pad) for j in (0, 2 * pad)]
+    return torch.stack([x, x.flip(-1), *shifted])
+
+
+def _pixels(dataset, rows, rotations):
+    pixels = np.ascontiguousarray(dataset.images[rows])
+    for i, rotation in enumerate(rotations):
+        if rotation:
+            pixels[i] = np.rot90(pixels[i], rotation, axes=(-2, -1))
+    return pixels
+
+
+def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, device="cpu", progress=True,
+          stop_after=None):
+    """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
+    files under `out`; returns {"out", "dim", "steps", "files"}."""
+    if config["dataset"] in data.GENERATED or config["dataset"] == "embeddings":
+        raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config['dataset']!r}")
+    if config["model"] != "conv4":
+        raise FewshotError(f"fewshot embed pretrains conv4; the preset's model is {config['model']!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    dataset, refs = data.load(config, progress)
+    preprocessing = data.preprocessing(dataset, config)
+    train_refs = refs["train"]
+    if len(train_refs) < 2:
+        raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining needs two or more")
+    options = {"preset": config.get("preset"), "data": str(dataset.root), "split": config["split"],
+               "batch_size": batch_size, "lr": lr, "filters": config["filters"],
+               "downsample": config["downsample"], "image_size": config["image_size"], "seed": config["seed"]}
+    backbone_config = {**config, "ways": len(train_refs), "head": True, "batch_norm": "inductive",
+                       "per_step_bn": False}
+    torch.manual_seed(config["seed"])
+    model = models.build(backbone_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    step, state_path = 0, out / "pretrain.pt"
+    if state_path.exists():
+        state = checkpoint.load(state_path)
+        changed = sorted(k for k in options if state["options"].get(k) != options[k])
+        if changed:
+            raise FewshotError(f"{state_path} was pretrained with other settings ({', '.join(changed)}); "
+                               f"choose another --out or delete that file to start again")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step = state["step"]
+
+    def save():
+        checkpoint.save(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        rng=torch.get_rng_state(), step=step, options=options, config=backbone_config)
+
+    # every meta-train image with its class; batch `i` is a pure function of (seed, i)
+    rows = np.concatenate([np.arange(start, start + count) for start, count, _, _ in train_refs])
+    labels = np.concatenate([np.full(count, c) for c, (_, count, _, _) in enumerate(train_refs)])
+    turns = np.concatenate([np.full(count, rotation) for _, count, rotation, _ in train_refs])
+    bar = tqdm(total=steps, initial=min(step, steps), desc="pretrain", unit="step", disable=not progress)
+    model.train()
+    try:
+        while step < steps:
+            pick = np.sort(np.random.default_rng([config["seed"], step]).choice(len(rows), batch_size,
+                                                                                 replace=len(rows) < batch_size))
+            x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
+            y = torch.from_numpy(labels[pick]).long().to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % save_every == 0 or step == steps:
+                save()
+            if stop_after is not None and step >= stop_after:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        save()
+        bar.close()
+        return {"out": str(out), "steps": step, "stopped": True, "dim": model.features_size, "files": []}
+    bar.close()
+
+    model.eval()
+    params = dict(model.named_parameters())
+    files = []
+    for split in SPLITS:
+        targets = {crop: out / crop / file_name(split) for crop in CROPS}
+        if all(path.is_file() for path in targets.values()):
+            files += [str(p) for p in targets.values()]
+            continue
+        names = class_names(refs[split])
+        jobs = [(start + i, rotation, c, i) for c, (start, count, rotation, _) in enumerate(refs[split])
+                for i in range(count)]
+        center, multiview = [], []
+        with torch.no_grad():
+            for begin in tqdm(range(0, len(jobs), EMBED_BATCH), desc=f"embed {split}", unit="batch",
+                              disable=not progress, leave=False):
+                chunk = jobs[begin:begin + EMBED_BATCH]
+                x = to_float(_pixels(dataset, [j[0] for j in chunk], [j[1] for j in chunk]), preprocessing)
+                x = x.to(device)
+                center.append(model.features(params, x, bn_training=False).cpu().numpy())
+                v = views(x)
+                feats = model.features(params, v.flatten(0, 1), bn_training=False)
+                multiview.append(feats.reshape(len(v), len(x), -1).mean(0).cpu().numpy())
+        keys = [make_key(names[c], f"{i:05d}", prefix=n) for n, (_, _, c, i) in enumerate(jobs)]
+        split_labels = np.array([c for _, _, c, _ in jobs], dtype=np.int64)
+        for crop, parts in (("center", center), ("multiview", multiview)):
+            embeddings = np.concatenate(parts) if parts else np.zeros((0, model.features_size), np.float32)
+            files.append(str(write_leo_pickles(out / crop, split, embeddings, split_labels, keys)))
+    summary = {"dim": model.features_size, "pretrain_steps": step, "options": options,
+               "classes": {s: len(refs[s]) for s in SPLITS}, "crops": list(CROPS)}
+    write_text(out / "embed.json", json.dumps(summary, indent=1))
+    return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files}

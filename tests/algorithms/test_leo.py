@@ -1,0 +1,198 @@
+"""LEO (Rusu et al. 2019): its pieces against their definitions, its two inner loops, the
+meta-gradient reaching the learned rates, and training and evaluation on small
+embedding files written here."""
+import math
+
+import pytest
+import torch
+
+from fewshot import algorithms, checkpoint
+from fewshot.algorithms.leo import gaussian_log_prob, kl_divergence, orthogonality, split_gaussian
+from fewshot.data.episodes import Task
+from fewshot.errors import FewshotError
+from fewshot.evaluate import evaluate_checkpoint
+from fewshot.train import train
+
+from data.test_embeddings import write_synthetic
+from helpers import tiny_config
+
+DIM = 16
+
+
+def leo_config(**overrides):
+    values = dict(algorithm="leo", model="none", dataset="embeddings", embedding_dim=DIM, num_latents=4,
+                  ways=3, shots=2, query=3, meta_batch=3, eval_inner_steps=5, dropout_rate=0.3)
+    values.update(overrides)
+    return tiny_config(**values)
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    return algorithms.build(leo_config(**overrides)).double()
+
+
+def make_tasks(count, ways=3, shots=2, query=3, seed=0):
+    """Tasks of clustered features; support rows in shuffled label order, as a sampler gives."""
+    g = torch.Generator().manual_seed(seed)
+    tasks = []
+    for _ in range(count):
+        centres = torch.randn(ways, DIM, generator=g, dtype=torch.float64)
+        sy = torch.arange(ways).repeat_interleave(shots)[torch.randperm(ways * shots, generator=g)]
+        qy = torch.arange(ways).repeat_interleave(query)
+        noise = lambda n: 0.5 * torch.randn(n, DIM, generator=g, dtype=torch.float64)
+        tasks.append(Task(centres[sy] + noise(len(sy)), sy, centres[qy] + noise(len(qy)), qy))
+    return tasks
+
+
+def support_loss(algorithm, task, adapted):
+    return algorithm.family.loss(algorithm.predict(adapted, task.support_x), task.support_y).item()
+
+
+def test_latent_adaptation_lowers_the_support_loss():
+    algorithm = build(finetuning_unroll_length=0)  # the latent loop alone
+    for task in make_tasks(3):
+        before = support_loss(algorithm, task, algorithm.adapt(task.support_x, task.support_y, steps=0))
+        after = support_loss(algorithm, task, algorithm.adapt(task.support_x, task.support_y, steps=5))
+        assert after < before
+
+
+def test_fine_tuning_lowers_the_support_loss_further():
+    task = make_tasks(1)[0]
+    latent_only = build(finetuning_unroll_length=0, finetuning_lr_init=1.0)
+    both = build(finetuning_unroll_length=5, finetuning_lr_init=1.0)
+    a = support_loss(latent_only, task, latent_only.adapt(task.support_x, task.support_y))
+    b = support_loss(both, task, both.adapt(task.support_x, task.support_y))
+    assert b < a
+
+
+def test_the_decoder_gives_classifier_weights_of_the_classifiers_shape():
+    algorithm = build()
+    task = make_tasks(1, ways=4, shots=3)[0]
+    support = algorithm.group(task.support_x, task.support_y).unsqueeze(0)
+    assert support.shape == (1, 4, 3, DIM)
+    latents, _ = algorithm.encode(support, training=True)
+    assert latents.shape == (1, 4, 3, 4)  # T x N x K x num_latents
+    for training in (True, False):
+        weights = algorithm.decode(latents, training)
+        assert weights.shape == support.shape  # one D-vector per class and support example
+        assert algorithm.logits(support.reshape(1, 12, DIM), weights, training).shape == (1, 12, 4)
+    adapted = algorithm.adapt(task.support_x, task.support_y)
+    assert algorithm.predict(adapted, task.query_x).shape == (len(task.query_x), 4)  # any number of classes
+
+
+def test_orthogonality_penalty_is_zero_for_orthonormal_rows_and_positive_otherwise():
+    q, _ = torch.linalg.qr(torch.randn(2 * DIM, 4, dtype=torch.float64))
+    assert orthogonality(q.t()).item() < 1e-20  # 4 orthonormal rows
+    assert orthogonality(3.0 * q.t()).item() < 1e-20  # a correlation: the rows' lengths do not matter
+    algorithm = build(orthogonality_penalty_weight=2.0)
+    with torch.no_grad():
+        algorithm.decoder.copy_(q.t())
+    assert algorithm.orthogonality_penalty().item() < 1e-20
+    with torch.no_grad():
+        algorithm.decoder[1] = algorithm.decoder[0] + 0.1 * algorithm.decoder[1]
+    assert algorithm.orthogonality_penalty().item() > 1e-3
+    # two equal unit rows: correlation 1 off the diagonal, twice, over a 2 x 2 matrix
+    rows = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    assert orthogonality(rows).item() == pytest.approx(0.5)
+
+
+def test_kl_term_matches_the_closed_form():
+    torch.manual_seed(0)
+    mean = torch.tensor([0.0, 0.5, -1.0, 2.0], dtype=torch.float64)
+    std = torch.tensor([1.0, 0.5, 2.0, 0.3], dtype=torch.float64)
+    closed = (0.5 * (std ** 2 + mean ** 2 - 1) - torch.log(std)).mean().item()
+    samples = mean + std * torch.randn(50_000, 4, dtype=torch.float64)
+    estimate = kl_divergence(samples, mean.expand_as(samples), std.expand_as(samples)).item()
+    assert estimate == pytest.approx(closed, abs=0.02)
+    # at the prior the estimate is exactly zero, sample by sample
+    z = torch.randn(10, dtype=torch.float64)
+    assert kl_divergence(z, torch.zeros(10, dtype=torch.float64), torch.ones(10, dtype=torch.float64)).item() == 0
+    x = torch.randn(5, dtype=torch.float64)
+    expected = torch.distributions.Normal(mean[:1], std[:1]).log_prob(x)
+    torch.testing.assert_close(gaussian_log_prob(x, mean[:1], std[:1]), expected)
+
+
+def test_std_is_exp_minus_one_plus_the_offset_and_never_zero():
+    params = torch.tensor([[0.3, -0.2, math.log(2.0), -50.0]], dtype=torch.float64)
+    mean, std = split_gaussian(params, stddev_offset=0.25)
+    assert mean.tolist() == [[0.3, -0.2]]
+    assert std[0, 0].item() == pytest.approx(2.0 - 0.75) and std[0, 1].item() == pytest.approx(1e-10)
+
+
+def test_the_meta_gradient_reaches_the_learned_rates_and_every_weight():
+    algorithm = build()
+    result = algorithm.meta_gradient(make_tasks(3))
+    assert result["loss"] > 0 and 0 <= result["accuracy"] <= 1
+    for name in ("inner_lr", "finetuning_lr", "encoder", "decoder", "relation.0", "relation.2"):
+        grad = dict(algorithm.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_the_penalties_enter_the_objective_with_their_weights():
+    tasks = make_tasks(2)
+    grads = {}
+    for weight in (0.0, 10.0):
+        algorithm = build(orthogonality_penalty_weight=weight, l2_penalty_weight=0.0)
+        torch.manual_seed(1)
+        algorithm.meta_gradient(tasks)
+        grads[weight] = algorithm.decoder.grad.clone()
+        with torch.enable_grad():
+            expected = torch.autograd.grad(weight * algorithm.orthogonality_penalty(), algorithm.decoder)[0]
+    torch.testing.assert_close(grads[10.0] - grads[0.0], expected)
+
+
+def test_a_non_finite_loss_falls_back_to_the_l2_gradient():
+    algorithm = build()
+    with torch.no_grad():
+        algorithm.inner_lr.fill_(float("nan"))
+    algorithm.meta_gradient(make_tasks(2))
+    torch.testing.assert_close(algorithm.encoder.grad, 1e-4 * algorithm.encoder.detach())
+    assert algorithm.inner_lr.grad.abs().sum() == 0
+
+
+def test_meta_test_adaptation_is_deterministic_and_uses_no_dropout():
+    algorithm = build(dropout_rate=0.9)
+    task = make_tasks(1)[0]
+    a = algorithm.adapt(task.support_x, task.support_y)["weights"]
+    b = algorithm.adapt(task.support_x, task.support_y)["weights"]
+    assert torch.equal(a, b)
+
+
+def test_leo_refuses_a_backbone_and_support_sets_of_unequal_classes():
+    with pytest.raises(FewshotError, match="set model: none"):
+        algorithms.build(leo_config(model="conv4"))
+    algorithm = build()
+    task = make_tasks(1)[0]
+    with pytest.raises(FewshotError, match="same number of support examples"):
+        algorithm.adapt(task.support_x[:-1], task.support_y[:-1])
+
+
+@pytest.fixture
+def embeddings(tmp_path):
+    folder = tmp_path / "embeddings" / "miniImageNet" / "center"
+    write_synthetic(folder, dim=DIM, per_class=8, spread=0.3)
+    return str(tmp_path / "embeddings")
+
+
+def test_train_and_evaluate_on_embedding_files(tmp_path, embeddings):
+    config = leo_config(data=embeddings, embedding_dataset="miniImageNet", steps=4, val_tasks=3, eval_tasks=4,
+                        grad_clip_value=0.1, grad_clip_norm=0.1, meta_lr=0.005)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["step"] == 4 and not result["stopped"]
+    state = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert {"inner_lr", "finetuning_lr", "decoder"} <= set(state["algorithm"])
+    evaluated = evaluate_checkpoint(tmp_path / "run", progress=False, at_steps=[0])
+    assert evaluated["tasks"] == 4 and 0 <= evaluated["mean"] <= 1 and evaluated["algorithm"] == "leo"
+    assert set(evaluated["by_steps"]) == {"0", "5"} and "learned" in evaluated["inner_lr"]
+
+
+def test_gradient_clipping_happens_before_the_optimizer_step(tmp_path, embeddings):
+    """Clipping to zero, by value or by norm, leaves Adam nothing to do."""
+    base = leo_config(data=embeddings, embedding_dataset="miniImageNet", steps=2, val_every=100, save_every=100)
+    torch.manual_seed(base["seed"])  # as the trainer seeds before building
+    initial = {n: p.detach().clone() for n, p in algorithms.build(base).named_parameters()}
+    for name, clip in (("none", {}), ("value", {"grad_clip_value": 0.0}), ("norm", {"grad_clip_norm": 0.0})):
+        train({**base, **clip}, tmp_path / name, progress=False)
+        weights = checkpoint.load(tmp_path / name / "last.pt")["algorithm"]
+        unchanged = all(torch.equal(weights[n], initial[n]) for n in initial)
+        assert unchanged == (name != "none"), name

@@ -1,0 +1,223 @@
+"""LEO's embedding files: small files in LEO's format written here, read back into the
+memory-mapped float cache, sampled unchanged, and the bad inputs refused with the file's name."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot import data
+from fewshot.data import embeddings as emb
+from fewshot.data.images import is_prepared, read_features
+from fewshot.errors import FewshotError
+
+from helpers import tiny_config
+
+SPLIT_CLASSES = {"train": ["n01000001", "n01000002", "n01000003", "n01000004", "n01000005"],
+                 "val": ["n02000001", "n02000002", "n02000003"], "test": ["n03000001", "n03000002", "n03000003"]}
+
+
+def synthetic_split(split, dim=16, per_class=6, seed=0, spread=0.3):
+    """(embeddings, labels, keys) of one split: per class a random centre plus noise,
+    rows interleaved across classes (as a file need not group them)."""
+    rng = np.random.default_rng([seed, list(emb.SPLITS).index(split)])
+    classes = SPLIT_CLASSES[split]
+    centres = rng.normal(size=(len(classes), dim))
+    rows = [(c, i) for i in range(per_class) for c in range(len(classes))]  # interleaved
+    embeddings = np.stack([centres[c] + spread * rng.normal(size=dim) for c, _ in rows]).astype(np.float32)
+    labels = np.array([c for c, _ in rows])
+    keys = [emb.make_key(classes[c], f"{i:05d}.JPEG", prefix=n) for n, (c, i) in enumerate(rows)]
+    return embeddings, labels, keys
+
+
+def write_synthetic(folder, dim=16, per_class=6, seed=0, spread=0.3):
+    """A folder of LEO's three pickles; returns {split: (embeddings, labels, keys)}."""
+    written = {}
+    for split in emb.SPLITS:
+        written[split] = synthetic_split(split, dim, per_class, seed, spread)
+        emb.write_leo_pickles(folder, split, *written[split])
+    return written
+
+
+def test_the_written_files_are_what_the_reference_reader_expects(tmp_path):
+    written = write_synthetic(tmp_path)
+    with open(tmp_path / "train_embeddings.pkl", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")  # as deepmind/leo data.py DataProvider._load
+    assert set(raw) == {"embeddings", "labels", "keys"}
+    assert raw["embeddings"].dtype == np.float32 and raw["embeddings"].shape == (30, 16)
+    assert raw["keys"].shape[0] == 30 and len(raw["labels"]) == 30
+    # DataProvider._index_data: three fields on "-", the image file starting with its class
+    for key in raw["keys"]:
+        _, class_label, image_file = key.split("-")
+        assert class_label == image_file.split("_")[0]
+    np.testing.assert_array_equal(raw["embeddings"], written["train"][0])
+
+
+def test_import_groups_classes_contiguously_by_split_and_keeps_the_values(tmp_path):
+    written = write_synthetic(tmp_path / "raw")
+    emb.import_embeddings(tmp_path / "raw", tmp_path / "cache", size=16, progress=False)
+    assert is_prepared(tmp_path / "cache", 16) and not is_prepared(tmp_path / "cache", 640)
+    dataset = read_features(tmp_path / "cache", 16)
+    assert isinstance(dataset.images, np.memmap) and dataset.images.dtype == np.float32
+    assert [c.group for c in dataset.classes] == ["train"] * 5 + ["val"] * 3 + ["test"] * 3
+    assert [c.name for c in dataset.classes] == [n for s in emb.SPLITS for n in SPLIT_CLASSES[s]]
+    start = 0
+    for c in dataset.classes:
+        assert c.start == start and c.count == 6
+        start += c.count
+        embeddings, labels, _ = written[c.group]
+        expected = embeddings[labels == SPLIT_CLASSES[c.group].index(c.name)]
+        np.testing.assert_array_equal(dataset.images[c.start:c.start + c.count], expected)
+    assert dataset.meta["dataset"] == "embeddings" and dataset.meta["counts"]["val"]["classes"] == 3
+
+
+def test_bytes_keys_as_in_the_multiview_files_are_read(tmp_path):
+    for split in emb.SPLITS:
+        embeddings, labels, keys = synthetic_split(split)
+        with open(tmp_path / emb.file_name(split), "wb") as f:
+            pickle.dump({"embeddings": embeddings, "labels": labels,
+                         "keys": np.array([k.encode() for k in keys])}, f, protocol=2)
+    emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+    assert [c.name for c in read_features(tmp_path / "cache", 16).classes][:2] == ["n01000001", "n01000002"]
+
+
+def test_a_dimension_mismatch_names_the_file(tmp_path):
+    write_synthetic(tmp_path, dim=16)
+    with pytest.raises(FewshotError, match=r"train_embeddings\.pkl: embeddings have dimension 16, expected 640"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=640, progress=False)
+    assert not is_prepared(tmp_path / "cache")
+
+
+def test_a_key_in_another_format_names_the_file_and_the_key(tmp_path):
+    write_synthetic(tmp_path)
+    embeddings, labels, keys = synthetic_split("val")
+    keys[2] = "n02000001_00001.JPEG"  # no "-" fields
+    with open(tmp_path / "val_embeddings.pkl", "wb") as f:
+        pickle.dump({"embeddings": embeddings, "labels": labels, "keys": np.array(keys)}, f)
+    with pytest.raises(FewshotError, match=r"val_embeddings\.pkl: key 'n02000001_00001\.JPEG' is not in LEO's key"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+    keys[2] = "7-n02000001-n02000002_00001.JPEG"  # the class and the image file disagree
+    with pytest.raises(FewshotError, match="not in LEO's key format"):
+        emb.write_leo_pickles(tmp_path, "val", embeddings, labels, keys)
+
+
+def test_missing_files_foreign_pickles_and_shared_classes_are_refused(tmp_path):
+    written = write_synthetic(tmp_path)
+    (tmp_path / "test_embeddings.pkl").unlink()
+    with pytest.raises(FewshotError, match="lacks test_embeddings.pkl"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+    with open(tmp_path / "test_embeddings.pkl", "wb") as f:
+        pickle.dump({"features": written["test"][0]}, f)
+    with pytest.raises(FewshotError, match=r"test_embeddings\.pkl holds features; a LEO embedding file"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+    emb.write_leo_pickles(tmp_path, "test", *written["val"])  # the val classes again
+    with pytest.raises(FewshotError, match="class n02000001 is in both val_embeddings.pkl and test_embeddings.pkl"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+    with open(tmp_path / "test_embeddings.pkl", "wb") as f:
+        pickle.dump({"embeddings": written["test"][0], "keys": written["test"][2], "labels": written["test"][1],
+                     "payload": print}, f)  # anything but arrays and containers is refused
+    with pytest.raises(FewshotError, match="cannot read .*test_embeddings.pkl"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+
+
+def test_the_writer_refuses_mismatched_lengths(tmp_path):
+    embeddings, labels, keys = synthetic_split("train")
+    with pytest.raises(FewshotError, match="30 embeddings, 29 labels and 30 keys"):
+        emb.write_leo_pickles(tmp_path, "train", embeddings, labels[:-1], keys)
+    with pytest.raises(FewshotError, match="unknown split 'valid'"):
+        emb.write_leo_pickles(tmp_path, "valid", embeddings, labels, keys)
+
+
+@pytest.mark.parametrize("layout", ["crop folder", "dataset folder", "data path"])
+def test_data_finds_leos_layout_and_samples_the_features_unchanged(tmp_path, layout):
+    root = tmp_path / "embeddings"
+    written = write_synthetic(root / "miniImageNet" / "center")
+    spec = {"crop folder": root / "miniImageNet" / "center", "dataset folder": root / "miniImageNet",
+            "data path": root}[layout]
+    config = tiny_config(dataset="embeddings", data=str(spec), embedding_dim=16, embedding_crop="center",
+                         embedding_dataset="miniImageNet", model="none", algorithm="leo")
+    dataset, refs = data.load(config, progress=False)
+    assert len(refs["train"]) == 5 and len(refs["val"]) == 3 and len(refs["test"]) == 3
+    sampler = data.sampler(config, dataset, refs, "train", seed=0)
+    task = sampler.batch(0, 1)[0]
+    assert task.support_x.dtype == torch.float32 and task.support_x.shape == (3, 16)
+    assert task.query_x.shape == (6, 16)
+    rows = {tuple(r) for r in written["train"][0]}
+    assert all(tuple(x) in rows for x in torch.cat([task.support_x, task.query_x]).numpy())  # no /255, no scaling
+    # the same data at another dimension is refused with the file's name
+    with pytest.raises(FewshotError, match=r"train_embeddings\.pkl: embeddings have dimension 16, expected 640"):
+        data.load({**config, "embedding_dim": 640}, progress=False)
+
+
+# --- fewshot embed ------------------------------------------------------------------
+
+def image_dataset(folder, test_value=None):
+    """A 16x16 gray dataset of 4 train, 2 val and 2 test classes (8 images each), groups = splits;
+    `test_value` overwrites every val and test pixel."""
+    from fewshot.data.images import ImageClass, write_dataset
+    rng = np.random.default_rng(0)
+    groups = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
+    images = rng.integers(0, 256, size=(len(groups) * 8, 1, 16, 16), dtype=np.uint8)
+    classes = [ImageClass(f"class_{c}/x-y", g, c * 8, 8, {}) for c, g in enumerate(groups)]
+    if test_value is not None:
+        images[4 * 8:] = test_value
+    write_dataset(folder, images, classes, {"dataset": "folder", "invert": False, "channels": 1})
+    return str(folder)
+
+
+def embed_config(data_dir):
+    return tiny_config(dataset="folder", data=data_dir, image_size=16, channels=1, filters=4)
+
+
+def test_embed_pretrains_on_train_classes_only_resumes_and_writes_leos_files(tmp_path):
+    from fewshot import checkpoint
+    from fewshot.embed import embed
+    config = embed_config(image_dataset(tmp_path / "images"))
+    full = embed(config, tmp_path / "full", steps=3, batch_size=8, progress=False)
+    assert not full["stopped"] and full["dim"] == 4 and len(full["files"]) == 6
+    part = embed(config, tmp_path / "part", steps=3, batch_size=8, progress=False, stop_after=2)
+    assert part["stopped"] and part["steps"] == 2
+    embed(config, tmp_path / "part", steps=3, batch_size=8, progress=False)
+    a = checkpoint.load(tmp_path / "full" / "pretrain.pt")["model"]
+    b = checkpoint.load(tmp_path / "part" / "pretrain.pt")["model"]
+    assert a["head.weight"].shape[0] == 4  # one output per meta-train class
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    # val and test images never reach pretraining: other pixels there, the same backbone
+    other = embed(embed_config(image_dataset(tmp_path / "other", test_value=7)), tmp_path / "other-out", steps=3,
+                  batch_size=8, progress=False)
+    c = checkpoint.load(tmp_path / "other-out" / "pretrain.pt")["model"]
+    assert all(torch.equal(a[n], c[n]) for n in a) and other["dim"] == 4
+    # the files are LEO's format, and fewshot reads them as the `embeddings` dataset
+    for crop in ("center", "multiview"):
+        leo = tiny_config(dataset="embeddings", data=str(tmp_path / "full"), embedding_dim=4, embedding_crop=crop)
+        dataset, refs = data.load(leo, progress=False)
+        assert [len(refs[s]) for s in emb.SPLITS] == [4, 2, 2] and dataset.images.shape == (64, 4)
+        assert refs["train"][0][3] == "class.0.x.y"
+    center = read_features(data.resolve({**leo, "embedding_crop": "center"}, progress=False), 4).images
+    multiview = read_features(data.resolve(leo, progress=False), 4).images
+    assert not np.allclose(center, multiview)
+
+
+def test_embed_command_writes_center_embeddings_of_the_pretrained_backbone(tmp_path, capsys):
+    import yaml
+    from fewshot import checkpoint, models
+    from fewshot.cli import main
+    from fewshot.data.episodes import to_float
+    from fewshot.data.images import read_dataset
+    data_dir = image_dataset(tmp_path / "images")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump({"dataset": "folder", "image_size": 16, "channels": 1, "filters": 4}))
+    assert main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    assert "--set embedding_dim=4" in capsys.readouterr().out
+    state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
+    model = models.build(state["config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    images = read_dataset(data_dir, 16).images
+    with open(tmp_path / "out" / "center" / "val_embeddings.pkl", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    with torch.no_grad():
+        expected = model.features(dict(model.named_parameters()), to_float(np.array(images[32:48])), bn_training=False)
+    np.testing.assert_allclose(raw["embeddings"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert raw["keys"][0] == "0-class.4.x.y-class.4.x.y_00000" and raw["labels"].tolist() == [0] * 8 + [1] * 8
