@@ -1,6 +1,7 @@
-"""Small synthetic datasets and configs shared by the tests."""
+"""Small synthetic datasets, configs and CLI helpers shared by the tests."""
 import numpy as np
 
+from fewshot.cli import main
 from fewshot.config import DEFAULTS
 from fewshot.data.images import ImageClass, write_dataset
 
@@ -27,3 +28,16 @@ def tiny_config(**overrides):
                   save_every=2, eval_tasks=5, preset="tiny")
     config.update(overrides)
     return config
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fewshot: error: "), err
+    assert "Traceback" not in err
+    return lines[0]

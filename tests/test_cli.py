@@ -4,24 +4,12 @@ import json
 import pytest
 import torch
 
-from fewshot.cli import main
 from fewshot.train import RunLock
+
+from helpers import one_error_line, run
 
 FAST = ["--set", "steps=4", "--set", "meta_batch=2", "--set", "filters=8", "--set", "val_every=2",
         "--set", "val_tasks=4", "--set", "log_every=2", "--set", "save_every=2", "--no-progress"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fewshot: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture

@@ -19,22 +19,11 @@ from fewshot.train import train
 
 from conftest import SHARED_DATA
 
+from helpers import one_error_line, run
+
 SAMPLE_ZIP = SHARED_DATA / "omniglot-official-sample" / "images_background_small1.zip"
 ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
 CHARACTERS = [f"character{i:02d}" for i in range(1, 6)]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fewshot: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def cut(archive, root, alphabet, characters=CHARACTERS):

@@ -9,27 +9,15 @@ import torch
 from PIL import Image
 
 from fewshot import checkpoint, data
-from fewshot.cli import main
 from fewshot.config import apply_overrides, load_preset
 from fewshot.data import folder
 from fewshot.data.images import is_prepared, read_dataset
 
+from helpers import one_error_line, run
+
 PALETTE = {3: (10, 200, 60), 7: (250, 20, 120)}
 FAST = ["--set", "steps=2", "--set", "meta_batch=2", "--set", "filters=8", "--set", "val_every=2",
         "--set", "val_tasks=2", "--set", "log_every=2", "--set", "save_every=2", "--no-progress"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fewshot: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def solid(path, mode, size, value):
