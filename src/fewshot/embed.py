@@ -91,7 +91,8 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     preprocessing = data.preprocessing(dataset, config)
     train_refs = refs["train"]
     if len(train_refs) < 2:
-        raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining needs two or more")
+        raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining "
+                           f"needs two or more")
     options = {"preset": config.get("preset"), "data": str(dataset.root), "split": config["split"],
                "batch_size": batch_size, "lr": lr, "filters": config["filters"],
                "downsample": config["downsample"], "image_size": config["image_size"], "seed": config["seed"]}

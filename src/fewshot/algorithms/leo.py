@@ -33,8 +33,10 @@ It follows the reference implementation, github.com/deepmind/leo `model.py`
   encoder, relation and decoder weights + `orthogonality_penalty_weight` * mean
   (C - I)^2, C the correlation matrix of the decoder's rows (one row per latent
   unit); all exact second order;
-- a meta-batch whose loss or gradient is not finite is replaced by the gradient
-  of 1e-4 * sum w^2 / 2 alone (the reference's `grads_and_vars`);
+- a meta-batch whose loss or gradient is not finite (sampled weights with a huge
+  std can overflow; the reference has the same guard) gets the gradient of
+  1e-4 * sum w^2 / 2 alone (the reference's `grads_and_vars`), and logs the
+  non-finite loss it had;
 - the trainer's Adam with `grad_clip_value` then `grad_clip_norm` (the reference's
   `gradient_threshold` and `gradient_norm_threshold`).
 
