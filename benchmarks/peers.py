@@ -49,8 +49,10 @@ timing.
 
 Memory: each implementation runs `--mem-steps` meta-steps in a fresh subprocess
 (same workload, same threads); "peak MB" is that process's peak RSS
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, torch, the data and the peer library
-included), "step MB" is that peak minus the RSS just before the first meta-step.
+(VmHWM in /proc/self/status; torch, the data and the peer library included), "step
+MB" is the peak during the meta-steps (VmHWM reset through /proc/self/clear_refs
+after setup) minus the RSS just before the first meta-step. (getrusage's ru_maxrss
+would not do: Linux carries the parent's peak into a child's across fork and exec.)
 
 Installing the peers (CPU torch 2.13.0, Python 3.11), none of them pulls another torch:
     pip install -e ".[bench]"              # higher==0.2.1, torchopt==0.7.3
@@ -82,7 +84,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import signal
 import statistics
 import subprocess
@@ -491,20 +492,39 @@ def memory_in_subprocess(args, workload_name, order, name):
     return json.loads(lines[-1])
 
 
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+def proc_status_mb(key):
+    """VmRSS / VmHWM of this process in MiB. VmHWM belongs to the current address
+    space; getrusage's ru_maxrss does not do here: Linux carries the parent's peak
+    over into it across fork and exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def reset_peak_rss():
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def child_memory(args):
     workload = Workload(args.workloads[0], args.data, args.orders[0], parse_overrides(args.set))
     impl = build(args.child_memory, workload, torch.float32)
     batches = [workload.tasks(1 + i) for i in range(args.mem_steps)]
-    before = rss_mb()
+    setup_peak = proc_status_mb("VmHWM")
+    reset = reset_peak_rss()
+    before = proc_status_mb("VmRSS")
     for tasks in batches:
         impl.step(tasks)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"peak_mb": peak, "step_mb": max(0.0, peak - before), "before_mb": before}))
+    peak = proc_status_mb("VmHWM")
+    print(json.dumps({"peak_mb": max(peak, setup_peak), "step_mb": peak - before if reset else None,
+                      "before_mb": before, "setup_peak_mb": setup_peak, "steps_peak_mb": peak}))
 
 
 # --------------------------------------------------------------------------- pausing a background process
@@ -606,7 +626,7 @@ def table(rows, peak):
                          f"{r.get('status')} | | | | | |")
             continue
         diff = "reference" if r["implementation"] == "fewshot" else fmt(r.get("grad_diff"), ".1e")
-        memory = (f"{r['peak_mb']:.0f} ({r['step_mb']:.0f})" if r.get("peak_mb") is not None
+        memory = (f"{r['peak_mb']:.0f} ({fmt(r.get('step_mb'), '.0f')})" if r.get("peak_mb") is not None
                   else r.get("memory_error", "–"))
         gflops = r.get("gflops")
         lines.append(f"| `{r['workload']}` | {r['order']} | {r['implementation']} | {diff} | "

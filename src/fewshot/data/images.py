@@ -82,23 +82,40 @@ def write_dataset(folder, images, classes, meta):
 
 
 def read_dataset(folder, size):
-    folder = Path(folder)
+    """The prepared images at `size` (uint8 N x C x H x W, memory-mapped); size None: the index alone."""
+    if size is None:
+        index = _read_index(Path(folder))
+        return ImageDataset(Path(folder), None, [ImageClass(**c) for c in index["classes"]], index["meta"])
+    return _read_array(folder, array_name(size), ndim=4, dtype=np.uint8,
+                       missing=f"has no prepared data at size {size}", fix="prepare it with `fewshot data ...`")
+
+
+def _read_index(folder):
     try:
-        index = json.loads((folder / INDEX).read_text())
-        if size is None:  # the index alone
-            return ImageDataset(folder, None, [ImageClass(**c) for c in index["classes"]], index["meta"])
-        images = np.load(folder / array_name(size), mmap_mode="r")
-    except FileNotFoundError as error:
-        raise FewshotError(f"{folder} has no prepared data at size {size} ({Path(error.filename).name} "
-                           f"missing); prepare it with `fewshot data ...`") from None
-    except (ValueError, OSError, json.JSONDecodeError) as error:
+        return json.loads((folder / INDEX).read_text())
+    except FileNotFoundError:
+        raise FewshotError(f"{folder} has no {INDEX}; prepare it with `fewshot data ...`") from None
+    except (ValueError, OSError) as error:
+        raise FewshotError(f"the cache in {folder} is corrupt ({error}); delete the folder and "
+                           f"prepare the data again") from None
+
+
+def _read_array(folder, name, ndim, dtype, missing, fix):
+    """Index plus one memory-mapped array, checked against each other."""
+    folder = Path(folder)
+    index = _read_index(folder)
+    try:
+        array = np.load(folder / name, mmap_mode="r")
+    except FileNotFoundError:
+        raise FewshotError(f"{folder} {missing} ({name} missing); {fix}") from None
+    except (ValueError, OSError) as error:
         raise FewshotError(f"the cache in {folder} is corrupt ({error}); delete the folder and "
                            f"prepare the data again") from None
     classes = [ImageClass(**c) for c in index["classes"]]
-    if images.ndim != 4 or images.dtype != np.uint8 or sum(c.count for c in classes) != len(images):
+    if array.ndim != ndim or array.dtype != dtype or sum(c.count for c in classes) != len(array):
         raise FewshotError(f"the cache in {folder} does not match its index; delete the folder and "
                            f"prepare the data again")
-    return ImageDataset(folder, images, classes, index["meta"])
+    return ImageDataset(folder, array, classes, index["meta"])
 
 
 def write_features(folder, features, classes, meta):
@@ -123,18 +140,6 @@ def write_features(folder, features, classes, meta):
 
 def read_features(folder, dim):
     """A feature dataset: `images` holds the float32 N x dim array, memory-mapped."""
-    folder = Path(folder)
-    try:
-        index = json.loads((folder / INDEX).read_text())
-        features = np.load(folder / features_name(dim), mmap_mode="r")
-    except FileNotFoundError as error:
-        raise FewshotError(f"{folder} has no prepared features of dimension {dim} ({Path(error.filename).name} "
-                           f"missing); import the embeddings again, or set embedding_dim to their size") from None
-    except (ValueError, OSError, json.JSONDecodeError) as error:
-        raise FewshotError(f"the cache in {folder} is corrupt ({error}); delete the folder and "
-                           f"prepare the data again") from None
-    classes = [ImageClass(**c) for c in index["classes"]]
-    if features.ndim != 2 or features.dtype != np.float32 or sum(c.count for c in classes) != len(features):
-        raise FewshotError(f"the cache in {folder} does not match its index; delete the folder and "
-                           f"prepare the data again")
-    return ImageDataset(folder, features, classes, index["meta"])
+    return _read_array(folder, features_name(dim), ndim=2, dtype=np.float32,
+                       missing=f"has no prepared features of dimension {dim}",
+                       fix="import the embeddings again, or set embedding_dim to their size")
