@@ -12,12 +12,15 @@ fewshot=${FEWSHOT:-.venv/bin/fewshot}
 for preset in "$@"; do
   run=$out/$preset
   [ -f "$run/eval.json" ] && continue
-  if [ -f "$run/config.yaml" ]; then
-    $fewshot train --resume "$run" --threads 1 --time-limit "$minutes" --no-progress
-  else
-    $fewshot train "$preset" --data "$data" --out "$run" --threads 1 --time-limit "$minutes" \
-      --set val_every=100 --set val_tasks=50 --set log_every=25 --no-progress
+  if [ ! -f "$run/.budget-spent" ]; then
+    if [ -f "$run/config.yaml" ]; then
+      $fewshot train --resume "$run" --threads 1 --time-limit "$minutes" --no-progress
+    else
+      $fewshot train "$preset" --data "$data" --out "$run" --threads 1 --time-limit "$minutes" \
+        --set val_every=100 --set val_tasks=50 --set log_every=25 --no-progress
+    fi && touch "$run/.budget-spent"
   fi
-  $fewshot eval "$run" --tasks 600 --json --no-progress > "$run/eval.json.tmp" && mv "$run/eval.json.tmp" "$run/eval.json"
+  $fewshot eval "$run" --tasks 600 --json --threads 1 --no-progress > "$run/eval.json.tmp" &&
+    mv "$run/eval.json.tmp" "$run/eval.json"
   $fewshot plot "$run" >/dev/null
 done

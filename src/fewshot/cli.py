@@ -86,8 +86,15 @@ def cmd_train(args):
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
 
 
+def _threads(args):
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
+
+
 def cmd_eval(args):
     from .evaluate import describe, evaluate_checkpoint
+    _threads(args)
     if args.steps is not None and args.steps < 0:
         raise FewshotError(f"--steps must be at least 0, got {args.steps}")
     at_steps = None if args.at_steps is None else [int(s) for s in args.at_steps.split(",") if s]
@@ -130,6 +137,7 @@ def cmd_predict(args):
         raise FewshotError(f"--steps must be at least 0, got {args.steps}")
     if args.csv and Path(args.csv).is_dir():
         raise FewshotError(f"--csv {args.csv} is a folder; give a file name such as predictions.csv")
+    _threads(args)
     learner = load(args.checkpoint, device=args.device)
     adapted = learner.adapt(args.support, steps=args.steps)
     rows = adapted.classify(args.query, top_k=args.top_k)
@@ -234,6 +242,7 @@ def parser():
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", action="store_true", help="print one JSON document")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
+    s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_eval)
@@ -251,6 +260,7 @@ def parser():
     s.add_argument("--query", required=True, nargs="+", metavar="QUERY", help="image files or folders")
     s.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's meta-test setting)")
     s.add_argument("--top-k", type=int, default=1, help="also show the K most likely classes")
+    s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document")
     output.add_argument("--csv", metavar="FILE", help="also write the predictions to a CSV file")
