@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from fewshot import checkpoint
+
 
 def row(run):
     run = Path(run)
@@ -16,14 +18,15 @@ def row(run):
     config = yaml.safe_load((run / "config.yaml").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     last = rows[-1] if rows else {}
+    steps = checkpoint.load(run / "last.pt")["step"]
     paper = config.get("description", "").split("paper ")[-1] if "paper " in config.get("description", "") else "-"
-    return (f"| `{config.get('preset')}` | {last.get('step', 0)} of {config['steps']} | "
+    return (f"| `{config.get('preset')}` | {steps} of {config['steps']} | "
             f"{last.get('elapsed_s', 0) / 60:.1f} | {result['step']} | "
             f"{100 * result['mean']:.2f} +- {100 * result['ci95']:.2f} | {paper} |")
 
 
 if __name__ == "__main__":
-    print("| preset | meta-steps run | minutes | checkpoint step | test accuracy % (600 tasks, 95% CI) | paper |")
+    print("| preset | meta-steps run | minutes (last process) | evaluated checkpoint step | test accuracy % (600 tasks, 95% CI) | paper |")
     print("| --- | --- | --- | --- | --- | --- |")
     for run in sys.argv[1:]:
         if (Path(run) / "eval.json").exists():
