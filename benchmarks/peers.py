@@ -724,6 +724,8 @@ def main():
                 row["times_s"] = times[name]
                 row["median_s"] = statistics.median(times[name])
                 row["ratio"] = row["median_s"] / ours if ours else None
+                # the same round's step of ours, which met the same machine state
+                row["ratio_per_round"] = [t / o for t, o in zip(times[name], times.get("fewshot", []))]
                 if row.get("flops"):
                     row["gflops"] = row["flops"] / row["median_s"] / 1e9
                     row["fraction_of_peak"] = row["gflops"] / statistics.median(peak_rates)
