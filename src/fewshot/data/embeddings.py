@@ -32,9 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import FewshotError
+from .arrays import load_pickle
 from .folder import splits as _group_splits
 from .images import ImageClass, is_prepared, write_features
-from .miniimagenet import _NumpyOnly
 
 SPLITS = ("train", "val", "test")
 NDIM = 640  # the reference's embedding dimension (WRN-28-10 features)
@@ -79,13 +79,7 @@ def parse_key(key, path):
 def read_pickle(path, dim=NDIM):
     """(embeddings N x dim float32, [class per row]) from one `<split>_embeddings.pkl`."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = _NumpyOnly(f, encoding="latin1").load()
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, KeyError, AttributeError, TypeError,
-            IndexError, ImportError) as error:
-        raise FewshotError(f"cannot read {path} ({type(error).__name__}: {error}); it is not a LEO "
-                           f"embedding file, or it is damaged") from None
+    data = load_pickle(path, "a LEO embedding file")
     if isinstance(data, dict):
         data = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in data.items()}
     if not isinstance(data, dict) or "embeddings" not in data or "keys" not in data:

@@ -35,7 +35,6 @@ images in the order of its CSV or file. Its meta records the per-channel `mean` 
 """
 import csv
 import os
-import pickle
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FewshotError
+from .arrays import load_pickle
 from .folder import load_image
 from .folder import splits as _group_splits
 from .images import ImageClass, write_dataset
@@ -296,33 +296,15 @@ def array_files(source):
     return found
 
 
-class _NumpyOnly(pickle.Unpickler):
-    """Builds numpy arrays, dtypes and builtin containers; refuses anything else."""
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-               ("numpy._core.numeric", "_frombuffer"), ("collections", "OrderedDict"),
-               ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"),
-               ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("builtins", "object"),
-               ("__builtin__", "object"), ("_codecs", "encode")}
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to build {module}.{name}")
-
-
 def _load_file(path):
-    try:
-        if path.suffix.lower() == ".npz":
+    if path.suffix.lower() == ".npz":
+        try:
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
-        with open(path, "rb") as f:
-            data = _NumpyOnly(f, encoding="latin1").load()
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError, KeyError, AttributeError, TypeError,
-            IndexError, ImportError) as error:
-        raise FewshotError(f"cannot read {path} ({type(error).__name__}: {error}); it is not a "
-                           f"miniImageNet array file, or it is damaged") from None
+        except (OSError, ValueError) as error:
+            raise FewshotError(f"cannot read {path} ({type(error).__name__}: {error}); it is not a "
+                               f"miniImageNet array file, or it is damaged") from None
+    data = load_pickle(path, "a miniImageNet array file")
     if not isinstance(data, dict):
         raise FewshotError(f"{path} holds a {type(data).__name__}, not a dict; expected image_data and "
                            f"class_dict (learn2learn) or images and labels")
