@@ -6,9 +6,8 @@ set -u
 data=$1
 py=.venv/bin/python
 mkdir -p runs/bench
-$py benchmarks/step_time.py --data "$data" --steps 10 --json runs/bench/quiet-step-loop.json > runs/bench/quiet-step-loop.md 2>&1
 $py benchmarks/task_batching.py --data "$data" --steps 7 \
-  --presets omniglot-5w1s omniglot-5w5s omniglot-20w1s omniglot-20w5s omniglot-5w1s-pytorch > runs/bench/quiet-batching.md 2>&1
+  --presets omniglot-5w1s omniglot-5w5s omniglot-20w1s omniglot-5w1s-pytorch > runs/bench/quiet-batching.md 2>&1
 $py benchmarks/peers.py --data "$data" --workloads omniglot-5w1s omniglot-5w1s-pytorch omniglot-20w1s --orders second \
   --steps 5 --warmup 1 --no-memory --set batch_tasks=true --json runs/bench/quiet-peers-batched.json \
   > runs/bench/quiet-peers-batched.md 2> runs/bench/quiet-peers-batched.log
