@@ -20,8 +20,8 @@ def row(run):
     last = rows[-1] if rows else {}
     steps = checkpoint.load(run / "last.pt")["step"]
     paper = config.get("description", "").split("paper ")[-1] if "paper " in config.get("description", "") else "-"
-    return (f"| `{config.get('preset')}` | {steps} of {config['steps']} | "
-            f"{last.get('elapsed_s', 0) / 60:.1f} | {result['step']} | "
+    minutes = f"{last['elapsed_s'] / 60:.1f}" if last else "-"
+    return (f"| `{config.get('preset')}` | {steps} of {config['steps']} | {minutes} | {result['step']} | "
             f"{100 * result['mean']:.2f} +- {100 * result['ci95']:.2f} | {paper} |")
 
 
