@@ -75,5 +75,6 @@ def _entry(rank, procs, port, function, args):
     dist.init_process_group(backend, rank=rank, world_size=procs)
     try:
         function(*args)
+        dist.barrier()  # every rank done (rank 0 may still be saving) before the group goes away
     finally:
         dist.destroy_process_group()

@@ -143,4 +143,6 @@ class Prefetcher:
         return item
 
     def close(self):
+        """Stop the sampling thread and wait for it, so no thread outlives the run."""
         self.stop_event.set()
+        self.thread.join(timeout=10)
