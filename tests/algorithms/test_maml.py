@@ -34,6 +34,17 @@ def meta_objective(algorithm, tasks):
     return total / len(tasks)
 
 
+def central_difference(algorithm, tasks, param, flat, eps):
+    """d(meta-objective)/d(param.view(-1)[flat]) by central differences; restores the entry."""
+    original = param.view(-1)[flat].item()
+    values = []
+    for value in (original + eps, original - eps, original):
+        with torch.no_grad():
+            param.view(-1)[flat] = value
+        values.append(meta_objective(algorithm, tasks))
+    return (values[0] - values[1]) / (2 * eps)
+
+
 def analytic_gradient(algorithm, tasks):
     algorithm.zero_grad()
     algorithm.meta_gradient(tasks)
@@ -49,14 +60,7 @@ def test_second_order_meta_gradient_matches_finite_differences_in_float64():
         eps, checked = 1e-6, 0
         for name, param in algorithm.model.named_parameters():
             for flat in torch.randint(param.numel(), (4,), generator=rng).tolist():
-                original = param.view(-1)[flat].item()
-                values = []
-                for value in (original + eps, original - eps, original):
-                    with torch.no_grad():
-                        param.view(-1)[flat] = value
-                    values.append(meta_objective(algorithm, tasks))
-                plus, minus = values[:2]
-                numeric = (plus - minus) / (2 * eps)
+                numeric = central_difference(algorithm, tasks, param, flat, eps)
                 analytic = grads[name].view(-1)[flat].item()
                 assert abs(numeric - analytic) <= 1e-6 + 1e-5 * abs(numeric), (downsample, name, numeric, analytic)
                 checked += 1
