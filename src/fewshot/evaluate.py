@@ -23,8 +23,8 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
     numbers of inner steps (e.g. 0, 1) under "by_steps"."""
     was_training = algorithm.training
     algorithm.eval()
-    counts = sorted({steps if steps is not None else algorithm.config["eval_inner_steps"], *at_steps})
     main = steps if steps is not None else algorithm.config["eval_inner_steps"]
+    counts = sorted({main, *at_steps})
     scores = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
         task = sampler.batch(index, 1)[0].to(device)
