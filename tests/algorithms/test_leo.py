@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fewshot import algorithms, checkpoint
-from fewshot.algorithms.leo import gaussian_log_prob, kl_divergence, orthogonality, split_gaussian
+from fewshot.algorithms.leo import Noise, gaussian_log_prob, kl_divergence, orthogonality, split_gaussian
 from fewshot.data.episodes import Task
 from fewshot.errors import FewshotError
 from fewshot.evaluate import evaluate_checkpoint
@@ -70,12 +70,12 @@ def test_the_decoder_gives_classifier_weights_of_the_classifiers_shape():
     task = make_tasks(1, ways=4, shots=3)[0]
     support = algorithm.group(task.support_x, task.support_y).unsqueeze(0)
     assert support.shape == (1, 4, 3, DIM)
-    latents, _ = algorithm.encode(support, training=True)
+    latents, _ = algorithm.encode(support, Noise([None]))
     assert latents.shape == (1, 4, 3, 4)  # T x N x K x num_latents
-    for training in (True, False):
-        weights = algorithm.decode(latents, training)
+    for noise in (Noise([None]), None):  # meta-train (sampled), meta-test (means)
+        weights = algorithm.decode(latents, noise)
         assert weights.shape == support.shape  # one D-vector per class and support example
-        assert algorithm.logits(support.reshape(1, 12, DIM), weights, training).shape == (1, 12, 4)
+        assert algorithm.logits(support.reshape(1, 12, DIM), weights, noise).shape == (1, 12, 4)
     adapted = algorithm.adapt(task.support_x, task.support_y)
     assert algorithm.predict(adapted, task.query_x).shape == (len(task.query_x), 4)  # any number of classes
 

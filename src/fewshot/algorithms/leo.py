@@ -47,9 +47,14 @@ decoder above, which this file follows.
 
 All tasks of a meta-batch run in one batched pass (they have one shape); the
 classes of a task may be any number N, with the same K support examples each.
+Every random draw of a task (dropout masks, latent and weight samples) comes
+from the task's own generator, seeded by the task's (seed, step, position): a
+task gets the same draws whichever process, and whichever other tasks, it is
+computed with, so `--procs N` computes the one-process meta-gradient.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -93,6 +98,30 @@ def kl_divergence(samples, mean, std):
     return (gaussian_log_prob(samples, mean, std) - gaussian_log_prob(samples, zeros, ones)).mean()
 
 
+class Noise:
+    """The random draws of a meta-batch at meta-train: one generator per task, seeded
+    from the task's seed (the global generator for a task without one)."""
+
+    def __init__(self, task_seeds):
+        self.generators = [None if seed is None else
+                           torch.Generator().manual_seed(int(np.random.default_rng([*seed, 0x1E0]).integers(2 ** 62)))
+                           for seed in task_seeds]
+
+    def _draw(self, sample, like):
+        return torch.stack([sample(like.shape[1:], generator=g, dtype=like.dtype)
+                            for g in self.generators]).to(like.device)
+
+    def normal(self, like):
+        """Standard normal draws of `like`'s shape (T x ...), task t's from generator t."""
+        return self._draw(torch.randn, like)
+
+    def dropout(self, x, rate):
+        if rate == 0:
+            return x
+        keep = self._draw(torch.rand, x) >= rate
+        return x * keep / (1.0 - rate)
+
+
 def split_gaussian(params, stddev_offset=0.0):
     """(mean, std) from the last dimension's two halves: std = max(exp(s) - (1 - offset), 1e-10)."""
     mean, unnormalized = params.chunk(2, dim=-1)
@@ -132,13 +161,14 @@ class LEO(Algorithm):
     def orthogonality_penalty(self):
         return orthogonality(self.decoder)
 
-    def dropout(self, x, training):
-        return F.dropout(x, self.config["dropout_rate"], training=training)
+    def dropout(self, x, noise):
+        return x if noise is None else noise.dropout(x, self.config["dropout_rate"])
 
-    def encode(self, support, training):
-        """support T x N x K x D -> (latents T x N x K x L, KL) from encoder and relation network."""
+    def encode(self, support, noise):
+        """support T x N x K x D -> (latents T x N x K x L, KL) from encoder and relation network;
+        sampled with `noise` (meta-train), the means without (meta-test)."""
         t, n, k, _ = support.shape
-        codes = (self.dropout(support, training) @ self.encoder).reshape(t, n * k, self.latents)
+        codes = (self.dropout(support, noise) @ self.encoder).reshape(t, n * k, self.latents)
         pairs = torch.cat([codes.unsqueeze(2).expand(t, n * k, n * k, self.latents),
                            codes.unsqueeze(1).expand(t, n * k, n * k, self.latents)], dim=-1)
         h = pairs
@@ -148,33 +178,35 @@ class LEO(Algorithm):
                 h = F.relu(h)
         params = h.mean(dim=2).reshape(t, n, k, 2 * self.latents).mean(dim=2, keepdim=True).expand(-1, -1, k, -1)
         mean, std = split_gaussian(params)
-        if not training:
+        if noise is None:
             return mean, params.new_zeros(())
-        samples = mean + std * torch.randn_like(mean)
+        samples = mean + std * noise.normal(mean)
         return samples, kl_divergence(samples, mean, std)
 
-    def decode(self, latents, training):
+    def decode(self, latents, noise):
         """latents T x N x K x L -> classifier weights T x N x K x D."""
         n = latents.shape[1]
         mean, std = split_gaussian(latents @ self.decoder, stddev_offset=math.sqrt(2.0 / (n + self.dim)))
-        return mean + std * torch.randn_like(mean) if training else mean
+        return mean if noise is None else mean + std * noise.normal(mean)
 
-    def logits(self, x, weights, training):
+    def logits(self, x, weights, noise):
         """x T x M x D, weights T x N x K x D -> T x M x N."""
-        return torch.einsum("tmd,tnkd->tmnk", self.dropout(x, training), weights).mean(-1)
+        return torch.einsum("tmd,tnkd->tmnk", self.dropout(x, noise), weights).mean(-1)
 
-    def support_loss(self, support, weights, training):
+    def support_loss(self, support, weights, noise):
         """Cross-entropy summed over each task's support examples, and over tasks (so that its
         gradient with respect to a task's latents or weights is that task's own)."""
         t, n, k, d = support.shape
         labels = torch.arange(n, device=support.device).repeat_interleave(k).repeat(t)
-        out = self.logits(support.reshape(t, n * k, d), weights, training)
+        out = self.logits(support.reshape(t, n * k, d), weights, noise)
         return F.cross_entropy(out.reshape(t * n * k, n), labels, reduction="sum")
 
     # the two inner loops -------------------------------------------------------
-    def inner_loops(self, support, training, steps=None, lr=None, finetuning_steps=None):
+    def inner_loops(self, support, noise=None, steps=None, lr=None, finetuning_steps=None):
         """(classifier weights after the latent and fine-tuning loops, KL, encoder penalty).
-        With `training`, the whole trajectory stays differentiable (second order)."""
+        With `noise` (meta-train), sampled and differentiable end to end (second order);
+        without (meta-test), deterministic and first order."""
+        training = noise is not None
         steps = self.config["inner_unroll_length"] if steps is None else steps
         finetuning_steps = self.config["finetuning_unroll_length"] if finetuning_steps is None else finetuning_steps
         inner_lr = self.inner_lr if lr is None else lr
@@ -187,20 +219,20 @@ class LEO(Algorithm):
             return value - rate * grad
 
         with torch.enable_grad():
-            start, kl = self.encode(support, training)
+            start, kl = self.encode(support, noise)
             latents = start if training else start.detach().requires_grad_(True)
-            weights = self.decode(latents, training)
-            loss = self.support_loss(support, weights, training)
+            weights = self.decode(latents, noise)
+            loss = self.support_loss(support, weights, noise)
             for _ in range(steps):
                 latents = step(latents, loss, inner_lr)
-                weights = self.decode(latents, training)
-                loss = self.support_loss(support, weights, training)
+                weights = self.decode(latents, noise)
+                loss = self.support_loss(support, weights, noise)
             if not training:
                 weights = weights.detach().requires_grad_(True)
-                loss = self.support_loss(support, weights, training)
+                loss = self.support_loss(support, weights, noise)
             for _ in range(finetuning_steps):
                 weights = step(weights, loss, self.finetuning_lr if training else self.finetuning_lr.detach())
-                loss = self.support_loss(support, weights, training)
+                loss = self.support_loss(support, weights, noise)
         penalty = (latents.detach() - start).pow(2).mean() if training else start.new_zeros(())
         return weights, kl, penalty
 
@@ -228,8 +260,9 @@ class LEO(Algorithm):
         support = torch.stack([self.group(t.support_x, t.support_y) for t in tasks])
         query = F.normalize(torch.stack([t.query_x for t in tasks]), dim=-1)
         query_y = torch.stack([t.query_y for t in tasks])
-        weights, kl, encoder_penalty = self.inner_loops(support, training=True)
-        out = self.logits(query, weights, training=True)
+        noise = Noise([t.seed for t in tasks])
+        weights, kl, encoder_penalty = self.inner_loops(support, noise)
+        out = self.logits(query, weights, noise)
         query_loss = F.cross_entropy(out.flatten(0, 1), query_y.flatten())
         config = self.config
         total = (query_loss + config["kl_weight"] * kl + config["encoder_penalty_weight"] * encoder_penalty
@@ -252,13 +285,12 @@ class LEO(Algorithm):
     def adapt(self, support_x, support_y, steps=None, lr=None):
         self.check_dim(support_x)
         steps = self.config["eval_inner_steps"] if steps is None else steps
-        weights, _, _ = self.inner_loops(self.group(support_x, support_y).unsqueeze(0), training=False,
-                                         steps=steps, lr=lr)
+        weights, _, _ = self.inner_loops(self.group(support_x, support_y).unsqueeze(0), steps=steps, lr=lr)
         return {"weights": weights.detach()}
 
     @torch.no_grad()
     def predict(self, adapted, x):
-        return self.logits(F.normalize(x, dim=-1).unsqueeze(0), adapted["weights"], training=False)[0]
+        return self.logits(F.normalize(x, dim=-1).unsqueeze(0), adapted["weights"], None)[0]
 
     def describe_inner_lr(self):
         return (f"learned (latent: mean {self.inner_lr.mean().item():.4g} over {self.latents} units; "

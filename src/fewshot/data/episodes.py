@@ -19,10 +19,11 @@ class Task:
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+    seed: tuple = None  # (seed, batch index, position) of a sampled task: its own random draws (LEO)
 
     def to(self, device):
         return Task(*(t.to(device, non_blocking=True) for t in
-                      (self.support_x, self.support_y, self.query_x, self.query_y)))
+                      (self.support_x, self.support_y, self.query_x, self.query_y)), seed=self.seed)
 
     @property
     def images(self):
@@ -107,7 +108,12 @@ def sample_batch(sampler, index, size, part=None):
     generator, seeded by (seed, index, j), so a process that samples only its share
     of the batch gets the very tasks a single process would."""
     positions = range(size) if part is None else part
-    return [sampler.task(np.random.default_rng([sampler.seed, index, j])) for j in positions]
+    tasks = []
+    for j in positions:
+        task = sampler.task(np.random.default_rng([sampler.seed, index, j]))
+        task.seed = (sampler.seed, index, j)
+        tasks.append(task)
+    return tasks
 
 
 class Prefetcher:
