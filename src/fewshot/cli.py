@@ -115,7 +115,11 @@ def cmd_embed(args):
     from .embed import embed
     if not args.out:
         raise FewshotError("give --out DIR, the folder for the embedding files")
-    result = embed(_config(args), args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    _threads(args)
+    config = _config(args)
+    if args.backbone:
+        config["model"] = args.backbone
+    result = embed(config, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                    device=args.device, progress=not args.no_progress)
     if result["stopped"]:
         print(f"stopped at pretraining step {result['steps']}; run the same command again to continue")
@@ -220,8 +224,10 @@ def parser():
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_train)
 
-    s = sub.add_parser("embed", help="pretrain conv4 on the meta-train classes, write LEO embedding files")
+    s = sub.add_parser("embed", help="pretrain a backbone on the meta-train classes, write LEO embedding files")
     s.add_argument("preset", help="an image preset: its dataset, split, image size and conv4")
+    s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
+                   help="network to pretrain (default: the preset's conv4)")
     s.add_argument("--data", help="prepared dataset folder, raw copy, or name")
     s.add_argument("--out", help="folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
@@ -229,6 +235,7 @@ def parser():
     s.add_argument("--batch-size", type=int, default=64, help="pretraining batch size (default 64)")
     s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_embed)
 

@@ -29,6 +29,7 @@ DEFAULTS = {
     # model
     "model": "conv4",
     "filters": 64,
+    "widths": None,            # resnet12 | wrn28_10: channel widths (None: the papers', see models/resnet.py)
     "downsample": "maxpool",   # conv4: maxpool (4 x conv-BN-ReLU-pool) | stride (4 x strided conv-BN-ReLU)
     "batch_norm": "transductive",  # transductive (batch statistics always) | inductive (running statistics at test)
     "head": True,              # a linear output layer of `ways` units (False: features only, e.g. ProtoNets)
@@ -151,6 +152,10 @@ def validate(config):
             raise FewshotError(f"{key} must be an integer >= {minimum}, got {value!r}")
     if config["ways"] < 2 and config["dataset"] != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config['ways']}")
+    widths = config["widths"]
+    if widths is not None and (not isinstance(widths, list) or
+                               not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+        raise FewshotError(f"widths must be a list of positive integers, e.g. [64, 160, 320, 640], got {widths!r}")
     for key, choices in (("downsample", ("maxpool", "stride")),
                          ("batch_norm", ("transductive", "inductive")),
                          ("meta_optimizer", ("adam", "sgd")),

@@ -1,9 +1,10 @@
 """`fewshot embed`: image embeddings in LEO's file format, from a backbone pretrained
 on the meta-train classes only.
 
-1. Pretraining: the preset's conv4 (its filters, downsampling, image size and
-   channels; inductive batch norm, so that running statistics serve at embedding
-   time) with a linear head over all meta-train classes of the preset's split
+1. Pretraining: the preset's backbone (`model`: conv4 with the preset's filters
+   and downsampling, or `--backbone resnet12` / `wrn28_10`, see models/resnet.py;
+   the preset's image size and channels; inductive batch norm, so that running
+   statistics serve at embedding time) with a linear head over all meta-train classes of the preset's split
    (Omniglot: each rotation its own class, as in meta-training), trained by
    ordinary supervised classification (cross-entropy, Adam) on mini-batches drawn
    from meta-train images only. Validation and test classes are never seen.
@@ -40,6 +41,7 @@ from .errors import FewshotError
 from .io import write_text
 
 CROPS = ("center", "multiview")
+BACKBONES = ("conv4", "resnet12", "wrn28_10")
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
 
 
@@ -82,8 +84,9 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     files under `out`; returns {"out", "dim", "steps", "files"}."""
     if config["dataset"] in data.GENERATED or config["dataset"] == "embeddings":
         raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config['dataset']!r}")
-    if config["model"] != "conv4":
-        raise FewshotError(f"fewshot embed pretrains conv4; the preset's model is {config['model']!r}")
+    if config["model"] not in BACKBONES:
+        raise FewshotError(f"fewshot embed pretrains one of {', '.join(BACKBONES)}; the preset's model is "
+                           f"{config['model']!r} (choose one with --backbone)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -94,7 +97,8 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
         raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining "
                            f"needs two or more")
     options = {"preset": config.get("preset"), "data": str(dataset.root), "split": config["split"],
-               "batch_size": batch_size, "lr": lr, "filters": config["filters"],
+               "batch_size": batch_size, "lr": lr, "model": config["model"], "widths": config["widths"],
+               "filters": config["filters"],
                "downsample": config["downsample"], "image_size": config["image_size"], "seed": config["seed"]}
     backbone_config = {**config, "ways": len(train_refs), "head": True, "batch_norm": "inductive",
                        "per_step_bn": False}

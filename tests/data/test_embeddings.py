@@ -221,3 +221,23 @@ def test_embed_command_writes_center_embeddings_of_the_pretrained_backbone(tmp_p
         expected = model.features(dict(model.named_parameters()), to_float(np.array(images[32:48])), bn_training=False)
     np.testing.assert_allclose(raw["embeddings"], expected.numpy(), rtol=1e-5, atol=1e-6)
     assert raw["keys"][0] == "0-class.4.x.y-class.4.x.y_00000" and raw["labels"].tolist() == [0] * 8 + [1] * 8
+
+
+def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
+    from fewshot import checkpoint, models
+    from fewshot.cli import main
+    data_dir = image_dataset(tmp_path / "images")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("dataset: folder\nimage_size: 16\nchannels: 1\nwidths: [4, 4, 6, 8]\n")
+    assert main(["embed", str(preset), "--backbone", "resnet12", "--data", data_dir, "--out", str(tmp_path / "out"),
+                 "--steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
+    assert "--set embedding_dim=8" in capsys.readouterr().out  # the last width: global average pool
+    state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
+    assert state["config"]["model"] == "resnet12" and isinstance(models.build(state["config"]),
+                                                                   models.resnet.ResNet12)
+    with open(tmp_path / "out" / "multiview" / "test_embeddings.pkl", "rb") as f:
+        assert pickle.load(f, encoding="latin1")["embeddings"].shape == (16, 8)
+    # a second run with another backbone in the same folder is refused, not mixed
+    code = main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+                 "--batch-size", "8", "--no-progress"])
+    assert code == 2 and "model" in capsys.readouterr().err

@@ -17,4 +17,4 @@ def build(config):
     return MODELS[config["model"]].from_config(config)
 
 
-from . import conv4, mlp  # noqa: E402,F401  (registers)
+from . import conv4, mlp, resnet  # noqa: E402,F401  (registers)
