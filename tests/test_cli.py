@@ -97,6 +97,11 @@ def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, trained, omnigl
         lock.release()
     code, _, err = run(capsys, "train", "--resume", tmp_path, "--no-progress")
     assert code == 2 and "no run to resume" in one_error_line(err)
+    code, _, err = run(capsys, "train", "--resume", trained, "--init", trained, "--no-progress")
+    assert code == 2 and "drop PRESET, --data, --set and --init" in one_error_line(err)
+    code, _, err = run(capsys, "train", "omniglot-20w1s", "--data", omniglot28, "--init", trained, "--out",
+                       tmp_path / "transfer", *FAST)
+    assert code == 2 and "does not fit this run" in one_error_line(err) and not (tmp_path / "transfer").exists()
     after = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file() and p.name != ".lock"}
     before.pop(".lock", None)
     assert before == after  # nothing that existed was damaged

@@ -95,3 +95,28 @@ def test_a_run_stops_once_validation_reaches_the_target(tmp_path, data):
     result = train(tiny_config(data=data, steps=8, val_every=3, stop_at_val=0.0), tmp_path / "run", progress=False)
     assert result["step"] == 3 and not result["stopped"]
     assert checkpoint.load(tmp_path / "run" / "last.pt")["step"] == 3
+
+
+def test_init_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_path, data):
+    source = train(tiny_config(data=data, steps=3), tmp_path / "source", progress=False)
+    start = weights(tmp_path / "source")
+    # meta_lr 0: the new run's weights stay exactly those it started from
+    frozen = train(tiny_config(data=data, steps=2, meta_lr=0.0, init=str(tmp_path / "source" / "last.pt")),
+                   tmp_path / "frozen", progress=False)
+    assert frozen["step"] == 2
+    assert all(torch.equal(start[n], weights(tmp_path / "frozen")[n]) for n in start)
+    fresh = train(tiny_config(data=data, steps=2, meta_lr=0.0), tmp_path / "fresh", progress=False)
+    assert not torch.equal(start["model.head.weight"], weights(tmp_path / "fresh")["model.head.weight"])
+    moved = checkpoint.load(train(tiny_config(data=data, steps=2, init=source["out"]), tmp_path / "moved",
+                                  progress=False)["out"] + "/last.pt")
+    assert moved["step"] == 2 and moved["optimizer"]["state"][0]["step"] == 2  # Adam restarted at step 0
+
+
+def test_init_from_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, data):
+    train(tiny_config(data=data, steps=1), tmp_path / "source", progress=False)
+    with pytest.raises(FewshotError, match=r"model.head.weight is \(3, .*\) there, \(4, .*\) here"):
+        train(tiny_config(data=data, ways=4, init=str(tmp_path / "source")), tmp_path / "other", progress=False)
+    with pytest.raises(FewshotError, match="not a fewshot checkpoint|truncated"):
+        (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+        train(tiny_config(data=data, init=str(tmp_path / "foreign.pt")), tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()

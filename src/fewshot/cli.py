@@ -71,8 +71,8 @@ def _ratios(text):
 def cmd_train(args):
     from .train import train
     if args.resume:
-        if args.preset or args.set or args.data:
-            raise FewshotError("--resume continues a run with its own config; drop PRESET, --data and --set")
+        if args.preset or args.set or args.data or args.init:
+            raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init")
         result = train(out=args.resume, resume=True, device=args.device, progress=not args.no_progress,
                        threads=args.threads, procs=args.procs, time_limit=_minutes(args.time_limit))
     else:
@@ -176,6 +176,8 @@ def _config(args):
     overrides = parse_overrides(args.set)
     if getattr(args, "data", None):
         overrides["data"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+    if getattr(args, "init", None):
+        overrides["init"] = args.init
     return apply_overrides(config, overrides)
 
 
@@ -214,6 +216,8 @@ def parser():
     s.add_argument("--out", help="run folder for config, logs and checkpoints")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    s.add_argument("--init", metavar="CHECKPOINT", help="start from another run's weights (a run folder: its "
+                   "best.pt; or a .pt file), with a fresh optimizer and step 0: transfer learning")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     s.add_argument("--threads", type=int, help="torch threads for this process (overrides the preset's "
                    "`threads`; use 1 when other jobs share the cores)")

@@ -78,6 +78,7 @@ DEFAULTS = {
     # bookkeeping
     "threads": None,           # torch threads for training (None: torch's default, one per core)
     "seed": 0,
+    "init": None,              # a checkpoint (run folder or .pt) whose weights start this run (transfer learning)
     "log_every": 50,
     "val_every": 500,
     "val_tasks": 100,

@@ -149,6 +149,8 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
         config = complete(yaml.safe_load((out / "config.yaml").read_text()))
     validate(config)
     device_of(device)
+    if config["init"] and not resume:
+        initial_weights(config)  # refuse a checkpoint that does not fit before the run folder exists
     if not resume and leader:
         out = prepare_run(out, resume=False)
     out = Path(out)
@@ -198,8 +200,11 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
-    elif leader:
-        write_text(out / "config.yaml", dump(config))
+    else:
+        if config["init"]:
+            algorithm.load_state_dict(initial_weights(config))
+        if leader:
+            write_text(out / "config.yaml", dump(config))
     log = MetricsLog(out, step) if leader else None
     metric = algorithm.family.metric_name
 
@@ -279,6 +284,26 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return {"out": str(out), "step": step, "best": best, "stopped": stopped, "algorithm": algorithm}
+
+
+def initial_weights(config):
+    """The weights of checkpoint `config["init"]`, checked to fit `config`'s model and algorithm."""
+    state = checkpoint.load(config["init"])
+    weights = state.get("algorithm")
+    if not isinstance(weights, dict):
+        raise FewshotError(f"{config['init']} holds no trained weights; give a best.pt or last.pt of `fewshot train`")
+    expected = algorithms.build(config).state_dict()
+    problems = [f"{name} missing there" for name in expected if name not in weights]
+    problems += [f"{name} not used here" for name in weights if name not in expected]
+    problems += [f"{name} is {tuple(weights[name].shape)} there, {tuple(value.shape)} here"
+                 for name, value in expected.items() if name in weights and weights[name].shape != value.shape]
+    if problems:
+        was = state["config"]
+        raise FewshotError(f"--init {config['init']} ({was['algorithm']}, {was['model']}, {was['ways']}-way) does "
+                           f"not fit this run ({config['algorithm']}, {config['model']}, {config['ways']}-way): "
+                           f"{len(problems)} tensors differ ({'; '.join(problems[:3])}); start from a checkpoint "
+                           f"of the same algorithm and network")
+    return weights
 
 
 def _main_thread():

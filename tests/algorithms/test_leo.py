@@ -196,3 +196,18 @@ def test_gradient_clipping_happens_before_the_optimizer_step(tmp_path, embedding
         weights = checkpoint.load(tmp_path / name / "last.pt")["algorithm"]
         unchanged = all(torch.equal(weights[n], initial[n]) for n in initial)
         assert unchanged == (name != "none"), name
+
+
+def test_a_run_on_other_embeddings_starts_from_a_trained_leo(tmp_path, embeddings):
+    """Transfer (the paper's miniImageNet -> tieredImageNet): --init, then training continues."""
+    source = leo_config(data=embeddings, embedding_dataset="miniImageNet", steps=3, meta_lr=0.01)
+    train(source, tmp_path / "source", progress=False)
+    write_synthetic(tmp_path / "other" / "tieredImageNet" / "center", dim=DIM, per_class=8, seed=5)
+    target = leo_config(data=str(tmp_path / "other"), embedding_dataset="tieredImageNet", steps=2, meta_lr=0.0,
+                        init=str(tmp_path / "source" / "last.pt"))
+    train(target, tmp_path / "target", progress=False)
+    before = checkpoint.load(tmp_path / "source" / "last.pt")["algorithm"]
+    after = checkpoint.load(tmp_path / "target" / "last.pt")["algorithm"]
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    with pytest.raises(FewshotError, match="encoder is"):  # other embedding sizes cannot transfer
+        train({**target, "embedding_dim": DIM * 2}, tmp_path / "wider", progress=False)
