@@ -50,6 +50,11 @@ def test_second_start_uses_the_cache(tmp_path, omniglot28, fewshot_home, capsys)
 def test_summary_and_presets(capsys):
     code, out, _ = run(capsys, "summary", "omniglot-20w1s")
     assert code == 0 and "20-way" in out and "112,261" not in out  # a 20-way head has more outputs
+    code, out, _ = run(capsys, "summary", "leo-miniimagenet-5w1s")  # no network: LEO's own weights
+    assert code == 0 and "input (5, 640)" in out and "encoder" in out and "(640, 64)" in out
+    assert out.splitlines()[-1].split()[-1] == f"{640 * 64 + 3 * 128 * 128 + 64 * 1280 + 64 + 640:,}"
+    code, out, _ = run(capsys, "summary", "metasgd-omniglot-5w1s")  # a learned rate per network weight
+    assert code == 0 and out.splitlines()[-1].split()[-1] == f"{2 * 112_261:,}"
     code, out, _ = run(capsys, "presets")
     names = [line.split()[0] for line in out.splitlines()]
     assert {"omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s-pytorch"} <= set(names)

@@ -21,12 +21,16 @@ the class index within the split. Train LEO on them with
 `fewshot train leo-... --data OUT --set embedding_dim=<dim>` (the dimension is
 printed, and recorded in OUT/embed.json).
 
+Pretraining writes OUT/metrics.jsonl and metrics.csv (loss and batch accuracy every
+100 steps; `fewshot plot OUT` draws them).
+
 Resumable: OUT/pretrain.pt holds the backbone, optimizer, RNG and step every
 `save_every` steps (and at the end, or on Ctrl-C); a rerun with the same --out
 continues from it, and keeps the embedding files already written.
 """
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +43,11 @@ from .data.embeddings import SPLITS, file_name, make_key, write_leo_pickles
 from .data.episodes import to_float
 from .errors import FewshotError
 from .io import write_text
+from .train import MetricsLog
 
 CROPS = ("center", "multiview")
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
+LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
 
 
@@ -126,6 +132,7 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     labels = np.concatenate([np.full(count, c) for c, (_, count, _, _) in enumerate(train_refs)])
     turns = np.concatenate([np.full(count, rotation) for _, count, rotation, _ in train_refs])
     bar = tqdm(total=steps, initial=min(step, steps), desc="pretrain", unit="step", disable=not progress)
+    log, window, window_start = MetricsLog(out, step), [], time.perf_counter()
     model.train()
     try:
         while step < steps:
@@ -133,13 +140,24 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
                                                                                  replace=len(rows) < batch_size))
             x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
             y = torch.from_numpy(labels[pick]).long().to(device)
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
+            window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % LOG_EVERY == 0 or step == steps:
+                elapsed = time.perf_counter() - window_start
+                row = {"step": step, "loss": float(np.mean([w[0] for w in window])),
+                       "metric": float(np.mean([w[1] for w in window])), "lr": lr,
+                       "sec_per_step": elapsed / len(window), "images_per_s": batch_size * len(window) / elapsed}
+                log.write(row)
+                bar.write(f"pretrain step {step:6d}  loss {row['loss']:.4f}  accuracy {row['metric']:.4f}  "
+                          f"{row['sec_per_step']:.3f} s/step  {row['images_per_s']:.0f} img/s")
+                window, window_start = [], time.perf_counter()
             if step % save_every == 0 or step == steps:
                 save()
             if stop_after is not None and step >= stop_after:
