@@ -5,7 +5,7 @@ import torch
 
 from fewshot import checkpoint
 from fewshot.errors import FewshotError
-from fewshot.train import RunLock, train
+from fewshot.train import RunLock, _mean, clip_gradients, train
 
 from helpers import tagged_dataset, tiny_config
 
@@ -120,3 +120,19 @@ def test_init_from_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_
         (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
         train(tiny_config(data=data, init=str(tmp_path / "foreign.pt")), tmp_path / "other", progress=False)
     assert not (tmp_path / "other").exists()
+
+
+def test_gradients_are_clipped_by_value_then_each_tensor_by_its_own_norm():
+    small, large = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    small.grad, large.grad = torch.tensor([0.03, 0.04]), torch.tensor([3.0, -4.0, 12.0])
+    clip_gradients([small, large], value=5.0, norm=1.0)
+    torch.testing.assert_close(small.grad, torch.tensor([0.03, 0.04]))  # norm 0.05: untouched
+    torch.testing.assert_close(large.grad, torch.tensor([3.0, -4.0, 5.0]) / (50 ** 0.5))  # clamped, then norm 1
+    clip_gradients([small, large])
+    torch.testing.assert_close(small.grad, torch.tensor([0.03, 0.04]))
+
+
+def test_log_means_leave_out_non_finite_steps():
+    rows = [{"loss": 1.0}, {"loss": float("nan")}, {"loss": 3.0}]
+    assert _mean(rows, "loss") == 2.0
+    assert _mean(rows[1:2], "loss") != _mean(rows[1:2], "loss")  # all non-finite: nan

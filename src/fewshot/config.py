@@ -74,7 +74,7 @@ DEFAULTS = {
     "lr_decay_gamma": 0.5,
     "steps": 60000,
     "grad_clip_value": None,   # clip each meta-gradient entry to [-v, v] before the optimizer step (None: off)
-    "grad_clip_norm": None,    # then clip the meta-gradient's global L2 norm to this (None: off)
+    "grad_clip_norm": None,    # then clip each meta-gradient tensor's L2 norm to this, as LEO (None: off)
     # bookkeeping
     "threads": None,           # torch threads for training (None: torch's default, one per core)
     "seed": 0,

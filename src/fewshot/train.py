@@ -9,6 +9,7 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ from .io import write_text
 from .tasks import better
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
-               "tasks_per_s", "images_per_s", "elapsed_s"]
+               "tasks_per_s", "images_per_s", "elapsed_s", "nonfinite_steps"]
 
 
 class RunLock:
@@ -233,10 +234,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
             result = algorithm.meta_gradient(tasks, step)
             if size > 1:
                 result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
-            if config["grad_clip_value"] is not None:  # by value, then by global norm (as LEO)
-                torch.nn.utils.clip_grad_value_(algorithm.parameters(), config["grad_clip_value"])
-            if config["grad_clip_norm"] is not None:
-                torch.nn.utils.clip_grad_norm_(algorithm.parameters(), config["grad_clip_norm"])
+            clip_gradients(algorithm.parameters(), config["grad_clip_value"], config["grad_clip_norm"])
             optimizer.step()
             schedule.step()
             step += 1
@@ -248,6 +246,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                 elapsed = time.perf_counter() - window_start
                 images = sum(t.images for t in tasks) * size * len(window)
                 row = {"step": step, "loss": _mean(window, "loss"), "metric": _mean(window, metric),
+                       "nonfinite_steps": sum(not math.isfinite(r["loss"]) for r in window),
                        "lr": optimizer.param_groups[0]["lr"], "sec_per_step": elapsed / len(window),
                        "tasks_per_s": meta_batch * len(window) / elapsed, "images_per_s": images / elapsed,
                        "elapsed_s": time.perf_counter() - started}
@@ -315,14 +314,30 @@ def _reached(family, best, target):
     return target is not None and best is not None and (best >= target if family.higher_is_better else best <= target)
 
 
+def clip_gradients(parameters, value=None, norm=None):
+    """Clip each gradient entry to [-value, value], then each gradient tensor's L2 norm
+    to `norm`, as LEO's reference does (runner.py: tf.clip_by_value, then tf.clip_by_norm
+    on every gradient separately). None leaves that step out."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    for grad in grads:
+        if value is not None:
+            grad.clamp_(-value, value)
+        if norm is not None:
+            grad.mul_(torch.clamp(norm / (grad.norm() + 1e-12), max=1.0))
+
+
 def _mean(rows, key):
-    return sum(r[key] for r in rows) / len(rows)
+    """The mean over the steps with a finite value (LEO skips non-finite meta-batches)."""
+    values = [r[key] for r in rows if math.isfinite(r[key])]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _format_row(row, metric):
     text = (f"step {row['step']:>6}  loss {row['loss']:.4f}  {metric} {row['metric']:.4f}  "
             f"{row['sec_per_step']:.3f} s/step  {row['tasks_per_s']:.1f} tasks/s  "
             f"{row['images_per_s']:.0f} img/s")
+    if row.get("nonfinite_steps"):
+        text += f"  ({row['nonfinite_steps']} non-finite steps: regularization only)"
     if "val_metric" in row:
         text += f"  val {metric} {row['val_metric']:.4f} +- {row['val_ci95']:.4f}"
     return text

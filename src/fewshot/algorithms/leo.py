@@ -36,9 +36,10 @@ It follows the reference implementation, github.com/deepmind/leo `model.py`
 - a meta-batch whose loss or gradient is not finite (sampled weights with a huge
   std can overflow; the reference has the same guard) gets the gradient of
   1e-4 * sum w^2 / 2 alone (the reference's `grads_and_vars`), and logs the
-  non-finite loss it had;
-- the trainer's Adam with `grad_clip_value` then `grad_clip_norm` (the reference's
-  `gradient_threshold` and `gradient_norm_threshold`).
+  step as non-finite (the log's `nonfinite_steps`; its loss and accuracy are left out
+  of the log's means);
+- the trainer's Adam with `grad_clip_value` then `grad_clip_norm` per gradient tensor
+  (the reference's `gradient_threshold` and `gradient_norm_threshold`, runner.py).
 
 The architecture table of the MindSpore port's README (3-layer MLPs with 16/32/40
 hidden units, decoder output 2 x 1761) describes the paper's sinusoid-regression
@@ -272,6 +273,7 @@ class LEO(Algorithm):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not torch.isfinite(total) or not all(torch.isfinite(g).all() for g in grads):
             self.regularization_only_gradient()
+            return {"loss": float("nan"), self.family.metric_name: float("nan")}  # counted, left out of means
         out = out.detach()
         metric = sum(self.family.metric(out[i], query_y[i]) for i in range(len(tasks))) / len(tasks)
         return {"loss": query_loss.item(), self.family.metric_name: metric}
