@@ -212,3 +212,18 @@ def test_a_run_on_other_embeddings_starts_from_a_trained_leo(tmp_path, embedding
     assert all(torch.equal(before[n], after[n]) for n in before)
     with pytest.raises(FewshotError, match="encoder is"):  # other embedding sizes cannot transfer
         train({**target, "embedding_dim": DIM * 2}, tmp_path / "wider", progress=False)
+
+
+def test_two_process_training_follows_the_one_process_run(tmp_path, embeddings):
+    """--procs 2 through the trainer: the same sampled tasks and draws, split across ranks."""
+    config = leo_config(data=embeddings, embedding_dataset="miniImageNet", steps=3, meta_batch=4, val_every=3,
+                        save_every=3, meta_lr=0.01, threads=1)
+    train(config, tmp_path / "one", progress=False)
+    train(config, tmp_path / "two", progress=False, procs=2)
+    one = checkpoint.load(tmp_path / "one" / "last.pt")["algorithm"]
+    two = checkpoint.load(tmp_path / "two" / "last.pt")["algorithm"]
+    torch.manual_seed(config["seed"])  # as the trainer seeds before building
+    initial = algorithms.build(config).state_dict()
+    for name in one:
+        assert not torch.equal(one[name], initial[name]), name  # training moved every weight
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)  # float32 sums in another order
