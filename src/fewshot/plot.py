@@ -42,7 +42,7 @@ def plot_run(run, out=None):
     ax_metric.set_xlabel("meta-step")
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
-    figure.suptitle(run.name)
+    figure.suptitle(f"{run.name} ({config['preset']})" if config.get("preset") else run.name)
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
