@@ -227,3 +227,14 @@ def test_two_process_training_follows_the_one_process_run(tmp_path, embeddings):
     for name in one:
         assert not torch.equal(one[name], initial[name]), name  # training moved every weight
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5)  # float32 sums in another order
+
+
+def test_an_interrupted_and_resumed_leo_run_equals_an_uninterrupted_one(tmp_path, embeddings):
+    config = leo_config(data=embeddings, embedding_dataset="miniImageNet", steps=4, save_every=2, val_every=2,
+                        meta_lr=0.01)
+    train(config, tmp_path / "full", progress=False)
+    assert train(config, tmp_path / "part", progress=False, stop_after=2)["stopped"]
+    train(out=tmp_path / "part", resume=True, progress=False)
+    full = checkpoint.load(tmp_path / "full" / "last.pt")["algorithm"]
+    resumed = checkpoint.load(tmp_path / "part" / "last.pt")["algorithm"]
+    assert all(torch.equal(full[n], resumed[n]) for n in full)
