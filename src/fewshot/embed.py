@@ -114,7 +114,8 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     step, state_path = 0, out / "pretrain.pt"
     if state_path.exists():
         state = checkpoint.load(state_path)
-        changed = sorted(k for k in options if state["options"].get(k) != options[k])
+        saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
+        changed = sorted(k for k in options if saved.get(k) != options[k])
         if changed:
             raise FewshotError(f"{state_path} was pretrained with other settings ({', '.join(changed)}); "
                                f"choose another --out or delete that file to start again")
