@@ -19,6 +19,7 @@ def _meta_gradient(tasks, config):
     result = algorithm.meta_gradient([tasks[i] for i in part])
     if size > 1:
         result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(part), len(tasks))
+    result = algorithm.finish_meta_gradient(result)
     return {n: p.grad.clone() for n, p in algorithm.named_parameters()}, result
 
 
@@ -65,6 +66,22 @@ def test_two_processes_give_the_single_process_leo_meta_gradient(tmp_path):
     other = [test_leo.Task(t.support_x, t.support_y, t.query_x, t.query_y, seed=(8, 0, i))
              for i, t in enumerate(tasks)]
     assert not torch.equal(_meta_gradient(other, config)[0]["encoder"], single["encoder"])  # the seeds matter
+
+
+def test_one_overflowing_task_sends_every_process_to_leos_fallback_gradient(tmp_path):
+    config = test_leo.leo_config(meta_batch=4)
+    tasks = test_leo.make_tasks(4)
+    tasks[1].support_x[0, 0] = float("nan")  # only rank 1's share holds it
+    single, single_result = _meta_gradient(tasks, config)
+    distributed.spawn(_worker, 2, tasks, config, tmp_path / "grads.pt")
+    both = torch.load(tmp_path / "grads.pt")
+    torch.manual_seed(0)
+    weights = dict(algorithms.build(config).double().named_parameters())
+    for name in ("encoder", "decoder", "relation.0"):
+        torch.testing.assert_close(single[name], 1e-4 * weights[name].detach())
+        torch.testing.assert_close(both["grads"][name], single[name])
+    assert both["grads"]["inner_lr"].abs().sum() == 0 and single["inner_lr"].abs().sum() == 0
+    assert single_result["loss"] != single_result["loss"] and both["result"]["loss"] != both["result"]["loss"]
 
 
 def test_a_two_process_run_resumes_like_a_one_process_run(tmp_path):

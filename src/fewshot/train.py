@@ -234,6 +234,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
             result = algorithm.meta_gradient(tasks, step)
             if size > 1:
                 result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
+            result = algorithm.finish_meta_gradient(result)
             clip_gradients(algorithm.parameters(), config["grad_clip_value"], config["grad_clip_norm"])
             optimizer.step()
             schedule.step()

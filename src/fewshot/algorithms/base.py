@@ -4,6 +4,8 @@ An algorithm owns the meta-parameters (the backbone's, plus any it learns itself
 such as inner learning rates) and answers three questions:
 
   meta_gradient(tasks, step)  accumulate d(meta-objective)/d(meta-parameters) into .grad
+                              (the trainer then sums it over processes and calls
+                              finish_meta_gradient(result) before the optimizer step)
   adapt(support_x, support_y) task-specific state learned from the support set
   predict(adapted, x)         outputs for new inputs under that state
 
@@ -27,6 +29,11 @@ class Algorithm(nn.Module):
         """Add the gradient of the mean meta-loss over `tasks` to .grad; return
         {"loss": mean query loss, metric_name: mean query metric} after adaptation."""
         raise NotImplementedError
+
+    def finish_meta_gradient(self, result):
+        """Last changes to the whole meta-batch's gradient (all processes' shares summed);
+        returns the result to log."""
+        return result
 
     def adapt(self, support_x, support_y, steps=None, lr=None):
         raise NotImplementedError

@@ -34,7 +34,7 @@ It follows the reference implementation, github.com/deepmind/leo `model.py`
   (C - I)^2, C the correlation matrix of the decoder's rows (one row per latent
   unit); all exact second order;
 - a meta-batch whose loss or gradient is not finite (sampled weights with a huge
-  std can overflow; the reference has the same guard) gets the gradient of
+  std can overflow; the reference has the same guard), over all processes, gets the gradient of
   1e-4 * sum w^2 / 2 alone (the reference's `grads_and_vars`), and logs the
   step as non-finite (the log's `nonfinite_steps`; its loss and accuracy are left out
   of the log's means);
@@ -270,13 +270,19 @@ class LEO(Algorithm):
                  + config["l2_penalty_weight"] * self.l2_penalty()
                  + config["orthogonality_penalty_weight"] * self.orthogonality_penalty())
         total.backward()
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not torch.isfinite(total) or not all(torch.isfinite(g).all() for g in grads):
-            self.regularization_only_gradient()
-            return {"loss": float("nan"), self.family.metric_name: float("nan")}  # counted, left out of means
         out = out.detach()
         metric = sum(self.family.metric(out[i], query_y[i]) for i in range(len(tasks))) / len(tasks)
-        return {"loss": query_loss.item(), self.family.metric_name: metric}
+        finite = torch.isfinite(total).item()  # a non-finite gradient alone shows in finish_meta_gradient
+        return {"loss": query_loss.item() if finite else float("nan"), self.family.metric_name: metric}
+
+    def finish_meta_gradient(self, result):
+        """The reference's guard, on the whole meta-batch (after the processes' shares are
+        summed, so that one task's overflow sends every process to the same fallback)."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if math.isfinite(result["loss"]) and all(torch.isfinite(g).all() for g in grads):
+            return result
+        self.regularization_only_gradient()
+        return {**result, "loss": float("nan"), self.family.metric_name: float("nan")}  # counted, not averaged
 
     def regularization_only_gradient(self):
         """The gradient of 1e-4 * sum w^2 / 2 over the regularized weights, zero elsewhere."""
