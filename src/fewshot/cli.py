@@ -229,7 +229,7 @@ def parser():
     s.set_defaults(run=cmd_train)
 
     s = sub.add_parser("embed", help="pretrain a backbone on the meta-train classes, write LEO embedding files")
-    s.add_argument("preset", help="an image preset: its dataset, split, image size and conv4")
+    s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
     s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
                    help="network to pretrain (default: the preset's conv4)")
     s.add_argument("--data", help="prepared dataset folder, raw copy, or name")

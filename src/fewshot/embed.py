@@ -4,8 +4,9 @@ on the meta-train classes only.
 1. Pretraining: the preset's backbone (`model`: conv4 with the preset's filters
    and downsampling, or `--backbone resnet12` / `wrn28_10`, see models/resnet.py;
    the preset's image size and channels; inductive batch norm, so that running
-   statistics serve at embedding time) with a linear head over all meta-train classes of the preset's split
-   (Omniglot: each rotation its own class, as in meta-training), trained by
+   statistics serve at embedding time) with a linear head over all meta-train
+   classes of the preset's split (Omniglot: each rotation its own class, as in
+   meta-training), trained by
    ordinary supervised classification (cross-entropy, Adam) on mini-batches drawn
    from meta-train images only. Validation and test classes are never seen.
 2. Embedding: every image of every split through the backbone's features, batch
