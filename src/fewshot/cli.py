@@ -120,7 +120,8 @@ def cmd_embed(args):
     if args.backbone:
         config["model"] = args.backbone
     result = embed(config, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   device=args.device, progress=not args.no_progress)
+                   device=args.device, progress=not args.no_progress,
+                   crops=tuple(c for c in args.crops.split(",") if c))
     if result["stopped"]:
         print(f"stopped at pretraining step {result['steps']}; run the same command again to continue")
     else:
@@ -240,6 +241,8 @@ def parser():
     s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    s.add_argument("--crops", default="center,multiview",
+                   help="embeddings to write: center, multiview or both (default; multiview is 6 passes per image)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_embed)
 

@@ -15,7 +15,8 @@ on the meta-train classes only.
    crops shifted by an eighth of the side toward each corner after reflection
    padding).
 
-Output: OUT/center/{train,val,test}_embeddings.pkl and OUT/multiview/..., in
+Output: OUT/center/{train,val,test}_embeddings.pkl and OUT/multiview/... (or only
+the crops asked for: `--crops center` skips the six-view pass), in
 LEO's format (see data/embeddings.py), keys `<row>-<class>-<class>_<index>`
 with class names made key-safe ("-", "_", "/" and spaces become "."), labels
 the class index within the split. Train LEO on them with
@@ -86,9 +87,13 @@ def _pixels(dataset, rows, rotations):
 
 
 def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, device="cpu", progress=True,
-          stop_after=None):
+          stop_after=None, crops=CROPS):
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
-    files under `out`; returns {"out", "dim", "steps", "files"}."""
+    files under `out` for each of `crops` (multiview costs six forward passes per image);
+    returns {"out", "dim", "steps", "files"}."""
+    unknown = sorted(set(crops) - set(CROPS))
+    if unknown or not crops:
+        raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
     if config["dataset"] in data.GENERATED or config["dataset"] == "embeddings":
         raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config['dataset']!r}")
     if config["model"] not in BACKBONES:
@@ -174,30 +179,33 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     params = dict(model.named_parameters())
     files = []
     for split in SPLITS:
-        targets = {crop: out / crop / file_name(split) for crop in CROPS}
+        targets = {crop: out / crop / file_name(split) for crop in crops}
         if all(path.is_file() for path in targets.values()):
             files += [str(p) for p in targets.values()]
             continue
         names = class_names(refs[split])
         jobs = [(start + i, rotation, c, i) for c, (start, count, rotation, _) in enumerate(refs[split])
                 for i in range(count)]
-        center, multiview = [], []
+        features = {crop: [] for crop in crops}
         with torch.no_grad():
             for begin in tqdm(range(0, len(jobs), EMBED_BATCH), desc=f"embed {split}", unit="batch",
                               disable=not progress, leave=False):
                 chunk = jobs[begin:begin + EMBED_BATCH]
                 x = to_float(_pixels(dataset, [j[0] for j in chunk], [j[1] for j in chunk]), preprocessing)
                 x = x.to(device)
-                center.append(model.features(params, x, bn_training=False).cpu().numpy())
-                v = views(x)
-                feats = model.features(params, v.flatten(0, 1), bn_training=False)
-                multiview.append(feats.reshape(len(v), len(x), -1).mean(0).cpu().numpy())
+                if "center" in features:
+                    features["center"].append(model.features(params, x, bn_training=False).cpu().numpy())
+                if "multiview" in features:
+                    v = views(x)
+                    feats = model.features(params, v.flatten(0, 1), bn_training=False)
+                    features["multiview"].append(feats.reshape(len(v), len(x), -1).mean(0).cpu().numpy())
         keys = [make_key(names[c], f"{i:05d}", prefix=n) for n, (_, _, c, i) in enumerate(jobs)]
         split_labels = np.array([c for _, _, c, _ in jobs], dtype=np.int64)
-        for crop, parts in (("center", center), ("multiview", multiview)):
+        for crop, parts in features.items():
             embeddings = np.concatenate(parts) if parts else np.zeros((0, model.features_size), np.float32)
             files.append(str(write_leo_pickles(out / crop, split, embeddings, split_labels, keys)))
     summary = {"dim": model.features_size, "pretrain_steps": step, "options": options,
-               "classes": {s: len(refs[s]) for s in SPLITS}, "crops": list(CROPS)}
+               "classes": {s: len(refs[s]) for s in SPLITS},
+               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
     write_text(out / "embed.json", json.dumps(summary, indent=1))
     return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files}

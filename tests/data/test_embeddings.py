@@ -246,3 +246,24 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     code = main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
                  "--batch-size", "8", "--no-progress"])
     assert code == 2 and "model" in capsys.readouterr().err
+
+
+def test_embed_writes_only_the_crops_asked_for_and_adds_the_others_later(tmp_path, capsys):
+    import json
+    from fewshot.cli import main
+    from helpers import one_error_line
+    data_dir = image_dataset(tmp_path / "images")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("dataset: folder\nimage_size: 16\nchannels: 1\nfilters: 4\n")
+    argv = ["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+            "--batch-size", "8", "--no-progress"]
+    assert main(argv + ["--crops", "center"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["center"]
+    assert json.loads((tmp_path / "out" / "embed.json").read_text())["crops"] == ["center"]
+    center = (tmp_path / "out" / "center" / "test_embeddings.pkl").read_bytes()
+    assert main(argv + ["--crops", "multiview"]) == 0  # the same backbone, no more pretraining
+    assert json.loads((tmp_path / "out" / "embed.json").read_text())["crops"] == ["center", "multiview"]
+    assert (tmp_path / "out" / "center" / "test_embeddings.pkl").read_bytes() == center
+    capsys.readouterr()
+    assert main(argv + ["--crops", "centre"]) == 2
+    assert "--crops takes center and/or multiview, got centre" in one_error_line(capsys.readouterr().err)
