@@ -150,8 +150,8 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
         config = complete(yaml.safe_load((out / "config.yaml").read_text()))
     validate(config)
     device_of(device)
-    if config["init"] and not resume:
-        initial_weights(config)  # refuse a checkpoint that does not fit before the run folder exists
+    # loaded (and a checkpoint that does not fit refused) before the run folder exists
+    initial = initial_weights(config) if config["init"] and not resume else None
     if not resume and leader:
         out = prepare_run(out, resume=False)
     out = Path(out)
@@ -162,17 +162,17 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
             data.load(config, progress)  # import once here, and report bad data before any process starts
             threads = threads or max(1, (os.cpu_count() or 1) // procs)
             distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
-                              time_limit)
+                              time_limit, initial)
             state = checkpoint.load(out / "last.pt")
             return {"out": str(out), "step": state["step"], "best": state["best"],
                     "stopped": state["step"] < config["steps"], "algorithm": None}
-        return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit)
+        return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit, initial)
     finally:
         if lock:
             lock.release()
 
 
-def _train_process(config, out, resume, device, progress, stop_after, threads, time_limit=None):
+def _train_process(config, out, resume, device, progress, stop_after, threads, time_limit=None, initial=None):
     if threads:
         torch.set_num_threads(threads)
     device = device_of(device)
@@ -180,10 +180,10 @@ def _train_process(config, out, resume, device, progress, stop_after, threads, t
     rank, size = distributed.world()
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
-    return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size, time_limit)
+    return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size, time_limit, initial)
 
 
-def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None):
+def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None, initial=None):
     leader = rank == 0
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
@@ -202,8 +202,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         torch.set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
     else:
-        if config["init"]:
-            algorithm.load_state_dict(initial_weights(config))
+        if initial is not None:
+            algorithm.load_state_dict(initial)
         if leader:
             write_text(out / "config.yaml", dump(config))
     log = MetricsLog(out, step) if leader else None
