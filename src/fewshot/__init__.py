@@ -1,6 +1,13 @@
 """fewshot: few-shot learning by meta-learning."""
 from .errors import FewshotError
-from .predict import load
 
 __version__ = "0.1.0"
 __all__ = ["FewshotError", "load", "__version__"]
+
+
+def __getattr__(name):
+    # torch is imported only when the Python API is used, so `fewshot --help` stays instant
+    if name == "load":
+        from .predict import load
+        return load
+    raise AttributeError(f"module 'fewshot' has no attribute {name!r}")

@@ -40,7 +40,12 @@ DEFAULTS = {
     # algorithm
     "algorithm": "maml",
     "first_order": False,
-    "batch_tasks": None,       # MAML family: all tasks of a meta-batch in one batched pass (None: model's default)
+    "batch_tasks": None,       # MAML family: all tasks of a meta-batch in one batched pass (None: always on CUDA;
+                               # on the CPU by the rule measured in docs/benchmarks.md)
+    "tasks_per_pass": None,    # batched: at most this many tasks per pass; a meta-batch that does not fit in memory
+                               # runs in chunks with the same gradient (None: the whole meta-batch)
+    "compile": False,          # capture the fixed-shape meta-step as a graph (torch.compile / CUDA graphs)
+    "precision": "fp32",       # fp32 | tf32 (CUDA matmuls and convolutions in TF32) | bf16 (autocast to bfloat16)
     "inner_steps": 5,
     "inner_lr": 0.4,
     "eval_inner_steps": 10,
@@ -153,6 +158,13 @@ def validate(config):
             raise FewshotError(f"{key} must be an integer >= {minimum}, got {value!r}")
     if config["ways"] < 2 and config["dataset"] != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config['ways']}")
+    if config["tasks_per_pass"] is not None and (not isinstance(config["tasks_per_pass"], int) or
+                                                 isinstance(config["tasks_per_pass"], bool) or
+                                                 config["tasks_per_pass"] < 1):
+        raise FewshotError(f"tasks_per_pass must be an integer >= 1 or null, got {config['tasks_per_pass']!r}")
+    for key in ("compile", "first_order", "head", "per_step_bn"):
+        if not isinstance(config[key], bool):
+            raise FewshotError(f"{key} must be true or false, got {config[key]!r}")
     widths = config["widths"]
     if widths is not None and (not isinstance(widths, list) or
                                not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
@@ -162,7 +174,8 @@ def validate(config):
                          ("meta_optimizer", ("adam", "sgd")),
                          ("lr_schedule", ("step", "cosine", "linear")),
                          ("inner_optimizer", ("sgd", "adam")),
-                         ("reptile_eval", ("transductive", "non_transductive"))):
+                         ("reptile_eval", ("transductive", "non_transductive")),
+                         ("precision", ("fp32", "tf32", "bf16"))):
         if config[key] not in choices:
             raise FewshotError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
 
