@@ -3,6 +3,7 @@
 A preset is a YAML file in `presets/` whose keys override DEFAULTS. Every key a
 user may set is listed in DEFAULTS, so a typo is an error, not a silent no-op.
 """
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -131,13 +132,22 @@ def load_preset(name):
 
 
 def parse_overrides(pairs):
-    """`["steps=600", "inner_lr=0.1"]` -> {"steps": 600, "inner_lr": 0.1}."""
+    """`["steps=600", "inner_lr=0.1"]` -> {"steps": 600, "inner_lr": 0.1}. Values are YAML
+    (plain scalars and lists only: tags and unparsable text are refused)."""
     overrides = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise FewshotError(f"--set takes KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        key = key.strip()
+        if value.strip().startswith("!"):
+            raise FewshotError(f"--set {key}={value}: YAML tags are not accepted; give a plain value")
+        try:
+            overrides[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as error:
+            reason = " ".join(str(error).split())[:100]
+            raise FewshotError(f"--set {key}={value} is not a value YAML can read ({reason}); give a number, "
+                               f"a word, true/false, null or a list like [1, 2]") from None
     _check_keys(overrides, "--set")
     return overrides
 
@@ -149,35 +159,106 @@ def apply_overrides(config, overrides):
     return config
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+# key -> (kind, minimum); kinds: int, number (finite int or float), with "?" allowing null
+INTEGERS = {
+    "ways": 1, "shots": 1, "query": 1, "meta_batch": 1, "steps": 1, "inner_steps": 0, "eval_inner_steps": 0,
+    "filters": 1, "image_size": 1, "embedding_dim": 1, "in_features": 1, "num_latents": 1,
+    "inner_unroll_length": 0, "finetuning_unroll_length": 0, "msl_epochs": 0, "first_order_epochs": 0,
+    "steps_per_epoch": 1, "lr_decay_every": 0, "seed": 0, "log_every": 1, "val_every": 1, "val_tasks": 1,
+    "save_every": 1, "eval_tasks": 1, "eval_seed": 0,
+}
+OPTIONAL_INTEGERS = {"eval_query": 1, "eval_ways": 1, "tasks_per_pass": 1, "inner_batch": 1, "out_features": 1,
+                     "threads": 1}
+# key -> (minimum, strict): the value must be finite and >= minimum (> when strict)
+NUMBERS = {
+    "inner_lr": (0, False), "meta_lr": (0, False), "min_meta_lr": (0, False), "lr_decay_gamma": (0, True),
+    "inner_lr_init": (None, False), "finetuning_lr_init": (None, False), "dropout_rate": (0, False),
+    "kl_weight": (0, False), "encoder_penalty_weight": (0, False), "l2_penalty_weight": (0, False),
+    "orthogonality_penalty_weight": (0, False),
+}
+OPTIONAL_NUMBERS = {"eval_inner_lr": (0, False), "grad_clip_value": (0, True), "grad_clip_norm": (0, True),
+                    "stop_at_val": (None, False)}
+CHOICES = {
+    "dataset": ("omniglot", "folder", "miniimagenet", "embeddings", "sinusoid"),
+    "downsample": ("maxpool", "stride"),
+    "batch_norm": ("transductive", "inductive"),
+    "meta_optimizer": ("adam", "sgd"),
+    "lr_schedule": ("step", "cosine", "linear"),
+    "inner_optimizer": ("sgd", "adam"),
+    "reptile_eval": ("transductive", "non_transductive"),
+    "precision": ("fp32", "tf32", "bf16"),
+    "embedding_crop": ("center", "multiview"),
+}
+TEXTS = ("description", "split", "model", "algorithm")
+OPTIONAL_TEXTS = ("data", "init", "embedding_dataset")
+
+
 def validate(config):
-    """Reject settings that cannot form a task before any work starts."""
-    for key in ("ways", "shots", "query", "meta_batch", "steps", "inner_steps", "eval_inner_steps"):
+    """Reject settings of the wrong type or out of range (finite numbers only), and those
+    that cannot form a task, before any work starts and before any folder exists."""
+    for key, minimum in INTEGERS.items():
         value = config[key]
-        minimum = 0 if key.endswith("inner_steps") else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise FewshotError(f"{key} must be an integer >= {minimum}, got {value!r}")
+        if not _is_int(value) or value < minimum:
+            raise FewshotError(f"{key} must be a whole number >= {minimum}, got {value!r}; "
+                               f"e.g. --set {key}={max(minimum, 1)}")
+    for key, minimum in OPTIONAL_INTEGERS.items():
+        value = config[key]
+        if value is not None and (not _is_int(value) or value < minimum):
+            raise FewshotError(f"{key} must be a whole number >= {minimum} or null, got {value!r}")
+    for table, optional in ((NUMBERS, False), (OPTIONAL_NUMBERS, True)):
+        for key, (minimum, strict) in table.items():
+            value = config[key]
+            if optional and value is None:
+                continue
+            low = minimum is not None and (value <= minimum if strict else value < minimum) \
+                if _is_number(value) else False
+            if not _is_number(value) or low:
+                bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+                raise FewshotError(f"{key} must be a finite number{bound}{' or null' if optional else ''}, "
+                                   f"got {value!r}; e.g. --set {key}={DEFAULTS[key] if DEFAULTS[key] is not None else 1}")
+    if config["dropout_rate"] >= 1:
+        raise FewshotError(f"dropout_rate must be below 1, got {config['dropout_rate']!r}")
+    if config["channels"] not in (1, 3) or isinstance(config["channels"], bool):
+        raise FewshotError(f"channels must be 1 (gray) or 3 (colour), got {config['channels']!r}")
+    for key in TEXTS:
+        if not isinstance(config[key], str):
+            raise FewshotError(f"{key} must be text, got {config[key]!r}; quote it: --set {key}='\"...\"'")
+    for key in OPTIONAL_TEXTS:
+        if config[key] is not None and not isinstance(config[key], str):
+            raise FewshotError(f"{key} must be a path or name (text), got {config[key]!r}; quote it")
     if config["ways"] < 2 and config["dataset"] != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config['ways']}")
-    if config["tasks_per_pass"] is not None and (not isinstance(config["tasks_per_pass"], int) or
-                                                 isinstance(config["tasks_per_pass"], bool) or
-                                                 config["tasks_per_pass"] < 1):
-        raise FewshotError(f"tasks_per_pass must be an integer >= 1 or null, got {config['tasks_per_pass']!r}")
     for key in ("compile", "first_order", "head", "per_step_bn"):
         if not isinstance(config[key], bool):
             raise FewshotError(f"{key} must be true or false, got {config[key]!r}")
+    if config["batch_tasks"] is not None and not isinstance(config["batch_tasks"], bool):
+        raise FewshotError(f"batch_tasks must be true, false or null, got {config['batch_tasks']!r}")
     widths = config["widths"]
-    if widths is not None and (not isinstance(widths, list) or
-                               not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+    if widths is not None and (not isinstance(widths, list) or not widths or
+                               not all(_is_int(w) and w > 0 for w in widths)):
         raise FewshotError(f"widths must be a list of positive integers, e.g. [64, 160, 320, 640], got {widths!r}")
-    for key, choices in (("downsample", ("maxpool", "stride")),
-                         ("batch_norm", ("transductive", "inductive")),
-                         ("meta_optimizer", ("adam", "sgd")),
-                         ("lr_schedule", ("step", "cosine", "linear")),
-                         ("inner_optimizer", ("sgd", "adam")),
-                         ("reptile_eval", ("transductive", "non_transductive")),
-                         ("precision", ("fp32", "tf32", "bf16"))):
+    hidden = config["hidden"]
+    if not isinstance(hidden, list) or not all(_is_int(h) and h > 0 for h in hidden):
+        raise FewshotError(f"hidden must be a list of positive integers, e.g. [40, 40], got {hidden!r}")
+    at_steps = config["eval_at_steps"]
+    if at_steps is not None and (not isinstance(at_steps, list) or not all(_is_int(s) and s >= 0 for s in at_steps)):
+        raise FewshotError(f"eval_at_steps must be a list of whole numbers >= 0, e.g. [0, 1, 10], got {at_steps!r}")
+    for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise FewshotError(f"{key} must be one of {', '.join(choices)}, got {config[key]!r}")
+    if config["algorithm"] == "mamlpp" and config["eval_inner_steps"] > config["inner_steps"]:
+        raise FewshotError(f"MAML++ learns a rate and batch-norm weights per inner step, so eval_inner_steps "
+                           f"({config['eval_inner_steps']}) > inner_steps ({config['inner_steps']}) would adapt "
+                           f"with untrained ones; set eval_inner_steps <= inner_steps "
+                           f"(--set eval_inner_steps={config['inner_steps']})")
 
 
 def complete(config):
