@@ -41,3 +41,53 @@ def one_error_line(err):
     assert len(lines) == 1 and lines[0].startswith("fewshot: error: "), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def central_difference(objective, tensor, flat, eps=1e-6):
+    """d objective() / d tensor.view(-1)[flat] by central differences, entry restored after.
+    `objective` returns a list of terms (floats); the answer is one derivative per term, so
+    a test can also show that each term matters (dropping it would fail the check)."""
+    import torch
+    entry = tensor.view(-1)
+    original = entry[flat].item()
+    values = []
+    for value in (original + eps, original - eps):
+        with torch.no_grad():
+            entry[flat] = value
+        values.append([float(term) for term in objective()])
+    with torch.no_grad():
+        entry[flat] = original
+    return [(plus - minus) / (2 * eps) for plus, minus in zip(*values)]
+
+
+def sampled_finite_differences(objective, named_tensors, per_tensor=4, seed=1, eps=1e-6):
+    """[(name, flat index, per-term derivatives)] at `per_tensor` random entries of each tensor
+    (every entry of a tensor with no more than `per_tensor` entries)."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for name, tensor in named_tensors.items():
+        if tensor.numel() <= per_tensor:
+            entries = range(tensor.numel())
+        else:
+            entries = torch.randperm(tensor.numel(), generator=generator)[:per_tensor].tolist()
+        rows += [(name, flat, central_difference(objective, tensor, flat, eps)) for flat in entries]
+    return rows
+
+
+def gradient_mismatches(rows, analytic, rtol=1e-5, atol=1e-7):
+    """The rows whose summed finite-difference derivative differs from `analytic[name]` at that entry."""
+    bad = []
+    for name, flat, terms in rows:
+        numeric, exact = sum(terms), analytic[name].reshape(-1)[flat].item()
+        if abs(numeric - exact) > atol + rtol * abs(numeric):
+            bad.append((name, flat, numeric, exact))
+    return bad
+
+
+def terms_that_matter(rows, rtol=1e-5, atol=1e-7):
+    """For each term, whether leaving it out of the objective would move some checked derivative
+    by more than 100 times the tolerance: the check would then fail, so it covers that term."""
+    count = len(rows[0][2])
+    return [any(abs(terms[j]) > 100 * (atol + rtol * abs(sum(terms))) for _, _, terms in rows)
+            for j in range(count)]
