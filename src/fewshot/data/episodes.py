@@ -2,6 +2,12 @@
 
 Every task is a pure function of (seed, batch index, position): a resumed run sees
 exactly the tasks an uninterrupted one would, and evaluation sees a fixed set.
+
+Sampling is split in two: a task's *plan* (which classes, which rows, which
+rotations, which labels) is drawn on the host by that task's own numpy generator,
+and the pixels are built from the plan, on the host (`EpisodeSampler.task`) or on an
+accelerator that holds the whole dataset as uint8 (`DeviceEpisodes`). Both build
+the same tasks from the same plans.
 """
 import queue
 import threading
@@ -25,6 +31,10 @@ class Task:
         return Task(*(t.to(device, non_blocking=True) for t in
                       (self.support_x, self.support_y, self.query_x, self.query_y)), seed=self.seed)
 
+    def pin_memory(self):
+        return Task(*(t.pin_memory() for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
+                    seed=self.seed)
+
     @property
     def images(self):
         return len(self.support_x) + len(self.query_x)
@@ -38,14 +48,20 @@ def to_float(pixels, preprocessing=None, dtype=torch.float32):
     `channels` (convert gray <-> RGB), `invert` (Omniglot: ink is 1, as in the
     reference code), `mean` / `std` (per channel, from the meta-train split).
     Float input (precomputed features, see embeddings.py) is returned unchanged."""
-    if pixels.dtype.kind == "f":
-        return torch.from_numpy(pixels).to(dtype)
+    return tensor_to_float(torch.from_numpy(pixels), preprocessing, dtype)
+
+
+def tensor_to_float(pixels, preprocessing=None, dtype=torch.float32):
+    """`to_float` of a tensor, on the tensor's device (the same operations in the same
+    order, so the host and an accelerator give the same numbers)."""
+    if pixels.dtype.is_floating_point:
+        return pixels.to(dtype)
     preprocessing = preprocessing or {}
-    x = torch.from_numpy(pixels).to(dtype) / 255.0
+    x = pixels.to(dtype) / 255.0
     have, channels = x.shape[-3], preprocessing.get("channels")
     if channels is not None and channels != have:
         if have == 3 and channels == 1:
-            x = (x * torch.tensor(GRAY, dtype=dtype).view(3, 1, 1)).sum(-3, keepdim=True)
+            x = (x * torch.tensor(GRAY, dtype=dtype, device=x.device).view(3, 1, 1)).sum(-3, keepdim=True)
         elif have == 1:
             x = x.expand(*x.shape[:-3], channels, *x.shape[-2:])
         else:
@@ -53,10 +69,20 @@ def to_float(pixels, preprocessing=None, dtype=torch.float32):
     if preprocessing.get("invert"):
         x = 1.0 - x
     if preprocessing.get("mean") is not None and len(preprocessing["mean"]) == x.shape[-3]:
-        mean = torch.tensor(preprocessing["mean"], dtype=dtype).view(-1, 1, 1)
-        std = torch.tensor(preprocessing["std"], dtype=dtype).view(-1, 1, 1)
+        mean = torch.tensor(preprocessing["mean"], dtype=dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(preprocessing["std"], dtype=dtype, device=x.device).view(-1, 1, 1)
         x = (x - mean) / std
     return x
+
+
+@dataclass
+class Plan:
+    """One task's draws: `rows` (ways x per_class) of the image array, the quarter
+    turns of each chosen class, and each class's label."""
+    rows: np.ndarray
+    rotations: np.ndarray
+    labels: np.ndarray
+    seed: tuple
 
 
 class EpisodeSampler:
@@ -80,7 +106,7 @@ class EpisodeSampler:
         self.ways, self.shots, self.query = ways, shots, query
         self.seed, self.preprocessing, self.dtype = seed, preprocessing, dtype
 
-    def task(self, rng):
+    def plan(self, rng, seed=None):
         chosen = rng.choice(len(self.classes), self.ways, replace=False)
         labels = rng.permutation(self.ways)
         per_class = self.shots + self.query
@@ -89,15 +115,26 @@ class EpisodeSampler:
             start, count, rotation, _ = self.classes[c]
             rows.append(start + rng.choice(count, per_class, replace=False))
             rotations.append(rotation)
-        pixels = self.images[np.concatenate(rows)]  # ways*per_class x C x H x W
-        pixels = pixels.reshape(self.ways, per_class, *pixels.shape[1:])
-        for i, rotation in enumerate(rotations):
+        return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed)
+
+    def task(self, rng):
+        return self.build(self.plan(rng))
+
+    def build(self, plan):
+        """The task of `plan`, on the host."""
+        pixels = self.images[plan.rows.reshape(-1)]  # ways*per_class x C x H x W
+        pixels = pixels.reshape(*plan.rows.shape, *pixels.shape[1:])
+        for i, rotation in enumerate(plan.rotations):
             if rotation:
                 pixels[i] = np.rot90(pixels[i], rotation, axes=(-2, -1)).copy()
         x = to_float(np.ascontiguousarray(pixels), self.preprocessing, self.dtype)
-        y = torch.from_numpy(labels).long()[:, None].expand(self.ways, per_class)
+        y = torch.from_numpy(plan.labels).long()[:, None].expand(*plan.rows.shape)
         return Task(x[:, :self.shots].flatten(0, 1), y[:, :self.shots].flatten(),
-                    x[:, self.shots:].flatten(0, 1), y[:, self.shots:].flatten())
+                    x[:, self.shots:].flatten(0, 1), y[:, self.shots:].flatten(), seed=plan.seed)
+
+    def plans(self, index, size, part=None):
+        positions = range(size) if part is None else part
+        return [self.plan(np.random.default_rng([self.seed, index, j]), (self.seed, index, j)) for j in positions]
 
     def batch(self, index, size, part=None):
         return sample_batch(self, index, size, part)
@@ -116,18 +153,73 @@ def sample_batch(sampler, index, size, part=None):
     return tasks
 
 
+class DeviceEpisodes:
+    """`sampler`'s tasks, built on `device` from its image array copied there once as
+    uint8: the host draws only the plans (the same generators, so the same tasks),
+    and the gather, rotation, conversion to float and normalisation of a whole
+    meta-batch run on the device, after one small non-blocking copy of the indices."""
+
+    def __init__(self, sampler, device):
+        self.sampler, self.device, self.seed = sampler, torch.device(device), sampler.seed
+        self.images = torch.from_numpy(np.ascontiguousarray(sampler.images)).to(self.device)
+
+    @staticmethod
+    def fits(sampler, device, share=0.5):
+        """Whether the image array takes at most `share` of the device's free memory."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return True
+        free, _ = torch.cuda.mem_get_info(device)
+        return sampler.images.nbytes <= share * free
+
+    def plans(self, index, size, part=None):
+        return self.sampler.plans(index, size, part)
+
+    def build(self, plans):
+        sampler = self.sampler
+        ways, per_class = plans[0].rows.shape
+        # rows and labels of every task in one host array, one copy
+        indices = torch.from_numpy(np.concatenate([np.concatenate([p.rows.reshape(-1), p.labels]) for p in plans]))
+        if self.device.type == "cuda":
+            indices = indices.pin_memory()
+        indices = indices.to(self.device, non_blocking=True).view(len(plans), -1)
+        rows, labels = indices[:, :ways * per_class], indices[:, ways * per_class:]
+        pixels = self.images[rows.reshape(-1)].view(len(plans), ways, per_class, *self.images.shape[1:])
+        rotations = np.stack([p.rotations for p in plans])
+        for turns in (1, 2, 3):  # at most three kernels for the whole meta-batch
+            chosen = np.nonzero(rotations == turns)
+            if len(chosen[0]):
+                where = (torch.from_numpy(chosen[0]).to(self.device), torch.from_numpy(chosen[1]).to(self.device))
+                pixels[where] = torch.rot90(pixels[where], turns, (-2, -1))
+        x = tensor_to_float(pixels, sampler.preprocessing, sampler.dtype)
+        y = labels[:, :, None].expand(len(plans), ways, per_class)
+        shots = sampler.shots
+        return [Task(x[i, :, :shots].flatten(0, 1), y[i, :, :shots].flatten(),
+                     x[i, :, shots:].flatten(0, 1), y[i, :, shots:].flatten(), seed=p.seed)
+                for i, p in enumerate(plans)]
+
+    def batch(self, index, size, part=None):
+        return self.build(self.plans(index, size, part))
+
+
 class Prefetcher:
     """Samples batches `start, start+1, ...` on a background thread so that the
-    trainer never waits for sampling."""
+    trainer never waits for sampling. For `DeviceEpisodes` the thread draws the
+    plans and `next` builds them on the device; `pin` pins host batches so that
+    their copy to an accelerator does not block."""
 
-    def __init__(self, sampler, start, stop, size, part=None, depth=4):
+    def __init__(self, sampler, start, stop, size, part=None, depth=4, pin=False):
         self.queue = queue.Queue(maxsize=depth)
         self.stop_event = threading.Event()
+        self.build = sampler.build if isinstance(sampler, DeviceEpisodes) else None
+        produce = sampler.plans if self.build else sampler.batch
 
         def work():
             try:
                 for index in range(start, stop):
-                    item = sampler.batch(index, size, part)
+                    item = produce(index, size, part)
+                    if pin:
+                        item = [t.pin_memory() for t in item]
                     while not self.stop_event.is_set():
                         try:
                             self.queue.put(item, timeout=0.1)
@@ -146,7 +238,7 @@ class Prefetcher:
         item = self.queue.get()
         if isinstance(item, BaseException):
             raise item
-        return item
+        return self.build(item) if self.build else item
 
     def close(self):
         """Stop the sampling thread and wait for it, so no thread outlives the run."""
