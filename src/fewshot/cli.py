@@ -1,12 +1,26 @@
 """`fewshot`: a thin command line over the library. Each command parses its
-arguments and calls one library function."""
+arguments, checks them (before any folder is created or torch is imported), and
+calls one library function.
+
+Exit statuses, the one rule for every command (see main()): 0 done (a time-limit or
+stop_at_val stop included); 2 a problem with what was given or with the machine (a
+FewshotError, or an OS error such as a full disk, a read-only file system or a folder
+where a file belongs), reported in one line naming the problem and a fix; 130 / 143
+interrupted by SIGINT / SIGTERM, after saving; 1 a bug in fewshot (a traceback).
+"""
 import argparse
+import errno
 import json
+import math
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import FewshotError
+from .io import check_output, holds_run
 
 
 def cmd_presets(args):
@@ -16,30 +30,45 @@ def cmd_presets(args):
 
 
 def cmd_summary(args):
+    config = _config(args)
     from .summary import summary
-    print(summary(_config(args)))
+    print(summary(config))
 
 
 def cmd_data(args):
+    if args.size is not None and not 1 <= args.size <= 1024:
+        raise FewshotError(f"--size takes an image side of 1 to 1024 pixels, got {args.size}")
+    if args.seed < 0:
+        raise FewshotError(f"--seed must be at least 0, got {args.seed}")
+    if args.name is not None and (Path(args.name).name != args.name or args.name in ("", ".", "..")):
+        raise FewshotError(f"--name takes a plain folder name, got {args.name!r}; choose the parent folder with --root")
+    if args.dataset == "miniimagenet" and (not args.source or args.download):
+        raise FewshotError("fewshot data miniimagenet takes --from PATH (images/ with the split CSVs, "
+                           "a tree of <wnid>/ folders, or learn2learn's pickles); it is not downloadable")
+    if args.dataset == "folder" and (not args.source or args.download):
+        raise FewshotError("fewshot data folder takes --from DIR (a tree of <class>/<image> folders)")
+    if args.dataset == "omniglot" and args.download == bool(args.source):
+        raise FewshotError("give exactly one of --download or --from PATH")
+    ratios = _ratios(args.split) if args.dataset == "folder" else None
     from .data import folder, images, miniimagenet, omniglot
     root = Path(args.root) if args.root else images.home()
     target = root / (args.name or args.dataset)
+    if target.exists() and not target.is_dir():
+        raise FewshotError(f"{target} is a file, not a dataset folder; choose another --name or --root")
+    if holds_run(target):
+        raise FewshotError(f"{target} holds a training run; choose another --name or --root for the dataset")
+    if images.is_prepared(target) and not args.force:
+        raise FewshotError(f"{target} already holds a prepared dataset that runs may have been trained on; "
+                           f"choose another --name, or pass --force to replace it")
     if args.dataset == "miniimagenet":
-        if not args.source or args.download:
-            raise FewshotError("fewshot data miniimagenet takes --from PATH (images/ with the split CSVs, "
-                               "a tree of <wnid>/ folders, or learn2learn's pickles); it is not downloadable")
         miniimagenet.import_miniimagenet(args.source, target, size=args.size or 84, progress=not args.no_progress,
                                          csv_dir=args.csv_dir, allow_partial=args.allow_partial)
         for line in miniimagenet.summary(images.read_dataset(target, args.size or 84)):
             print(line)
     elif args.dataset == "folder":
-        if not args.source or args.download:
-            raise FewshotError("fewshot data folder takes --from DIR (a tree of <class>/<image> folders)")
         folder.import_folder(args.source, target, size=args.size or 28, channels=args.channels,
-                             ratios=_ratios(args.split), seed=args.seed, progress=not args.no_progress)
+                             ratios=ratios, seed=args.seed, progress=not args.no_progress)
     else:
-        if args.download == bool(args.source):
-            raise FewshotError("give exactly one of --download or --from PATH")
         source = args.source or omniglot.download_official(target, args.url or omniglot.OFFICIAL_URL,
                                                            progress=not args.no_progress)
         omniglot.import_omniglot(source, target, size=args.size or 28, progress=not args.no_progress)
@@ -56,48 +85,117 @@ def cmd_data(args):
 def _minutes(value):
     if value is None:
         return None
-    if value <= 0:
-        raise FewshotError(f"--time-limit takes minutes > 0, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise FewshotError(f"--time-limit takes a finite number of minutes > 0, got {value}")
     return value * 60
 
 
 def _ratios(text):
     try:
-        return tuple(float(r) for r in text.split(","))
+        ratios = tuple(float(r) for r in text.split(","))
     except ValueError:
         raise FewshotError(f"--split takes three ratios like 0.64,0.16,0.20, got {text!r}") from None
+    if not all(math.isfinite(r) for r in ratios):
+        raise FewshotError(f"--split takes three finite ratios like 0.64,0.16,0.20, got {text!r}")
+    return ratios
+
+
+def _device(name):
+    """Refuse a device that does not exist here (torch is imported only for an accelerator)."""
+    if not re.fullmatch(r"cpu(:\d+)?|cuda(:\d+)?|mps", name or ""):
+        raise FewshotError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise FewshotError(f"--device {name} asked for, but this PyTorch sees no CUDA device; use --device cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise FewshotError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps":
+        import torch
+        if not torch.backends.mps.is_available():
+            raise FewshotError("--device mps asked for, but this PyTorch sees no MPS device; use --device cpu")
+
+
+def _check_threads(args):
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise FewshotError(f"--threads must be at least 1, got {args.threads}")
+
+
+def _check_run_out(out):
+    """A training run's --out must be a folder that is not a dataset or a pretraining."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FewshotError(f"--out {out} is a file; give a folder for the run")
+    if (out / "index.json").is_file():
+        raise FewshotError(f"--out {out} holds a prepared dataset; give another folder for the run")
+    if (out / "pretrain.pt").exists() or (out / "embed.json").exists():
+        raise FewshotError(f"--out {out} holds fewshot embed's files; give another folder for the run")
 
 
 def cmd_train(args):
-    from .train import train
+    _check_threads(args)
+    _device(args.device)
+    time_limit = _minutes(args.time_limit)
+    if args.procs < 1:
+        raise FewshotError(f"--procs must be at least 1, got {args.procs}")
+    if args.resume or args.out:
+        _check_run_out(args.resume or args.out)
     if args.resume:
         if args.preset or args.set or args.data or args.init:
             raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init")
+        from .train import train
         result = train(out=args.resume, resume=True, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs, time_limit=_minutes(args.time_limit))
+                       threads=args.threads, procs=args.procs, time_limit=time_limit)
     else:
         if not args.preset:
             raise FewshotError("name a preset (see `fewshot presets`) or give --resume RUN_DIR")
         if not args.out:
             raise FewshotError("give --out RUN_DIR, the folder for logs and checkpoints")
-        result = train(_config(args), args.out, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs, time_limit=_minutes(args.time_limit))
-    if not result["stopped"] and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        config = _config(args)  # every setting checked before train() creates the folder
+        from .train import train
+        result = train(config, args.out, device=args.device, progress=not args.no_progress,
+                       threads=args.threads, procs=args.procs, time_limit=time_limit)
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    if result.get("signal"):  # saved first; a nonzero status so that `train ... && eval ...` stops here
+        if speaks:
+            name = signal.Signals(result["signal"]).name
+            print(f"fewshot: interrupted by {name} at step {result['step']}, saved; continue with "
+                  f"`fewshot train --resume {result['out']}`", file=sys.stderr)
+        return 128 + int(result["signal"])
+    if result["stopped"]:
+        if speaks:
+            why = " (--time-limit reached)" if time_limit is not None else ""
+            print(f"stopped at step {result['step']}{why}, saved in {result['out']}; continue with "
+                  f"`fewshot train --resume {result['out']}`")
+        return 0
+    if speaks:
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
+    return 0
 
 
 def _threads(args):
+    _check_threads(args)
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
 
 
 def cmd_eval(args):
-    from .evaluate import describe, evaluate_checkpoint
-    _threads(args)
+    _check_threads(args)
+    _device(args.device)
     if args.steps is not None and args.steps < 0:
         raise FewshotError(f"--steps must be at least 0, got {args.steps}")
-    at_steps = None if args.at_steps is None else [int(s) for s in args.at_steps.split(",") if s]
+    if args.tasks is not None and args.tasks < 1:
+        raise FewshotError(f"--tasks must be at least 1, got {args.tasks}")
+    if args.seed is not None and args.seed < 0:
+        raise FewshotError(f"--seed must be at least 0, got {args.seed}")
+    at_steps = None if args.at_steps is None else _at_steps(args.at_steps)
+    if args.scores:
+        check_output(args.scores, "--scores", "scores.txt")
+    from .evaluate import describe, evaluate_checkpoint
+    _threads(args)
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
                                  data_spec=args.data, seed=args.seed, device=args.device,
                                  progress=not args.no_progress and not args.json, at_steps=at_steps)
@@ -111,43 +209,84 @@ def cmd_eval(args):
         write_text(args.scores, "".join(f"{s}\n" for s in scores))
 
 
+def _at_steps(text):
+    try:
+        counts = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        counts = None
+    if not counts or any(c < 0 for c in counts):
+        raise FewshotError(f"--at-steps takes inner-step counts >= 0 separated by commas, e.g. 0,1,10; got {text!r}")
+    return counts
+
+
 def cmd_embed(args):
-    from .embed import embed
     if not args.out:
         raise FewshotError("give --out DIR, the folder for the embedding files")
-    _threads(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FewshotError(f"--out {out} is a file; give a folder for the embedding files")
+    if any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt")) or (
+            (out / "metrics.jsonl").exists() and not (out / "pretrain.pt").exists()):
+        raise FewshotError(f"--out {out} holds a training run (its metrics would be overwritten); "
+                           f"give another folder for the embedding files")
+    if (out / "index.json").is_file():
+        raise FewshotError(f"--out {out} holds a prepared dataset; give another folder for the embedding files")
+    if args.steps < 1 or args.batch_size < 1:
+        raise FewshotError(f"--steps and --batch-size must be at least 1, got {args.steps} and {args.batch_size}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        raise FewshotError(f"--lr must be a finite number > 0, got {args.lr}")
+    _device(args.device)
+    _check_threads(args)
     config = _config(args)
+    from .embed import embed
+    _threads(args)
     if args.backbone:
         config["model"] = args.backbone
     result = embed(config, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                    device=args.device, progress=not args.no_progress,
                    crops=tuple(c for c in args.crops.split(",") if c))
     if result["stopped"]:
-        print(f"stopped at pretraining step {result['steps']}; run the same command again to continue")
+        print(f"stopped at pretraining step {result['steps']}, saved; run the same command again to continue",
+              file=sys.stderr if result.get("signal") else sys.stdout)
+        return 128 + int(result["signal"]) if result.get("signal") else 0
     else:
         print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}; train "
               f"LEO on them with `fewshot train PRESET --data {result['out']} --set embedding_dim={result['dim']}`")
 
 
 def cmd_plot(args):
+    if args.out:
+        check_output(args.out, "--out", "curves.png", text=False)
     from .plot import plot_adaptation, plot_run
     print(f"wrote {(plot_adaptation if args.adaptation else plot_run)(args.run_dir, args.out)}")
 
 
+def _shown(text):
+    """A file or class name as text that prints and encodes anywhere: bytes that are not
+    UTF-8 (kept by Python as surrogates) appear as \\xNN escapes."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def cmd_predict(args):
-    from .predict import load
     if args.top_k < 1:
         raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
     if args.steps is not None and args.steps < 0:
         raise FewshotError(f"--steps must be at least 0, got {args.steps}")
-    if args.csv and Path(args.csv).is_dir():
-        raise FewshotError(f"--csv {args.csv} is a folder; give a file name such as predictions.csv")
+    if args.csv:
+        check_output(args.csv, "--csv", "predictions.csv")
+    _check_threads(args)
+    _device(args.device)
+    from .predict import load
     _threads(args)
     learner = load(args.checkpoint, device=args.device)
     adapted = learner.adapt(args.support, steps=args.steps)
     rows = adapted.classify(args.query, top_k=args.top_k)
+    classes = [_shown(c) for c in adapted.classes]
+    rows = [{**r, "file": _shown(r["file"]), "label": _shown(r["label"]),
+             "top": [(_shown(c), p) for c, p in r["top"]],
+             "probabilities": {_shown(c): p for c, p in r["probabilities"].items()}} for r in rows]
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "classes": adapted.classes,
+        print(json.dumps({"checkpoint": _shown(args.checkpoint), "classes": classes,
                           "predictions": [{k: r[k] for k in ("file", "label", "probabilities")} for r in rows]},
                          indent=1))
     else:
@@ -161,14 +300,11 @@ def cmd_predict(args):
         from .io import write_text
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["file", "label", "probability", *[f"p_{c}" for c in adapted.classes]])
+        writer.writerow(["file", "label", "probability", *[f"p_{c}" for c in classes]])
         for r in rows:
             writer.writerow([r["file"], r["label"], f"{r['probability']:.6f}",
-                             *[f"{r['probabilities'][c]:.6f}" for c in adapted.classes]])
-        try:
-            write_text(args.csv, buffer.getvalue())
-        except OSError as error:
-            raise FewshotError(f"cannot write {args.csv} ({error.strerror}); choose another --csv path") from None
+                             *[f"{r['probabilities'][c]:.6f}" for c in classes]])
+        write_text(args.csv, buffer.getvalue())
 
 
 def _config(args):
@@ -184,6 +320,7 @@ def _config(args):
 
 def parser():
     p = argparse.ArgumentParser(prog="fewshot", description="Few-shot learning by meta-learning.")
+    p.add_argument("--version", action="version", version=f"fewshot {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("presets", help="list the presets")
@@ -208,6 +345,7 @@ def parser():
     s.add_argument("--channels", type=int, choices=[1, 3], help="folder: 1 (gray) or 3 (RGB); default: as the images")
     s.add_argument("--split", default="0.64,0.16,0.20", help="folder without train/val/test: class ratios")
     s.add_argument("--seed", type=int, default=0, help="folder: seed of the class split")
+    s.add_argument("--force", action="store_true", help="replace a dataset already prepared under that name")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_data)
 
@@ -283,17 +421,48 @@ def parser():
     return p
 
 
+# why an OS error happened, and what to do about it
+OS_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space or choose a folder on another disk, then run again",
+    errno.EDQUOT: "the disk quota is used up: free some space or choose another folder, then run again",
+    errno.EROFS: "the file system is read-only: choose a folder you can write",
+    errno.EACCES: "permission denied: choose a path you can write, or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a path you can write, or fix its permissions",
+    errno.EISDIR: "it is a folder where a file belongs: give a file path",
+    errno.ENOTDIR: "a part of it is a file where a folder belongs: give another path",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.EEXIST: "it already exists: choose another path",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+    errno.ELOOP: "it is a loop of symbolic links: give another path",
+    errno.EIO: "the device reported an input/output error: check the disk, or choose another folder",
+}
+
+
+def os_error_line(error):
+    """One line for an OS error: the path, what the system said, and a fix."""
+    path = error.filename if error.filename is not None else error.filename2
+    where = f"{os.fsdecode(path)}: " if path is not None else ""
+    fix = OS_FIXES.get(error.errno, "check the path and the disk, then run again")
+    return f"{where}{error.strerror or type(error).__name__}; {fix}"
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except FewshotError as error:
-        print(f"fewshot: error: {error}", file=sys.stderr)
+        print(f"fewshot: error: {_shown(' '.join(str(error).split()))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `fewshot presets | head -1`: the reader left; nothing to report
+        sys.stderr.close()
+        return 0
+    except OSError as error:  # full disk, read-only file system, a folder where a file belongs...
+        print(f"fewshot: error: {_shown(os_error_line(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fewshot: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
