@@ -1,5 +1,7 @@
 """Checkpoints: one torch file holding config, weights, optimizer, schedule and
 step, written atomically and checked on load."""
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -13,8 +15,25 @@ VERSION = 1
 
 
 def save(path, **state):
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    """Write atomically: on any failure the previous file at `path` is left as it was."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    except RuntimeError as error:  # torch's writer reports a full disk as a RuntimeError, not an OSError
+        reason = " ".join(str(error).split())[-100:]
+        raise FewshotError(f"cannot write checkpoint {path} ({reason}); the disk may be full: free some space "
+                           f"and resume; the previous {Path(path).name}, if any, is unchanged") from None
+
+
+def refused_reason(error):
+    """Why torch refused a file, in words that never suggest loading it unsafely."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"it holds a Python object{what} that a checkpoint never contains, and was refused unread, "
+                f"since loading it could run code")
+    return " ".join(text.split())[:120] if text.strip() else type(error).__name__
 
 
 def find(target):
@@ -35,15 +54,23 @@ def load(target):
     path = find(target)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except IsADirectoryError:
+        raise FewshotError(f"{path} is a folder, not a checkpoint; give a run folder or a .pt file") from None
+    except PermissionError as error:
+        raise FewshotError(f"cannot read {path} ({error.strerror}); fix its permissions") from None
     except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise FewshotError(f"{path} is truncated or not a checkpoint ({reason}); use the run's other "
-                           f"checkpoint (last.pt or best.pt) or train again") from None
+        raise FewshotError(f"{path} is truncated or not a checkpoint ({refused_reason(error)}); use the run's "
+                           f"other checkpoint (last.pt or best.pt) or train again") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FewshotError(f"{path} is not a fewshot checkpoint (a foreign or raw state dict?); give a "
                            f"best.pt or last.pt written by `fewshot train`")
-    if isinstance(state.get("config"), dict):
-        state["config"] = complete(state["config"])
-    if state.get("version", 0) > VERSION:
-        raise FewshotError(f"{path} was written by a newer fewshot (format {state['version']}); upgrade fewshot")
+    version = state.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise FewshotError(f"{path} was written by a newer fewshot (format {version!r}); upgrade fewshot")
+    weights = state.get("algorithm", state.get("model"))
+    if not isinstance(state.get("config"), dict) or not isinstance(weights, dict) or \
+            not isinstance(state.get("step"), int):
+        raise FewshotError(f"{path} is a damaged fewshot checkpoint (its config, weights or step is missing); "
+                           f"use the run's other checkpoint (last.pt or best.pt) or train again")
+    state["config"] = complete(state["config"])
     return state

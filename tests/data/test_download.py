@@ -275,9 +275,14 @@ def test_cli_download_end_to_end(server, official, official_md5s, tmp_path, caps
     assert not list((root / "omniglot" / "raw").glob("*.part"))
     check_prepared(root / "omniglot", chars)
 
-    # again: the verified zips are not fetched twice, the import is rewritten the same
+    # again: an existing dataset is refused unchanged without --force; with it, the verified zips are
+    # not fetched twice and the import is rewritten the same
     requests = len(server.requests)
-    assert cli.main(argv + ["--name", "again"]) == 0 and cli.main(argv) == 0
+    before = {p: p.read_bytes() for p in (root / "omniglot").rglob("*") if p.is_file()}
+    assert cli.main(argv) == 2
+    assert "already holds a prepared dataset" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (root / "omniglot").rglob("*") if p.is_file()} == before
+    assert cli.main(argv + ["--name", "again"]) == 0 and cli.main(argv + ["--force"]) == 0
     assert len(server.requests) == requests + 2  # only for the new folder "again"
     check_prepared(root / "again", chars)
     check_prepared(root / "omniglot", chars)

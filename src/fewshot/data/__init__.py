@@ -6,6 +6,7 @@ npz), `folder` (a user's tree of class folders), `embeddings` (LEO's precomputed
 `{train,val,test}_embeddings.pkl`, float features) and `sinusoid` (generated).
 """
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import torch
 from ..errors import FewshotError
 from . import embeddings, folder, miniimagenet, omniglot
 from .episodes import EpisodeSampler, Prefetcher, Task
-from .images import home, is_prepared, read_dataset, read_features
+from .images import fingerprint, home, is_prepared, read_dataset, read_features
 from .sinusoid import SinusoidSampler
 
 GENERATED = {"sinusoid"}
+CACHE_VERSION = 2  # part of every cache key: raise it when an importer's output changes
 # kind -> (import a raw copy into a prepared folder, class splits)
 IMPORTERS = {"omniglot": omniglot.import_omniglot, "folder": folder.import_folder,
              "miniimagenet": miniimagenet.import_miniimagenet, "embeddings": embeddings.import_embeddings}
@@ -51,14 +53,26 @@ def resolve(config, progress=True):
         return path
     if is_prepared(path):  # prepared at another size: decode again from the recorded source
         meta = read_dataset(path, None).meta
-        source = Path(meta.get("source", ""))
-        if not source.exists():
+        source = Path(meta.get("source") or "")
+        if not meta.get("source") or not source.exists():
             raise FewshotError(f"{path} is prepared at sizes {meta.get('sizes')}, not {size}, and its source "
                                f"{source} is gone; import it again with --size {size}")
+        if meta.get("fingerprint") and meta["fingerprint"] != fingerprint(source, meta.get("csv_dir")):
+            raise FewshotError(f"{path} is prepared at sizes {meta.get('sizes')}, not {size}, and its source "
+                               f"{source} has changed since; prepare size {size} under another name "
+                               f"(`fewshot data {meta.get('dataset')} --from {source} --name NEW --size {size}`)")
         _import(meta["dataset"], source, path, size, meta, progress)
         return path
-    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    cache = home() / "cache" / f"{kind}-{key}"
+    return _cache(kind, path, size, progress)
+
+
+def _cache(kind, path, size, progress):
+    """The cache of raw copy `path` at `size`, keyed on its place, its content (the names,
+    sizes and modification times of its files) and the preparation settings: a changed
+    copy or another size never meets a stale array."""
+    place = hashlib.sha1(os.fsencode(str(path.resolve()))).hexdigest()[:12]
+    content = hashlib.sha1(f"{kind} {size} {CACHE_VERSION} {fingerprint(path)}".encode()).hexdigest()[:12]
+    cache = home() / "cache" / f"{kind}-{place}-{content}"
     if not is_prepared(cache, size):
         _import(kind, path, cache, size, {}, progress)
     return cache

@@ -94,6 +94,12 @@ def read_pickle(path, dim=NDIM):
         raise FewshotError(f"{path}: embeddings have dimension {embeddings.shape[1]}, expected {dim}; set "
                            f"embedding_dim={embeddings.shape[1]} (--set embedding_dim={embeddings.shape[1]}) "
                            f"or use embeddings of dimension {dim}")
+    if embeddings.dtype.kind == "f":
+        bad = ~np.isfinite(embeddings).all(axis=1)
+        if bad.any():
+            raise FewshotError(f"{path}: {int(bad.sum())} of {len(embeddings)} embeddings hold NaN or infinite "
+                               f"values (first row {int(np.flatnonzero(bad)[0])}); the file is damaged: write it "
+                               f"again (e.g. with `fewshot embed`)")
     keys = np.asarray(data["keys"]).ravel()
     if len(keys) != len(embeddings):
         raise FewshotError(f"{path}: {len(keys)} keys for {len(embeddings)} embeddings; the file is damaged")

@@ -43,7 +43,15 @@ def class_folders(root):
         found = {s: sorted(p for p in (root / s).iterdir() if p.is_dir()) for s in SPLITS if (root / s).is_dir()}
     else:
         found = {"all": sorted(p for p in root.iterdir() if p.is_dir())}
+    # a class is a folder holding images: loose files (a curves.png, notes) at the class level are not classes
     found = {s: [c for c in classes if image_files(c)] for s, classes in found.items()}
+    seen = {}
+    for split, classes in found.items():
+        for c in classes:
+            if seen.setdefault(c.name, split) != split:
+                raise FewshotError(f"class {c.name!r} is in both {root / seen[c.name]} and {root / split}; a class "
+                                   f"must be in one split only (its images would leak between meta-training and "
+                                   f"testing): rename or remove one of the two folders")
     if not any(found.values()):
         raise FewshotError(f"{root} holds no class folders with images; expected <DIR>/<class>/<image> "
                            f"or <DIR>/{{train,val,test}}/<class>/<image>")

@@ -7,8 +7,10 @@ contiguous rows [start, start + count). Decoding happens once, at import.
 Feature datasets (precomputed embeddings, see embeddings.py) use the same folder
 layout with `features-<dim>.npy` (float32, N x dim) in place of the image array.
 """
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,22 +64,72 @@ def is_prepared(folder, size=None):
     return size is None or (folder / array_name(size)).is_file() or (folder / features_name(size)).is_file()
 
 
+def fingerprint(*sources):
+    """A digest of the names, sizes and modification times of every file under `sources`
+    (files or folders; None is skipped): it changes whenever a source file does."""
+    digest = hashlib.sha1()
+    for source in sources:
+        if source is None:
+            continue
+        source = Path(source)
+        if source.is_file():
+            listing = [(source.name, source)]
+        else:
+            listing = []
+            for parent, dirs, files in os.walk(source):
+                dirs.sort()
+                listing += [(os.path.relpath(os.path.join(parent, f), source), Path(parent, f)) for f in sorted(files)]
+        digest.update(os.fsencode(str(source)) + b"\0")
+        for name, path in listing:
+            try:
+                stat = path.stat()
+            except OSError:  # a dangling link or a file that went away: its name still counts
+                stat = None
+            digest.update(os.fsencode(name) + (f"\0{stat.st_size}\0{stat.st_mtime_ns}\n" if stat else "\0-\n").encode())
+    return digest.hexdigest()[:16]
+
+
+def _source_fingerprint(meta):
+    return fingerprint(meta["source"], meta.get("csv_dir")) if meta.get("source") else None
+
+
+SIZE_STATS = ("mean", "std")  # the meta entries that depend on the image size
+
+
 def write_dataset(folder, images, classes, meta):
     """Write the array first and the index last, each atomically: a folder with an
-    index is always complete."""
+    index is always complete. A folder prepared at other sizes keeps those arrays when
+    they hold the same classes from the same unchanged source (the index then lists
+    every size, with each size's pixel statistics); otherwise they are stale and removed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     size = images.shape[-1]
+    meta = {**meta, "fingerprint": _source_fingerprint(meta)}
     with atomic_path(folder / array_name(size)) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(images, dtype=np.uint8))
     index = {"meta": meta, "classes": [vars(c) for c in classes]}
+    stats = {str(size): {k: meta.get(k) for k in SIZE_STATS}}
+    sizes = {size}
     if (folder / INDEX).is_file():
-        old = json.loads((folder / INDEX).read_text())
-        old_sizes = old["meta"].get("sizes", [])
-        index["meta"]["sizes"] = sorted(set(old_sizes) | {size})
-    else:
-        index["meta"]["sizes"] = [size]
+        try:
+            old = json.loads((folder / INDEX).read_text())
+            same = (old["classes"] == index["classes"] and old["meta"].get("fingerprint") == meta["fingerprint"]
+                    and old["meta"].get("source") == meta.get("source"))
+            old_sizes = [int(s) for s in old["meta"].get("sizes", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            same, old_sizes = False, []
+        for old_size in old_sizes:
+            if old_size == size:
+                continue
+            if same:
+                sizes.add(old_size)
+                stats[str(old_size)] = old["meta"].get("stats", {}).get(
+                    str(old_size), {k: old["meta"].get(k) for k in SIZE_STATS})
+            elif (folder / array_name(old_size)).is_file():
+                (folder / array_name(old_size)).unlink()  # another source's pixels: never read with this index
+    index["meta"]["sizes"] = sorted(sizes)
+    index["meta"]["stats"] = stats
     write_text(folder / INDEX, json.dumps(index, indent=1))
 
 
@@ -85,19 +137,42 @@ def read_dataset(folder, size):
     """The prepared images at `size` (uint8 N x C x H x W, memory-mapped); size None: the index alone."""
     if size is None:
         index = _read_index(Path(folder))
-        return ImageDataset(Path(folder), None, [ImageClass(**c) for c in index["classes"]], index["meta"])
+        return ImageDataset(Path(folder), None, _classes(index, Path(folder)), index["meta"])
     return _read_array(folder, array_name(size), ndim=4, dtype=np.uint8,
                        missing=f"has no prepared data at size {size}", fix="prepare it with `fewshot data ...`")
 
 
 def _read_index(folder):
     try:
-        return json.loads((folder / INDEX).read_text())
+        index = json.loads((folder / INDEX).read_text())
     except FileNotFoundError:
         raise FewshotError(f"{folder} has no {INDEX}; prepare it with `fewshot data ...`") from None
     except (ValueError, OSError) as error:
         raise FewshotError(f"the cache in {folder} is corrupt ({error}); delete the folder and "
                            f"prepare the data again") from None
+    if not isinstance(index, dict) or not isinstance(index.get("meta"), dict) or \
+            not isinstance(index.get("classes"), list):
+        raise FewshotError(f"the cache in {folder} is corrupt ({INDEX} lacks its meta or classes); delete the "
+                           f"folder and prepare the data again")
+    return index
+
+
+def _classes(index, folder, rows=None):
+    """The index's classes, checked: whole numbers, each class inside the array (`rows` long)."""
+    fields = {"name", "group", "start", "count", "info"}
+    classes = []
+    for entry in index["classes"]:
+        if not isinstance(entry, dict) or not {"name", "group", "start", "count"} <= set(entry) <= fields or \
+                not all(isinstance(entry[k], int) and not isinstance(entry[k], bool) for k in ("start", "count")):
+            raise FewshotError(f"the cache in {folder} is corrupt ({INDEX} has a malformed class entry); delete "
+                               f"the folder and prepare the data again")
+        c = ImageClass(**entry)
+        if c.start < 0 or c.count < 0 or (rows is not None and c.start + c.count > rows):
+            raise FewshotError(f"the cache in {folder} does not match its index (class {c.name!r} is rows "
+                               f"{c.start}-{c.start + c.count} of {rows if rows is not None else '?'}); delete the "
+                               f"folder and prepare the data again")
+        classes.append(c)
+    return classes
 
 
 def _read_array(folder, name, ndim, dtype, missing, fix):
@@ -111,11 +186,19 @@ def _read_array(folder, name, ndim, dtype, missing, fix):
     except (ValueError, OSError) as error:
         raise FewshotError(f"the cache in {folder} is corrupt ({error}); delete the folder and "
                            f"prepare the data again") from None
-    classes = [ImageClass(**c) for c in index["classes"]]
-    if array.ndim != ndim or array.dtype != dtype or sum(c.count for c in classes) != len(array):
+    if array.ndim != ndim or array.dtype != dtype:
+        raise FewshotError(f"the cache in {folder} does not match its index ({name} is {array.dtype} "
+                           f"{array.shape}); delete the folder and prepare the data again")
+    classes = _classes(index, folder, len(array))
+    if sum(c.count for c in classes) != len(array):
         raise FewshotError(f"the cache in {folder} does not match its index; delete the folder and "
                            f"prepare the data again")
-    return ImageDataset(folder, array, classes, index["meta"])
+    size = re.search(r"-(\d+)\.npy$", name)
+    meta = dict(index["meta"])
+    stats = meta.get("stats", {}).get(size.group(1)) if size and isinstance(meta.get("stats"), dict) else None
+    if isinstance(stats, dict):
+        meta.update({k: stats[k] for k in SIZE_STATS if k in stats})  # this size's own pixel statistics
+    return ImageDataset(folder, array, classes, meta)
 
 
 def write_features(folder, features, classes, meta):
@@ -134,7 +217,10 @@ def write_features(folder, features, classes, meta):
             row += len(part)
         out.flush()
         del out
-    meta = {**meta, "features": True, "sizes": [dim]}
+    meta = {**meta, "features": True, "sizes": [dim], "fingerprint": _source_fingerprint(meta)}
+    for stale in folder.glob("features-*.npy"):  # another import's features: never read with this index
+        if stale.name != features_name(dim):
+            stale.unlink()
     write_text(folder / INDEX, json.dumps({"meta": meta, "classes": [vars(c) for c in classes]}, indent=1))
 
 

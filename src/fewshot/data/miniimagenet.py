@@ -52,6 +52,7 @@ from .images import ImageClass, write_dataset
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 WNID = re.compile(r"^n\d{8}$")
+WNID_PREFIX = re.compile(r"^n\d{8}(?=\d{8}\.)")  # the Ravi file names: wnid, then an 8-digit index
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 CSV_COLUMNS = ["filename", "label"]
 ARRAY_FILE = re.compile(r"^(?:mini-?imagenet-cache-|mini-?imagenet[-_])?(train|val|validation|test)"
@@ -150,7 +151,13 @@ def read_csv(path):
                 if len(row) != 2 or not row[0].strip() or not row[1].strip():
                     raise FewshotError(f"{path} line {number} is {','.join(row)!r}; expected "
                                        f"<filename>,<label> like n0153282900000005.jpg,n01532829")
-                rows.append((row[0].strip(), row[1].strip()))
+                filename, label = row[0].strip(), row[1].strip()
+                wnid = WNID_PREFIX.match(filename)
+                if wnid and WNID.match(label) and wnid.group(0) != label:
+                    raise FewshotError(f"{path} line {number}: {filename} is an image of class {wnid.group(0)} "
+                                       f"(its name starts with its wnid) but is labelled {label}; correct the "
+                                       f"label or the file name")
+                rows.append((filename, label))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise FewshotError(f"cannot read the split file {path} ({error})") from None
     return rows

@@ -4,6 +4,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def _iter_official_pngs(path):
                 for name in z.namelist():
                     if match := PNG_PATH.search(name):
                         yield match, z.read(name), f"{archive}:{name}"
-        except (zipfile.BadZipFile, OSError) as error:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as error:
             raise FewshotError(f"{archive} is not a readable zip ({error}); download it again "
                                f"or unzip it yourself and pass the folder") from None
     if path.is_dir():
