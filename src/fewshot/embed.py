@@ -32,6 +32,8 @@ continues from it, and keeps the embedding files already written.
 """
 import json
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,11 @@ from .io import write_text
 from .train import MetricsLog
 
 CROPS = ("center", "multiview")
+
+
+class _Stop(Exception):
+    """Stop pretraining after saving (a signal, or stop_after in tests)."""
+
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
@@ -141,6 +148,16 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     bar = tqdm(total=steps, initial=min(step, steps), desc="pretrain", unit="step", disable=not progress)
     log, window, window_start = MetricsLog(out, step), [], time.perf_counter()
     model.train()
+    received = []  # the first SIGINT / SIGTERM stops after saving; the ones after it are ignored until then
+
+    def on_signal(signum, frame):
+        if not received:
+            received.append(signum)
+            raise _Stop()
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while step < steps:
             pick = np.sort(np.random.default_rng([config["seed"], step]).choice(len(rows), batch_size,
@@ -168,11 +185,18 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
             if step % save_every == 0 or step == steps:
                 save()
             if stop_after is not None and step >= stop_after:
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
+                raise _Stop()
+    except (_Stop, KeyboardInterrupt):
+        if not received and not (stop_after is not None and step >= stop_after):
+            received.append(signal.SIGINT)  # a KeyboardInterrupt without our handler (another thread's)
+        received.append(None)  # from here on every signal is ignored: the save must finish
         save()
         bar.close()
-        return {"out": str(out), "steps": step, "stopped": True, "dim": model.features_size, "files": []}
+        return {"out": str(out), "steps": step, "stopped": True, "dim": model.features_size, "files": [],
+                "signal": received[0]}
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
     bar.close()
 
     model.eval()
