@@ -1,5 +1,12 @@
 """fewshot: few-shot learning by meta-learning."""
-from .errors import FewshotError
+import os
+
+# Before torch (and its OpenMP runtime) is loaded: idle OpenMP threads sleep instead of
+# spinning. Spinning threads of two processes sharing cores slow both by 10-100x
+# (docs/benchmarks.md, "Two runs on one machine"); a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import FewshotError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["FewshotError", "load", "__version__"]

@@ -31,15 +31,17 @@ def reduce_meta_gradient(parameters, metrics, share_size, meta_batch):
     weight = share_size / meta_batch
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     names = sorted(metrics)
-    flat = torch.cat([g.reshape(-1) for g in grads] +
-                     [torch.tensor([metrics[n] for n in names], dtype=grads[0].dtype, device=grads[0].device)])
+    # metrics may be floats or 0-dim tensors (kept on the device: no host synchronisation here)
+    values = torch.stack([torch.as_tensor(metrics[n], dtype=grads[0].dtype, device=grads[0].device).reshape(())
+                          for n in names])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [values])
     flat *= weight
     dist.all_reduce(flat)
     offset = 0
     for p, g in zip(parameters, grads):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
         offset += g.numel()
-    return {n: flat[offset + i].item() for i, n in enumerate(names)}
+    return {n: flat[offset + i].clone() for i, n in enumerate(names)}
 
 
 def agree(flag):

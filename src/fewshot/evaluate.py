@@ -25,13 +25,16 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
     algorithm.eval()
     main = steps if steps is not None else algorithm.config["eval_inner_steps"]
     counts = sorted({main, *at_steps})
-    scores = {count: [] for count in counts}
+    outputs = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
         task = sampler.batch(index, 1)[0].to(device)
         for count in counts:
             adapted = algorithm.adapt(task.support_x, task.support_y, count, lr)
-            scores[count].append(algorithm.family.metric(algorithm.predict(adapted, task.query_x), task.query_y))
+            outputs[count].append((algorithm.predict(adapted, task.query_x), task.query_y))
     algorithm.train(was_training)
+    # scored once every task has run: on an accelerator the tasks queue up without a
+    # host synchronisation per task
+    scores = {count: [algorithm.family.metric(out, y) for out, y in pairs] for count, pairs in outputs.items()}
     mean, ci95 = confidence(scores[main])
     by_steps = {str(count): dict(zip(("mean", "ci95"), confidence(values))) for count, values in scores.items()}
     return {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores[main], "by_steps": by_steps}

@@ -4,6 +4,17 @@ A run folder holds config.yaml, metrics.jsonl / metrics.csv, last.pt and best.pt
 Every task is a pure function of (seed, step, position) and the checkpoint carries weights,
 optimizer, schedule, RNG and step, so a resumed run ends with the same weights
 as an uninterrupted one.
+
+The loop never waits for the device: a step's metrics stay tensors until the next log
+row reads the whole window at once, and on CUDA the episodes are built on the device.
+
+Stopping. The first SIGINT or SIGTERM asks the run to stop; inside a critical section
+(the optimizer step together with the step counter, a log row with its validation,
+a checkpoint) the request waits for the section to end, so a checkpoint never holds
+one step's weights under another step's number. The run then saves last.pt and
+`train` returns with "signal" set (the CLI exits 128 + signal: 130, 143); signals
+that arrive while it saves are ignored. A time limit or a reached validation target
+are normal ends.
 """
 import csv
 import fcntl
@@ -11,7 +22,10 @@ import io
 import json
 import math
 import os
+import resource
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,57 +35,142 @@ from tqdm import tqdm
 
 from . import algorithms, checkpoint, data, distributed
 from .config import complete, dump, eval_query, eval_ways, validate
+from .data.episodes import DeviceEpisodes
 from .errors import FewshotError
 from .evaluate import evaluate
 from .io import write_text
 from .tasks import better
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
-               "tasks_per_s", "images_per_s", "elapsed_s", "nonfinite_steps"]
+               "tasks_per_s", "images_per_s", "elapsed_s", "nonfinite_steps", "peak_rss_mb", "peak_gpu_mb"]
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv")
+# the settings that make a checkpoint another run's, not this one's
+IDENTITY_KEYS = ("preset", "algorithm", "model", "dataset")
 
 
 class RunLock:
-    """An exclusive lock on a run folder, released when the process ends."""
+    """An exclusive lock on a run folder, held until release() or the process ends.
+    The lock file is removed on release; a file left by a killed process is reused."""
 
     def __init__(self, folder):
         self.path = Path(folder) / ".lock"
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            owner = self.handle.read().strip() or "unknown"
-            self.handle.close()
-            raise FewshotError(f"run folder {folder} is in use by another fewshot process (pid {owner}); "
-                               f"wait for it to finish or choose another --out") from None
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise FewshotError(f"run folder {folder} is in use by another fewshot process (pid {owner}); "
+                                   f"wait for it to finish or choose another --out") from None
+            # the previous holder may have removed the file while we opened it: then the
+            # lock we hold is on a file nobody else will find, so lock the current one
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()
+        self.handle = handle
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(str(os.getpid()))
         self.handle.flush()
 
     def release(self):
+        if self.handle.closed:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
         self.handle.close()
 
 
 def device_of(name):
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise FewshotError(f"unknown --device {name!r}; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise FewshotError(f"--device {name} asked for, but this PyTorch sees no CUDA device; use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FewshotError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices "
+                           f"(cuda:0 ...); choose one of them")
+    return device
 
 
 def prepare_run(out, resume):
-    """Create or reopen the run folder; never touch another run's files."""
+    """Create or reopen the run folder; never touch another run's files. Returns
+    (folder, the topmost folder this call created or None)."""
     out = Path(out)
+    found = [name for name in RUN_FILES if (out / name).exists()]
     if resume:
         if not (out / "config.yaml").is_file():
+            if found:
+                raise FewshotError(f"{out} holds run files ({', '.join(found)}) but no config.yaml, so it "
+                                   f"cannot be resumed; start a new run with another --out")
             raise FewshotError(f"{out} holds no run to resume (no config.yaml); start one with "
                                f"`fewshot train PRESET --out {out}`")
-        return out
-    if (out / "config.yaml").exists() or (out / "last.pt").exists():
+        return out, None
+    if out.exists() and not out.is_dir():
+        raise FewshotError(f"--out {out} is a file, not a folder; choose another --out")
+    if "config.yaml" in found or "last.pt" in found:
         raise FewshotError(f"{out} already holds a run; continue it with `fewshot train --resume {out}` "
                            f"or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if found:
+        raise FewshotError(f"{out} holds another run's files ({', '.join(found)}) but no config.yaml or "
+                           f"last.pt; they are left alone: choose another --out or move them away")
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FewshotError(f"cannot create run folder {out} ({error.strerror}); choose another --out") from None
+    return out, (missing[-1] if missing else None)
+
+
+def _clean_failed_start(out, created):
+    """Remove what a fresh run wrote before it trained a step, so the same command can be retried."""
+    for name in RUN_FILES:
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+    if created is not None:
+        for folder in (out, *out.parents):
+            try:
+                folder.rmdir()  # only empty folders
+            except OSError:
+                break
+            if folder == created:
+                break
+
+
+def _clean_stale_files(out):
+    """Temporary files of writes a killed process never finished (we hold the lock: no one else writes here)."""
+    for path in out.glob(".*.tmp"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def read_config(out):
+    """A run folder's config.yaml, checked."""
+    path = Path(out) / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a mapping of keys to values")
+        config = complete(config)
+        validate(config)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise FewshotError(f"{path} is damaged ({reason}); restore it from a copy, or start a new run "
+                           f"in another folder (with --init {Path(out) / 'last.pt'} to keep the weights)") from None
+    return config
 
 
 class MetricsLog:
@@ -79,9 +178,11 @@ class MetricsLog:
 
     def __init__(self, folder, keep_until_step):
         self.jsonl, self.csv = Path(folder) / "metrics.jsonl", Path(folder) / "metrics.csv"
-        rows = read_metrics(folder)
+        rows, torn = _read_rows(self.jsonl)
         kept = [r for r in rows if r["step"] <= keep_until_step]
-        if len(kept) != len(rows) or not self.csv.exists():  # a resumed run rewinds its log to the checkpoint
+        header = self.csv.read_text().partition("\n")[0] if self.csv.exists() else None
+        # a resumed run rewinds its log to the checkpoint, drops torn lines, and brings an older csv's columns up to date
+        if len(kept) != len(rows) or torn or header != ",".join(CSV_COLUMNS):
             write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore")
@@ -96,11 +197,29 @@ class MetricsLog:
             csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
 
 
-def read_metrics(folder):
-    path = Path(folder) / "metrics.jsonl"
+def _read_rows(path):
+    """(rows, number of unreadable lines) of a metrics.jsonl; a line torn by a crash is skipped with a warning."""
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [], 0
+    rows, torn = [], 0
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError
+        except ValueError:
+            torn += 1
+            print(f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped",
+                  file=sys.stderr)
+            continue
+        rows.append(row)
+    return rows, torn
+
+
+def read_metrics(folder):
+    return _read_rows(Path(folder) / "metrics.jsonl")[0]
 
 
 def make_optimizer(algorithm, config):
@@ -135,41 +254,111 @@ class StopRequested(Exception):
     pass
 
 
+class Signals:
+    """SIGINT and SIGTERM as stop requests. A request raises StopRequested at once,
+    except inside `with signals:` (a critical section), where it waits for the
+    section's end. The first signal is kept (for the exit status); later ones, and any
+    once `stopping` is set (the final save is under way), are ignored."""
+
+    def __init__(self):
+        self.received, self.depth, self.stopping, self.previous = None, 0, False, {}
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def restore(self):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+    def handle(self, number, frame):
+        if self.received is not None or self.stopping:
+            if self.received is None:
+                self.received = number
+            return
+        self.received = number
+        if self.depth == 0:
+            raise StopRequested()
+
+    def __enter__(self):
+        self.depth += 1
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        self.depth -= 1
+        if kind is None and self.depth == 0 and self.received is not None and not self.stopping:
+            raise StopRequested()
+        return False
+
+
+def default_threads():
+    """torch threads when neither --threads nor the config's `threads` says: one per
+    core this process may run on (idle OpenMP threads sleep, see fewshot/__init__.py)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def train(config=None, out=None, resume=False, device="cpu", progress=True, stop_after=None, threads=None,
           procs=1, time_limit=None):
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `procs` > 1 splits each meta-batch across that many local processes.
     `threads` overrides the config's torch thread count (per process).
     `time_limit` (seconds) stops the run cleanly, resumable, once that much time has passed.
-    `stop_after` ends the run after that step as an interruption would (for tests)."""
+    `stop_after` ends the run after that step as an interruption would (for tests).
+    Returns {"out", "step", "best", "stopped", "reason", "signal", "algorithm"}: "reason"
+    says why a run ended early ("signal", "time_limit", "target", "stop_after"), and
+    "signal" is the number of the signal that stopped it (the CLI exits 128 + it)."""
     if not isinstance(procs, int) or procs < 1:
         raise FewshotError(f"--procs must be a whole number >= 1, got {procs}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise FewshotError(f"--threads must be a whole number >= 1, got {threads}")
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
+    created = None
     if resume:
-        out = prepare_run(out, resume=True) if leader else Path(out)
-        config = complete(yaml.safe_load((out / "config.yaml").read_text()))
+        out = prepare_run(out, resume=True)[0] if leader else Path(out)
+        config = read_config(out)
     validate(config)
     device_of(device)
-    # loaded (and a checkpoint that does not fit refused) before the run folder exists
-    initial = initial_weights(config) if config["init"] and not resume else None
-    if not resume and leader:
-        out = prepare_run(out, resume=False)
     out = Path(out)
-    lock = RunLock(out) if leader else None
-    threads = threads or config["threads"]
+    # loaded (and a checkpoint that does not fit refused) before the run folder exists; a resumed
+    # run that was killed before its first checkpoint starts from the same --init weights again
+    initial = initial_weights(config) if config["init"] and not (resume and (out / "last.pt").exists()) else None
+    if not resume and leader:
+        out, created = prepare_run(out, resume=False)
+    lock, failed = None, False
     try:
+        lock = RunLock(out) if leader else None
+        if leader:
+            _clean_stale_files(out)
+        threads = threads or config["threads"] or (max(1, default_threads() // procs) if procs > 1 else None)
         if procs > 1:
             data.load(config, progress)  # import once here, and report bad data before any process starts
-            threads = threads or max(1, (os.cpu_count() or 1) // procs)
             distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
                               time_limit, initial)
             state = checkpoint.load(out / "last.pt")
-            return {"out": str(out), "step": state["step"], "best": state["best"],
-                    "stopped": state["step"] < config["steps"], "algorithm": None}
+            return {"out": str(out), "step": state["step"], "best": state["best"], "signal": None,
+                    "stopped": state["step"] < config["steps"], "reason": None, "algorithm": None}
         return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit, initial)
+    except BaseException:
+        failed = lock is not None and not resume
+        raise
     finally:
         if lock:
             lock.release()
+        if failed and not _trained(out):  # a fresh start that failed before its first step leaves nothing behind
+            _clean_failed_start(out, created)
+
+
+def _trained(out):
+    try:
+        return checkpoint.load(out / "last.pt")["step"] > 0
+    except (FewshotError, KeyError, TypeError):
+        return False
 
 
 def _train_process(config, out, resume, device, progress, stop_after, threads, time_limit=None, initial=None):
@@ -183,107 +372,228 @@ def _train_process(config, out, resume, device, progress, stop_after, threads, t
     return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size, time_limit, initial)
 
 
-def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None, initial=None):
-    leader = rank == 0
-    dataset, refs = data.load(config, progress)
-    preprocessing = data.preprocessing(dataset, config)
+def _samplers(config, device, terminal):
+    """(dataset, train sampler, validation sampler); on CUDA, the image samplers build
+    their tasks on the device from one uint8 copy of the dataset there."""
+    dataset, refs = data.load(config, terminal)
     train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
     val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config),
                                ways=eval_ways(config))
+    if (device.type == "cuda" and isinstance(train_sampler, data.EpisodeSampler)
+            and DeviceEpisodes.fits(train_sampler, device)):
+        train_sampler = DeviceEpisodes(train_sampler, device)
+        val_sampler = DeviceEpisodes(val_sampler, device, images=train_sampler.images)
+    return dataset, train_sampler, val_sampler
+
+
+def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None, initial=None):
+    leader = rank == 0
+    # a progress bar only where it is drawn; a log file or pipe gets the log lines alone
+    terminal = progress and sys.stdout.isatty() and sys.stderr.isatty()
+    dataset, train_sampler, val_sampler = _samplers(config, device, terminal)
+    preprocessing = data.preprocessing(dataset, config)
     torch.manual_seed(config["seed"])
     algorithm = algorithms.build(config).to(device)
     optimizer, schedule = make_optimizer(algorithm, config)
-    step, best = 0, None
-    if resume and (out / "last.pt").exists():
+    step, best, saved_step = 0, None, None
+    fresh = not (resume and (out / "last.pt").exists())
+    if not fresh:
         state = checkpoint.load(out / "last.pt")
-        algorithm.load_state_dict(state["algorithm"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
-        step, best = state["step"], state["best"]
-    else:
-        if initial is not None:
-            algorithm.load_state_dict(initial)
-        if leader:
-            write_text(out / "config.yaml", dump(config))
-    log = MetricsLog(out, step) if leader else None
+        _load_state(state, config, out, algorithm, optimizer, schedule)
+        step, best, saved_step = state["step"], state["best"], state["step"]
+    elif initial is not None:
+        algorithm.load_state_dict(initial)
     metric = algorithm.family.metric_name
+    # LEO's reference replaces a non-finite meta-batch's gradient by an L2-only one and
+    # counts the step (nonfinite_steps); for every other algorithm a non-finite loss ends the run
+    allow_nonfinite = config["algorithm"] == "leo"
+    log, window, checked = None, [], 0  # window: (step, result) since the last log row; checked: its finite prefix
+
+    def nonfinite(at, what):
+        kept = (f"{out / 'last.pt'} still holds step {saved_step}, the last good checkpoint" if saved_step is not None
+                else "no checkpoint was written")
+        return FewshotError(f"{what} became non-finite at step {at}; stopped without saving, so {kept}; lower "
+                            f"meta_lr or inner_lr, or set grad_clip_norm (--set), and train again")
+
+    def check_window():
+        """Read the window's losses (one host transfer) and stop on a non-finite one."""
+        nonlocal checked
+        if not allow_nonfinite and checked < len(window):
+            for (at, _), loss in zip(window[checked:], _host([r["loss"] for _, r in window[checked:]])):
+                if not math.isfinite(loss):
+                    raise nonfinite(at, "the meta-loss")
+        checked = len(window)
 
     def save(name):
+        nonlocal saved_step
+        check_window()
         if leader:
+            if not bool(torch.stack([p.detach().isfinite().all() for p in algorithm.parameters()]).all()):
+                raise nonfinite(step, "the weights")
             checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
                             optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
                             rng=torch.get_rng_state(), step=step, best=best, preprocessing=preprocessing)
+            if name == "last.pt":
+                saved_step = step
 
-    def interrupt(signum, frame):
-        raise StopRequested()
-
-    previous = signal.signal(signal.SIGTERM, interrupt) if _main_thread() else None
     total, meta_batch = config["steps"], config["meta_batch"]
     part = distributed.share(meta_batch, rank, size) if size > 1 else None
-    batches = data.Prefetcher(train_sampler, step, total, meta_batch, part)
+    batches = data.Prefetcher(train_sampler, step, total, meta_batch, part,
+                              pin=device.type == "cuda" and not isinstance(train_sampler, DeviceEpisodes))
     bar = tqdm(total=total, initial=step, desc=f"train {config.get('preset', '')}", unit="step",
-               disable=not progress, dynamic_ncols=True)
-    started, window_start, window = time.perf_counter(), time.perf_counter(), []
-    stopped = False
+               disable=not (terminal and leader), dynamic_ncols=True)
+
+    def say(text):
+        if leader:
+            bar.write(text) if terminal else print(text, flush=True)
+
+    signals = Signals().install()
+    started, window_start = time.perf_counter(), time.perf_counter()
+    first_step, stopped, reason = step, False, None
     try:
+        with signals:
+            if leader:
+                if fresh and not (out / "config.yaml").exists():
+                    write_text(out / "config.yaml", dump(config))
+                log = MetricsLog(out, step)
+            if fresh:
+                save("last.pt")  # step 0: a run killed before its first periodic save resumes from here
         while step < total:
             tasks = [t.to(device) for t in next(batches)]
             algorithm.train()
             optimizer.zero_grad(set_to_none=True)
-            result = algorithm.meta_gradient(tasks, step)
+            try:
+                result = algorithm.meta_gradient(tasks, step)
+            except torch.OutOfMemoryError:
+                if step != first_step:
+                    raise
+                raise FewshotError(_out_of_memory(config, device, len(tasks))) from None
             if size > 1:
                 result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
             result = algorithm.finish_meta_gradient(result)
             clip_gradients(algorithm.parameters(), config["grad_clip_value"], config["grad_clip_norm"])
-            optimizer.step()
-            schedule.step()
-            step += 1
-            window.append(result)
-            bar.update(1)
-            bar.set_postfix(loss=f"{result['loss']:.3f}", **{metric[:3]: f"{result[metric]:.3f}"})
-            validate_now = step % config["val_every"] == 0 or step == total
-            if leader and (step % config["log_every"] == 0 or validate_now):
-                elapsed = time.perf_counter() - window_start
-                images = sum(t.images for t in tasks) * size * len(window)
-                row = {"step": step, "loss": _mean(window, "loss"), "metric": _mean(window, metric),
-                       "nonfinite_steps": sum(not math.isfinite(r["loss"]) for r in window),
-                       "lr": optimizer.param_groups[0]["lr"], "sec_per_step": elapsed / len(window),
-                       "tasks_per_s": meta_batch * len(window) / elapsed, "images_per_s": images / elapsed,
-                       "elapsed_s": time.perf_counter() - started}
-                if validate_now:
-                    val = evaluate(algorithm, val_sampler, config["val_tasks"], device=device)
-                    row.update(val_metric=val["mean"], val_ci95=val["ci95"])
-                    if better(algorithm.family, val["mean"], best):
-                        best = val["mean"]
-                        save("best.pt")
-                log.write(row)
-                bar.write(_format_row(row, metric))
-                window, window_start = [], time.perf_counter()
-            reached = leader and validate_now and _reached(algorithm.family, best, config["stop_at_val"])
-            if distributed.agree(reached):
-                save("last.pt")
-                if leader:
-                    bar.write(f"validation {metric} reached {config['stop_at_val']} at step {step}, "
-                              f"{time.perf_counter() - started:.0f} s after start")
-                break
-            if step % config["save_every"] == 0 or step == total:
-                save("last.pt")
+            with signals:  # the weights and the step number change together
+                optimizer.step()
+                schedule.step()
+                step += 1
+                window.append((step, result))
+                bar.update(1)
+                validate_now = step % config["val_every"] == 0 or step == total
+                if step % config["log_every"] == 0 or validate_now:
+                    check_window()
+                    if leader:
+                        elapsed = time.perf_counter() - window_start
+                        row = _row(step, window, metric, elapsed, time.perf_counter() - started,
+                                   optimizer.param_groups[0]["lr"], meta_batch,
+                                   sum(t.images for t in tasks) * size, device)
+                        if validate_now:
+                            val = evaluate(algorithm, val_sampler, config["val_tasks"], device=device)
+                            row.update(val_metric=val["mean"], val_ci95=val["ci95"])
+                            if better(algorithm.family, val["mean"], best):
+                                best = val["mean"]
+                                save("best.pt")
+                        log.write(row)
+                        say(_format_row(row, metric))
+                        if terminal:
+                            bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric[:3]: f"{row['metric']:.3f}"})
+                    window, checked, window_start = [], 0, time.perf_counter()
+                reached = leader and validate_now and _reached(algorithm.family, best, config["stop_at_val"])
+                if distributed.agree(reached):
+                    save("last.pt")
+                    stopped, reason = True, "target"
+                    say(f"stopped at step {step}: validation {metric} reached {config['stop_at_val']} "
+                        f"{time.perf_counter() - started:.0f} s after start (stop_at_val); saved {out / 'last.pt'}")
+                    break
+                if step % config["save_every"] == 0 or step == total:
+                    save("last.pt")
             if stop_after is not None and step >= stop_after:
+                reason = "stop_after"
                 raise StopRequested()
             if time_limit is not None and distributed.agree(time.perf_counter() - started > time_limit):
+                reason = "time_limit"
                 raise StopRequested()
+        signals.stopping = True  # done: a late signal changes nothing
     except (KeyboardInterrupt, StopRequested):
+        signals.stopping = True  # further signals are ignored until last.pt is written
+        reason = "signal" if signals.received is not None or reason is None else reason
         save("last.pt")
         stopped = True
-        if leader:
-            bar.write(f"stopped at step {step}; continue with `fewshot train --resume {out}`")
+        if reason == "time_limit":
+            say(f"stopped at step {step}: the time limit of {time_limit / 60:g} minutes is reached; saved "
+                f"{out / 'last.pt'}; continue with `fewshot train --resume {out}`")
+        elif reason == "signal":
+            name = signal.Signals(signals.received).name if signals.received else "KeyboardInterrupt"
+            say(f"stopped at step {step} by {name}; saved {out / 'last.pt'}; continue with "
+                f"`fewshot train --resume {out}`")
+        else:
+            say(f"stopped at step {step}; continue with `fewshot train --resume {out}`")
     finally:
+        signals.restore()
         batches.close()
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return {"out": str(out), "step": step, "best": best, "stopped": stopped, "algorithm": algorithm}
+    stopped_by = signals.received if reason == "signal" else None
+    if reason == "signal" and stopped_by is None:
+        stopped_by = signal.SIGINT  # a KeyboardInterrupt outside the main thread's handler
+    return {"out": str(out), "step": step, "best": best, "stopped": stopped and reason != "target",
+            "reason": reason, "signal": int(stopped_by) if stopped_by is not None else None, "algorithm": algorithm}
+
+
+def _load_state(state, config, out, algorithm, optimizer, schedule):
+    """Restore a run's last.pt into the freshly built objects, refusing another run's checkpoint."""
+    path = out / "last.pt"
+    was = state.get("config")
+    if not isinstance(was, dict):
+        raise FewshotError(f"{path} holds no config, so it is not this run's checkpoint; put the run's own "
+                           f"last.pt back, or start a new run in another folder")
+    differ = [key for key in IDENTITY_KEYS if was.get(key) != config.get(key)]
+    if differ:
+        theirs = ", ".join(f"{key} {was.get(key)!r}" for key in differ)
+        ours = ", ".join(f"{key} {config.get(key)!r}" for key in differ)
+        raise FewshotError(f"{path} is another run's checkpoint ({theirs}; this run's config.yaml: {ours}); put "
+                           f"this run's last.pt back, or start a new run in another folder")
+    try:
+        algorithm.load_state_dict(state["algorithm"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        state["step"], state["best"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise FewshotError(f"{path} does not fit this run's config.yaml ({reason}); put this run's last.pt "
+                           f"back, or start a new run in another folder") from None
+
+
+def _out_of_memory(config, device, tasks):
+    chunk = max(1, (config["tasks_per_pass"] or tasks) // 2)
+    return (f"the meta-batch does not fit in the memory of {device} ({tasks} tasks per pass at the first step); "
+            f"set tasks_per_pass={chunk} (--set tasks_per_pass={chunk}: the same gradient, in chunks)")
+
+
+def _host(values):
+    """Floats of a list of floats and 0-dim tensors: one transfer for all the tensors."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return [float(v) for v in values]
+    read = iter(torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist())
+    return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
+
+
+def _row(step, window, metric, elapsed, since_start, lr, meta_batch, images_per_step, device):
+    values = _host([r[key] for _, r in window for key in ("loss", metric)])
+    losses, metrics = values[0::2], values[1::2]
+    row = {"step": step, "loss": _finite_mean(losses), "metric": _finite_mean(metrics),
+           "nonfinite_steps": sum(not math.isfinite(v) for v in losses), "lr": lr,
+           "sec_per_step": elapsed / len(window), "tasks_per_s": meta_batch * len(window) / elapsed,
+           "images_per_s": images_per_step * len(window) / elapsed, "elapsed_s": since_start,
+           "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    if device.type == "cuda":
+        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return row
+
+
+def _peak_rss_mb():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
 
 
 def initial_weights(config):
@@ -298,17 +608,12 @@ def initial_weights(config):
     problems += [f"{name} is {tuple(weights[name].shape)} there, {tuple(value.shape)} here"
                  for name, value in expected.items() if name in weights and weights[name].shape != value.shape]
     if problems:
-        was = state["config"]
-        raise FewshotError(f"--init {config['init']} ({was['algorithm']}, {was['model']}, {was['ways']}-way) does "
-                           f"not fit this run ({config['algorithm']}, {config['model']}, {config['ways']}-way): "
+        was = state.get("config") or {}
+        raise FewshotError(f"--init {config['init']} ({was.get('algorithm')}, {was.get('model')}, {was.get('ways')}-way)"
+                           f" does not fit this run ({config['algorithm']}, {config['model']}, {config['ways']}-way): "
                            f"{len(problems)} tensors differ ({'; '.join(problems[:3])}); start from a checkpoint "
                            f"of the same algorithm and network")
     return weights
-
-
-def _main_thread():
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def _reached(family, best, target):
@@ -329,7 +634,11 @@ def clip_gradients(parameters, value=None, norm=None):
 
 def _mean(rows, key):
     """The mean over the steps with a finite value (LEO skips non-finite meta-batches)."""
-    values = [r[key] for r in rows if math.isfinite(r[key])]
+    return _finite_mean(_host([r[key] for r in rows]))
+
+
+def _finite_mean(values):
+    values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -341,4 +650,8 @@ def _format_row(row, metric):
         text += f"  ({row['nonfinite_steps']} non-finite steps: regularization only)"
     if "val_metric" in row:
         text += f"  val {metric} {row['val_metric']:.4f} +- {row['val_ci95']:.4f}"
+    if "peak_rss_mb" in row:
+        text += f"  peak {row['peak_rss_mb']:.0f} MB RSS"
+    if "peak_gpu_mb" in row:
+        text += f", {row['peak_gpu_mb']:.0f} MB GPU"
     return text

@@ -159,9 +159,11 @@ class DeviceEpisodes:
     and the gather, rotation, conversion to float and normalisation of a whole
     meta-batch run on the device, after one small non-blocking copy of the indices."""
 
-    def __init__(self, sampler, device):
+    def __init__(self, sampler, device, images=None):
+        """`images`: the device copy of `sampler.images` another DeviceEpisodes already holds."""
         self.sampler, self.device, self.seed = sampler, torch.device(device), sampler.seed
-        self.images = torch.from_numpy(np.ascontiguousarray(sampler.images)).to(self.device)
+        self.images = images if images is not None else torch.from_numpy(
+            np.ascontiguousarray(sampler.images)).to(self.device)
 
     @staticmethod
     def fits(sampler, device, share=0.5):
