@@ -8,73 +8,169 @@ to the trainer's optimizer as the gradient (theta - mean adapted weights), so SG
 with lr = epsilon (`meta_optimizer: sgd`, `meta_lr`, linearly annealed) takes
 exactly that step.
 
-Evaluation: `reptile_eval: transductive` classifies all query images in one batch
-(batch-norm statistics over the query batch); `non_transductive` classifies each
-query image in a batch with the support images only, so no query image sees another.
+Mini-batches follow openai/supervised-reptile's `_mini_batches`: the examples are
+reshuffled at every pass over them and a partial batch carries over into the next
+pass, so every example is used (a batch larger than the task holds some twice, as
+there). The shuffles come from the task's seed: (seed, step, position) at
+meta-train, `eval_seed` at meta-test.
+
+Inner Adam state, as in the reference: between the tasks of a meta-batch it
+restores only the trainable variables (`_model_state`), so Adam's second moments
+and step count carry over from task to task and from meta-step to meta-step during
+meta-training; evaluation saves and restores everything (`_full_state`), so each
+meta-test task starts from the moments meta-training left and changes nothing.
+The state lives in this module's buffers (`inner_adam.*`), so checkpoints hold it
+and a resumed run continues it exactly. With beta1 = 0 the first moment is the
+gradient itself and is not stored. Under `--procs N` each process carries the
+state of its own share of the tasks (the reference runs one process), and rank 0's
+is saved.
+
+Batch norm. `transductive` (the default, and the reference, whose moving
+statistics are never updated): every forward uses batch statistics. `inductive`:
+the meta-train inner loop uses batch statistics and updates the running statistics
+at every step, as MAML's inductive mode does; at meta-test the inner loop and the
+predictions use the running statistics and update nothing, so a query's prediction
+does not depend on the other queries.
+
+Evaluation with transductive batch norm: `reptile_eval: transductive` classifies
+all query images in one batch (batch-norm statistics over the query batch);
+`non_transductive` classifies each query image in a batch with the support images
+only, so no query image sees another. With inductive batch norm both are the same.
 """
 import numpy as np
 import torch
+import torch.nn as nn
 
 from . import register
 from .base import Algorithm
 
+ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
+
+
+def mini_batches(count: int, batch_size: int, batches: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of `batches` mini-batches of `batch_size` out of `count` examples:
+    a fresh permutation for every pass, a partial batch carried into the next pass."""
+    rows, current = [], []
+    while len(rows) < batches:
+        for index in rng.permutation(count):
+            current.append(index)
+            if len(current) == batch_size:
+                rows.append(np.array(current))
+                current = []
+                if len(rows) == batches:
+                    break
+    return rows
+
+
+class InnerAdamState(nn.Module):
+    """The inner Adam's step count and second moments, kept as buffers so that
+    `state_dict()`, and so checkpoints, hold them."""
+
+    def __init__(self, parameters: dict):
+        super().__init__()
+        self.names = list(parameters)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        for name, p in parameters.items():
+            self.register_buffer(self.key(name), torch.zeros_like(p.detach()))
+
+    @staticmethod
+    def key(name: str) -> str:
+        return "exp_avg_sq_" + name.replace(".", "_")  # buffer names cannot hold dots
+
+    def read(self) -> dict:
+        """A copy: {"step": int, "exp_avg_sq": {parameter name: tensor}}."""
+        return {"step": int(self.step), "exp_avg_sq": {n: getattr(self, self.key(n)).clone() for n in self.names}}
+
+    def write(self, state: dict) -> None:
+        self.step.fill_(state["step"])
+        for name in self.names:
+            getattr(self, self.key(name)).copy_(state["exp_avg_sq"][name])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if not any(key.startswith(prefix) for key in state_dict):
+            for buffer in self.buffers():  # a checkpoint from before the state was kept: a fresh state
+                buffer.zero_()
+            return
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 @register("reptile")
 class Reptile(Algorithm):
-    def train_on(self, x, y, steps, lr, seed):
-        """Adapted weights after `steps` inner steps on (x, y); no graph is kept."""
-        params = {n: p.detach().clone().requires_grad_() for n, p in self.model.named_parameters()}
-        adam = (torch.optim.Adam(params.values(), lr=lr, betas=(0.0, 0.999))
-                if self.config["inner_optimizer"] == "adam" else None)
+    def __init__(self, model, config, family):
+        super().__init__(model, config, family)
+        if config["inner_optimizer"] == "adam":
+            self.inner_adam = InnerAdamState(dict(model.named_parameters()))
+
+    def train_on(self, x, y, steps, lr, seed, adam=None, bn_training=True):
+        """Adapted weights after `steps` inner steps on (x, y); no graph is kept.
+        `adam` is the inner Adam state to start from, a dict as InnerAdamState.read()
+        gives, updated in place (None: a fresh one)."""
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        if self.config["inner_optimizer"] == "adam" and adam is None:
+            adam = {"step": 0, "exp_avg_sq": {n: torch.zeros_like(p) for n, p in params.items()}}
         batch = self.config["inner_batch"] or len(x)
-        order = np.random.default_rng(seed).permutation(len(x))
-        position = 0
-        with torch.enable_grad():
-            for _ in range(steps):
-                if position + batch > len(order):
-                    position = 0
-                rows = torch.from_numpy(order[position:position + batch]).to(x.device)
-                position += batch
-                loss = self.family.loss(self.model.functional_forward(params, x[rows]), y[rows])
-                grads = torch.autograd.grad(loss, tuple(params.values()))
-                if adam is not None:
-                    for p, g in zip(params.values(), grads):
-                        p.grad = g
-                    adam.step()
+        for rows in mini_batches(len(x), batch, steps, np.random.default_rng(seed)):
+            rows = torch.from_numpy(rows).to(x.device)
+            params = {n: p.requires_grad_() for n, p in params.items()}
+            with torch.enable_grad():
+                loss = self.family.loss(self.model.functional_forward(params, x[rows], bn_training), y[rows])
+                grads = dict(zip(params, torch.autograd.grad(loss, tuple(params.values()))))
+            with torch.no_grad():
+                if self.config["inner_optimizer"] == "adam":
+                    params = adam_step(params, grads, adam, lr)
                 else:
-                    with torch.no_grad():
-                        for p, g in zip(params.values(), grads):
-                            p -= lr * g
+                    params = {n: p - lr * grads[n] for n, p in params.items()}
         return {n: p.detach() for n, p in params.items()}
 
     def meta_gradient(self, tasks, step=0):
         meta = dict(self.model.named_parameters())
+        # one state for the whole meta-batch: it carries over from task to task
+        adam = self.inner_adam.read() if self.config["inner_optimizer"] == "adam" else None
         loss_sum = metric_sum = 0.0
         for position, task in enumerate(tasks):
             x = torch.cat([task.support_x, task.query_x])
             y = torch.cat([task.support_y, task.query_y])
             adapted = self.train_on(x, y, self.config["inner_steps"], self.config["inner_lr"],
-                                    [self.config["seed"], step, position])
+                                    [self.config["seed"], step, position], adam=adam, bn_training=True)
             for name, p in meta.items():
                 delta = (p.detach() - adapted[name]) / len(tasks)
                 p.grad = delta if p.grad is None else p.grad + delta
-            with torch.no_grad():
-                out = self.model.functional_forward(adapted, x)
+            with torch.no_grad():  # the log's figures, normalized as at meta-test (no running-statistics update)
+                out = self.model.functional_forward(adapted, x, False)
                 loss_sum += self.family.loss(out, y).item()
                 metric_sum += self.family.metric(out, y)
+        if adam is not None:
+            self.inner_adam.write(adam)
         return {"loss": loss_sum / len(tasks), self.family.metric_name: metric_sum / len(tasks)}
 
     def adapt(self, support_x, support_y, steps=None, lr=None):
         steps = self.config["eval_inner_steps"] if steps is None else steps
         lr = self.describe_inner_lr() if lr is None else lr
-        return {"params": self.train_on(support_x, support_y, steps, lr, [self.config["eval_seed"]]),
-                "support_x": support_x}
+        # a copy of the meta-trained Adam state: evaluation leaves it as it was
+        adam = self.inner_adam.read() if self.config["inner_optimizer"] == "adam" else None
+        params = self.train_on(support_x, support_y, steps, lr, [self.config["eval_seed"]], adam=adam,
+                               bn_training=False)
+        return {"params": params, "support_x": support_x}
 
     @torch.no_grad()
     def predict(self, adapted, x):
         params = adapted["params"]
-        if self.config["reptile_eval"] == "transductive":
-            return self.model.functional_forward(params, x)
+        # inductive batch norm: running statistics, so every row is on its own already
+        if self.config["reptile_eval"] == "transductive" or not getattr(self.model, "transductive", False):
+            return self.model.functional_forward(params, x, False)
         support = adapted["support_x"]
-        return torch.cat([self.model.functional_forward(params, torch.cat([support, x[i:i + 1]]))[-1:]
+        return torch.cat([self.model.functional_forward(params, torch.cat([support, x[i:i + 1]]), False)[-1:]
                           for i in range(len(x))])
+
+
+def adam_step(params: dict, grads: dict, state: dict, lr: float) -> dict:
+    """One step of Adam with beta1 = 0 (the first moment is the gradient), as
+    torch.optim.Adam computes it; `state` is updated in place."""
+    state["step"] += 1
+    correction = (1 - ADAM_BETA2 ** state["step"]) ** 0.5
+    new = {}
+    for name, p in params.items():
+        grad = grads[name]
+        state["exp_avg_sq"][name] = state["exp_avg_sq"][name] * ADAM_BETA2 + (1 - ADAM_BETA2) * grad * grad
+        new[name] = p - lr * (grad / (state["exp_avg_sq"][name].sqrt() / correction + ADAM_EPS))
+    return new
