@@ -13,8 +13,14 @@ class Classification:
         return F.cross_entropy(outputs, targets)
 
     @staticmethod
-    def metric(outputs, targets):
-        return (outputs.argmax(1) == targets).to(torch.float64).mean().item()
+    def metric_tensor(outputs, targets):
+        """Accuracy as a 0-dim tensor (no wait for the device); outputs (..., n, classes)
+        with a leading task dimension give the mean over equally sized tasks."""
+        return (outputs.argmax(-1) == targets).to(torch.float64).mean()
+
+    @classmethod
+    def metric(cls, outputs, targets):
+        return cls.metric_tensor(outputs, targets).item()
 
 
 class Regression:
@@ -26,8 +32,13 @@ class Regression:
         return F.mse_loss(outputs, targets)
 
     @staticmethod
-    def metric(outputs, targets):
-        return F.mse_loss(outputs, targets).item()
+    def metric_tensor(outputs, targets):
+        """MSE as a 0-dim tensor; over a stack of equally sized tasks, their mean MSE."""
+        return F.mse_loss(outputs, targets).detach()
+
+    @classmethod
+    def metric(cls, outputs, targets):
+        return cls.metric_tensor(outputs, targets).item()
 
 
 REGRESSION_DATASETS = {"sinusoid"}

@@ -10,6 +10,9 @@ On top of MAML:
          (`per_step_bn`, held by the backbone), not adapted in the inner loop;
   CA     cosine annealing of the meta learning rate (`lr_schedule: cosine`).
 An "epoch" is `steps_per_epoch` meta-steps (500 in the authors' configs).
+
+MSL, DA and the per-step forward are MAML's hooks (loss_weights, second_order,
+forward at step k), so the per-task loop and the batched pass both follow them.
 """
 import torch
 import torch.nn as nn
@@ -42,8 +45,9 @@ class MAMLPlusPlus(MAML):
         rates = self.step_sizes[layer_of(name).replace(".", "/")]
         return rates[min(k, len(rates) - 1)]
 
-    def forward(self, params, x, k=0, bn_training=True):
-        return self.model.functional_forward(params, x, bn_training, bn_step=k)
+    def forward(self, params, x, k=0, bn_training=True, tasks=False):
+        run = self.model.batched_forward if tasks else self.model.functional_forward
+        return run(params, x, bn_training, bn_step=k)
 
     def epoch(self, step):
         return step / self.config["steps_per_epoch"]
@@ -64,19 +68,6 @@ class MAMLPlusPlus(MAML):
         floor = 0.03 / steps
         weights = [max(1.0 / steps - decay, floor) for _ in range(steps - 1)]
         return weights + [1.0 - sum(weights)]
-
-    def task_objective(self, task, step):
-        if self.config["inner_steps"] == 0:
-            return super().task_objective(task, step)
-        params = self.meta_parameters()
-        weights = self.loss_weights(step)
-        total = 0.0
-        for k, weight in enumerate(weights):
-            params = self.inner_step(params, task.support_x, task.support_y, k, None, self.second_order(step))
-            if weight > 0:
-                query_out = self.forward(params, task.query_x, k + 1)
-                total = total + weight * self.family.loss(query_out, task.query_y)
-        return total, query_out
 
     def describe_inner_lr(self):
         return "learned per layer and step"

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from ..errors import FewshotError
 from . import register
 
+CPU_BATCHING_MAX_IMAGES = 10**9  # placeholder: set from the measurement
+
 
 class Block(nn.Module):
     def __init__(self, in_channels, filters):
@@ -99,12 +101,29 @@ class Conv4(nn.Module):
 
     @property
     def can_batch_tasks(self):
-        return self.transductive and self.head is not None and self.blocks[0].norm.weight.dim() == 1
+        """Whether `batched_forward` gives each task exactly its own forward: with
+        transductive batch norm (batch statistics only), and a head to adapt."""
+        return self.transductive and self.head is not None
 
-    def batched_forward(self, params, x):
-        """Many tasks at once: `params` have a leading task dimension T, x is
-        T x n x C x H x W. The tasks become the groups of grouped convolutions
-        (tasks side by side along channels), so batch statistics stay per task."""
+    def batching_pays_on_cpu(self, images_per_task):
+        """The measured CPU rule (docs/benchmarks.md, "All tasks in one pass")."""
+        return images_per_task <= CPU_BATCHING_MAX_IMAGES
+
+    def batched_forward(self, params, x, bn_training=True, bn_step=0):
+        """Many tasks at once: x is T x n x C x H x W; parameters with a leading task
+        dimension T are per task, the others shared by all tasks. torch.func.vmap of
+        the one functional forward: a convolution with per-task weights becomes one
+        grouped convolution (tasks side by side along channels) and batch-norm
+        statistics stay per task."""
+        own = dict(self.named_parameters())
+        dims = {n: 0 if p.dim() > own[n].dim() else None for n, p in params.items()}
+        run = lambda p, x: self.functional_forward(p, x, bn_training, bn_step=bn_step)
+        return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
+
+    def grouped_forward(self, params, x, bn_training=True, bn_step=0):
+        """The hand-written form of `batched_forward` (every parameter per task,
+        transductive batch norm, one set of batch-norm weights), kept for
+        benchmarks/task_batching.py."""
         tasks, n = x.shape[:2]
         stride = 2 if self.downsample == "stride" else 1
         h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])

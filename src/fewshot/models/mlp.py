@@ -31,8 +31,22 @@ class MLP(nn.Module):
 
     can_batch_tasks = True
 
-    def batched_forward(self, params, x):
-        """Many tasks at once: `params` have a leading task dimension T, x is T x n x in."""
+    def batching_pays_on_cpu(self, images_per_task):
+        """A small MLP's step is all operator-call overhead: batching always pays
+        (docs/benchmarks.md, "All tasks in one pass")."""
+        return True
+
+    def batched_forward(self, params, x, bn_training=True, bn_step=0):
+        """Many tasks at once: x is T x n x in; parameters with a leading task dimension
+        T are per task, the others shared. torch.func.vmap of the functional forward."""
+        own = dict(self.named_parameters())
+        dims = {n: 0 if p.dim() > own[n].dim() else None for n, p in params.items()}
+        run = lambda p, x: self.functional_forward(p, x, bn_training, bn_step=bn_step)
+        return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
+
+    def grouped_forward(self, params, x, bn_training=True, bn_step=0):
+        """The hand-written form of `batched_forward` (every parameter per task), kept
+        for benchmarks/task_batching.py."""
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
             x = torch.baddbmm(params[f"layers.{i}.bias"].unsqueeze(1), x,
