@@ -91,3 +91,24 @@ def terms_that_matter(rows, rtol=1e-5, atol=1e-7):
     count = len(rows[0][2])
     return [any(abs(terms[j]) > 100 * (atol + rtol * abs(sum(terms))) for _, _, terms in rows)
             for j in range(count)]
+
+
+def scores_by_hand(evaluated, count):
+    """The per-task accuracies `evaluate_checkpoint` should report, recomputed here: the same
+    seeded test tasks, adapt on the support set, argmax over the query logits, fraction right."""
+    from fewshot import checkpoint, data
+    from fewshot.config import eval_query, eval_ways
+    from fewshot.evaluate import load_algorithm
+    state = checkpoint.load(evaluated["checkpoint"])
+    config = state["config"]
+    algorithm = load_algorithm(state).eval()
+    dataset, refs = data.load(config, False)
+    sampler = data.sampler(config, dataset, refs, evaluated["split"], evaluated["seed"], query=eval_query(config),
+                           ways=eval_ways(config))
+    scores = []
+    for index in range(count):
+        task = sampler.batch(index, 1)[0]
+        logits = algorithm.predict(algorithm.adapt(task.support_x, task.support_y), task.query_x)
+        assert logits.shape == (len(task.query_y), eval_ways(config))
+        scores.append((logits.argmax(1) == task.query_y).double().mean().item())
+    return scores

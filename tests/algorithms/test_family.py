@@ -1,4 +1,6 @@
 """Behaviour of each algorithm of the MAML family and of Prototypical Networks."""
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from fewshot.config import load_preset
 from fewshot.train import make_optimizer, train
 
 from algorithms.test_maml import make_tasks
-from helpers import tiny_config
+from helpers import scores_by_hand, tiny_config
 
 ALGORITHMS = ["maml", "anil", "metasgd", "mamlpp", "reptile", "protonet"]
 
@@ -35,16 +37,44 @@ def test_adaptation_lowers_the_support_loss(name):
     assert after < before
 
 
+def structurally_zero(name, parameter_name):
+    """Meta-gradients that vanish whatever the data: a conv bias followed by batch norm with batch
+    statistics (the norm subtracts any constant per channel), the Meta-SGD rate of such a bias (its
+    inner gradient is zero), and for ProtoNets the last batch-norm bias (a shift of every embedding
+    leaves the distances unchanged: each image's largest activation in a channel is positive, so the
+    ReLU passes the shift to the pooled feature)."""
+    if parameter_name.endswith("conv.bias") or parameter_name.endswith("conv/bias"):
+        return True
+    return name == "protonet" and parameter_name == "model.blocks.3.norm.bias"
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_one_meta_step_changes_every_learned_parameter_group(name):
     algorithm = build(name, inner_steps=2)
     optimizer, _ = make_optimizer(algorithm, algorithm.config)
     before = {n: p.detach().clone() for n, p in algorithm.named_parameters()}
-    result = algorithm.meta_gradient(make_tasks(2), step=0)
-    assert result["loss"] > 0 and 0 <= result["accuracy"] <= 1
+    tasks = make_tasks(2)
+    result = algorithm.meta_gradient(tasks, step=0)
+    # a mean over 2 tasks of 3 x 3 query images (Reptile: its 6 + 9 training images, support and query):
+    # a multiple of 1/18 (1/30), not just a number in [0, 1]
+    scored = 2 * (15 if name == "reptile" else 9)
+    assert abs(scored * float(result["accuracy"]) - round(scored * float(result["accuracy"]))) < 1e-9
+    assert math.isfinite(float(result["loss"])) and float(result["loss"]) > 0
+    grads = {n: p.grad.clone() for n, p in algorithm.named_parameters()}
     optimizer.step()
-    changed = {n for n, p in algorithm.named_parameters() if not torch.equal(p, before[n])}
-    assert any(n.startswith("model.blocks.0.conv") for n in changed)
+    lr = algorithm.config["meta_lr"]
+    moved = set()
+    for n, p in algorithm.named_parameters():
+        # Adam's first step is exactly -lr * g / (|g| + eps), entry by entry
+        torch.testing.assert_close(p.detach() - before[n], -lr * grads[n] / (grads[n].abs() + 1e-8),
+                                   rtol=1e-6, atol=1e-15)
+        if (p.detach() - before[n]).abs().max() > lr / 2:  # some entry had a gradient far above eps
+            moved.add(n)
+    expected = {n for n, _ in algorithm.named_parameters() if not structurally_zero(name, n)}
+    assert moved == expected
+    assert ("model.head.weight" in moved) == (name != "protonet")  # ProtoNets has no output layer
+    if name in ("metasgd", "mamlpp"):
+        assert any(n.startswith("step_sizes.") for n in moved)
 
 
 def test_metasgd_learning_rates_receive_gradients():
@@ -72,13 +102,16 @@ def test_anil_leaves_the_body_untouched_in_the_inner_loop():
 def test_mamlpp_loss_weights_sum_to_one_and_anneal_to_the_last_step():
     algorithm = build("mamlpp", inner_steps=4)  # msl over 2 epochs of 10 steps
     history = [algorithm.loss_weights(step) for step in range(0, 30, 5)]
-    for weights in history:
-        assert len(weights) == 4 and abs(sum(weights) - 1) < 1e-12 and min(weights) > 0 or weights[-1] == 1
-    assert history[0] == [0.25] * 4
-    firsts = [w[0] for w in history]
-    lasts = [w[-1] for w in history]
-    assert firsts == sorted(firsts, reverse=True) and lasts == sorted(lasts)
-    assert history[-1] == [0.0, 0.0, 0.0, 1.0]  # after msl_epochs only the final step counts
+    # epoch e = step / 10; the non-final weights are 1/4 - e / 4 / 2, the final one the rest: all dyadic, exact
+    assert history == [[0.25] * 4,
+                       [0.1875] * 3 + [0.4375],
+                       [0.125] * 3 + [0.625],
+                       [0.0625] * 3 + [0.8125],
+                       [0.0, 0.0, 0.0, 1.0],  # after msl_epochs only the final step counts
+                       [0.0, 0.0, 0.0, 1.0]]
+    # near the end of the span the non-final weights stop at the floor 0.03 / 4 (epoch 1.96: 1/4 - 0.245 < 0.0075)
+    algorithm.config["steps_per_epoch"] = 100
+    assert algorithm.loss_weights(196) == pytest.approx([0.0075] * 3 + [1 - 3 * 0.0075], abs=1e-15)
 
 
 def test_mamlpp_learns_per_layer_per_step_rates_and_per_step_batch_norm():
@@ -146,4 +179,8 @@ def test_each_omniglot_preset_trains_and_evaluates(tmp_path, omniglot_cache, pre
     result = train(config, tmp_path / "run", progress=False)
     assert result["step"] == 2
     evaluated = evaluate_checkpoint(tmp_path / "run", tasks=3, progress=False)
-    assert 0 <= evaluated["mean"] <= 1 and evaluated["ways"] == (config["eval_ways"] or config["ways"])
+    ways = config["eval_ways"] or config["ways"]
+    assert evaluated["ways"] == ways
+    scores = scores_by_hand(evaluated, 3)  # the same 3 seeded test tasks, adapted and scored here
+    assert evaluated["scores"] == pytest.approx(scores, abs=1e-12)
+    assert evaluated["mean"] == pytest.approx(sum(scores) / 3, abs=1e-12)

@@ -241,7 +241,7 @@ def leo_tasks(count=2):
 
 def leo_terms(algorithm, tasks, adapted_latents):
     """[query CE, beta * KL, gamma * mean(stop_gradient(z') - z)^2, lambda_1 * sum w^2 / 2, lambda_2 *
-    orthogonality], z' the adapted latents held at `adapted_latents` (the stop-gradient), the draws of
+    orthogonality], the adapted latents z', the query logits; z' held at `adapted_latents` (the stop-gradient), the draws of
     each task from its own seed in the algorithm's order: dropout and latent sample in the encoder, a
     weight sample per decode, a dropout mask per classifier call."""
     config = algorithm.config
@@ -268,13 +268,13 @@ def leo_terms(algorithm, tasks, adapted_latents):
     target = latents.detach() if adapted_latents is None else adapted_latents
     penalty = ((target - start) ** 2).mean()
     l2 = sum((w ** 2).sum() for w in [algorithm.encoder, *algorithm.relation, algorithm.decoder]) / 2
-    rows = algorithm.decoder
+    rows, latent_units = algorithm.decoder, algorithm.decoder.shape[0]
     correlation = torch.stack([torch.stack([rows[i] @ rows[j] / (rows[i].norm() * rows[j].norm())
-                                            for j in range(LATENTS)]) for i in range(LATENTS)])
-    orthogonality = ((correlation - torch.eye(LATENTS, dtype=rows.dtype)) ** 2).mean()
+                                            for j in range(latent_units)]) for i in range(latent_units)])
+    orthogonality = ((correlation - torch.eye(latent_units, dtype=rows.dtype)) ** 2).mean()
     terms = [query_ce, config["kl_weight"] * kl, config["encoder_penalty_weight"] * penalty,
              config["l2_penalty_weight"] * l2, config["orthogonality_penalty_weight"] * orthogonality]
-    return [t.item() for t in terms], latents.detach()
+    return [t.item() for t in terms], latents.detach(), logits.detach()
 
 
 def test_leo_meta_gradient_of_its_whole_outer_objective_matches_finite_differences():
@@ -282,7 +282,7 @@ def test_leo_meta_gradient_of_its_whole_outer_objective_matches_finite_differenc
     tasks = leo_tasks()
     analytic = analytic_gradient(algorithm, tasks)
     assert all(torch.isfinite(g).all() for g in analytic.values())
-    _, adapted = leo_terms(algorithm, tasks, None)  # z' at these weights: constant under the stop-gradient
+    _, adapted, _ = leo_terms(algorithm, tasks, None)  # z' at these weights: constant under the stop-gradient
     objective = lambda: leo_terms(algorithm, tasks, adapted)[0]
     rows = check(algorithm, objective, analytic, per_tensor=5)
     names = {name for name, _, _ in rows}

@@ -97,14 +97,16 @@ def test_first_and_second_order_agree_without_inner_steps_and_differ_with_them()
 def test_adaptation_lowers_the_support_loss_and_keeps_no_graph():
     algorithm = build(eval_inner_steps=5, inner_lr=0.1)
     task = make_tasks(1)[0]
+    module_before = {n: p.detach().clone() for n, p in algorithm.model.named_parameters()}
     before = algorithm.family.loss(algorithm.predict(algorithm.adapt(task.support_x, task.support_y, steps=0),
                                                      task.support_x), task.support_y)
     adapted = algorithm.adapt(task.support_x, task.support_y)
     after = algorithm.family.loss(algorithm.predict(adapted, task.support_x), task.support_y)
     assert after < before
     assert all(p.grad_fn is None and not p.requires_grad for p in adapted["params"].values())
-    # the module itself is never changed by adaptation
+    # adaptation moved the adapted weights, and never changed the module itself
     for n, p in algorithm.model.named_parameters():
+        assert torch.equal(p, module_before[n]) and p.grad is None
         assert not torch.equal(p, adapted["params"][n])
 
 
