@@ -31,6 +31,11 @@ Implementations:
                        first-order mode)
   torchopt-functional  `torchopt.sgd` + `torchopt.apply_updates` (functional API) over
                        `functional_call`; first order without create_graph
+  torch-func-vmap      what a strong user writes by hand with torch.func alone:
+                       `vmap` over the tasks of `grad` of a query loss whose inner
+                       loop calls `grad` itself (`functional_call` of the Mirror);
+                       the whole meta-batch in one pass, no autograd graph kept
+                       between calls; first order detaches the inner gradients
 
 Correctness first: one meta-gradient per implementation in float64 (model and tasks
 in double), max |difference| against ours. Float32 comparisons cannot decide
@@ -72,6 +77,13 @@ Installing the peers (CPU torch 2.13.0, Python 3.11), none of them pulls another
 
 A peer that cannot be imported or run gets a row with its error; the rest still run.
 
+On a GPU (`--device cuda`): models and tasks live on the device (the sampler's
+tasks are copied there before timing, outside the timed step), each timed step
+ends with `torch.cuda.synchronize()`, the matmul peak is measured on the device,
+and the memory subprocess reports `torch.cuda.max_memory_allocated` over its
+meta-steps ("peak MB" column: device memory; "step MB": the part above what was
+allocated before the first meta-step) instead of RSS.
+
 On a shared machine, `--pause-pid PID` stops process PID (SIGSTOP) during each
 workload's measurements and the peak-matmul measurement, and resumes it (SIGCONT)
 after each, on errors and on SIGINT/SIGTERM.
@@ -102,8 +114,16 @@ from fewshot.config import apply_overrides, load_preset, parse_overrides
 from fewshot.data import Task
 from fewshot.train import make_optimizer
 
-IMPLEMENTATIONS = ["fewshot", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd", "torchopt-functional"]
+IMPLEMENTATIONS = ["fewshot", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd", "torchopt-functional",
+                   "torch-func-vmap"]
 ORDERS = ("second", "first")
+DEVICE = torch.device("cpu")  # --device
+
+
+def synchronize():
+    """Wait for the device, so a timed step ends when its work does."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # --------------------------------------------------------------------------- workload
@@ -130,9 +150,8 @@ class Workload:
 
     def tasks(self, index, dtype=torch.float32):
         batch = self.sampler.batch(index, self.config["meta_batch"])
-        if dtype == torch.float32:
-            return batch
-        return [Task(t.support_x.to(dtype), t.support_y, t.query_x.to(dtype), t.query_y) for t in batch]
+        return [Task(t.support_x.to(DEVICE, dtype), t.support_y.to(DEVICE), t.query_x.to(DEVICE, dtype),
+                     t.query_y.to(DEVICE)) for t in batch]
 
 
 # --------------------------------------------------------------------------- the network as an nn.Module
@@ -180,7 +199,7 @@ def mirror(workload, dtype):
     with torch.no_grad():
         for name, p in names.items():
             p.copy_(workload.initial[name])
-    return net.to(dtype).train()
+    return net.to(DEVICE, dtype).train()
 
 
 # --------------------------------------------------------------------------- implementations
@@ -219,7 +238,7 @@ class Fewshot(Implementation):
         with torch.no_grad():
             for name, p in self.algorithm.model.named_parameters():
                 p.copy_(workload.initial[name])
-        self.algorithm.to(dtype)
+        self.algorithm.to(DEVICE, dtype)
         self.optimizer, _ = make_optimizer(self.algorithm, self.config)
 
     def named_parameters(self):
@@ -396,12 +415,50 @@ class TorchoptFunctional(Implementation):
             (F.cross_entropy(out, task.query_y) / len(tasks)).backward()
 
 
+class TorchFuncVmap(Implementation):
+    """torch.func alone: vmap over tasks of grad of the query loss after an inner loop
+    of grad steps. The meta-parameters enter as detached tensors; the per-task
+    meta-gradients come back stacked and their mean is added to .grad."""
+
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        self.net = mirror(workload, dtype)
+        self.optimizer = self.make_optimizer()
+        net, steps, lr, second_order = self.net, self.steps, self.lr, self.second_order
+
+        def support_loss(weights, support_x, support_y):
+            return F.cross_entropy(torch.func.functional_call(net, weights, (support_x,)), support_y)
+
+        def query_loss(weights, support_x, support_y, query_x, query_y):
+            for _ in range(steps):
+                grads = torch.func.grad(support_loss)(weights, support_x, support_y)
+                if not second_order:  # FOMAML: the inner gradients are constants
+                    grads = {n: g.detach() for n, g in grads.items()}
+                weights = {n: w - lr * grads[n] for n, w in weights.items()}
+            return F.cross_entropy(torch.func.functional_call(net, weights, (query_x,)), query_y)
+
+        self.per_task_meta_gradients = torch.func.vmap(torch.func.grad(query_loss), in_dims=(None, 0, 0, 0, 0))
+
+    def named_parameters(self):
+        return list(self.net.named_parameters())
+
+    def meta_gradient(self, tasks):
+        stack = lambda name: torch.stack([getattr(t, name) for t in tasks])
+        weights = {n: p.detach() for n, p in self.net.named_parameters()}
+        grads = self.per_task_meta_gradients(weights, stack("support_x"), stack("support_y"), stack("query_x"),
+                                             stack("query_y"))
+        for n, p in self.net.named_parameters():
+            mean = grads[n].mean(0)
+            p.grad = mean if p.grad is None else p.grad + mean
+
+
 class Skip(Exception):
     """This implementation has no form of this workload."""
 
 
 CLASSES = {"fewshot": Fewshot, "pytorch-loop": PytorchLoop, "learn2learn": Learn2learn, "higher": Higher,
-           "torchopt-metasgd": TorchoptMetaSGD, "torchopt-functional": TorchoptFunctional}
+           "torchopt-metasgd": TorchoptMetaSGD, "torchopt-functional": TorchoptFunctional,
+           "torch-func-vmap": TorchFuncVmap}
 
 
 def build(name, workload, dtype):
@@ -437,13 +494,15 @@ def max_abs_difference(grads, reference):
 
 
 def matmul_peak(size=4096, repeats=5):
-    """Median GFLOP/s of a size x size float32 matmul on torch's current threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """GFLOP/s of size x size float32 matmuls on torch's current threads (or the GPU)."""
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     torch.mm(a, b)
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize()
         times.append(time.perf_counter() - start)
     return [2 * size ** 3 / t / 1e9 for t in times]
 
@@ -465,8 +524,10 @@ def time_interleaved(impls, workload, steps, warmup, errors):
         for name, impl in list(live.items()):
             PAUSE.reassert()
             try:
+                synchronize()
                 start = time.perf_counter()
                 impl.step(tasks)
+                synchronize()
                 elapsed = time.perf_counter() - start
             except Exception as error:
                 errors[name] = describe(error)
@@ -481,7 +542,7 @@ def memory_in_subprocess(args, workload_name, order, name):
     PAUSE.reassert()
     command = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--child-memory", name,
                "--workloads", workload_name, "--orders", order, "--mem-steps", str(args.mem_steps),
-               "--threads", str(torch.get_num_threads())]
+               "--threads", str(torch.get_num_threads()), "--device", DEVICE.type]
     for pair in args.set or []:
         command += ["--set", pair]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -517,6 +578,17 @@ def child_memory(args):
     workload = Workload(args.workloads[0], args.data, args.orders[0], parse_overrides(args.set))
     impl = build(args.child_memory, workload, torch.float32)
     batches = [workload.tasks(1 + i) for i in range(args.mem_steps)]
+    if DEVICE.type == "cuda":  # device memory, not the host's
+        synchronize()
+        before = torch.cuda.memory_allocated(DEVICE) / 2 ** 20
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        for tasks in batches:
+            impl.step(tasks)
+        synchronize()
+        peak = torch.cuda.max_memory_allocated(DEVICE) / 2 ** 20
+        print(json.dumps({"peak_mb": peak, "step_mb": peak - before, "before_mb": before,
+                          "memory": "cuda max_memory_allocated"}))
+        return
     setup_peak = proc_status_mb("VmHWM")
     reset = reset_peak_rss()
     before = proc_status_mb("VmRSS")
@@ -647,6 +719,8 @@ def main():
     parser.add_argument("--mem-steps", type=int, default=2, help="meta-steps per memory subprocess")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where models and tasks live (cuda: synchronized timing, device peak memory)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
     parser.add_argument("--pause-pid", type=int, help="SIGSTOP this process while measuring, SIGCONT after")
     parser.add_argument("--max-pause", type=float, default=540, help="longest pause of --pause-pid, seconds")
@@ -657,6 +731,11 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); "
+                         "run on a GPU machine or use --device cpu")
+    DEVICE = torch.device(args.device)
     if args.child_memory:
         return child_memory(args)
 
@@ -745,12 +824,14 @@ def main():
     meta = {"date": started.isoformat(timespec="seconds"), "command": " ".join([Path(sys.executable).name,
                                                                                  *sys.argv]),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+            "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
             "cores": os.cpu_count(), "python": platform.python_version(), "fewshot_git": git_state(),
             "steps": args.steps, "warmup": args.warmup, "mem_steps": args.mem_steps,
             "matmul_peak_gflops": peak, "matmul_rates_gflops": peak_rates,
             "paused_pid": args.pause_pid, "check_threads": args.check_threads,
             "load_average_after": os.getloadavg(), "notes": LEARN2LEARN_NOTE}
-    print(f"{meta['date']}: torch {meta['torch']}, {meta['threads']} threads, {meta['cpu']} "
+    on_gpu = f"{meta['device']} (synchronized after each step), host " if DEVICE.type == "cuda" else ""
+    print(f"{meta['date']}: torch {meta['torch']}, {on_gpu}{meta['threads']} threads, {meta['cpu']} "
           f"({meta['cores']} cores), fewshot {meta['fewshot_git']}; {args.warmup} warm-up + {args.steps} "
           f"timed meta-steps, interleaved; 4096x4096 float32 matmul peak {peak:.0f} GFLOP/s")
     print()
