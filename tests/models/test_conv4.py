@@ -64,3 +64,43 @@ def test_summary_lists_every_layer_and_the_parameter_count():
 def test_too_small_images_are_refused():
     with pytest.raises(FewshotError, match="too small"):
         models.build(tiny_config(image_size=8))
+
+
+@pytest.mark.parametrize("downsample", ["stride", "maxpool"])
+@pytest.mark.parametrize("bn_steps", [1, 3])
+def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps):
+    torch.manual_seed(0)
+    model = models.build(tiny_config(downsample=downsample, per_step_bn=bn_steps > 1, inner_steps=2,
+                                     eval_inner_steps=2)).double()
+    assert model.can_batch_tasks
+    x = torch.rand(3, 5, 1, 16, 16, dtype=torch.float64)
+    # per-task weights for the convolutions and the head, batch-norm weights shared by the tasks
+    params = {n: p + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64) if ".norm." not in n else p
+              for n, p in model.named_parameters()}
+    for step in range(bn_steps):
+        batched = model.batched_forward(params, x, bn_step=step)
+        for t in range(3):
+            own = {n: p[t] if ".norm." not in n else p for n, p in params.items()}
+            torch.testing.assert_close(batched[t], model.functional_forward(own, x[t], bn_step=step),
+                                       rtol=1e-12, atol=1e-12)
+    if bn_steps > 1:  # each step uses its own batch-norm weights
+        before = [model.batched_forward(params, x, bn_step=step) for step in (1, 2)]
+        with torch.no_grad():
+            model.blocks[0].norm.weight[1] += 1
+        assert not torch.allclose(model.batched_forward(params, x, bn_step=1), before[0])
+        torch.testing.assert_close(model.batched_forward(params, x, bn_step=2), before[1], rtol=0, atol=0)
+
+
+def test_grouped_forward_is_the_vmap_forward():
+    torch.manual_seed(0)
+    for downsample in ("stride", "maxpool"):
+        model = models.build(tiny_config(downsample=downsample)).double()
+        params = {n: p + 0.1 * torch.randn(4, *p.shape, dtype=torch.float64) for n, p in model.named_parameters()}
+        x = torch.rand(4, 6, 1, 16, 16, dtype=torch.float64)
+        torch.testing.assert_close(model.grouped_forward(params, x), model.batched_forward(params, x),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_inductive_batch_norm_is_not_batched():
+    assert not models.build(tiny_config(batch_norm="inductive")).can_batch_tasks
+    assert models.build(tiny_config(batch_norm="transductive")).can_batch_tasks
