@@ -1,0 +1,122 @@
+"""The `precision` key: fp32 leaves the step bitwise as it was, bf16 autocast gives a
+meta-gradient within bfloat16's rounding of float32's, tf32 sets CUDA's flags only,
+and unknown values are refused."""
+import pytest
+import torch
+
+from fewshot import algorithms, precision
+from fewshot.config import load_preset, apply_overrides, validate
+from fewshot.data.episodes import Task
+from fewshot.errors import FewshotError
+
+from helpers import tiny_config
+
+CPU = torch.device("cpu")
+# bfloat16 keeps 8 significant bits (7 stored + the implicit one): rounding a value to
+# bfloat16 changes it by at most this relative amount.
+BF16_UNIT_ROUNDOFF = 2.0 ** -8
+
+
+def sinusoid_maml(first_order, seed):
+    torch.manual_seed(seed)
+    config = apply_overrides(load_preset("sinusoid-10shot"), {"first_order": first_order, "meta_batch": 1})
+    return algorithms.build(config)
+
+
+def sinusoid_task(seed):
+    generator = torch.Generator().manual_seed(seed)
+    amplitude, phase = 0.1 + 4.9 * torch.rand(1, generator=generator), 3.1 * torch.rand(1, generator=generator)
+    support_x, query_x = (10 * torch.rand(10, 1, generator=generator) - 5 for _ in range(2))
+    return Task(support_x, amplitude * torch.sin(support_x - phase), query_x, amplitude * torch.sin(query_x - phase))
+
+
+def conv4_tasks(count=2, ways=3, shots=2, query=3, size=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [Task(torch.rand(ways * shots, 1, size, size, generator=generator),
+                 torch.arange(ways).repeat_interleave(shots),
+                 torch.rand(ways * query, 1, size, size, generator=generator),
+                 torch.arange(ways).repeat_interleave(query)) for _ in range(count)]
+
+
+def meta_gradient(algorithm, tasks, value=None):
+    """The flat meta-gradient of one step, run under precision.autocast(value) (or
+    no context at all when value is None)."""
+    algorithm.zero_grad(set_to_none=True)
+    if value is None:
+        algorithm.meta_gradient(tasks)
+    else:
+        with precision.autocast(value, CPU):
+            algorithm.meta_gradient(tasks)
+    return torch.cat([p.grad.flatten() for p in algorithm.parameters()])
+
+
+def test_fp32_and_tf32_leave_the_cpu_meta_gradient_bitwise_unchanged():
+    torch.manual_seed(0)
+    algorithm = algorithms.build(tiny_config(inner_steps=2, inner_lr=0.3))
+    tasks = conv4_tasks()
+    plain = meta_gradient(algorithm, tasks)
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    for value in ("fp32", "tf32"):
+        precision.configure(value, CPU)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+        assert torch.equal(meta_gradient(algorithm, tasks, value), plain), value
+    assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_bf16_meta_gradient_is_within_bfloat16_rounding_of_fp32s(first_order):
+    """Tolerance: under autocast, each of the MLP's 3 linear layers rounds its input,
+    its weight and its output to bfloat16 (3 roundings of relative size <= u = 2^-8).
+    A meta-gradient entry is reached through the support forward, the support
+    backward, the query forward and the query backward (4 passes), and in second
+    order also the two passes of the double backward through the support backward
+    (6 passes): at most R = 3 layers x 3 roundings x passes = 36 (first order) or 54
+    (second order) roundings in a row. To first order their relative errors add,
+    so the meta-gradient's relative error (in norm) is at most R * u: 0.14 or 0.21.
+    Single tasks, so no cancellation between tasks' gradients inflates it."""
+    passes = 4 if first_order else 6
+    tolerance = 3 * 3 * passes * BF16_UNIT_ROUNDOFF
+    for seed in range(4):
+        algorithm = sinusoid_maml(first_order, seed)
+        tasks = [sinusoid_task(seed)]
+        fp32 = meta_gradient(algorithm, tasks, "fp32")
+        bf16 = meta_gradient(algorithm, tasks, "bf16")
+        assert bf16.dtype == torch.float32  # the parameters' gradients stay float32
+        relative_error = ((bf16 - fp32).norm() / fp32.norm()).item()
+        assert 0 < relative_error <= tolerance, (seed, relative_error / BF16_UNIT_ROUNDOFF)
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_on_the_cpu():
+    torch.manual_seed(0)
+    algorithm = algorithms.build(tiny_config())
+    x = conv4_tasks(1)[0].support_x
+    with precision.autocast("bf16", CPU):
+        out = algorithm.model.functional_forward(dict(algorithm.model.named_parameters()), x)
+    assert out.dtype == torch.bfloat16
+    with precision.autocast("fp32", CPU):
+        assert algorithm.model.functional_forward(dict(algorithm.model.named_parameters()), x).dtype == torch.float32
+
+
+def test_configure_sets_tf32_on_cuda_only_for_tf32():
+    """The flags are plain process-wide settings, settable without a GPU."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        cuda = torch.device("cuda")
+        precision.configure("tf32", cuda)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        for value in ("fp32", "bf16"):  # PyTorch's default leaves cudnn's on: fp32 turns it off
+            precision.configure("tf32", cuda)
+            precision.configure(value, cuda)
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_an_unknown_precision_is_refused_in_one_line():
+    config = tiny_config(precision="fp16")
+    with pytest.raises(FewshotError, match=r"precision must be one of fp32, tf32, bf16, got 'fp16'"):
+        validate(config)
+    for function in (precision.configure, precision.autocast):
+        with pytest.raises(FewshotError, match="precision must be one of"):
+            function("fp16", CPU)
+    validate(tiny_config(precision="bf16"))  # the known values pass
