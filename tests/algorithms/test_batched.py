@@ -111,10 +111,23 @@ def test_metrics_are_detached_zero_dim_tensors(batch_tasks):
     assert 0 <= float(result["accuracy"]) <= 1 and float(result["loss"]) > 0
 
 
-def test_inductive_batch_norm_keeps_the_per_task_loop():
-    # running statistics are updated task after task in the loop; see Conv4.can_batch_tasks
-    algorithm = build(True, batch_norm="inductive")
-    assert not algorithm.batches_tasks(make_tasks(2))
+@pytest.mark.parametrize("overrides", [{}, {"downsample": "stride", "tasks_per_pass": 2}, MAMLPP],
+                         ids=["maml", "maml-stride-in-passes-of-2", "mamlpp"])
+def test_inductive_batch_norm_batched_gives_the_loops_gradient_and_running_statistics(overrides):
+    overrides = {**overrides, "batch_norm": "inductive"}
+    tasks = make_tasks(3)
+    loop_algorithm, batched_algorithm = build(False, **overrides), build(True, **overrides)
+    assert batched_algorithm.batches_tasks(tasks)
+    for step in (0, 15):  # two meta-steps: the second starts from the first's statistics
+        assert_same_meta_gradient(overrides, tasks, step)
+        meta_gradient(loop_algorithm, tasks, step)
+        meta_gradient(batched_algorithm, tasks, step)
+    for name, buffer in loop_algorithm.model.named_buffers():
+        if "running" in name:
+            assert (buffer - torch.zeros_like(buffer) if "mean" in name else buffer - 1).abs().max() > 1e-3, name
+            torch.testing.assert_close(dict(batched_algorithm.model.named_buffers())[name], buffer,
+                                       rtol=1e-12, atol=1e-14, msg=name)
+    assert batched_algorithm.model.queued_statistics == []
 
 
 def test_tasks_of_different_shapes_keep_the_per_task_loop():

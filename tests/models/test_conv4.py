@@ -101,6 +101,26 @@ def test_grouped_forward_is_the_vmap_forward():
                                    rtol=1e-12, atol=1e-12)
 
 
-def test_inductive_batch_norm_is_not_batched():
-    assert not models.build(tiny_config(batch_norm="inductive")).can_batch_tasks
+def test_both_batch_norms_batch_but_a_feature_extractor_does_not():
+    assert models.build(tiny_config(batch_norm="inductive")).can_batch_tasks
     assert models.build(tiny_config(batch_norm="transductive")).can_batch_tasks
+    assert not models.build(tiny_config(head=False)).can_batch_tasks  # ProtoNets: nothing to adapt per task
+
+
+def test_batched_inductive_forward_normalizes_by_batch_and_queues_the_statistics():
+    torch.manual_seed(0)
+    model = models.build(tiny_config(batch_norm="inductive")).double()
+    params = {n: p.expand(2, *p.shape) for n, p in model.named_parameters()}
+    x = torch.rand(2, 5, 1, 16, 16, dtype=torch.float64)
+    out = model.batched_forward(params, x)
+    assert model.blocks[0].norm.running_mean.abs().sum() == 0  # nothing updated yet ...
+    assert len(model.queued_statistics) == 1 and model.queued_statistics[0][1][0].shape == (2, 2, 4)
+    model.update_running_statistics()  # ... until the queue is applied, task after task
+    loop = models.build(tiny_config(batch_norm="inductive")).double()
+    loop.load_state_dict(model.state_dict() | {k: v for k, v in loop.state_dict().items() if "running" in k})
+    own = dict(loop.named_parameters())
+    for t in range(2):
+        torch.testing.assert_close(out[t], loop.functional_forward(own, x[t]), rtol=1e-12, atol=1e-12)
+    for name, buffer in loop.named_buffers():
+        torch.testing.assert_close(dict(model.named_buffers())[name], buffer, rtol=1e-12, atol=1e-14)
+    assert model.queued_statistics == []

@@ -151,6 +151,8 @@ class MAML(Algorithm):
                                                       ("support_x", "support_y", "query_x", "query_y"))
             objective, query_out = self.objective(support_x, support_y, query_x, query_y, step, tasks=True)
             (objective * share).backward()
+            if hasattr(self.model, "update_running_statistics"):  # inductive batch norm, as the loop updates it
+                self.model.update_running_statistics()
             loss_sum = loss_sum + objective.detach() * share
             metric_sum = metric_sum + self.family.metric_tensor(query_out.detach(), query_y) * share
         return {"loss": loss_sum, self.family.metric_name: metric_sum}

@@ -34,6 +34,7 @@ class Conv4(nn.Module):
         super().__init__()
         self.downsample = downsample
         self.transductive = batch_norm == "transductive"
+        self.queued_statistics = []  # inductive batch norm: see batched_forward
         self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters) for i in range(4))
         if bn_steps > 1:  # MAML++: batch-norm weights and statistics per inner step
             for block in self.blocks:
@@ -61,8 +62,11 @@ class Conv4(nn.Module):
                    filters=config["filters"], downsample=config["downsample"], image_size=config["image_size"],
                    batch_norm=config["batch_norm"], bn_steps=steps if config["per_step_bn"] else 1)
 
-    def features(self, params, x, bn_training=True, trace=None, bn_step=0):
-        """`trace`, a list, receives (layer, output shape, parameter count) per layer."""
+    def features(self, params, x, bn_training=True, trace=None, bn_step=0, bn_statistics=None):
+        """`trace`, a list, receives (layer, output shape, parameter count) per layer.
+        `bn_statistics`, a list, receives each layer's batch mean and unbiased variance
+        (2 x C) in place of the running-statistics update of inductive training
+        (under vmap a buffer shared by the tasks cannot be updated; see batched_forward)."""
         stride = 2 if self.downsample == "stride" else 1
         note = trace.append if trace is not None else (lambda row: None)
         for i, block in enumerate(self.blocks):
@@ -77,6 +81,10 @@ class Conv4(nn.Module):
                 k = min(bn_step, weight.shape[0] - 1)
                 weight, bias = weight[k], bias[k]
                 mean, var = (mean[k], var[k]) if mean is not None else (None, None)
+            if bn_statistics is not None and mean is not None and bn_training:
+                with torch.no_grad():
+                    bn_statistics.append(torch.stack([x.mean((0, 2, 3)), x.var((0, 2, 3))]))
+                mean = var = None  # the same normalization (batch statistics), no update
             x = F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive, momentum=0.1)
             x = F.relu(x)
             note((p + "norm  BN+ReLU", tuple(x.shape), _count(block.norm)))
@@ -87,8 +95,8 @@ class Conv4(nn.Module):
         note(("features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), tuple(x.shape), 0))
         return x
 
-    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
-        x = self.features(params, x, bn_training, trace, bn_step)
+    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0, bn_statistics=None):
+        x = self.features(params, x, bn_training, trace, bn_step, bn_statistics)
         if self.head is None:
             return x
         x = F.linear(x, params["head.weight"], params["head.bias"])
@@ -101,9 +109,9 @@ class Conv4(nn.Module):
 
     @property
     def can_batch_tasks(self):
-        """Whether `batched_forward` gives each task exactly its own forward: with
-        transductive batch norm (batch statistics only), and a head to adapt."""
-        return self.transductive and self.head is not None
+        """`batched_forward` gives each task exactly its own forward, running statistics
+        included (inductive batch norm), for a network with a head to adapt."""
+        return self.head is not None
 
     def batching_pays_on_cpu(self, images_per_task):
         """The measured CPU rule (docs/benchmarks.md, "All tasks in one pass")."""
@@ -114,11 +122,49 @@ class Conv4(nn.Module):
         dimension T are per task, the others shared by all tasks. torch.func.vmap of
         the one functional forward: a convolution with per-task weights becomes one
         grouped convolution (tasks side by side along channels) and batch-norm
-        statistics stay per task."""
+        statistics stay per task.
+
+        Inductive batch norm while training: each task's batch statistics are queued
+        and `update_running_statistics()` applies them in the per-task loop's order
+        (task after task, each task's forwards in turn), so the running statistics
+        end as the loop leaves them."""
         own = dict(self.named_parameters())
         dims = {n: 0 if p.dim() > own[n].dim() else None for n, p in params.items()}
-        run = lambda p, x: self.functional_forward(p, x, bn_training, bn_step=bn_step)
-        return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
+        if self.transductive or not bn_training:
+            run = lambda p, x: self.functional_forward(p, x, bn_training, bn_step=bn_step)
+            return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
+
+        def run(p, x):
+            statistics = []
+            return self.functional_forward(p, x, bn_training, bn_step=bn_step, bn_statistics=statistics), statistics
+        out, statistics = torch.func.vmap(run, in_dims=(dims, 0))(params, x)
+        self.queued_statistics.append((bn_step, statistics))  # per layer: T x 2 x C
+        return out
+
+    @torch.no_grad()
+    def update_running_statistics(self):
+        """Apply the queued batch statistics of batched forwards as the per-task loop
+        would have, one update per task and forward, in that order: with momentum m,
+        n updates b_1..b_n of a running value r give (1-m)^n r + sum_i m (1-m)^(n-i) b_i."""
+        queued, self.queued_statistics = self.queued_statistics, []
+        if not queued:
+            return
+        for layer, block in enumerate(self.blocks):
+            running = torch.stack([block.norm.running_mean, block.norm.running_var], -2)  # [steps x] 2 x C
+            slots = running.unsqueeze(0) if running.dim() == 2 else running
+            for slot in range(len(slots)):
+                updates = [statistics[layer] for bn_step, statistics in queued
+                           if min(bn_step, len(slots) - 1) == slot]
+                if not updates:
+                    continue
+                # task-major order: task 0's forwards in turn, then task 1's, ...
+                sequence = torch.stack(updates, 1).flatten(0, 1)
+                m, n = block.norm.momentum, len(sequence)
+                weights = m * (1 - m) ** torch.arange(n - 1, -1, -1, dtype=sequence.dtype, device=sequence.device)
+                slots[slot] = (1 - m) ** n * slots[slot] + (weights[:, None, None] * sequence).sum(0)
+            running = slots[0] if block.norm.running_mean.dim() == 1 else slots
+            block.norm.running_mean.copy_(running[..., 0, :])
+            block.norm.running_var.copy_(running[..., 1, :])
 
     def grouped_forward(self, params, x, bn_training=True, bn_step=0):
         """The hand-written form of `batched_forward` (every parameter per task,
