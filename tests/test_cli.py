@@ -1,12 +1,15 @@
-"""The command line as a user meets it: real Omniglot, a few steps, and every bad input."""
+"""The command line as a user meets it: real Omniglot, a few steps, and every bad input (the bad
+inputs on a small dataset built here, so they run without the shared data)."""
 import json
+import math
 
 import pytest
 import torch
 
+from fewshot.evaluate import confidence
 from fewshot.train import RunLock
 
-from helpers import one_error_line, run
+from helpers import one_error_line, run, tagged_dataset
 
 FAST = ["--set", "steps=4", "--set", "meta_batch=2", "--set", "filters=8", "--set", "val_every=2",
         "--set", "val_tasks=4", "--set", "log_every=2", "--set", "save_every=2", "--no-progress"]
@@ -20,14 +23,34 @@ def trained(tmp_path, omniglot28, capsys):
     return out
 
 
+@pytest.fixture
+def small_data(tmp_path):
+    """A prepared 28x28 dataset of 80 classes of 8 noise images: enough for every preset's checks."""
+    return tagged_dataset(tmp_path / "small-data", classes=80, size=28)
+
+
+@pytest.fixture
+def small_run(tmp_path, small_data, capsys):
+    out = tmp_path / "small-run"
+    code, stdout, _ = run(capsys, "train", "omniglot-5w1s", "--data", small_data, "--out", out, *FAST)
+    assert code == 0 and "done: 4 steps" in stdout
+    return out
+
+
 def test_train_eval_resume_plot_on_real_omniglot(tmp_path, trained, capsys):
     code, first, _ = run(capsys, "eval", trained, "--tasks", "20", "--no-progress")
     assert code == 0 and "test split: accuracy" in first and "20 tasks" in first
     code, second, _ = run(capsys, "eval", trained / "best.pt", "--tasks", "20", "--no-progress")
     assert second.split(":", 1)[1] == first.split(":", 1)[1]  # a fixed set of tasks: identical numbers
-    code, text, _ = run(capsys, "eval", trained, "--tasks", "20", "--json")
+    code, text, _ = run(capsys, "eval", trained, "--tasks", "20", "--json", "--scores", tmp_path / "scores.txt")
     result = json.loads(text)
-    assert result["tasks"] == 20 and 0 <= result["mean"] <= 1 and result["ci95"] >= 0
+    scores = [float(line) for line in (tmp_path / "scores.txt").read_text().split()]
+    assert result["tasks"] == 20 and len(scores) == 20
+    # every score is a fraction of the 5 x 1 queries of a 5-way task; mean and interval follow from them
+    assert all(abs(5 * s - round(5 * s)) < 1e-12 for s in scores)
+    assert result["mean"] == pytest.approx(sum(scores) / 20, abs=1e-12)
+    spread = math.sqrt(sum((s - result["mean"]) ** 2 for s in scores) / 20)
+    assert result["ci95"] == pytest.approx(1.96 * spread / math.sqrt(20), abs=1e-12)
     assert result["inner_steps"] == 10 and result["split"] == "test"
     assert f"{100 * result['mean']:.2f}%" in first
     # continue the same run for more steps through its own config
@@ -37,6 +60,18 @@ def test_train_eval_resume_plot_on_real_omniglot(tmp_path, trained, capsys):
     assert code == 0 and "done: 6 steps" in stdout
     code, stdout, _ = run(capsys, "plot", trained)
     assert code == 0 and (trained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_confidence_is_the_mean_and_1_96_population_std_over_sqrt_n():
+    """As the MAML code reports it (numpy's std, ddof 0): for 0.25, 0.75, 0.25, 0.75 the mean is 0.5,
+    the std 0.25, and the half-width 1.96 * 0.25 / sqrt(4) = 0.245."""
+    mean, half_width = confidence([0.25, 0.75, 0.25, 0.75])
+    assert mean == 0.5 and half_width == pytest.approx(0.245, abs=1e-15)
+    # 1, 0, 0: mean 1/3, std sqrt(2)/3, half-width 1.96 * sqrt(2) / 3 / sqrt(3)
+    mean, half_width = confidence([1.0, 0.0, 0.0])
+    assert mean == pytest.approx(1 / 3, abs=1e-15)
+    assert half_width == pytest.approx(1.96 * math.sqrt(2) / 3 / math.sqrt(3), abs=1e-15)
+    assert confidence([0.6] * 7) == (pytest.approx(0.6, abs=1e-15), 0.0)  # no spread, no interval
 
 
 def test_second_start_uses_the_cache(tmp_path, omniglot28, fewshot_home, capsys):
@@ -73,16 +108,17 @@ def test_summary_and_presets(capsys):
     (["eval", "MISSING.pt"], "does not exist"),
     (["eval", "EMPTY"], "holds no checkpoint"),
 ])
-def test_bad_input_gets_one_clear_line(tmp_path, omniglot28, capsys, argv, message):
+def test_bad_input_gets_one_clear_line(tmp_path, small_data, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     argv = [{"X": tmp_path / "out", "MISSING": tmp_path / "missing", "MISSING.pt": tmp_path / "missing.pt",
-             "DATA": omniglot28, "EMPTY": tmp_path / "empty"}.get(a, a) for a in argv]
+             "DATA": small_data, "EMPTY": tmp_path / "empty"}.get(a, a) for a in argv]
     code, _, err = run(capsys, *argv, "--no-progress")
     assert code == 2
     assert message in one_error_line(err)
 
 
-def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, trained, omniglot28, capsys):
+def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, small_run, small_data, capsys):
+    trained = small_run
     before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((trained / "last.pt").read_bytes()[:2000])
@@ -92,7 +128,7 @@ def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, trained, omnigl
     assert code == 2 and "truncated or not a checkpoint" in one_error_line(err)
     code, _, err = run(capsys, "eval", foreign)
     assert code == 2 and "not a fewshot checkpoint" in one_error_line(err)
-    code, _, err = run(capsys, "train", "omniglot-5w1s", "--data", omniglot28, "--out", trained, *FAST)
+    code, _, err = run(capsys, "train", "omniglot-5w1s", "--data", small_data, "--out", trained, *FAST)
     assert code == 2 and "already holds a run" in one_error_line(err)
     lock = RunLock(trained)
     try:
@@ -104,7 +140,7 @@ def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, trained, omnigl
     assert code == 2 and "no run to resume" in one_error_line(err)
     code, _, err = run(capsys, "train", "--resume", trained, "--init", trained, "--no-progress")
     assert code == 2 and "drop PRESET, --data, --set and --init" in one_error_line(err)
-    code, _, err = run(capsys, "train", "omniglot-20w1s", "--data", omniglot28, "--init", trained, "--out",
+    code, _, err = run(capsys, "train", "omniglot-20w1s", "--data", small_data, "--init", trained, "--out",
                        tmp_path / "transfer", *FAST)
     assert code == 2 and "does not fit this run" in one_error_line(err) and not (tmp_path / "transfer").exists()
     after = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file() and p.name != ".lock"}

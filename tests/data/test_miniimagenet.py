@@ -6,13 +6,12 @@ import csv
 import os
 import pickle
 import shutil
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, skip_without
 from fewshot.data import EpisodeSampler
 from fewshot.data import miniimagenet as mini
 from fewshot.data.images import is_prepared, read_dataset
@@ -23,19 +22,39 @@ SAMPLE = SHARED_DATA / "miniimagenet"
 
 @pytest.fixture(scope="session")
 def sample():
-    if not (SAMPLE / "train.csv").is_file() or not (SAMPLE / "images").is_dir():
-        pytest.skip(f"the real miniImageNet sample is not at {SAMPLE}")
+    skip_without(SAMPLE / "train.csv", "the real miniImageNet sample's CSVs")
+    skip_without(SAMPLE / "images", "the real miniImageNet sample's images")
     return SAMPLE
 
 
 @pytest.fixture(scope="session")
 def sample_cache(tmp_path_factory, sample):
-    """The 6,000-image sample imported once, with the official CSVs and allow_partial."""
+    """The 6,000-image sample imported once, with the official CSVs and allow_partial
+    (benchmarks/load_time.py times this import and the cached start)."""
     folder = tmp_path_factory.mktemp("miniimagenet-cache")
-    started = time.perf_counter()
     mini.import_miniimagenet(sample, folder, progress=False, allow_partial=True)
-    print(f"\nimported the miniImageNet sample in {time.perf_counter() - started:.2f} s")
     return folder
+
+
+@pytest.fixture
+def made_sample(tmp_path):
+    """A stand-in for the shared sample made here, for the bad-input tests: 5 classes per split
+    of 4 random 84x84 JPEGs each, named as miniImageNet's (wnid + 8-digit index), listed in
+    sample-<split>.csv files."""
+    root = tmp_path / "made-sample"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for s, split in enumerate(("train", "val", "test")):
+        rows = []
+        for c in range(5):
+            wnid = f"n{90000000 + 10 * s + c}"
+            for k in range(4):
+                filename = f"{wnid}{k + 1:08d}.jpg"
+                pixels = rng.integers(0, 256, size=(84, 84, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / "images" / filename, quality=90)
+                rows.append((filename, wnid))
+        write_csv(root / f"sample-{split}.csv", rows)
+    return root
 
 
 def rows_of(path):
@@ -122,11 +141,10 @@ def test_sample_with_official_csvs_and_allow_partial(sample, sample_cache):
     assert refs["train"][0] == (0, 60, 0, dataset.classes[0].name)
 
 
-def test_a_second_start_reads_the_cache_fast(sample_cache):
-    started = time.perf_counter()
+def test_a_second_start_maps_the_cache_instead_of_reading_it(sample_cache):
+    """How fast that is, is measured by benchmarks/load_time.py, not asserted here."""
     dataset = read_dataset(sample_cache, 84)
     first = dataset.images[0].copy()
-    assert time.perf_counter() - started < 2
     assert isinstance(dataset.images, np.memmap) and first.shape == (3, 84, 84)
 
 
@@ -294,9 +312,9 @@ def test_a_missing_split_file_needs_allow_partial(tmp_path):
 # --- bad input ----------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "empty"])
-def test_an_undecodable_image_is_named(sample, tmp_path, kind):
+def test_an_undecodable_image_is_named(made_sample, tmp_path, kind):
     root = tmp_path / "copy"
-    picked = small_copy(sample, root)
+    picked = small_copy(made_sample, root)
     bad = root / "images" / picked["val"][2][0]
     blob = bad.read_bytes()
     bad.write_bytes({"garbage": b"not a jpeg", "truncated": blob[:len(blob) // 3], "empty": b""}[kind])
@@ -306,9 +324,9 @@ def test_an_undecodable_image_is_named(sample, tmp_path, kind):
     assert not is_prepared(tmp_path / "out")
 
 
-def test_a_csv_with_unknown_columns_is_named(sample, tmp_path):
+def test_a_csv_with_unknown_columns_is_named(made_sample, tmp_path):
     root = tmp_path / "copy"
-    picked = small_copy(sample, root)
+    picked = small_copy(made_sample, root)
     write_csv(root / "val.csv", [(f, w, 1) for f, w in picked["val"]], header=("image", "wnid", "extra"))
     with pytest.raises(FewshotError) as error:
         mini.import_miniimagenet(root, tmp_path / "out", progress=False)
@@ -316,9 +334,9 @@ def test_a_csv_with_unknown_columns_is_named(sample, tmp_path):
     assert f"{root / 'val.csv'} has columns image,wnid,extra; expected filename,label" in message
 
 
-def test_no_csvs_say_how_to_give_them(sample, tmp_path):
+def test_no_csvs_say_how_to_give_them(made_sample, tmp_path):
     root = tmp_path / "copy"
-    small_copy(sample, root)
+    small_copy(made_sample, root)
     for split in ("train", "val", "test"):
         (root / f"{split}.csv").unlink()
     with pytest.raises(FewshotError, match=r"no split files \(train.csv, val.csv, test.csv\) in .*--csv-dir DIR"):
@@ -327,17 +345,17 @@ def test_no_csvs_say_how_to_give_them(sample, tmp_path):
         mini.import_miniimagenet(root, tmp_path / "out", progress=False, csv_dir=tmp_path / "nowhere")
 
 
-def test_shared_classes_between_splits_are_refused(sample, tmp_path):
+def test_shared_classes_between_splits_are_refused(made_sample, tmp_path):
     root = tmp_path / "copy"
-    picked = small_copy(sample, root)
+    picked = small_copy(made_sample, root)
     write_csv(root / "test.csv", picked["test"] + picked["train"][:1])
     with pytest.raises(FewshotError, match=f"class {picked['train'][0][1]} is in both the train and the test"):
         mini.import_miniimagenet(root, tmp_path / "out", progress=False)
 
 
-def test_a_class_with_fewer_images_than_a_task_needs_is_named(sample, tmp_path):
+def test_a_class_with_fewer_images_than_a_task_needs_is_named(made_sample, tmp_path):
     root = tmp_path / "copy"
-    picked = small_copy(sample, root, per_split=5, per_class=4)
+    picked = small_copy(made_sample, root, per_split=5, per_class=4)
     thin = picked["train"][4][1]
     for filename, wnid in picked["train"]:
         if wnid == thin and filename != picked["train"][4][0]:

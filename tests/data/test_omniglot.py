@@ -1,6 +1,5 @@
 """Omniglot readers, import cache, splits and input errors, on the real data where present
 (../shared/data relative to the repository) and on tiny official-layout copies built here."""
-import time
 import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -15,7 +14,9 @@ import fewshot.data
 from fewshot.data import images, load, omniglot, resolve
 from fewshot.errors import FewshotError
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from conftest import SHARED_DATA, skip_without
+from helpers import tagged_dataset
+
 SPRITES = SHARED_DATA / "omniglot-28"
 SMALL_ZIP = SHARED_DATA / "omniglot-official-sample" / "images_background_small1.zip"
 SMALL_ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
@@ -30,15 +31,13 @@ def _isolated_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def sprites_dir():
-    if not (SPRITES / "index.csv").is_file():
-        pytest.skip(f"the real Omniglot 28x28 sprites are not at {SPRITES} (shared data folder absent)")
+    skip_without(SPRITES / "index.csv", "the real Omniglot 28x28 sprites")
     return SPRITES
 
 
 @pytest.fixture(scope="module")
 def small_zip():
-    if not SMALL_ZIP.is_file():
-        pytest.skip(f"the official sample zip is not at {SMALL_ZIP} (shared data folder absent)")
+    skip_without(SMALL_ZIP, "the official sample zip")
     return SMALL_ZIP
 
 
@@ -192,13 +191,11 @@ def test_unzipped_folder_and_zip_give_the_same_array(tmp_path):
 
 # -- the import cache ---------------------------------------------------------------------------
 
-def test_import_writes_a_cache_that_loads_fast(sprite_cache):
+def test_import_writes_a_complete_cache(sprite_cache):
+    """How fast it loads is measured by benchmarks/load_time.py, not asserted here."""
     assert images.is_prepared(sprite_cache, 28)
-    start = time.perf_counter()
     dataset = images.read_dataset(sprite_cache, 28)
     array = np.ascontiguousarray(dataset.images)  # what load() does for small sets
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"loading the prepared 28x28 set took {elapsed:.2f} s"
 
     assert array.shape == (32460, 1, 28, 28) and array.dtype == np.uint8
     assert len(dataset.classes) == 1623
@@ -230,10 +227,7 @@ def test_a_raw_copy_is_imported_once_into_fewshot_home(sprites_dir, _isolated_ho
     def no_second_import(*args, **kwargs):
         raise AssertionError("the cache was not reused")
     monkeypatch.setitem(fewshot.data.IMPORTERS, "omniglot", no_second_import)
-    start = time.perf_counter()
-    dataset, refs = load(config, progress=False)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"loading from the cache took {elapsed:.2f} s"
+    dataset, refs = load(config, progress=False)  # timed by benchmarks/load_time.py
     assert dataset.root == first and len(dataset.images) == 32460
     assert len(refs["val"]) == 100 and len(refs["test"]) == 423
 
@@ -279,9 +273,10 @@ def test_lake_split(sprite_cache):
     assert omniglot.splits(dataset, "lake") == refs
 
 
-def test_unknown_split_is_an_error(sprite_cache):
+def test_unknown_split_is_an_error(tmp_path):
+    folder = tagged_dataset(tmp_path / "small", classes=12, size=28)
     with pytest.raises(FewshotError, match="maml or lake"):
-        omniglot.splits(images.read_dataset(sprite_cache, 28), "vinyals")
+        omniglot.splits(images.read_dataset(folder, 28), "vinyals")
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -373,13 +368,13 @@ def test_cli_needs_exactly_one_source(tmp_path, capsys):
     assert len(err) == 2 and all(line.startswith("fewshot: error: give exactly one") for line in err)
 
 
-def test_sprite_form_errors(tmp_path, sprites_dir):
-    with pytest.raises(FewshotError, match="28x28 only"):
-        omniglot.read_any(sprites_dir, 32)
+def test_sprite_form_errors(tmp_path):
     broken = tmp_path / "sprites"
     broken.mkdir()
     (broken / "index.csv").write_text("set,alphabet,character,char_id,row,drawers\n"
                                       "background,Arcadian,character01,1,0,20\n")
+    with pytest.raises(FewshotError, match="28x28 only"):
+        omniglot.read_any(broken, 32)
     with pytest.raises(FewshotError) as info:
         omniglot.read_any(broken, 28)
     assert str(broken) in str(info.value) and "malformed" in str(info.value)
