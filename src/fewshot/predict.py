@@ -4,17 +4,28 @@ then classify new images.
     learner = fewshot.load("runs/omniglot-5w1s")
     adapted = learner.adapt("support/")          # <class>/<image> folders
     adapted.classify(["query/a.png", "query/b.png"], top_k=3)
+
+Each image gets the answer it would get on its own, whatever else is in the call.
+With transductive batch norm (batch statistics at test, the default of the
+presets) an image is normalized together with the support set, one image at a
+time: the batch is the support images plus that image, as Reptile's
+non-transductive evaluation does. `transductive=True` is the meta-test protocol of
+`fewshot eval`: all the images of one call in one batch, so that each answer
+depends on the others. With inductive batch norm (running statistics) and
+networks without batch norm both are the same.
 """
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from . import checkpoint
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .errors import FewshotError
-from .evaluate import load_algorithm
+from .evaluate import confidence, load_algorithm
 
 
 class Learner:
@@ -47,7 +58,7 @@ class Learner:
             raise FewshotError(f"the support set has {len(classes)} classes, but this checkpoint's model is "
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
         adapted = self.algorithm.adapt(support, labels, steps, lr)
-        return Adapted(self, adapted, classes)
+        return Adapted(self, adapted, classes, support)
 
     def read_support(self, folder):
         folder = Path(folder)
@@ -61,34 +72,71 @@ class Learner:
             files = image_files(class_dir)
             paths += files
             labels += [label] * len(files)
-        return self.images(paths), torch.tensor(labels), [d.name for d in class_dirs]
+        return self.images(paths), torch.tensor(labels), [printable(d.name) for d in class_dirs]
 
 
 class Adapted:
     """A learner adapted to one support set."""
 
-    def __init__(self, learner, state, classes):
-        self.learner, self.state, self.classes = learner, state, classes
+    def __init__(self, learner, state, classes, support_x):
+        self.learner, self.state, self.classes, self.support_x = learner, state, classes, support_x
 
-    def predict(self, x):
-        """Model outputs for a batch of inputs (class probabilities for classification).
-        With transductive batch norm, the batch is normalized as one, as at meta-test."""
-        outputs = self.learner.algorithm.predict(self.state, x.to(self.learner.device))
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
+        """The algorithm's outputs (logits for classification) for a batch of inputs;
+        see the module docstring for `transductive`."""
+        algorithm = self.learner.algorithm
+        x = x.to(self.learner.device)
+        if transductive or not depends_on_the_batch(algorithm):
+            return algorithm.predict(self.state, x)
+        if puts_support_in_the_batch(algorithm):  # its own batch is already the support set plus x
+            return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
+        return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
+                          for i in range(len(x))])
+
+    def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
+        """Model outputs for a batch of inputs (class probabilities for classification),
+        each input's as it would be on its own; `transductive=True` normalizes the batch
+        as one, as at meta-test, so that each answer depends on the other inputs."""
+        outputs = self.outputs(x, transductive)
         if self.learner.algorithm.family.metric_name == "accuracy":
             return torch.softmax(outputs, dim=1)
         return outputs
 
-    def classify(self, queries, top_k=1):
+    def classify(self, queries, top_k: int = 1, transductive: bool = False) -> list[dict]:
         """Image files or folders -> one prediction dict per image file."""
         files = query_files(queries)
-        probabilities = self.predict(self.learner.images(files)).cpu()
+        probabilities = self.predict(self.learner.images(files), transductive).cpu()
         rows = []
         for file, p in zip(files, probabilities):
             order = torch.argsort(p, descending=True).tolist()
-            rows.append({"file": str(file), "label": self.classes[order[0]], "probability": p[order[0]].item(),
+            rows.append({"file": printable(str(file)), "label": self.classes[order[0]],
+                         "probability": p[order[0]].item(),
                          "top": [(self.classes[i], p[i].item()) for i in order[:top_k]],
                          "probabilities": {c: p[i].item() for i, c in enumerate(self.classes)}})
         return rows
+
+
+def depends_on_the_batch(algorithm) -> bool:
+    """Whether the algorithm's outputs for one input depend on the other inputs of its
+    batch: a network with batch norm on batch statistics at test (`batch_norm:
+    transductive`), unless the algorithm already classifies each input on its own."""
+    model = algorithm.model
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not (has_batch_norm and getattr(model, "transductive", False)):
+        return False
+    return not (algorithm.config["algorithm"] == "reptile" and algorithm.config["reptile_eval"] == "non_transductive")
+
+
+def puts_support_in_the_batch(algorithm) -> bool:
+    """ProtoNets embed the support and query images in one batch already."""
+    return algorithm.config["algorithm"] == "protonet"
+
+
+def printable(name: str) -> str:
+    """A file name as text that prints and writes as UTF-8: bytes of the name that
+    are not UTF-8 (which Python holds as surrogates) become \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def query_files(queries):
@@ -97,15 +145,39 @@ def query_files(queries):
         if query.is_dir():
             found = image_files(query)
             if not found:
-                raise FewshotError(f"query folder {query} holds no images")
+                raise FewshotError(f"query folder {printable(str(query))} holds no images")
             files += found
         elif query.is_file():
             files.append(query)
         else:
-            raise FewshotError(f"query {query} does not exist; give image files or folders of images")
+            raise FewshotError(f"query {printable(str(query))} does not exist; give image files or folders of images")
     return files
 
 
 def load(target, device="cpu"):
     """A checkpoint file or run folder -> a Learner."""
     return Learner(checkpoint.load(target), device)
+
+
+def evaluate_predict(target, tasks: int | None = None, split: str = "test", transductive: bool = False,
+                     seed: int | None = None, device: str = "cpu") -> dict:
+    """The score of `predict`'s answers on the fixed, seeded tasks `fewshot eval` draws:
+    each task's support set adapted as Learner.adapt does, its query set given in one
+    call. With `transductive=True` this is `fewshot eval`'s protocol and figure.
+    Returns {"mean", "ci95", "tasks", "transductive"}."""
+    from . import data
+    from .config import eval_query, eval_ways
+    state = checkpoint.load(target)
+    config = state["config"]
+    dataset, refs = data.load(config, progress=False)
+    sampler = data.sampler(config, dataset, refs, split, config["eval_seed"] if seed is None else seed,
+                           query=eval_query(config), ways=eval_ways(config))
+    learner = Learner(state, device)
+    count = config["eval_tasks"] if tasks is None else tasks
+    scores = []
+    for index in range(count):
+        task = sampler.batch(index, 1)[0].to(learner.device)
+        adapted = learner.adapt(task.support_x, task.support_y)
+        scores.append(learner.algorithm.family.metric(adapted.outputs(task.query_x, transductive), task.query_y))
+    mean, ci95 = confidence(scores)
+    return {"mean": mean, "ci95": ci95, "tasks": count, "transductive": transductive}
