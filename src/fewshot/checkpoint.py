@@ -58,6 +58,12 @@ def load(target):
         raise FewshotError(f"{path} is a folder, not a checkpoint; give a run folder or a .pt file") from None
     except PermissionError as error:
         raise FewshotError(f"cannot read {path} ({error.strerror}); fix its permissions") from None
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise FewshotError(f"{path} is truncated or not a checkpoint ({refused_reason(error)}); use the run's "
+                               f"other checkpoint (last.pt or best.pt) or train again") from None
+        raise FewshotError(f"{path} was refused: {refused_reason(error)}; give a best.pt or last.pt written by "
+                           f"`fewshot train`") from None
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise FewshotError(f"{path} is truncated or not a checkpoint ({refused_reason(error)}); use the run's "
                            f"other checkpoint (last.pt or best.pt) or train again") from None

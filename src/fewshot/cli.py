@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -157,20 +156,10 @@ def cmd_train(args):
         from .train import train
         result = train(config, args.out, device=args.device, progress=not args.no_progress,
                        threads=args.threads, procs=args.procs, time_limit=time_limit)
-    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
-    if result.get("signal"):  # saved first; a nonzero status so that `train ... && eval ...` stops here
-        if speaks:
-            name = signal.Signals(result["signal"]).name
-            print(f"fewshot: interrupted by {name} at step {result['step']}, saved; continue with "
-                  f"`fewshot train --resume {result['out']}`", file=sys.stderr)
+    # train() itself says why a run stopped early (a signal, the time limit) and that it saved
+    if result.get("signal"):  # a nonzero status, so that `fewshot train ... && fewshot eval ...` stops here
         return 128 + int(result["signal"])
-    if result["stopped"]:
-        if speaks:
-            why = " (--time-limit reached)" if time_limit is not None else ""
-            print(f"stopped at step {result['step']}{why}, saved in {result['out']}; continue with "
-                  f"`fewshot train --resume {result['out']}`")
-        return 0
-    if speaks:
+    if not result["stopped"] and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
     return 0
 
@@ -446,10 +435,27 @@ def os_error_line(error):
     return f"{where}{error.strerror or type(error).__name__}; {fix}"
 
 
+def _where(args):
+    """The folder a command writes into, to name in an OS error that carries no file name
+    (a write to an open file that fails on a full disk)."""
+    for name in ("resume", "out"):
+        if getattr(args, name, None):
+            return getattr(args, name)
+    if getattr(args, "command", None) == "data":
+        return str(Path(args.root or os.environ.get("FEWSHOT_HOME", "~/.cache/fewshot")) / (args.name or args.dataset))
+    return None
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        code = args.run(args)
+        try:
+            code = args.run(args)
+        except OSError as error:
+            if error.filename is None and error.filename2 is None and _where(args) and \
+                    not isinstance(error, BrokenPipeError):
+                raise OSError(error.errno, error.strerror, f"writing in {_where(args)}") from None
+            raise
     except FewshotError as error:
         print(f"fewshot: error: {_shown(' '.join(str(error).split()))}", file=sys.stderr)
         return 2

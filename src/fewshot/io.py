@@ -1,6 +1,7 @@
 """Atomic file writes: a crash mid-write never leaves a broken file behind. And the
 guard every output option goes through, so that no output lands on a run's or a
 dataset's own files."""
+import errno
 import os
 import re
 import tempfile
@@ -44,6 +45,9 @@ def atomic_path(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:  # mkdir says "File exists": the real problem is a file where a folder belongs
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(blocking)) from None
         raise OSError(error.errno, error.strerror, str(path)) from None
     os.close(handle)
     try:
@@ -79,6 +83,9 @@ def check_output(path, option, example, text=True):
     path = Path(path)
     if path.is_dir():
         raise FewshotError(f"{option} {path} is a folder; give a file name such as {path / example}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise FewshotError(f"{option} {path}: {blocking} is a file, not a folder; choose another path")
     if path.name in RUN_FILES and (holds_run(path.parent) or path.exists()):
         raise FewshotError(f"{option} {path} is a file of the run in {path.parent}; writing there would destroy "
                            f"it; choose another path, e.g. {path.parent / example}")
