@@ -130,8 +130,8 @@ def test_the_meta_gradient_reaches_the_learned_rates_and_every_weight():
     # both as leo_terms (the objective written out in test_gradients.py) computes them
     terms, _, logits = leo_terms(algorithm, tasks, None)
     hits = (logits.argmax(-1) == torch.stack([t.query_y for t in tasks])).double().mean(-1)
-    assert result["loss"] == pytest.approx(terms[0], rel=1e-12)
-    assert result["accuracy"] == pytest.approx(hits.mean().item(), abs=1e-12)
+    assert float(result["loss"]) == pytest.approx(terms[0], rel=1e-12)
+    assert float(result["accuracy"]) == pytest.approx(hits.mean().item(), abs=1e-12)
     for name in ("inner_lr", "finetuning_lr", "encoder", "decoder", "relation.0", "relation.2"):
         grad = dict(algorithm.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
