@@ -9,11 +9,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from . import data  # noqa: E402
+from .config import eval_query  # noqa: E402
 from .data import sinusoid  # noqa: E402
 from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
 from .io import atomic_path  # noqa: E402
 from .train import read_metrics  # noqa: E402
+
+
+ALGORITHM_NAMES = {"maml": "MAML", "anil": "ANIL", "metasgd": "Meta-SGD", "mamlpp": "MAML++", "reptile": "Reptile",
+                   "protonet": "ProtoNets", "leo": "LEO"}
+
+
+def algorithm_name(config: dict) -> str:
+    """The run's algorithm as the papers name it ("FOMAML" for first-order MAML)."""
+    name = config.get("algorithm", "maml")
+    if name == "maml" and config.get("first_order"):
+        return "FOMAML"
+    return ALGORITHM_NAMES.get(name, name)
+
+
+def after_steps(config: dict, training: bool) -> str:
+    """When a curve's figure is taken: after `inner_steps` inner steps at meta-train,
+    `eval_inner_steps` at validation (algorithms with a gradient inner loop)."""
+    if config.get("algorithm", "maml") not in ("maml", "anil", "metasgd", "mamlpp", "reptile"):
+        return "after adaptation"
+    count = config["inner_steps"] if training else config["eval_inner_steps"]
+    return f"after {count} inner step{'s' if count != 1 else ''}"
 
 
 def plot_run(run, out=None):
@@ -33,12 +56,14 @@ def plot_run(run, out=None):
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
-    ax_metric.plot(steps, [r["metric"] for r in rows], label="meta-train (query, after adaptation)")
+    ax_metric.plot(steps, [r["metric"] for r in rows],
+                   label=f"meta-train query, {after_steps(config, True)}" if config else "meta-train query")
     if not family(config).higher_is_better if config else False:
         ax_metric.set_yscale("log")
     if val:
         vs, vm, vc = zip(*val)
-        ax_metric.errorbar(vs, vm, yerr=vc, marker="o", ms=3, capsize=2, label="validation (95% CI)")
+        ax_metric.errorbar(vs, vm, yerr=vc, marker="o", ms=3, capsize=2,
+                           label=f"validation (95% CI), {after_steps(config, False)}" if config else "validation (95% CI)")
     ax_metric.set_xlabel("meta-step")
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
@@ -51,16 +76,19 @@ def plot_run(run, out=None):
 
 
 def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
-    """The MAML paper's Figure 2 for a regression run: the true curve of one seeded
-    test task, its K support points, and the prediction before and after adapting."""
+    """The MAML paper's Figure 2 for a regression run: the true curve of the first
+    task `fewshot eval` draws from the test split (`seed`: another test stream), its K
+    support points, and the run's algorithm's prediction before and after adapting."""
     from .predict import load
     learner = load(run)
     config = learner.config
     if config["dataset"] != "sinusoid":
         raise FewshotError(f"--adaptation draws regression tasks; {run} was trained on {config['dataset']}")
-    task = sinusoid.SinusoidSampler(config["shots"], config["query"],
-                                    config["eval_seed"] if seed is None else seed).batch(0, 1)[0]
+    sampler = data.sampler(config, None, None, "test", config["eval_seed"] if seed is None else seed,
+                           query=eval_query(config))
+    task = sampler.batch(0, 1)[0]
     grid = torch.linspace(*sinusoid.X_RANGE, 200)[:, None]
+    name = algorithm_name(config)
     figure, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(grid[:, 0], sinusoid.curve(task.amplitude, task.phase, grid[:, 0]), "r", lw=2, label="ground truth")
     ax.plot(task.support_x[:, 0], task.support_y[:, 0], "^", color="purple", ms=9,
@@ -70,11 +98,13 @@ def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
         prediction = learner.adapt(task.support_x, task.support_y, steps=count).predict(grid)
         label = "pre-update" if count == 0 else f"after {count} step{'s' if count > 1 else ''}"
         ax.plot(grid[:, 0], prediction[:, 0].numpy(), style, color="seagreen", alpha=0.5 + 0.5 * count / max(steps),
-                label=f"MAML, {label}")
+                label=f"{name}, {label}")
     ax.set_xlim(*sinusoid.X_RANGE)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y = amplitude * sin(x - phase)")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{config.get('preset', '')}: amplitude {task.amplitude:.2f}, phase {task.phase:.2f}, "
-                 f"step {learner.step}", fontsize=10)
+    ax.set_title(f"{config.get('preset', '')} ({name}), first test task: amplitude {task.amplitude:.2f}, "
+                 f"phase {task.phase:.2f}; meta-step {learner.step}", fontsize=10)
     figure.tight_layout()
     out = Path(out) if out else Path(run) / "adaptation.png"
     with atomic_path(out) as tmp:
