@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -116,7 +117,7 @@ def test_init_from_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_
     train(tiny_config(data=data, steps=1), tmp_path / "source", progress=False)
     with pytest.raises(FewshotError, match=r"model.head.weight is \(3, .*\) there, \(4, .*\) here"):
         train(tiny_config(data=data, ways=4, init=str(tmp_path / "source")), tmp_path / "other", progress=False)
-    with pytest.raises(FewshotError, match="not a fewshot checkpoint|truncated"):
+    with pytest.raises(FewshotError, match="not a fewshot checkpoint|truncated|refused"):
         (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
         train(tiny_config(data=data, init=str(tmp_path / "foreign.pt")), tmp_path / "other", progress=False)
     assert not (tmp_path / "other").exists()
@@ -135,4 +136,5 @@ def test_gradients_are_clipped_by_value_then_each_tensor_by_its_own_norm():
 def test_log_means_leave_out_non_finite_steps():
     rows = [{"loss": 1.0}, {"loss": float("nan")}, {"loss": 3.0}]
     assert _mean(rows, "loss") == 2.0
-    assert _mean(rows[1:2], "loss") != _mean(rows[1:2], "loss")  # all non-finite: nan
+    assert math.isnan(_mean(rows[1:2], "loss"))  # all non-finite: nan
+    assert _mean([{"loss": torch.tensor(1.0)}, {"loss": 2.0}, {"loss": torch.tensor(float("inf"))}], "loss") == 1.5
