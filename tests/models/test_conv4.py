@@ -91,14 +91,32 @@ def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps):
         torch.testing.assert_close(model.batched_forward(params, x, bn_step=2), before[1], rtol=0, atol=0)
 
 
-def test_grouped_forward_is_the_vmap_forward():
+def test_batched_forward_is_the_vmap_of_the_functional_forward():
+    # the hand-written grouped convolutions compute what torch.func.vmap would
     torch.manual_seed(0)
     for downsample in ("stride", "maxpool"):
         model = models.build(tiny_config(downsample=downsample)).double()
         params = {n: p + 0.1 * torch.randn(4, *p.shape, dtype=torch.float64) for n, p in model.named_parameters()}
         x = torch.rand(4, 6, 1, 16, 16, dtype=torch.float64)
-        torch.testing.assert_close(model.grouped_forward(params, x), model.batched_forward(params, x),
-                                   rtol=1e-12, atol=1e-12)
+        vmapped = torch.func.vmap(model.functional_forward)(params, x)
+        torch.testing.assert_close(model.batched_forward(params, x), vmapped, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_inductive_forward_at_test_uses_the_running_statistics():
+    torch.manual_seed(0)
+    for per_step_bn in (False, True):
+        model = models.build(tiny_config(batch_norm="inductive", per_step_bn=per_step_bn)).double()
+        for buffer in model.buffers():
+            if buffer.is_floating_point():
+                buffer.uniform_(0.5, 1.5)
+        params = {n: p + 0.1 * torch.randn(2, *p.shape, dtype=torch.float64) for n, p in model.named_parameters()}
+        x = torch.rand(2, 5, 1, 16, 16, dtype=torch.float64)
+        out = model.batched_forward(params, x, bn_training=False, bn_step=1)
+        for t in range(2):
+            own = {n: p[t] for n, p in params.items()}
+            torch.testing.assert_close(out[t], model.functional_forward(own, x[t], bn_training=False, bn_step=1),
+                                       rtol=1e-12, atol=1e-12)
+        assert model.queued_statistics == []
 
 
 def test_both_batch_norms_batch_but_a_feature_extractor_does_not():

@@ -38,19 +38,15 @@ class MLP(nn.Module):
 
     def batched_forward(self, params, x, bn_training=True, bn_step=0):
         """Many tasks at once: x is T x n x in; parameters with a leading task dimension
-        T are per task, the others shared. torch.func.vmap of the functional forward."""
-        own = dict(self.named_parameters())
-        dims = {n: 0 if p.dim() > own[n].dim() else None for n, p in params.items()}
-        run = lambda p, x: self.functional_forward(p, x, bn_training, bn_step=bn_step)
-        return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
-
-    def grouped_forward(self, params, x, bn_training=True, bn_step=0):
-        """The hand-written form of `batched_forward` (every parameter per task), kept
-        for benchmarks/task_batching.py."""
+        T are per task, the others shared. (torch.func.vmap of `functional_forward`
+        gives the same, 1.5-3x slower for this small network: docs/benchmarks.md.)"""
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
-            x = torch.baddbmm(params[f"layers.{i}.bias"].unsqueeze(1), x,
-                              params[f"layers.{i}.weight"].transpose(1, 2))
+            weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+            if weight.dim() == 3 and bias.dim() == 2:  # per task (MAML): one fused call
+                x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            else:
+                x = x @ weight.transpose(-1, -2) + (bias.unsqueeze(-2) if bias.dim() == 2 else bias)
             if i < last:
                 x = F.relu(x)
         return x
