@@ -8,7 +8,8 @@ against a written-out distance on torch.cdist's matrix-product path.
 Each objective returns its terms separately; the checks assert that the analytic
 gradient equals the sum of the terms' derivatives and that every term moves some
 checked derivative by far more than the tolerance, so an implementation that dropped
-any term would fail."""
+any term would fail. The MAML family is checked by both of its paths: the per-task loop
+and the batched pass (`batch_tasks`)."""
 import math
 
 import pytest
@@ -34,9 +35,22 @@ def analytic_gradient(algorithm, tasks, step=0):
     return {n: p.grad.clone() for n, p in algorithm.named_parameters()}
 
 
-def check(algorithm, objective, analytic, per_tensor=4):
+def both_paths(algorithm, tasks, step=0):
+    """The MAML family's meta-gradient by its per-task loop and by its batched pass."""
+    gradients = []
+    for batched in (False, True):
+        algorithm.config["batch_tasks"] = batched
+        assert algorithm.batches_tasks(tasks) == batched
+        gradients.append(analytic_gradient(algorithm, tasks, step))
+    return gradients
+
+
+def check(algorithm, objective, analytics, per_tensor=4):
+    """Finite differences of `objective` at sampled entries of every parameter against each of the
+    `analytics` (a gradient, or several computed differently)."""
     rows = sampled_finite_differences(objective, dict(algorithm.named_parameters()), per_tensor)
-    assert gradient_mismatches(rows, analytic) == []
+    for analytic in analytics if isinstance(analytics, list) else [analytics]:
+        assert gradient_mismatches(rows, analytic) == []
     assert all(terms_that_matter(rows))
     return rows
 
@@ -75,8 +89,8 @@ def query_loss(model, params, task, bn_step=0):
 
 
 def test_metasgd_meta_gradient_with_its_learned_rates_matches_finite_differences():
-    algorithm = build(algorithm="metasgd", inner_steps=2)
-    model, tasks = algorithm.model, make_tasks(2)
+    algorithm = build(algorithm="metasgd", inner_steps=2, downsample="stride", image_size=12)
+    model, tasks = algorithm.model, make_tasks(2, size=12)
     with torch.no_grad():  # rates that differ entry by entry, so an entry-wise bug cannot hide
         for rates in algorithm.step_sizes.values():
             rates.uniform_(0.05, 0.5)
@@ -90,11 +104,11 @@ def test_metasgd_meta_gradient_with_its_learned_rates_matches_finite_differences
             total += query_loss(model, final, task).item() / len(tasks)
         return [total]
 
-    check(algorithm, objective, analytic_gradient(algorithm, tasks))
+    check(algorithm, objective, both_paths(algorithm, tasks))
 
 
 def test_anil_meta_gradient_matches_finite_differences():
-    algorithm = build(algorithm="anil", inner_steps=2, inner_lr=0.4)
+    algorithm = build(algorithm="anil", inner_steps=2, inner_lr=0.4)  # max-pool: the other conv4
     model, tasks = algorithm.model, make_tasks(2)
 
     def objective():
@@ -106,7 +120,7 @@ def test_anil_meta_gradient_matches_finite_differences():
             total += query_loss(model, final, task).item() / len(tasks)
         return [total]
 
-    rows = check(algorithm, objective, analytic_gradient(algorithm, tasks))
+    rows = check(algorithm, objective, both_paths(algorithm, tasks))
     # and it is ANIL's objective, not MAML's: adapting the body too gives other derivatives
     def maml_objective():
         total = 0.0
@@ -181,8 +195,9 @@ def test_mamlpp_second_order_meta_gradient_matches_finite_differences_after_the_
     algorithm = build_mamlpp()
     tasks = make_tasks(2, size=12)
     assert algorithm.second_order(10) and algorithm.loss_weights(10) == pytest.approx(MAMLPP_WEIGHTS[10], abs=1e-15)
-    analytic = analytic_gradient(algorithm, tasks, step=10)
-    rows = check(algorithm, lambda: mamlpp_objective(algorithm, tasks, MAMLPP_WEIGHTS[10]), analytic)
+    loop, batched = both_paths(algorithm, tasks, step=10)
+    rows = check(algorithm, lambda: mamlpp_objective(algorithm, tasks, MAMLPP_WEIGHTS[10]), [loop, batched])
+    analytic = loop
     # the per-step batch-norm rows 0..3 are all used (support at steps 0-2, query after steps 1-3)
     norm = dict(algorithm.named_parameters())["model.blocks.1.norm.weight"]
     assert norm.shape[0] == MAMLPP_STEPS + 1
@@ -194,9 +209,10 @@ def test_mamlpp_first_order_meta_gradient_is_the_derivative_with_inner_gradients
     algorithm = build_mamlpp()
     tasks = make_tasks(2, size=12)
     assert not algorithm.second_order(5) and algorithm.loss_weights(5) == pytest.approx(MAMLPP_WEIGHTS[5], abs=1e-15)
-    analytic = analytic_gradient(algorithm, tasks, step=5)
+    loop, batched = both_paths(algorithm, tasks, step=5)
     held = inner_gradients(algorithm, tasks)
-    check(algorithm, lambda: mamlpp_objective(algorithm, tasks, MAMLPP_WEIGHTS[5], held), analytic)
+    check(algorithm, lambda: mamlpp_objective(algorithm, tasks, MAMLPP_WEIGHTS[5], held), [loop, batched])
+    analytic = loop
     # and it is not the second-order gradient: the full objective's derivatives differ
     second = sampled_finite_differences(lambda: mamlpp_objective(algorithm, tasks, MAMLPP_WEIGHTS[5]),
                                         {"model.blocks.2.conv.weight": algorithm.model.blocks[2].conv.weight})
@@ -329,3 +345,23 @@ def test_protonet_logits_on_the_cdist_matrix_product_path_are_minus_squared_dist
         for a, b in zip(got, want):
             assert a == pytest.approx(b, rel=1e-9, abs=1e-9)
     assert not any(math.isnan(v) for row in logits.tolist() for v in row)
+
+
+def test_protonet_meta_gradient_matches_finite_differences():
+    """The query cross-entropy of -squared distances to the class means, support and query embedded
+    in one batch (batch statistics over both, as the authors' code)."""
+    algorithm = build(algorithm="protonet", head=False, downsample="stride", image_size=12)
+    tasks = make_tasks(2, size=12)
+
+    def objective():
+        total = 0.0
+        for task in tasks:
+            features = algorithm.model.functional_forward(dict(algorithm.model.named_parameters()),
+                                                          torch.cat([task.support_x, task.query_x]), True)
+            support, query = features[:len(task.support_x)], features[len(task.support_x):]
+            means = torch.stack([support[task.support_y == c].mean(0) for c in range(3)])
+            logits = -((query[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+            total += F.cross_entropy(logits, task.query_y).item() / len(tasks)
+        return [total]
+
+    check(algorithm, objective, analytic_gradient(algorithm, tasks))
