@@ -415,11 +415,14 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         return FewshotError(f"{what} became non-finite at step {at}; stopped without saving, so {kept}; lower "
                             f"meta_lr or inner_lr, or set grad_clip_norm (--set), and train again")
 
-    def check_window():
-        """Read the window's losses (one host transfer) and stop on a non-finite one."""
+    def check_window(losses=None):
+        """Stop on a non-finite loss in the window; `losses`: its values already read, else
+        they are read here (one host transfer)."""
         nonlocal checked
         if not allow_nonfinite and checked < len(window):
-            for (at, _), loss in zip(window[checked:], _host([r["loss"] for _, r in window[checked:]])):
+            if losses is None:
+                losses = [None] * checked + _host([r["loss"] for _, r in window[checked:]])
+            for (at, _), loss in zip(window[checked:], losses[checked:]):
                 if not math.isfinite(loss):
                     raise nonfinite(at, "the meta-loss")
         checked = len(window)
@@ -480,10 +483,11 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                 bar.update(1)
                 validate_now = step % config["val_every"] == 0 or step == total
                 if step % config["log_every"] == 0 or validate_now:
-                    check_window()
+                    elapsed = time.perf_counter() - window_start
+                    values = _host([r[key] for _, r in window for key in ("loss", metric)])  # the one sync
+                    check_window(values[0::2])
                     if leader:
-                        elapsed = time.perf_counter() - window_start
-                        row = _row(step, window, metric, elapsed, time.perf_counter() - started,
+                        row = _row(step, values[0::2], values[1::2], elapsed, time.perf_counter() - started,
                                    optimizer.param_groups[0]["lr"], meta_batch,
                                    sum(t.images for t in tasks) * size, device)
                         if validate_now:
@@ -578,13 +582,12 @@ def _host(values):
     return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
-def _row(step, window, metric, elapsed, since_start, lr, meta_batch, images_per_step, device):
-    values = _host([r[key] for _, r in window for key in ("loss", metric)])
-    losses, metrics = values[0::2], values[1::2]
+def _row(step, losses, metrics, elapsed, since_start, lr, meta_batch, images_per_step, device):
+    steps = len(losses)
     row = {"step": step, "loss": _finite_mean(losses), "metric": _finite_mean(metrics),
            "nonfinite_steps": sum(not math.isfinite(v) for v in losses), "lr": lr,
-           "sec_per_step": elapsed / len(window), "tasks_per_s": meta_batch * len(window) / elapsed,
-           "images_per_s": images_per_step * len(window) / elapsed, "elapsed_s": since_start,
+           "sec_per_step": elapsed / steps, "tasks_per_s": meta_batch * steps / elapsed,
+           "images_per_s": images_per_step * steps / elapsed, "elapsed_s": since_start,
            "peak_rss_mb": round(_peak_rss_mb(), 1)}
     if device.type == "cuda":
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)

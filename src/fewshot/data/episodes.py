@@ -51,28 +51,38 @@ def to_float(pixels, preprocessing=None, dtype=torch.float32):
     return tensor_to_float(torch.from_numpy(pixels), preprocessing, dtype)
 
 
-def tensor_to_float(pixels, preprocessing=None, dtype=torch.float32):
+def tensor_to_float(pixels, preprocessing=None, dtype=torch.float32, constants=None):
     """`to_float` of a tensor, on the tensor's device (the same operations in the same
-    order, so the host and an accelerator give the same numbers)."""
+    order, so the host and an accelerator give the same numbers). `constants`: the
+    gray weights, mean and std already on that device (`float_constants`), so that
+    building a task copies nothing from the host."""
     if pixels.dtype.is_floating_point:
         return pixels.to(dtype)
     preprocessing = preprocessing or {}
+    constants = constants or float_constants(preprocessing, dtype, pixels.device)
     x = pixels.to(dtype) / 255.0
     have, channels = x.shape[-3], preprocessing.get("channels")
     if channels is not None and channels != have:
         if have == 3 and channels == 1:
-            x = (x * torch.tensor(GRAY, dtype=dtype, device=x.device).view(3, 1, 1)).sum(-3, keepdim=True)
+            x = (x * constants["gray"]).sum(-3, keepdim=True)
         elif have == 1:
             x = x.expand(*x.shape[:-3], channels, *x.shape[-2:])
         else:
             raise FewshotError(f"cannot turn {have}-channel images into {channels} channels")
     if preprocessing.get("invert"):
         x = 1.0 - x
-    if preprocessing.get("mean") is not None and len(preprocessing["mean"]) == x.shape[-3]:
-        mean = torch.tensor(preprocessing["mean"], dtype=dtype, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(preprocessing["std"], dtype=dtype, device=x.device).view(-1, 1, 1)
-        x = (x - mean) / std
+    if constants.get("mean") is not None and len(constants["mean"]) == x.shape[-3]:
+        x = (x - constants["mean"]) / constants["std"]
     return x
+
+
+def float_constants(preprocessing, dtype, device):
+    preprocessing = preprocessing or {}
+    constants = {"gray": torch.tensor(GRAY, dtype=dtype, device=device).view(3, 1, 1)}
+    if preprocessing.get("mean") is not None:
+        constants["mean"] = torch.tensor(preprocessing["mean"], dtype=dtype, device=device).view(-1, 1, 1)
+        constants["std"] = torch.tensor(preprocessing["std"], dtype=dtype, device=device).view(-1, 1, 1)
+    return constants
 
 
 @dataclass
@@ -164,6 +174,7 @@ class DeviceEpisodes:
         self.sampler, self.device, self.seed = sampler, torch.device(device), sampler.seed
         self.images = images if images is not None else torch.from_numpy(
             np.ascontiguousarray(sampler.images)).to(self.device)
+        self.constants = float_constants(sampler.preprocessing, sampler.dtype, self.device)
 
     @staticmethod
     def fits(sampler, device, share=0.5):
@@ -178,22 +189,24 @@ class DeviceEpisodes:
         return self.sampler.plans(index, size, part)
 
     def build(self, plans):
+        """No host synchronisation: the indices travel in one pinned, non-blocking copy,
+        and the rotations are selected on the device."""
         sampler = self.sampler
         ways, per_class = plans[0].rows.shape
-        # rows and labels of every task in one host array, one copy
-        indices = torch.from_numpy(np.concatenate([np.concatenate([p.rows.reshape(-1), p.labels]) for p in plans]))
+        # rows, labels and quarter turns of every task in one host array
+        indices = torch.from_numpy(np.stack([np.concatenate([p.rows.reshape(-1), p.labels, p.rotations])
+                                             for p in plans]))
         if self.device.type == "cuda":
             indices = indices.pin_memory()
-        indices = indices.to(self.device, non_blocking=True).view(len(plans), -1)
-        rows, labels = indices[:, :ways * per_class], indices[:, ways * per_class:]
+        indices = indices.to(self.device, non_blocking=True)
+        rows = indices[:, :ways * per_class]
+        labels, rotations = indices[:, ways * per_class:-ways], indices[:, -ways:]
         pixels = self.images[rows.reshape(-1)].view(len(plans), ways, per_class, *self.images.shape[1:])
-        rotations = np.stack([p.rotations for p in plans])
-        for turns in (1, 2, 3):  # at most three kernels for the whole meta-batch
-            chosen = np.nonzero(rotations == turns)
-            if len(chosen[0]):
-                where = (torch.from_numpy(chosen[0]).to(self.device), torch.from_numpy(chosen[1]).to(self.device))
-                pixels[where] = torch.rot90(pixels[where], turns, (-2, -1))
-        x = tensor_to_float(pixels, sampler.preprocessing, sampler.dtype)
+        turned = pixels
+        for turns in sorted(set(np.concatenate([p.rotations for p in plans]).tolist()) - {0}):  # known on the host
+            chosen = (rotations == turns).view(len(plans), ways, *[1] * (pixels.dim() - 2))
+            turned = torch.where(chosen, torch.rot90(pixels, turns, (-2, -1)), turned)
+        x = tensor_to_float(turned, sampler.preprocessing, sampler.dtype, self.constants)
         y = labels[:, :, None].expand(len(plans), ways, per_class)
         shots = sampler.shots
         return [Task(x[i, :, :shots].flatten(0, 1), y[i, :, :shots].flatten(),
