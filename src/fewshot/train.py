@@ -483,8 +483,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                 bar.update(1)
                 validate_now = step % config["val_every"] == 0 or step == total
                 if step % config["log_every"] == 0 or validate_now:
-                    elapsed = time.perf_counter() - window_start
                     values = _host([r[key] for _, r in window for key in ("loss", metric)])  # the one sync
+                    elapsed = time.perf_counter() - window_start  # after it: the device's work is done
                     check_window(values[0::2])
                     if leader:
                         row = _row(step, values[0::2], values[1::2], elapsed, time.perf_counter() - started,
