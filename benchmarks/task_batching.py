@@ -4,10 +4,10 @@ interleaved in one process (loop, vmap, grouped, loop, ...) so that machine nois
 hits every form alike, and the float64 meta-gradient difference to the loop.
 
   loop     the per-task loop (`batch_tasks: false`)
-  vmap     the batched pass through the model's `batched_forward`: torch.func.vmap
-           of its one functional forward (`batch_tasks: true`)
-  grouped  the same pass through the hand-written grouped-convolution forward
-           (`grouped_forward`; conv4 with one set of batch-norm weights, MLP)
+  grouped  the batched pass (`batch_tasks: true`) through the model's hand-written
+           `batched_forward` (grouped convolutions for conv4, batched matmuls for the MLP)
+  vmap     the same pass with torch.func.vmap of the model's `functional_forward`
+           in place of its `batched_forward`
 
     python benchmarks/task_batching.py --data ../shared/data/omniglot-28 --threads 1 --steps 5
 
@@ -32,21 +32,19 @@ PRESETS = ["omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
 def build(config, form, dtype):
     torch.manual_seed(config["seed"])
     algorithm = algorithms.build({**config, "batch_tasks": form != "loop"}).to(dtype)
-    if form == "grouped":  # every parameter per task, as the hand-written forward wants
+    if form == "vmap":  # transductive batch norm only (presets): vmap cannot update shared running statistics
         model = algorithm.model
+        own = dict(model.named_parameters())
 
-        def grouped(params, x, bn_training=True, bn_step=0):
-            tasks = len(x)
-            own = dict(model.named_parameters())
-            params = {n: p if p.dim() > own[n].dim() else p.expand(tasks, *p.shape) for n, p in params.items()}
-            return model.grouped_forward(params, x, bn_training, bn_step)
-        model.batched_forward = grouped
+        def vmapped(params, x, bn_training=True, bn_step=0):
+            dims = {n: 0 if p.dim() > own[n].dim() else None for n, p in params.items()}
+            run = lambda p, x: model.functional_forward(p, x, bn_training, bn_step=bn_step)
+            return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
+        model.batched_forward = vmapped
     return algorithm
 
 
-def forms(config):
-    grouped = config["model"] == "mlp" or not config["per_step_bn"]
-    return ["loop", "vmap"] + (["grouped"] if grouped else [])
+FORMS = ["loop", "grouped", "vmap"]
 
 
 def gradient(algorithm, tasks, step):
@@ -71,8 +69,9 @@ def main():
     import yaml
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} timed steps per form")
-    print("| preset | images/task | meta-batch | loop s/step (CPU s) | vmap s/step (CPU s) | grouped s/step (CPU s) "
-          "| loop / vmap (CPU) | loop / grouped (CPU) | max abs grad diff vmap, grouped (float64) |")
+    print("| preset | support + query images/task | meta-batch | loop s/step (CPU s) | grouped s/step (CPU s) "
+          "| vmap s/step (CPU s) | loop / grouped (CPU) | loop / vmap (CPU) | max abs grad diff grouped, vmap "
+          "(float64) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for name in args.presets:
@@ -81,7 +80,7 @@ def main():
         sampler = data.sampler(config, dataset, refs, "train", config["seed"])
         tasks64 = data.sampler(config, dataset, refs, "train", config["seed"],
                                dtype=torch.float64).batch(0, min(args.check_tasks, config["meta_batch"]))
-        names = forms(config)
+        names = FORMS
         reference = gradient(build(config, "loop", torch.float64), tasks64, args.step)
         diffs = {form: max((a - b).abs().max().item()
                            for a, b in zip(reference, gradient(build(config, form, torch.float64), tasks64, args.step)))
@@ -99,18 +98,16 @@ def main():
                     wall[form].append(time.perf_counter() - started)
                     cpu[form].append(time.process_time() - started_cpu)
         med = {form: (statistics.median(wall[form]), statistics.median(cpu[form])) for form in names}
-        cell = lambda form: f"{med[form][0]:.3f} ({med[form][1]:.3f})" if form in med else "-"
-        ratio = lambda form: (f"{med['loop'][0] / med[form][0]:.2f}x ({med['loop'][1] / med[form][1]:.2f}x)"
-                              if form in med else "-")
-        row = {"preset": name, "images_per_task": tasks[0].images, "meta_batch": config["meta_batch"],
+        cell = lambda form: f"{med[form][0]:.3f} ({med[form][1]:.3f})"
+        ratio = lambda form: f"{med['loop'][0] / med[form][0]:.2f}x ({med['loop'][1] / med[form][1]:.2f}x)"
+        row = {"preset": name, "support_images": len(tasks[0].support_x), "query_images": len(tasks[0].query_x),
+               "meta_batch": config["meta_batch"],
                "median_s": {f: m[0] for f, m in med.items()}, "median_cpu_s": {f: m[1] for f, m in med.items()},
                "grad_diff": diffs}
         rows.append(row)
-        print(f"| `{name}` | {row['images_per_task']} | {row['meta_batch']} | {cell('loop')} | {cell('vmap')} | "
-              f"{cell('grouped')} | {ratio('vmap')} | {ratio('grouped')} | "
-              f"{diffs['vmap']:.1e}, {diffs['grouped']:.1e} |" if "grouped" in diffs else
-              f"| `{name}` | {row['images_per_task']} | {row['meta_batch']} | {cell('loop')} | {cell('vmap')} | "
-              f"- | {ratio('vmap')} | - | {diffs['vmap']:.1e}, - |", flush=True)
+        print(f"| `{name}` | {row['support_images']} + {row['query_images']} | {row['meta_batch']} | "
+              f"{cell('loop')} | {cell('grouped')} | {cell('vmap')} | {ratio('grouped')} | {ratio('vmap')} | "
+              f"{diffs['grouped']:.1e}, {diffs['vmap']:.1e} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
