@@ -467,3 +467,33 @@ def test_csv_naming_a_folder_gets_one_line(run_dir, sample, tmp_path, capsys):
 def test_negative_steps_get_one_line(run_dir, sample, capsys):
     code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--steps", "-2")
     assert code == 2 and "--steps" in one_error_line(err)
+
+
+@pytest.mark.parametrize("algorithm,overrides", [
+    ("maml", {}), ("mamlpp", {"per_step_bn": True, "inner_steps": 2, "eval_inner_steps": 2}),
+    ("protonet", {"head": False}), ("reptile", {"reptile_eval": "transductive"}),
+    ("reptile", {"reptile_eval": "non_transductive"}), ("maml", {"batch_norm": "inductive"})])
+def test_every_algorithm_answers_an_image_alone_as_in_a_batch(algorithm, overrides):
+    """No shared data needed: a freshly built checkpoint of each algorithm, tensors in."""
+    from fewshot import algorithms
+    from fewshot.predict import Learner
+    from helpers import tiny_config
+    torch.manual_seed(0)
+    config = tiny_config(algorithm=algorithm, **overrides)
+    state = {"config": config, "algorithm": algorithms.build(config).state_dict(), "step": 0, "preprocessing": None}
+    learner = Learner(state)
+    generator = torch.Generator().manual_seed(1)
+    support, labels = torch.rand(3, 1, 16, 16, generator=generator), torch.arange(3)
+    queries = torch.rand(6, 1, 16, 16, generator=generator)
+    adapted = learner.adapt(support, labels)
+    together = adapted.predict(queries)
+    for i in range(6):
+        torch.testing.assert_close(adapted.predict(queries[i:i + 1]), together[i:i + 1], rtol=0, atol=0)
+    # transductive batch norm: the default is the support set plus that image, in one batch
+    if config["batch_norm"] == "transductive" and algorithm != "protonet" and \
+            config.get("reptile_eval") != "non_transductive":
+        logits = learner.algorithm.predict(adapted.state, torch.cat([support, queries[2:3]]))[-1:]
+        torch.testing.assert_close(together[2:3], torch.softmax(logits, 1), rtol=0, atol=0)
+        moved = adapted.predict(queries, transductive=True) - \
+            torch.cat([adapted.predict(queries[i:i + 1], transductive=True) for i in range(6)])
+        assert moved.abs().max() > 1e-4  # there the batch matters
