@@ -3,6 +3,7 @@ import torch
 from fewshot import algorithms
 from fewshot.data.episodes import Task
 
+import helpers
 from helpers import tiny_config
 
 
@@ -36,13 +37,7 @@ def meta_objective(algorithm, tasks):
 
 def central_difference(algorithm, tasks, param, flat, eps):
     """d(meta-objective)/d(param.view(-1)[flat]) by central differences; restores the entry."""
-    original = param.view(-1)[flat].item()
-    values = []
-    for value in (original + eps, original - eps, original):
-        with torch.no_grad():
-            param.view(-1)[flat] = value
-        values.append(meta_objective(algorithm, tasks))
-    return (values[0] - values[1]) / (2 * eps)
+    return helpers.central_difference(lambda: [meta_objective(algorithm, tasks)], param, flat, eps)[0]
 
 
 def analytic_gradient(algorithm, tasks):
