@@ -18,6 +18,11 @@ order (second = exact MAML, first = FOMAML). Every implementation gets
 
 Implementations:
   fewshot              `algorithm.meta_gradient(tasks)`, then Adam (as the trainer does)
+  fewshot-compiled     the same with `compile: true`: `fewshot.compiled.compile_step`
+                       (torch.compile, inductor); not in the default --impls, since
+                       its first step compiles (minutes on a cold inductor cache, in
+                       the float64 check and again in float32, both before timing);
+                       its FLOPs are ours and are not counted again
   pytorch-loop         plain PyTorch in the style of the common MAML-PyTorch code:
                        tasks in a Python loop, `torch.autograd.grad(create_graph=True)`
                        for second order (without it for first order), list of fast
@@ -114,8 +119,8 @@ from fewshot.config import apply_overrides, load_preset, parse_overrides
 from fewshot.data import Task
 from fewshot.train import make_optimizer
 
-IMPLEMENTATIONS = ["fewshot", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd", "torchopt-functional",
-                   "torch-func-vmap"]
+IMPLEMENTATIONS = ["fewshot", "fewshot-compiled", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd",
+                   "torchopt-functional", "torch-func-vmap"]
 ORDERS = ("second", "first")
 DEVICE = torch.device("cpu")  # --device
 
@@ -206,6 +211,7 @@ def mirror(workload, dtype):
 
 class Implementation:
     """Holds one model and its Adam; `step(tasks)` is one meta-training step."""
+    counts_flops = True
 
     def __init__(self, workload, dtype):
         self.config = workload.config
@@ -250,6 +256,28 @@ class Fewshot(Implementation):
     def step(self, tasks):
         self.optimizer.zero_grad(set_to_none=True)
         self.algorithm.meta_gradient(tasks)
+        self.optimizer.step()
+
+
+class FewshotCompiled(Fewshot):
+    counts_flops = False  # the same arithmetic as fewshot's; a FLOP counter would also trace the compile
+
+    def __init__(self, workload, dtype):
+        super().__init__(workload, dtype)
+        from fewshot.compiled import compile_step
+        self.compiled_step = compile_step(self.algorithm, {**self.config, "compile": True})
+        if self.compiled_step == self.algorithm.meta_gradient:
+            raise Skip("compile_step fell back to the eager step")
+
+    def meta_gradient(self, tasks):
+        result = self.compiled_step(tasks, 0)
+        if self.compiled_step.failed:  # it ran the eager step: not what this row times
+            raise RuntimeError(f"compile failed: {describe(self.compiled_step.failed[0])}")
+        return result
+
+    def step(self, tasks):
+        self.optimizer.zero_grad(set_to_none=True)
+        self.meta_gradient(tasks)
         self.optimizer.step()
 
 
@@ -456,7 +484,8 @@ class Skip(Exception):
     """This implementation has no form of this workload."""
 
 
-CLASSES = {"fewshot": Fewshot, "pytorch-loop": PytorchLoop, "learn2learn": Learn2learn, "higher": Higher,
+CLASSES = {"fewshot": Fewshot, "fewshot-compiled": FewshotCompiled, "pytorch-loop": PytorchLoop,
+           "learn2learn": Learn2learn, "higher": Higher,
            "torchopt-metasgd": TorchoptMetaSGD, "torchopt-functional": TorchoptFunctional,
            "torch-func-vmap": TorchFuncVmap}
 
@@ -712,7 +741,8 @@ def main():
     parser.add_argument("--data", required=True)
     parser.add_argument("--workloads", nargs="+", default=["omniglot-5w1s-pytorch", "omniglot-20w1s"])
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
-    parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS,
+    parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS,
+                        default=[n for n in IMPLEMENTATIONS if n != "fewshot-compiled"],
                         help="implementations to run (fewshot always runs: it is the reference)")
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
@@ -781,6 +811,8 @@ def main():
             errors = {}
             with pause:
                 for name, impl in impls.items():  # one counted, untimed step each
+                    if not impl.counts_flops:
+                        continue
                     try:
                         results[name]["flops"] = count_flops(impl, workload.tasks(0))
                     except Exception as error:

@@ -112,5 +112,6 @@ def test_a_step_that_fails_to_compile_runs_eagerly_after_one_line(capsys):
     for _ in range(2):  # the notice comes once; later steps go straight to the eager step
         got, _ = gradients(algorithm, step, tasks)
         assert all(torch.equal(got[n], eager[n]) for n in eager)
+    assert step.failed  # callers (benchmarks/peers.py) can tell
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "compiling the step failed" in err[0] and "running the eager meta-step" in err[0], err

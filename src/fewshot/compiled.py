@@ -10,11 +10,14 @@ tensors, as the eager step returns them). With `compile: false` it is
 `algorithm.meta_gradient`, inside `precision.autocast(...)`.
 
 Why not `torch.compile(algorithm.meta_gradient)`: MAML's second-order step calls
-`torch.autograd.grad(create_graph=True)` and then `.backward()` through it, and
-AOTAutograd does not trace a double backward (it refuses a graph whose backward
-is itself differentiated), so dynamo breaks the step into many small pieces around
-every autograd call and compiles almost nothing. Instead the step is rewritten
-here as a pure function with `torch.func`:
+`torch.autograd.grad(create_graph=True)` and then `.backward()` through it. With
+torch 2.13's defaults dynamo breaks the graph at every `torch.autograd.grad` (a
+2-task, 1-inner-step step: 5 graphs, 4 breaks), and the step then fails with
+"torch.compile with aot_autograd does not currently support double backward".
+(The experimental, process-wide `torch._dynamo.config.trace_autograd_ops = True`
+does capture that step as one graph, and its `aot_eager` result equals the eager
+step; not used here, being a global flag still under development.) Instead the
+step is rewritten here as a pure function with `torch.func`:
 
     per task:  meta_gradient, (loss, query_out) =
                    grad_and_value(query_loss_after_inner_loop)(meta_params, task)
@@ -176,4 +179,5 @@ def compile_step(algorithm, config: dict, backend: str | None = None) -> Callabl
         return {"loss": (loss_sum / len(tasks)).detach(),
                 algorithm.family.metric_name: metric_sum / len(tasks)}
 
+    step.failed = failed  # [the error] once compiling failed and the step runs eagerly
     return step
