@@ -4,8 +4,9 @@
         --presets omniglot-5w1s omniglot-5w5s omniglot-20w1s omniglot-20w5s omniglot-5w1s-pytorch
 
 Each preset runs `--warmup` steps, then `--steps` timed meta-steps (sampling
-excluded: the trainer prefetches it on another thread). Prints a Markdown table
-and writes JSON to --json.
+excluded: the trainer prefetches it on another thread, or builds it on the GPU).
+`--device cuda` times on a GPU (a synchronisation closes each timed step);
+`--threads N` sets torch's threads. Prints a Markdown table and writes JSON to --json.
 """
 import argparse
 import json
@@ -20,20 +21,27 @@ from fewshot.config import apply_overrides, load_preset
 from fewshot.train import make_optimizer
 
 
-def time_preset(name, data_spec, steps, warmup, overrides):
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_preset(name, data_spec, steps, warmup, overrides, device=torch.device("cpu")):
     config = apply_overrides(load_preset(name), {"data": data_spec, **overrides})
     dataset, refs = data.load(config, progress=False)
     sampler = data.sampler(config, dataset, refs, "train", config["seed"])
     torch.manual_seed(config["seed"])
-    algorithm = algorithms.build(config)
+    algorithm = algorithms.build(config).to(device)
     optimizer, _ = make_optimizer(algorithm, config)
     times = []
     for index in range(warmup + steps):
-        tasks = sampler.batch(index, config["meta_batch"])
+        tasks = [t.to(device) for t in sampler.batch(index, config["meta_batch"])]
+        synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        algorithm.meta_gradient(tasks)
+        algorithm.meta_gradient(tasks, index)
         optimizer.step()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     times = times[warmup:]
     images = sum(t.images for t in tasks)
@@ -51,11 +59,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int)
     parser.add_argument("--json")
     args = parser.parse_args()
     overrides = {"first_order": True} if args.first_order else {}
-    rows = [time_preset(p, args.data, args.steps, args.warmup, overrides) for p in args.presets]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    rows = [time_preset(p, args.data, args.steps, args.warmup, overrides, device) for p in args.presets]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
     print("| preset | order | meta-batch | median s/step | min | max | images/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
