@@ -62,6 +62,7 @@ def after_optimizer_step(monkeypatch, hook):
     monkeypatch.setattr(trainer, "make_optimizer", make)
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_a_signal_right_after_the_optimizer_step_saves_those_weights_under_their_step(tmp_path, data, monkeypatch):
     config = tiny_config(data=data, steps=6, save_every=100, log_every=1, val_every=100)
     full = train(config, tmp_path / "full", progress=False, stop_after=3)  # weights after exactly 3 steps
@@ -77,6 +78,7 @@ def test_a_signal_right_after_the_optimizer_step_saves_those_weights_under_their
     assert log(tmp_path / "full") == log(tmp_path / "part") and len(log(tmp_path / "full")) == 6
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_signals_during_the_final_save_are_ignored_until_it_is_written(tmp_path, data, monkeypatch, number):
     config = tiny_config(data=data, steps=8, save_every=100, log_every=2, val_every=100)
@@ -356,3 +358,21 @@ def test_a_double_sigterm_to_a_training_process_loses_nothing(tmp_path, data):
     state = checkpoint.load(out / "last.pt")
     assert state["step"] >= 50 and state["step"] >= read_metrics(out)[-1]["step"]
     assert not (out / ".lock").exists()
+
+
+def test_leos_non_finite_meta_batches_are_counted_not_fatal(tmp_path, monkeypatch):
+    from algorithms.test_leo import DIM, leo_config
+    from data.test_embeddings import write_synthetic
+    from fewshot.algorithms.leo import LEO
+    write_synthetic(tmp_path / "embeddings" / "miniImageNet" / "center", dim=DIM, per_class=8, spread=0.3)
+    real = LEO.meta_gradient
+
+    def overflowing(self, tasks, step=0):
+        result = real(self, tasks, step)
+        return {**result, "loss": torch.tensor(float("nan"))} if step == 1 else result  # as an overflow reports it
+    monkeypatch.setattr(LEO, "meta_gradient", overflowing)
+    config = leo_config(data=str(tmp_path / "embeddings"), embedding_dataset="miniImageNet", steps=4, log_every=2,
+                        val_every=100, val_tasks=2)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["step"] == 4 and not result["stopped"]
+    assert [(r["step"], r["nonfinite_steps"]) for r in read_metrics(tmp_path / "run")] == [(2, 1), (4, 0)]

@@ -511,10 +511,10 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                 if step % config["save_every"] == 0 or step == total:
                     save("last.pt")
             if stop_after is not None and step >= stop_after:
-                reason = "stop_after"
+                reason, signals.stopping = "stop_after", True
                 raise StopRequested()
             if time_limit is not None and distributed.agree(time.perf_counter() - started > time_limit):
-                reason = "time_limit"
+                reason, signals.stopping = "time_limit", True
                 raise StopRequested()
         signals.stopping = True  # done: a late signal changes nothing
     except (KeyboardInterrupt, StopRequested):
