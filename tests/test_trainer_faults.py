@@ -376,3 +376,14 @@ def test_leos_non_finite_meta_batches_are_counted_not_fatal(tmp_path, monkeypatc
     result = train(config, tmp_path / "run", progress=False)
     assert result["step"] == 4 and not result["stopped"]
     assert [(r["step"], r["nonfinite_steps"]) for r in read_metrics(tmp_path / "run")] == [(2, 1), (4, 0)]
+
+
+def test_a_csv_cut_short_of_the_jsonl_is_completed_on_resume(tmp_path, data):
+    config = tiny_config(data=data, steps=6, save_every=2, log_every=1, val_every=100)
+    out = tmp_path / "run"
+    train(config, out, progress=False, stop_after=4)
+    lines = (out / "metrics.csv").read_text().splitlines()
+    (out / "metrics.csv").write_text("\n".join(lines[:-1]) + "\n")  # killed between the jsonl and the csv write
+    train(out=out, resume=True, progress=False)
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]

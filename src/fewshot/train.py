@@ -180,9 +180,11 @@ class MetricsLog:
         self.jsonl, self.csv = Path(folder) / "metrics.jsonl", Path(folder) / "metrics.csv"
         rows, torn = _read_rows(self.jsonl)
         kept = [r for r in rows if r["step"] <= keep_until_step]
-        header = self.csv.read_text().partition("\n")[0] if self.csv.exists() else None
-        # a resumed run rewinds its log to the checkpoint, drops torn lines, and brings an older csv's columns up to date
-        if len(kept) != len(rows) or torn or header != ",".join(CSV_COLUMNS):
+        lines = self.csv.read_text(errors="replace").splitlines() if self.csv.exists() else []
+        # a resumed run rewinds its log to the checkpoint, drops torn lines, completes a csv that a kill cut
+        # short of the jsonl, and brings an older csv's columns up to date
+        if (len(kept) != len(rows) or torn or lines[:1] != [",".join(CSV_COLUMNS)]
+                or len(lines) - 1 != len(kept)):
             write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore")
@@ -337,7 +339,7 @@ def train(config=None, out=None, resume=False, device="cpu", progress=True, stop
             _clean_stale_files(out)
         threads = threads or config["threads"] or (max(1, default_threads() // procs) if procs > 1 else None)
         if procs > 1:
-            data.load(config, progress)  # import once here, and report bad data before any process starts
+            data.load(config, progress and sys.stderr.isatty())  # import once here; bad data refused before any process starts
             distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
                               time_limit, initial)
             state = checkpoint.load(out / "last.pt")

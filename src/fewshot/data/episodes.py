@@ -11,6 +11,7 @@ the same tasks from the same plans.
 """
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,8 +173,11 @@ class DeviceEpisodes:
     def __init__(self, sampler, device, images=None):
         """`images`: the device copy of `sampler.images` another DeviceEpisodes already holds."""
         self.sampler, self.device, self.seed = sampler, torch.device(device), sampler.seed
-        self.images = images if images is not None else torch.from_numpy(
-            np.ascontiguousarray(sampler.images)).to(self.device)
+        if images is None:
+            with warnings.catch_warnings():  # a read-only (memory-mapped) array: only read, never written
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                images = torch.from_numpy(np.ascontiguousarray(sampler.images)).to(self.device)
+        self.images = images
         self.constants = float_constants(sampler.preprocessing, sampler.dtype, self.device)
 
     @staticmethod
