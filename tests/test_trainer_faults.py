@@ -321,7 +321,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bitwise_equal(tmp_path, data)
     started = time.perf_counter()
     train(config, tmp_path / "full", progress=False)
     duration = time.perf_counter() - started
-    chance = random.Random(12)
+    chance, landed = random.Random(12), []
     for run in range(10):
         out, kills = tmp_path / f"run{run}", 0
         while kills < 2:  # two kills per run, each at a random moment of what is left
@@ -334,7 +334,9 @@ def test_kill_9_at_random_moments_then_resume_ends_bitwise_equal(tmp_path, data)
             kills += 1
             for name in ("last.pt", "best.pt"):
                 if (out / name).exists():
-                    checkpoint.load(out / name)  # never torn
+                    state = checkpoint.load(out / name)  # never torn
+                    if name == "last.pt":
+                        landed.append(state["step"])
         if (out / "config.yaml").exists():
             train(out=out, resume=True, progress=False)
         else:
@@ -342,6 +344,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bitwise_equal(tmp_path, data)
         assert_same_weights(weights(tmp_path / "full"), weights(out))
         assert log(out) == log(tmp_path / "full"), run
         assert not list(out.glob(".*"))
+    assert any(0 < step < 8 for step in landed), landed  # some kills landed mid-training, not only before or after
 
 
 def test_a_double_sigterm_to_a_training_process_loses_nothing(tmp_path, data):
