@@ -504,7 +504,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                             bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric[:3]: f"{row['metric']:.3f}"})
                     window, checked, window_start = [], 0, time.perf_counter()
                 reached = leader and validate_now and _reached(algorithm.family, best, config["stop_at_val"])
-                if distributed.agree(reached):
+                if validate_now and distributed.agree(reached):  # every rank knows validate_now: no sync otherwise
                     save("last.pt")
                     stopped, reason = True, "target"
                     say(f"stopped at step {step}: validation {metric} reached {config['stop_at_val']} "
@@ -515,7 +515,9 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
             if stop_after is not None and step >= stop_after:
                 reason, signals.stopping = "stop_after", True
                 raise StopRequested()
-            if time_limit is not None and distributed.agree(time.perf_counter() - started > time_limit):
+            # several processes agree on the clock at log rows only (an all-reduce is a host sync)
+            if (time_limit is not None and (size == 1 or step % config["log_every"] == 0)
+                    and distributed.agree(time.perf_counter() - started > time_limit)):
                 reason, signals.stopping = "time_limit", True
                 raise StopRequested()
         signals.stopping = True  # done: a late signal changes nothing
