@@ -85,23 +85,25 @@ def test_prefetcher_yields_the_same_batches_in_order():
     prefetch.close()
 
 
-def test_tasks_built_from_a_device_copy_equal_the_host_tasks():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here"))])
+def test_tasks_built_from_a_device_copy_equal_the_host_tasks(device):
     from fewshot.data.episodes import DeviceEpisodes
     images, refs = tagged(classes=12, per_class=6)
     images[:, 0, 2:, :] = np.arange(8, dtype=np.uint8).reshape(2, 4) * 30  # asymmetric, so turns show
     refs = [(start, count, c % 4, name) for c, (start, count, _, name) in enumerate(refs)]  # 0-3 quarter turns
     preprocessing = {"invert": True, "channels": 1, "mean": [0.3], "std": [0.2]}
     sampler = EpisodeSampler(images, refs, ways=4, shots=2, query=1, seed=5, preprocessing=preprocessing)
-    device = DeviceEpisodes(sampler, "cpu")
+    on_device = DeviceEpisodes(sampler, device)
     for index in range(6):
-        host, built = sampler.batch(index, 3, part=[0, 2]), device.batch(index, 3, part=[0, 2])
+        host, built = sampler.batch(index, 3, part=[0, 2]), [t.to("cpu") for t in on_device.batch(index, 3, part=[0, 2])]
         assert len(host) == len(built) == 2
         for h, d in zip(host, built):
             assert h.seed == d.seed
             for name in ("support_x", "support_y", "query_x", "query_y"):
                 a, b = getattr(h, name), getattr(d, name)
                 assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), name
-    prefetch = Prefetcher(device, start=2, stop=4, size=3)
+    prefetch = Prefetcher(on_device, start=2, stop=4, size=3)
     for index in (2, 3):
-        assert all(torch.equal(g.query_x, w.query_x) for g, w in zip(next(prefetch), sampler.batch(index, 3)))
+        assert all(torch.equal(g.query_x.cpu(), w.query_x) for g, w in zip(next(prefetch), sampler.batch(index, 3)))
     prefetch.close()
