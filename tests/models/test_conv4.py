@@ -66,21 +66,22 @@ def test_too_small_images_are_refused():
         models.build(tiny_config(image_size=8))
 
 
+@pytest.mark.parametrize("shared", [".norm.", "blocks."], ids=["norm-shared", "body-shared"])
 @pytest.mark.parametrize("downsample", ["stride", "maxpool"])
 @pytest.mark.parametrize("bn_steps", [1, 3])
-def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps):
+def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps, shared):
     torch.manual_seed(0)
     model = models.build(tiny_config(downsample=downsample, per_step_bn=bn_steps > 1, inner_steps=2,
                                      eval_inner_steps=2)).double()
     assert model.can_batch_tasks
     x = torch.rand(3, 5, 1, 16, 16, dtype=torch.float64)
-    # per-task weights for the convolutions and the head, batch-norm weights shared by the tasks
-    params = {n: p + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64) if ".norm." not in n else p
+    # per-task weights, except the batch-norm weights (MAML++) or the whole body (ANIL): shared by the tasks
+    params = {n: p + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64) if shared not in n else p
               for n, p in model.named_parameters()}
     for step in range(bn_steps):
         batched = model.batched_forward(params, x, bn_step=step)
         for t in range(3):
-            own = {n: p[t] if ".norm." not in n else p for n, p in params.items()}
+            own = {n: p[t] if shared not in n else p for n, p in params.items()}
             torch.testing.assert_close(batched[t], model.functional_forward(own, x[t], bn_step=step),
                                        rtol=1e-12, atol=1e-12)
     if bn_steps > 1:  # each step uses its own batch-norm weights

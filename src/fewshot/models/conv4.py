@@ -132,9 +132,15 @@ class Conv4(nn.Module):
         h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
         for i in range(4):
             p = f"blocks.{i}."
-            weight = per_task(p + "conv.weight")
-            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), per_task(p + "conv.bias").reshape(-1),
-                         stride=stride, padding=1, groups=tasks)
+            weight, bias = params[p + "conv.weight"], params[p + "conv.bias"]
+            if weight.dim() == own[p + "conv.weight"].dim() and bias.dim() == 1:
+                # shared by the tasks (ANIL's body): one ordinary convolution over every task's images
+                h = F.conv2d(h.reshape(n * tasks, -1, *h.shape[2:]), weight, bias, stride=stride, padding=1)
+                h = h.reshape(n, -1, *h.shape[2:])
+            else:
+                weight = per_task(p + "conv.weight")
+                h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), per_task(p + "conv.bias").reshape(-1),
+                             stride=stride, padding=1, groups=tasks)
             norm_weight, norm_bias = per_task(p + "norm.weight"), per_task(p + "norm.bias")
             mean, var = self.blocks[i].norm.running_mean, self.blocks[i].norm.running_var
             if norm_weight.dim() == 3:  # per-step weights and statistics: T x steps x C
