@@ -118,8 +118,8 @@ class MAML(Algorithm):
         return self.batching_pays(tasks) if wanted is None else bool(wanted)
 
     def batching_pays(self, tasks):
-        """The default (`batch_tasks: null`), as measured in docs/benchmarks.md ("All
-        tasks in one pass"): always on CUDA; on the CPU where the model says its
+        """The default (`batch_tasks: null`), as measured in docs/benchmarks.md ("Making
+        the meta-step faster: all tasks in one pass"): always on CUDA; on the CPU where the model says its
         batched pass is faster for tasks of this many images."""
         if tasks[0].support_x.device.type == "cuda":
             return True

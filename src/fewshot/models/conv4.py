@@ -17,7 +17,10 @@ import torch.nn.functional as F
 from ..errors import FewshotError
 from . import register
 
-CPU_BATCHING_MAX_IMAGES = 10**9  # placeholder: set from the measurement
+# On the CPU the batched pass pays for tasks of at most this many images (support + query): measured
+# 1.2-1.5x faster at 10 (the 5-way 1-shot presets), slower at 40, 50 and 80 (docs/benchmarks.md,
+# "Making the meta-step faster: all tasks in one pass"). On CUDA it always runs batched.
+CPU_BATCHING_MAX_IMAGES = 10
 
 
 class Block(nn.Module):
@@ -107,7 +110,7 @@ class Conv4(nn.Module):
         return self.head is not None
 
     def batching_pays_on_cpu(self, images_per_task):
-        """The measured CPU rule (docs/benchmarks.md, "All tasks in one pass")."""
+        """The measured CPU rule: see CPU_BATCHING_MAX_IMAGES."""
         return images_per_task <= CPU_BATCHING_MAX_IMAGES
 
     def batched_forward(self, params, x, bn_training=True, bn_step=0):
@@ -115,8 +118,8 @@ class Conv4(nn.Module):
         dimension T are per task, the others shared by all tasks. The tasks become the
         groups of grouped convolutions (side by side along channels), so batch-norm
         statistics stay per task. (torch.func.vmap of `functional_forward` gives the
-        same and was measured 6-10% slower on the CPU: it splits batch norm's affine
-        part into separate multiply and add kernels; docs/benchmarks.md.)
+        same with 4-30% more CPU time per meta-step: it splits batch norm's affine part
+        into separate multiply and add kernels; docs/benchmarks.md.)
 
         Inductive batch norm while training: each task's batch statistics are queued
         and `update_running_statistics()` applies them in the per-task loop's order

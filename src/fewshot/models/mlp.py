@@ -33,13 +33,14 @@ class MLP(nn.Module):
 
     def batching_pays_on_cpu(self, images_per_task):
         """A small MLP's step is all operator-call overhead: batching always pays
-        (docs/benchmarks.md, "All tasks in one pass")."""
+        (docs/benchmarks.md, "Making the meta-step faster: all tasks in one pass")."""
         return True
 
     def batched_forward(self, params, x, bn_training=True, bn_step=0):
         """Many tasks at once: x is T x n x in; parameters with a leading task dimension
         T are per task, the others shared. (torch.func.vmap of `functional_forward`
-        gives the same, 1.5-3x slower for this small network: docs/benchmarks.md.)"""
+        gives the same with about 1.5x the CPU time per meta-step for this small
+        network: docs/benchmarks.md.)"""
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
             weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
