@@ -118,9 +118,10 @@ class MAML(Algorithm):
         return self.batching_pays(tasks) if wanted is None else bool(wanted)
 
     def batching_pays(self, tasks):
-        """The default (`batch_tasks: null`), as measured in docs/benchmarks.md ("Making
-        the meta-step faster: all tasks in one pass"): always on CUDA; on the CPU where the model says its
-        batched pass is faster for tasks of this many images."""
+        """The default (`batch_tasks: null`), as measured in docs/benchmarks.md
+        ("Making the meta-step faster: all tasks in one pass"): always on CUDA; on the
+        CPU where the model says its batched pass is faster for tasks of this many
+        images (support + query)."""
         if tasks[0].support_x.device.type == "cuda":
             return True
         return self.model.batching_pays_on_cpu(tasks[0].images)
