@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.data.episodes import EpisodeSampler, Prefetcher
+from fewshot.data.episodes import EpisodeSampler, Prefetcher, sample_batch
 from fewshot.errors import FewshotError
 
 
@@ -96,9 +96,11 @@ def test_tasks_built_from_a_device_copy_equal_the_host_tasks(device):
     sampler = EpisodeSampler(images, refs, ways=4, shots=2, query=1, seed=5, preprocessing=preprocessing)
     on_device = DeviceEpisodes(sampler, device)
     for index in range(6):
-        host, built = sampler.batch(index, 3, part=[0, 2]), [t.to("cpu") for t in on_device.batch(index, 3, part=[0, 2])]
-        assert len(host) == len(built) == 2
-        for h, d in zip(host, built):
+        # one task at a time on the host (EpisodeSampler.task) against whole batches (EpisodeSampler.batch, DeviceEpisodes)
+        host = sample_batch(sampler, index, 3, part=[0, 2])
+        built = [t.to("cpu") for t in on_device.batch(index, 3, part=[0, 2])] + sampler.batch(index, 3, part=[0, 2])
+        assert len(host) == 2 and len(built) == 4
+        for h, d in zip(host * 2, built):
             assert h.seed == d.seed
             for name in ("support_x", "support_y", "query_x", "query_y"):
                 a, b = getattr(h, name), getattr(d, name)
