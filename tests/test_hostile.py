@@ -531,3 +531,36 @@ def test_another_size_keeps_the_first_arrays_valid_and_a_changed_source_is_refus
     with pytest.raises(FewshotError, match="has changed since"):
         data.resolve(apply_overrides(config, {"image_size": 16}), progress=False)
     assert np.array_equal(read_dataset(folder, 20).images, at20)
+
+
+def test_embed_saves_on_sigterm_and_exits_143(world, tmp_path):
+    root, home = world["root"], world["home"]
+    out = tmp_path / "embed"
+    argv = ["embed", "omniglot-5w1s", "--data", "mine", "--out", str(out), "--steps", "1000000", "--set", "filters=4",
+            "--batch-size", "8", "--threads", "1", "--no-progress"]
+    process = subprocess.Popen([sys.executable, "-m", "fewshot.cli", *argv], cwd=root, env=environment(home),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = stdout.decode() + stderr.decode()
+    assert process.returncode == 143 and "Traceback" not in text, text
+    assert checkpoint.load(out / "pretrain.pt")["step"] >= 100  # the state at the signal, not at the last save
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["train", "omniglot-5w1s", "--out", "x", "--set", "inner_lr=nan"],
+                                  ["data", "folder", "--from", "x", "--size", "0"]])
+def test_cheap_failures_do_not_import_torch(tmp_path, argv):
+    probe = ("import sys\nfrom fewshot import cli\ntry:\n    code = cli.main(sys.argv[1:])\n"
+             "except SystemExit as stop:\n    code = stop.code\nprint('torch' in sys.modules, code)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=tmp_path, env=environment(tmp_path / "home"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == ["False", "0" if argv == ["--version"] else "2"], done.stdout + done.stderr
+    assert not list(tmp_path.iterdir())

@@ -14,7 +14,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -446,8 +448,31 @@ def _where(args):
     return None
 
 
+class Terminated(BaseException):
+    """SIGTERM outside the places that save first (train and embed install their own handlers)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    # SIGTERM ends a command as Ctrl-C does: cleanly (atomic writes clean up) and with status 143; a
+    # late second SIGTERM after train() saved and handed its handler back lands here too, and changes nothing
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return _run(args)
+    except Terminated:
+        print("fewshot: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args):
     try:
         try:
             code = args.run(args)
@@ -460,7 +485,7 @@ def main(argv=None):
         print(f"fewshot: error: {_shown(' '.join(str(error).split()))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fewshot presets | head -1`: the reader left; nothing to report
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush stays quiet
         return 0
     except OSError as error:  # full disk, read-only file system, a folder where a file belongs...
         print(f"fewshot: error: {_shown(os_error_line(error))}", file=sys.stderr)
