@@ -18,7 +18,7 @@ from ..errors import FewshotError
 from . import register
 
 # On the CPU the batched pass pays for tasks of at most this many images (support + query): measured
-# 1.2-1.5x faster at 10 (the 5-way 1-shot presets), slower at 40, 50 and 80 (docs/benchmarks.md,
+# 1.2-1.7x faster at 10 (the 5-way 1-shot presets), slower at 40, 50, 80 and 200 (docs/benchmarks.md,
 # "Making the meta-step faster: all tasks in one pass"). On CUDA it always runs batched.
 CPU_BATCHING_MAX_IMAGES = 10
 
