@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -185,15 +186,17 @@ def world(tmp_path_factory):
     (mini / "train.csv").write_text("filename,label\nn0153282900000001.jpg,n02222222\n")
     (mini / "val.csv").write_text("filename,label\n")
     (mini / "test.csv").write_text("filename,label\n")
-    # LEO embedding files holding NaN
+    # LEO embedding files holding NaN (written by hand: write_leo_pickles refuses them)
     emb = root / "emb"
     for n, split in enumerate(("train", "val", "test")):
         features = np.random.default_rng(n).normal(size=(12, 4)).astype(np.float32)
-        if split == "train":
-            features[3, 1] = np.nan
         labels = np.repeat(np.arange(6), 2)
         keys = [make_key(f"{split}{c}", f"{i:03d}", prefix=i) for i, c in enumerate(labels)]
         write_leo_pickles(emb, split, features, labels, keys)
+        if split == "train":
+            features[3, 1] = np.nan
+            with open(emb / "train_embeddings.pkl", "wb") as f:
+                pickle.dump({"embeddings": features, "labels": labels, "keys": np.asarray(keys)}, f, protocol=2)
     # a support set with a class folder whose name is not UTF-8
     support = root / "support"
     for n, name in enumerate([b"caf\xe9", b"b", b"c", b"d", b"e"]):
@@ -298,7 +301,9 @@ CASES = [
     Case("eval-scores-lock", "eval run --scores run/.lock", 2, "is a file of the run"),
     Case("eval-scores-config-elsewhere", "eval run --scores torn/config.yaml", 2, "is a file of the run"),
     Case("plot-out-config", "plot run --out run/config.yaml", 2, "is a file of the run"),
-    Case("plot-out-notes", "plot run --out notes.txt", 2, "is not a PNG"),
+    Case("plot-out-notes", "plot run --out notes.txt", 2, "is not a plot drawn by fewshot"),
+    Case("plot-out-users-image", "plot run --out imgs/train/c00/0.png", 2, "is not a plot drawn by fewshot"),
+    Case("plot-out-under-a-file", "plot run --out a-file/curves.png", 2, "is a file, not a folder"),
     Case("plot-out-folder", "plot run --out imgs", 2, "is a folder"),
     Case("eval-scores-index", "eval run --scores {home}/mine/index.json", 2, "is a file of the dataset"),
     Case("eval-scores-array", "eval run --scores {home}/mine/images-28.npy", 2, "is a file of the dataset"),

@@ -51,7 +51,7 @@ def cmd_data(args):
     if args.dataset == "omniglot" and args.download == bool(args.source):
         raise FewshotError("give exactly one of --download or --from PATH")
     ratios = _ratios(args.split) if args.dataset == "folder" else None
-    from .data import folder, images, miniimagenet, omniglot
+    from .data import images
     root = Path(args.root) if args.root else images.home()
     target = root / (args.name or args.dataset)
     if target.exists() and not target.is_dir():
@@ -61,6 +61,25 @@ def cmd_data(args):
     if images.is_prepared(target) and not args.force:
         raise FewshotError(f"{target} already holds a prepared dataset that runs may have been trained on; "
                            f"choose another --name, or pass --force to replace it")
+    created = not target.exists()
+    try:
+        _prepare(args, target, ratios)
+    except BaseException:
+        if created and target.is_dir() and not any(target.iterdir()):
+            target.rmdir()  # a failed import leaves no empty folder behind (a download's raw/ stays)
+        raise
+    size = args.size or (84 if args.dataset == "miniimagenet" else 28)
+    dataset = images.read_dataset(target, size)
+    groups = {}
+    for c in dataset.classes:
+        groups[c.group] = groups.get(c.group, 0) + 1
+    counts = ", ".join(f"{n} {g}" for g, n in groups.items())
+    print(f"prepared {len(dataset.classes)} classes ({counts}), {len(dataset.images)} images at "
+          f"{size}x{size} in {target}; train with `fewshot train PRESET --data {target}`")
+
+
+def _prepare(args, target, ratios):
+    from .data import folder, images, miniimagenet, omniglot
     if args.dataset == "miniimagenet":
         miniimagenet.import_miniimagenet(args.source, target, size=args.size or 84, progress=not args.no_progress,
                                          csv_dir=args.csv_dir, allow_partial=args.allow_partial)
@@ -73,14 +92,6 @@ def cmd_data(args):
         source = args.source or omniglot.download_official(target, args.url or omniglot.OFFICIAL_URL,
                                                            progress=not args.no_progress)
         omniglot.import_omniglot(source, target, size=args.size or 28, progress=not args.no_progress)
-    size = args.size or (84 if args.dataset == "miniimagenet" else 28)
-    dataset = images.read_dataset(target, size)
-    groups = {}
-    for c in dataset.classes:
-        groups[c.group] = groups.get(c.group, 0) + 1
-    counts = ", ".join(f"{n} {g}" for g, n in groups.items())
-    print(f"prepared {len(dataset.classes)} classes ({counts}), {len(dataset.images)} images at "
-          f"{size}x{size} in {target}; train with `fewshot train PRESET --data {target}`")
 
 
 def _minutes(value):
@@ -213,15 +224,6 @@ def _at_steps(text):
 def cmd_embed(args):
     if not args.out:
         raise FewshotError("give --out DIR, the folder for the embedding files")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FewshotError(f"--out {out} is a file; give a folder for the embedding files")
-    if any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt")) or (
-            (out / "metrics.jsonl").exists() and not (out / "pretrain.pt").exists()):
-        raise FewshotError(f"--out {out} holds a training run (its metrics would be overwritten); "
-                           f"give another folder for the embedding files")
-    if (out / "index.json").is_file():
-        raise FewshotError(f"--out {out} holds a prepared dataset; give another folder for the embedding files")
     if args.steps < 1 or args.batch_size < 1:
         raise FewshotError(f"--steps and --batch-size must be at least 1, got {args.steps} and {args.batch_size}")
     if not math.isfinite(args.lr) or args.lr <= 0:
@@ -229,7 +231,8 @@ def cmd_embed(args):
     _device(args.device)
     _check_threads(args)
     config = _config(args)
-    from .embed import embed
+    from .embed import check_out, embed
+    check_out(args.out)  # before the data is loaded
     _threads(args)
     if args.backbone:
         config["model"] = args.backbone

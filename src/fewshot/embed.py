@@ -60,6 +60,19 @@ LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
 
 
+def check_out(out):
+    """Refuse an --out that is a file, a training run (its metrics would be overwritten) or a dataset."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FewshotError(f"--out {out} is a file; give a folder for the embedding files")
+    if any((out / name).exists() for name in ("config.yaml", "last.pt", "best.pt")) or (
+            (out / "metrics.jsonl").exists() and not (out / "pretrain.pt").exists()):
+        raise FewshotError(f"--out {out} holds a training run (its metrics would be overwritten); "
+                           f"give another folder for the embedding files")
+    if (out / "index.json").is_file():
+        raise FewshotError(f"--out {out} holds a prepared dataset; give another folder for the embedding files")
+
+
 def key_safe(name):
     return re.sub(r"[-_/\s]+", ".", str(name)).strip(".") or "class"
 
@@ -107,6 +120,7 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
         raise FewshotError(f"fewshot embed pretrains one of {', '.join(BACKBONES)}; the preset's model is "
                            f"{config['model']!r} (choose one with --backbone)")
     out = Path(out)
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     dataset, refs = data.load(config, progress)

@@ -95,6 +95,15 @@ def check_output(path, option, example, text=True):
     if text and path.is_file() and path.suffix.lower() in DATA_SUFFIXES:
         raise FewshotError(f"{option} {path} exists and is not a text file ({path.suffix} data); it would be "
                            f"overwritten: choose another path, e.g. {path.parent / example}")
-    if not text and path.is_file() and path.suffix.lower() != ".png":
-        raise FewshotError(f"{option} {path} exists and is not a PNG; it would be overwritten: choose another "
-                           f"path, e.g. {path.parent / example}")
+    if not text and path.is_file() and (path.suffix.lower() != ".png" or not _is_plot(path)):
+        raise FewshotError(f"{option} {path} exists and is not a plot drawn by fewshot (an image of yours, or "
+                           f"not a PNG); it would be overwritten: choose another path, e.g. {path.parent / example}")
+
+
+def _is_plot(path):
+    """Whether an existing PNG was drawn by matplotlib (so by `fewshot plot`), not an image of the user's."""
+    try:
+        with open(path, "rb") as f:
+            return b"Software\0Matplotlib" in f.read(4096)
+    except OSError:
+        return False

@@ -170,6 +170,9 @@ def write_leo_pickles(folder, split, embeddings, labels, keys):
     labels = np.asarray(labels)
     if embeddings.ndim != 2:
         raise FewshotError(f"{path}: embeddings must be N x dim, got shape {embeddings.shape}")
+    if not np.isfinite(embeddings).all():
+        raise FewshotError(f"{path}: {int((~np.isfinite(embeddings).all(axis=1)).sum())} embeddings hold NaN or "
+                           f"infinite values (did the pretraining diverge? try a lower --lr); nothing was written")
     if not len(keys) == len(labels) == len(embeddings):
         raise FewshotError(f"{path}: {len(embeddings)} embeddings, {len(labels)} labels and {len(keys)} keys; "
                            f"give one of each per image")
