@@ -267,3 +267,20 @@ def test_embed_writes_only_the_crops_asked_for_and_adds_the_others_later(tmp_pat
     capsys.readouterr()
     assert main(argv + ["--crops", "centre"]) == 2
     assert "--crops takes center and/or multiview, got centre" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_embeddings_are_refused_when_read_and_never_written(tmp_path, value):
+    written = write_synthetic(tmp_path)
+    embeddings, labels, keys = written["train"]
+    bad = embeddings.copy()
+    bad[7, 3] = value
+    with pytest.raises(FewshotError, match=r"1 embeddings hold NaN or infinite values.*nothing was written"):
+        emb.write_leo_pickles(tmp_path, "train", bad, labels, keys)
+    assert np.array_equal(emb.read_pickle(tmp_path / "train_embeddings.pkl", 16)[0], embeddings)  # unchanged
+    with open(tmp_path / "train_embeddings.pkl", "wb") as f:
+        pickle.dump({"embeddings": bad, "labels": labels, "keys": np.array(keys)}, f)
+    with pytest.raises(FewshotError, match=r"train_embeddings\.pkl: 1 of 30 embeddings hold NaN or infinite "
+                                           r"values \(first row 7\)"):
+        emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
+    assert not is_prepared(tmp_path / "cache")

@@ -340,3 +340,23 @@ def test_train_and_eval_a_preset_on_a_colour_folder_dataset(tmp_path, capsys):
         assert match, image.mean().item()
         seen.update(match)
     assert len(seen) >= 5  # all five test classes were drawn
+
+
+def test_a_class_in_two_split_folders_is_refused_and_loose_files_are_no_classes(tmp_path, fewshot_home, capsys):
+    root = tmp_path / "tree"
+    for split, names in (("train", ["a", "b", "c"]), ("val", ["d", "e"]), ("test", ["f", "a"])):
+        for name in names:
+            solid(root / split / name / "0.png", "L", (8, 8), 10)
+            solid(root / split / name / "1.png", "L", (8, 8), 20)
+    code, _, err = run(capsys, "data", "folder", "--from", root, "--name", "leak", "--no-progress")
+    assert code == 2
+    line = one_error_line(err)
+    assert "class 'a' is in both" in line and str(root / "train") in line and str(root / "test") in line
+    assert not (fewshot_home / "leak").exists()
+    (root / "test" / "a" / "0.png").rename(root / "test" / "curves.png")  # a plot saved among the classes
+    (root / "test" / "a" / "1.png").rename(root / "curves.png")
+    (root / "test" / "a").rmdir()
+    code, out, err = run(capsys, "data", "folder", "--from", root, "--name", "clean", "--no-progress")
+    assert code == 0, err
+    dataset, classes = prepared(fewshot_home, "clean")
+    assert sorted(classes) == ["a", "b", "c", "d", "e", "f"] and classes["a"].group == "train"
