@@ -481,7 +481,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                 optimizer.step()
                 schedule.step()
                 step += 1
-                window.append((step, result))
+                # kept as they are (floats or 0-dim tensors) until the log row; detached, so no graph outlives its step
+                window.append((step, {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in result.items()}))
                 bar.update(1)
                 validate_now = step % config["val_every"] == 0 or step == total
                 if step % config["log_every"] == 0 or validate_now:
