@@ -447,7 +447,8 @@ def _where(args):
         if getattr(args, name, None):
             return getattr(args, name)
     if getattr(args, "command", None) == "data":
-        return str(Path(args.root or os.environ.get("FEWSHOT_HOME", "~/.cache/fewshot")) / (args.name or args.dataset))
+        root = args.root or os.environ.get("FEWSHOT_HOME", str(Path("~/.cache/fewshot")))
+        return str(Path(root).expanduser() / (args.name or args.dataset))
     return None
 
 
