@@ -390,3 +390,11 @@ def test_a_csv_cut_short_of_the_jsonl_is_completed_on_resume(tmp_path, data):
     train(out=out, resume=True, progress=False)
     rows = (out / "metrics.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_metrics_are_read_once_per_log_row_not_per_step(tmp_path, data, monkeypatch):
+    reads, real = [], trainer._host
+    monkeypatch.setattr(trainer, "_host", lambda values: reads.append(len(values)) or real(values))
+    train(tiny_config(data=data, steps=10, log_every=5, save_every=100, val_every=100), tmp_path / "run",
+          progress=False)
+    assert reads == [10, 10]  # two rows: loss and accuracy of 5 steps each, in one read per row
