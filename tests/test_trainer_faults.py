@@ -398,3 +398,22 @@ def test_the_metrics_are_read_once_per_log_row_not_per_step(tmp_path, data, monk
     train(tiny_config(data=data, steps=10, log_every=5, save_every=100, val_every=100), tmp_path / "run",
           progress=False)
     assert reads == [10, 10]  # two rows: loss and accuracy of 5 steps each, in one read per row
+
+
+def test_a_run_with_episodes_built_on_the_device_equals_the_host_run(tmp_path, data, monkeypatch):
+    # the CUDA path (plans drawn on the prefetch thread, tasks built by DeviceEpisodes in the
+    # training loop, validation from the same device copy), run here on the CPU
+    from fewshot.data.episodes import DeviceEpisodes
+    config = tiny_config(data=data, steps=4, log_every=2, val_every=2, batch_norm="inductive")
+    train(config, tmp_path / "host", progress=False)
+    import threading
+    built, real = [], DeviceEpisodes.build
+    monkeypatch.setattr(DeviceEpisodes, "build", lambda self, plans: built.append(
+        (len(plans), threading.current_thread() is threading.main_thread())) or real(self, plans))
+    monkeypatch.setattr(trainer, "EPISODES_ON_DEVICE", ("cuda", "cpu"))
+    train(config, tmp_path / "device", progress=False)
+    # 4 meta-batches of 2 built in the training loop (the host path builds them on the prefetch
+    # thread), and 2 validations of 3 tasks
+    assert sorted(built) == [(1, True)] * 6 + [(2, True)] * 4
+    assert_same_weights(weights(tmp_path / "host"), weights(tmp_path / "device"))
+    assert log(tmp_path / "host") == log(tmp_path / "device")

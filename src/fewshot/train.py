@@ -44,6 +44,8 @@ from .tasks import better
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
                "tasks_per_s", "images_per_s", "elapsed_s", "nonfinite_steps", "peak_rss_mb", "peak_gpu_mb"]
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv")
+# device types on which the episodes are built on the device itself (tests add "cpu" to run that path)
+EPISODES_ON_DEVICE = ("cuda",)
 # the settings that make a checkpoint another run's, not this one's
 IDENTITY_KEYS = ("preset", "algorithm", "model", "dataset")
 
@@ -381,7 +383,7 @@ def _samplers(config, device, terminal):
     train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
     val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config),
                                ways=eval_ways(config))
-    if (device.type == "cuda" and isinstance(train_sampler, data.EpisodeSampler)
+    if (device.type in EPISODES_ON_DEVICE and isinstance(train_sampler, data.EpisodeSampler)
             and DeviceEpisodes.fits(train_sampler, device)):
         train_sampler = DeviceEpisodes(train_sampler, device)
         val_sampler = DeviceEpisodes(val_sampler, device, images=train_sampler.images)
