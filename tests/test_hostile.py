@@ -204,13 +204,9 @@ def world(tmp_path_factory):
         os.makedirs(folder)
         png(Path(os.fsdecode(folder)) / "0.png", seed=500 + n)
     png(root / "query" / "q.png", seed=7)
-    # a read-only place (a read-only tmpfs where it can be mounted)
-    ro = root / "ro"
-    mounted = try_mount(ro, "ro,size=64k")
-    (root / "ro-mounted").write_text(str(mounted))
-    yield {"root": root, "home": home, "ro": mounted}
-    if mounted:
-        unmount(ro)
+    # a read-only place: a read-only tmpfs, mounted by each case that needs it (see test_hostile_case)
+    (root / "ro").mkdir()
+    return {"root": root, "home": home}
 
 
 class Evil:
@@ -373,14 +369,18 @@ def test_the_table_has_at_least_60_distinct_cases():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_case(world, case):
-    if case.needs == "ro" and not world["ro"]:
-        pytest.skip("no read-only tmpfs here (mounting one needs root)")
     root, home = world["root"], world["home"]
-    argv = [a.format(root=root, home=home) for a in case.argv.split()]
-    before_files, before_folders = snapshot(root)
-    runner = subprocess_run if case.sub else in_process
-    code, out, err = runner(argv, root, home)
-    after_files, after_folders = snapshot(root)
+    if case.needs == "ro" and not try_mount(root / "ro", "ro,size=64k"):
+        pytest.skip("no read-only tmpfs here (mounting one needs root)")
+    try:
+        argv = [a.format(root=root, home=home) for a in case.argv.split()]
+        before_files, before_folders = snapshot(root)
+        runner = subprocess_run if case.sub else in_process
+        code, out, err = runner(argv, root, home)
+        after_files, after_folders = snapshot(root)
+    finally:
+        if case.needs == "ro":
+            unmount(root / "ro")
 
     shown = f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
     assert "Traceback" not in out + err, shown
