@@ -497,3 +497,14 @@ def test_every_algorithm_answers_an_image_alone_as_in_a_batch(algorithm, overrid
         moved = adapted.predict(queries, transductive=True) - \
             torch.cat([adapted.predict(queries[i:i + 1], transductive=True) for i in range(6)])
         assert moved.abs().max() > 1e-4  # there the batch matters
+
+
+def test_the_cli_transductive_flag_gives_the_apis_transductive_answers(run_dir, sample, capsys):
+    _, document = predict_json(capsys, run_dir, sample, "--transductive")
+    printed = torch.tensor([list(p["probabilities"].values()) for p in document["predictions"]])
+    learner = fewshot.load(run_dir)
+    x = learner.images(expected_files(sample))
+    adapted = learner.adapt(sample[0])
+    torch.testing.assert_close(printed, adapted.predict(x, transductive=True), rtol=0, atol=1e-6)
+    _, default = predict_json(capsys, run_dir, sample)
+    assert (printed - torch.tensor([list(p["probabilities"].values()) for p in default["predictions"]])).abs().max() > 1e-3

@@ -274,7 +274,7 @@ def cmd_predict(args):
     _threads(args)
     learner = load(args.checkpoint, device=args.device)
     adapted = learner.adapt(args.support, steps=args.steps)
-    rows = adapted.classify(args.query, top_k=args.top_k)
+    rows = adapted.classify(args.query, top_k=args.top_k, transductive=args.transductive)
     classes = [_shown(c) for c in adapted.classes]
     rows = [{**r, "file": _shown(r["file"]), "label": _shown(r["label"]),
              "top": [(_shown(c), p) for c, p in r["top"]],
@@ -406,6 +406,10 @@ def parser():
     s.add_argument("--query", required=True, nargs="+", metavar="QUERY", help="image files or folders")
     s.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's meta-test setting)")
     s.add_argument("--top-k", type=int, default=1, help="also show the K most likely classes")
+    s.add_argument("--transductive", action="store_true",
+                   help="normalize all query images of this call together, as `fewshot eval` does at meta-test "
+                        "(more accurate on a task's queries, but each answer then depends on the other images); "
+                        "default: each image on its own, normalized with the support set")
     s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document")

@@ -227,10 +227,8 @@ def test_http_errors_name_the_url_and_status(server, tmp_path):
 
 def test_an_unreachable_server_suggests_from(closed_port, tmp_path):
     url = f"http://127.0.0.1:{closed_port}"
-    start = time.perf_counter()
     with pytest.raises(FewshotError) as info:
         omniglot.download_official(tmp_path, base_url=url, progress=False)
-    assert time.perf_counter() - start < TIMEOUT
     assert "--from" in str(info.value) and url in str(info.value)
     assert not any((tmp_path / "raw").glob("*.zip"))
 
