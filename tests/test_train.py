@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from fewshot import checkpoint
+from fewshot import algorithms, checkpoint
 from fewshot.errors import FewshotError
-from fewshot.train import RunLock, _mean, clip_gradients, train
+from fewshot.train import RunLock, _mean, clip_gradients, initial_weights, train
 
 from helpers import tagged_dataset, tiny_config
 
@@ -111,6 +111,25 @@ def test_init_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_path, 
     moved = checkpoint.load(train(tiny_config(data=data, steps=2, init=source["out"]), tmp_path / "moved",
                                   progress=False)["out"] + "/last.pt")
     assert moved["step"] == 2 and moved["optimizer"]["state"][0]["step"] == 2  # Adam restarted at step 0
+
+
+def test_init_into_reptile_with_adam_takes_the_weights_and_starts_the_inner_adam_afresh(tmp_path, data):
+    reptile = dict(algorithm="reptile", inner_optimizer="adam", meta_optimizer="sgd", meta_lr=0.0, inner_lr=0.01)
+    train(tiny_config(data=data, steps=2, **reptile), tmp_path / "source", progress=False)
+    source = checkpoint.load(tmp_path / "source" / "last.pt")["algorithm"]
+    assert any(source[n].abs().sum() > 0 for n in source if n.startswith("inner_adam.") and n != "inner_adam.step")
+    config = tiny_config(data=data, init=str(tmp_path / "source" / "last.pt"), **reptile)
+    weights = initial_weights(config)
+    assert not any(n.startswith("inner_adam.") for n in weights)
+    algorithm = algorithms.build(config)
+    algorithm.load_state_dict(weights)
+    for name, value in algorithm.state_dict().items():
+        if name.startswith("inner_adam."):
+            assert value.abs().sum() == 0, name  # the inner Adam's moments start afresh
+        else:
+            assert torch.equal(value, source[name]), name
+    # and a run started that way trains
+    assert train(config, tmp_path / "moved", progress=False)["step"] == config["steps"]
 
 
 def test_init_from_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, data):

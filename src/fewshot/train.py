@@ -612,7 +612,8 @@ def initial_weights(config):
     weights = state.get("algorithm")
     if not isinstance(weights, dict):
         raise FewshotError(f"{config['init']} holds no trained weights; give a best.pt or last.pt of `fewshot train`")
-    expected = algorithms.build(config).state_dict()
+    algorithm = algorithms.build(config)
+    weights, expected = algorithm.weights_only(weights), algorithm.weights_only(algorithm.state_dict())
     problems = [f"{name} missing there" for name in expected if name not in weights]
     problems += [f"{name} not used here" for name in weights if name not in expected]
     problems += [f"{name} is {tuple(weights[name].shape)} there, {tuple(value.shape)} here"

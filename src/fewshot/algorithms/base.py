@@ -24,6 +24,13 @@ class Algorithm(nn.Module):
         self.family = family
 
     any_number_of_classes = False  # True for algorithms with no fixed output layer
+    # state_dict prefixes that hold an optimizer's state rather than weights (Reptile's inner
+    # Adam): a run started from another's weights (--init) starts them afresh
+    optimizer_state_prefixes: tuple[str, ...] = ()
+
+    def weights_only(self, state: dict) -> dict:
+        """`state` without the entries of `optimizer_state_prefixes`."""
+        return {k: v for k, v in state.items() if not k.startswith(self.optimizer_state_prefixes)}
 
     def meta_gradient(self, tasks, step=0):
         """Add the gradient of the mean meta-loss over `tasks` to .grad; return

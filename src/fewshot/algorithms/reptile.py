@@ -96,6 +96,8 @@ class InnerAdamState(nn.Module):
 
 @register("reptile")
 class Reptile(Algorithm):
+    optimizer_state_prefixes = ("inner_adam.",)
+
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
         if config["inner_optimizer"] == "adam":
