@@ -1,0 +1,52 @@
+"""Name -> implementation tables for algorithms, backbones and dataset kinds.
+
+A registry knows the modules that fill it and imports them on the first lookup,
+so a package never imports its own submodules from a half-built `__init__`
+(no import cycles), and `fewshot --help` loads none of them. Adding an
+algorithm, a backbone or a dataset kind is one file that registers itself, plus
+its module name in the registry's list.
+"""
+from importlib import import_module
+from typing import Callable, Iterable, TypeVar
+
+from .errors import FewshotError
+
+T = TypeVar("T")
+
+
+class Registry:
+    def __init__(self, kind: str, modules: Iterable[str] = ()):
+        """`kind` names the entries in messages ("algorithm"); `modules` are the
+        absolute module names whose import registers the entries."""
+        self.kind = kind
+        self.modules = tuple(modules)
+        self.entries: dict = {}
+        self.loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def wrap(entry: T) -> T:
+            if name in self.entries and self.entries[name] is not entry:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self.entries[name] = entry
+            return entry
+        return wrap
+
+    def _load(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            for module in self.modules:
+                import_module(module)
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self.entries)
+
+    def get(self, name: str):
+        self._load()
+        if name not in self.entries:
+            raise FewshotError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self.entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self.entries
