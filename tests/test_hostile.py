@@ -39,7 +39,7 @@ from fewshot.config import apply_overrides, load_preset
 from fewshot.data.embeddings import make_key, write_leo_pickles
 from fewshot.data.images import read_dataset
 from fewshot.errors import FewshotError
-from fewshot.io import write_text
+from fewshot.files import write_text
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--set", "steps=2", "--set", "filters=4", "--set", "meta_batch=2", "--set", "val_every=2",

@@ -8,7 +8,7 @@ import torch
 
 from .config import complete
 from .errors import FewshotError
-from .io import atomic_path
+from .files import atomic_path
 
 FORMAT = "fewshot-checkpoint"
 VERSION = 1

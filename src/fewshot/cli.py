@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FewshotError
-from .io import check_output, holds_run
+from .files import check_output, holds_run
 
 
 def cmd_presets(args):
@@ -207,7 +207,7 @@ def cmd_eval(args):
     else:
         print(describe(result))
     if args.scores:
-        from .io import write_text
+        from .files import write_text
         write_text(args.scores, "".join(f"{s}\n" for s in scores))
 
 
@@ -291,7 +291,7 @@ def cmd_predict(args):
     if args.csv:
         import csv
         import io
-        from .io import write_text
+        from .files import write_text
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["file", "label", "probability", *[f"p_{c}" for c in classes]])

@@ -46,7 +46,7 @@ from . import checkpoint, data, models
 from .data.embeddings import SPLITS, file_name, make_key, write_leo_pickles
 from .data.episodes import to_float
 from .errors import FewshotError
-from .io import write_text
+from .files import write_text
 from .train import MetricsLog
 
 CROPS = ("center", "multiview")

@@ -14,7 +14,7 @@ from .config import eval_query  # noqa: E402
 from .data import sinusoid  # noqa: E402
 from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
-from .io import atomic_path  # noqa: E402
+from .files import atomic_path  # noqa: E402
 from .train import read_metrics  # noqa: E402
 
 

@@ -38,7 +38,7 @@ from .config import complete, dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
 from .errors import FewshotError
 from .evaluate import evaluate
-from .io import write_text
+from .files import write_text
 from .tasks import better
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",

@@ -161,7 +161,7 @@ def make_key(class_name, image, prefix=0):
 def write_leo_pickles(folder, split, embeddings, labels, keys):
     """Write `folder`/<split>_embeddings.pkl in LEO's format: a dict of `embeddings`
     (float32 N x dim), `labels` (N) and `keys` (N strings, see KEY_FORMAT); returns its path."""
-    from ..io import atomic_path
+    from ..files import atomic_path
     if split not in SPLITS:
         raise FewshotError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     path = Path(folder) / file_name(split)

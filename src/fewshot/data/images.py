@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FewshotError
-from ..io import atomic_path, write_text
+from ..files import atomic_path, write_text
 
 INDEX = "index.json"
 
