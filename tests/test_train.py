@@ -6,7 +6,9 @@ import torch
 
 from fewshot import algorithms, checkpoint
 from fewshot.errors import FewshotError
-from fewshot.train import RunLock, _mean, clip_gradients, initial_weights, train
+from fewshot.optim import clip_gradients
+from fewshot.runs import RunLock
+from fewshot.train import _mean, initial_weights, train
 
 from helpers import tagged_dataset, tiny_config
 

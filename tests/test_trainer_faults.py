@@ -16,7 +16,8 @@ import torch
 from fewshot import checkpoint
 from fewshot import train as trainer
 from fewshot.errors import FewshotError
-from fewshot.train import read_metrics, train
+from fewshot.runs import read_metrics
+from fewshot.train import train
 
 from helpers import tagged_dataset, tiny_config
 

@@ -26,14 +26,13 @@ printed, and recorded in OUT/embed.json).
 Pretraining writes OUT/metrics.jsonl and metrics.csv (loss and batch accuracy every
 100 steps; `fewshot plot OUT` draws them).
 
-Resumable: OUT/pretrain.pt holds the backbone, optimizer, RNG and step every
-`save_every` steps (and at the end, or on Ctrl-C); a rerun with the same --out
+Resumable: pretraining runs through the training loop of loop.py (signals, stop_after,
+log lines), and OUT/pretrain.pt holds the backbone, optimizer, RNG and step every
+`save_every` steps (and at the end, or on Ctrl-C / SIGTERM); a rerun with the same --out
 continues from it, and keeps the embedding files already written.
 """
 import json
 import re
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -47,13 +46,11 @@ from .data.embeddings import SPLITS, file_name, make_key, write_leo_pickles
 from .data.episodes import to_float
 from .errors import FewshotError
 from .files import write_text
-from .train import MetricsLog
+from .loop import Loop
+from .runs import MetricsLog
 
 CROPS = ("center", "multiview")
 
-
-class _Stop(Exception):
-    """Stop pretraining after saving (a signal, or stop_after in tests)."""
 
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
@@ -153,65 +150,50 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
 
     def save():
         checkpoint.save(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        rng=torch.get_rng_state(), step=step, options=options, config=backbone_config)
+                        rng=torch.get_rng_state(), step=loop.step, options=options, config=backbone_config)
 
     # every meta-train image with its class; batch `i` is a pure function of (seed, i)
     rows = np.concatenate([np.arange(start, start + count) for start, count, _, _ in train_refs])
     labels = np.concatenate([np.full(count, c) for c, (_, count, _, _) in enumerate(train_refs)])
     turns = np.concatenate([np.full(count, rotation) for _, count, rotation, _ in train_refs])
-    bar = tqdm(total=steps, initial=min(step, steps), desc="pretrain", unit="step", disable=not progress)
-    log, window, window_start = MetricsLog(out, step), [], time.perf_counter()
+    # the CLI says how to continue a stopped pretraining (run the same command again): no resume line here
+    loop = Loop(step, steps, save, desc="pretrain", progress=progress, stop_after=stop_after)
+    logs, window, window_start = [], [], [time.perf_counter()]
     model.train()
-    received = []  # the first SIGINT / SIGTERM stops after saving; the ones after it are ignored until then
 
-    def on_signal(signum, frame):
-        if not received:
-            received.append(signum)
-            raise _Stop()
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while step < steps:
-            pick = np.sort(np.random.default_rng([config["seed"], step]).choice(len(rows), batch_size,
-                                                                                 replace=len(rows) < batch_size))
-            x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
-            y = torch.from_numpy(labels[pick]).long().to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+    def supervised_step():
+        nonlocal window
+        pick = np.sort(np.random.default_rng([config["seed"], loop.step]).choice(len(rows), batch_size,
+                                                                                  replace=len(rows) < batch_size))
+        x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
+        y = torch.from_numpy(labels[pick]).long().to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with loop.signals:  # the weights and the step number change together
             optimizer.step()
-            step += 1
+            loop.advance()
             window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step % LOG_EVERY == 0 or step == steps:
-                elapsed = time.perf_counter() - window_start
-                row = {"step": step, "loss": float(np.mean([w[0] for w in window])),
+            if loop.terminal:
+                loop.bar.set_postfix(loss=f"{window[-1][0]:.3f}")
+            if loop.step % LOG_EVERY == 0 or loop.step == steps:
+                elapsed = time.perf_counter() - window_start[0]
+                row = {"step": loop.step, "loss": float(np.mean([w[0] for w in window])),
                        "metric": float(np.mean([w[1] for w in window])), "lr": lr,
                        "sec_per_step": elapsed / len(window), "images_per_s": batch_size * len(window) / elapsed}
-                log.write(row)
-                bar.write(f"pretrain step {step:6d}  loss {row['loss']:.4f}  accuracy {row['metric']:.4f}  "
-                          f"{row['sec_per_step']:.3f} s/step  {row['images_per_s']:.0f} img/s")
-                window, window_start = [], time.perf_counter()
-            if step % save_every == 0 or step == steps:
+                logs[0].write(row)
+                loop.say(f"pretrain step {loop.step:6d}  loss {row['loss']:.4f}  accuracy {row['metric']:.4f}  "
+                         f"{row['sec_per_step']:.3f} s/step  {row['images_per_s']:.0f} img/s")
+                window, window_start[0] = [], time.perf_counter()
+            if loop.step % save_every == 0 or loop.step == steps:
                 save()
-            if stop_after is not None and step >= stop_after:
-                raise _Stop()
-    except (_Stop, KeyboardInterrupt):
-        if not received and not (stop_after is not None and step >= stop_after):
-            received.append(signal.SIGINT)  # a KeyboardInterrupt without our handler (another thread's)
-        received.append(None)  # from here on every signal is ignored: the save must finish
-        save()
-        bar.close()
+
+    ended = loop.run(supervised_step, start=lambda: logs.append(MetricsLog(out, loop.step)))
+    step = loop.step
+    if ended["stopped"]:
         return {"out": str(out), "steps": step, "stopped": True, "dim": model.features_size, "files": [],
-                "signal": received[0]}
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
-    bar.close()
+                "signal": ended["signal"]}
 
     model.eval()
     params = dict(model.named_parameters())

@@ -15,7 +15,7 @@ from .data import sinusoid  # noqa: E402
 from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
 from .files import atomic_path  # noqa: E402
-from .train import read_metrics  # noqa: E402
+from .runs import read_metrics  # noqa: E402
 
 
 ALGORITHM_NAMES = {"maml": "MAML", "anil": "ANIL", "metasgd": "Meta-SGD", "mamlpp": "MAML++", "reptile": "Reptile",

@@ -1,0 +1,75 @@
+"""The meta-optimizer, its learning-rate schedule, and gradient clipping.
+
+Schedules and `steps`. The cosine (MAML++) and linear (Reptile) schedules span the
+run's `steps`. When `fewshot train --resume RUN --steps N` changes that length,
+`set_schedule_length` recomputes the schedule over the new total: from the resumed
+step on, the learning rate is the one a run of N steps has at that step (so a
+finished cosine run extended from 4 to 6 steps jumps back up to cos at 4/6 of the way,
+and goes down to `min_meta_lr` at step 6). The step-decay schedule (`lr_decay_every`)
+and a constant rate do not depend on `steps`: an extended run continues them unchanged.
+"""
+import math
+
+import torch
+
+
+def make_optimizer(algorithm, config):
+    """(optimizer, schedule) over `algorithm.parameters()` as `config` asks."""
+    if config["meta_optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(algorithm.parameters(), lr=config["meta_lr"])
+    else:
+        optimizer = torch.optim.Adam(algorithm.parameters(), lr=config["meta_lr"])
+    steps, floor = config["steps"], config["min_meta_lr"]
+    if config["lr_schedule"] == "cosine":  # MAML++
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=floor)
+    elif config["lr_schedule"] == "linear":  # Reptile: the outer step size falls linearly to its final value
+        end = floor / config["meta_lr"] if config["meta_lr"] else 0.0
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(steps, end))
+    else:
+        every = config["lr_decay_every"]
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every if every > 0 else 1,
+                                                   gamma=config["lr_decay_gamma"] if every > 0 else 1.0)
+    return optimizer, schedule
+
+
+class LinearDecay:
+    """Multiplier falling linearly from 1 at step 0 to `end` at step `steps` (picklable)."""
+
+    def __init__(self, steps, end):
+        self.steps, self.end = steps, end
+
+    def __call__(self, step):
+        return 1.0 + (self.end - 1.0) * min(step, self.steps) / self.steps
+
+
+def set_schedule_length(optimizer, schedule, steps, step):
+    """Make a restored schedule span `steps` in all, from `step` (see the module's docstring):
+    the learning rates become those of a fresh `steps`-long schedule at `step`."""
+    if isinstance(schedule, torch.optim.lr_scheduler.CosineAnnealingLR):
+        schedule.T_max = steps
+        floor = schedule.eta_min
+        # closed form; the scheduler's own recurrence carries it on from here
+        rates = [floor + (base - floor) * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+                 for base in schedule.base_lrs]
+    elif isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+        for decay in schedule.lr_lambdas:
+            if isinstance(decay, LinearDecay):
+                decay.steps = steps
+        rates = [base * decay(step) for base, decay in zip(schedule.base_lrs, schedule.lr_lambdas)]
+    else:
+        return  # step decay and constant rates do not depend on the run's length
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    schedule._last_lr = list(rates)
+
+
+def clip_gradients(parameters, value=None, norm=None):
+    """Clip each gradient entry to [-value, value], then each gradient tensor's L2 norm
+    to `norm`, as LEO's reference does (runner.py: tf.clip_by_value, then tf.clip_by_norm
+    on every gradient separately). None leaves that step out."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    for grad in grads:
+        if value is not None:
+            grad.clamp_(-value, value)
+        if norm is not None:
+            grad.mul_(torch.clamp(norm / (grad.norm() + 1e-12), max=1.0))

@@ -1,0 +1,225 @@
+"""Run folders: creating and reopening them (and refusing other runs' folders), the
+lock that keeps one process per folder, the metrics log, and where a run's data was.
+
+A run folder holds config.yaml, metrics.jsonl / metrics.csv, last.pt and best.pt;
+`fewshot embed` keeps its metrics here too, beside pretrain.pt.
+"""
+import csv
+import fcntl
+import io
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import complete, validate
+from .errors import FewshotError
+from .files import write_text
+
+CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
+               "tasks_per_s", "images_per_s", "points_per_s", "elapsed_s", "nonfinite_steps", "peak_rss_mb",
+               "peak_gpu_mb"]
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv")
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held until release() or the process ends.
+    The lock file is removed on release; a file left by a killed process is reused."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise FewshotError(f"run folder {folder} is in use by another fewshot process (pid {owner}); "
+                                   f"wait for it to finish or choose another --out") from None
+            # the previous holder may have removed the file while we opened it: then the
+            # lock we hold is on a file nobody else will find, so lock the current one
+            try:
+                current = os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()
+        self.handle = handle
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def release(self):
+        if self.handle.closed:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self.handle.close()
+
+
+def prepare_run(out, resume):
+    """Create or reopen the run folder; never touch another run's files. Returns
+    (folder, the topmost folder this call created or None)."""
+    out = Path(out)
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        if not (out / "config.yaml").is_file():
+            if found:
+                raise FewshotError(f"{out} holds run files ({', '.join(found)}) but no config.yaml, so it "
+                                   f"cannot be resumed; start a new run with another --out")
+            raise FewshotError(f"{out} holds no run to resume (no config.yaml); start one with "
+                               f"`fewshot train PRESET --out {out}`")
+        return out, None
+    if out.exists() and not out.is_dir():
+        raise FewshotError(f"--out {out} is a file, not a folder; choose another --out")
+    if "config.yaml" in found or "last.pt" in found:
+        raise FewshotError(f"{out} already holds a run; continue it with `fewshot train --resume {out}` "
+                           f"or choose another --out")
+    if found:
+        raise FewshotError(f"{out} holds another run's files ({', '.join(found)}) but no config.yaml or "
+                           f"last.pt; they are left alone: choose another --out or move them away")
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FewshotError(f"cannot create run folder {out} ({error.strerror}); choose another --out") from None
+    return out, (missing[-1] if missing else None)
+
+
+def clean_failed_start(out, created):
+    """Remove what a fresh run wrote before it trained a step, so the same command can be retried."""
+    for name in RUN_FILES:
+        try:
+            (out / name).unlink()
+        except FileNotFoundError:
+            pass
+    if created is not None:
+        for folder in (out, *out.parents):
+            try:
+                folder.rmdir()  # only empty folders
+            except OSError:
+                break
+            if folder == created:
+                break
+
+
+def clean_stale_files(out):
+    """Temporary files of writes a killed process never finished (we hold the lock: no one else writes here)."""
+    for path in Path(out).glob(".*.tmp"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def read_config(out):
+    """A run folder's config.yaml, checked."""
+    path = Path(out) / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a mapping of keys to values")
+        config = complete(config)
+        validate(config)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise FewshotError(f"{path} is damaged ({reason}); restore it from a copy, or start a new run "
+                           f"in another folder (with --init {Path(out) / 'last.pt'} to keep the weights)") from None
+    return config
+
+
+class MetricsLog:
+    """metrics.jsonl (every field) and metrics.csv (fixed columns), appended row by row."""
+
+    def __init__(self, folder, keep_until_step):
+        self.jsonl, self.csv = Path(folder) / "metrics.jsonl", Path(folder) / "metrics.csv"
+        rows, torn = _read_rows(self.jsonl)
+        kept = [r for r in rows if r["step"] <= keep_until_step]
+        lines = self.csv.read_text(errors="replace").splitlines() if self.csv.exists() else []
+        # a resumed run rewinds its log to the checkpoint, drops torn lines, completes a csv that a kill cut
+        # short of the jsonl, and brings an older csv's columns up to date
+        if (len(kept) != len(rows) or torn or lines[:1] != [",".join(CSV_COLUMNS)]
+                or len(lines) - 1 != len(kept)):
+            write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+            write_text(self.csv, buffer.getvalue())
+
+    def write(self, row):
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", newline="") as f:
+            csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
+
+
+def _read_rows(path):
+    """(rows, number of unreadable lines) of a metrics.jsonl; a line torn by a crash is skipped with a warning."""
+    if not path.exists():
+        return [], 0
+    rows, torn = [], 0
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError
+        except ValueError:
+            torn += 1
+            print(f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped",
+                  file=sys.stderr)
+            continue
+        rows.append(row)
+    return rows, torn
+
+
+def read_metrics(folder):
+    return _read_rows(Path(folder) / "metrics.jsonl")[0]
+
+
+def peak_rss_mb():
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+def data_location(config):
+    """Where `config["data"]` is on this machine, recorded in a run's checkpoints so that the
+    run can be evaluated from another folder or with another FEWSHOT_HOME: the absolute
+    path of the folder or raw copy it names, and the FEWSHOT_HOME it was found under."""
+    from .data import GENERATED
+    from .data.images import home
+    if config["dataset"] in GENERATED or config["data"] is None:
+        return None
+    path = Path(config["data"]).expanduser()
+    if not path.exists():
+        path = home() / str(config["data"])  # a dataset name under FEWSHOT_HOME (data.resolve checked it)
+    return {"data": str(config["data"]), "path": str(path.resolve()), "fewshot_home": str(home())}
+
+
+def recorded_data(config, location):
+    """The `data` to load a checkpoint's dataset with here: its config's own `data` where
+    that still names something from here, else the absolute path recorded at training."""
+    from .data import GENERATED
+    from .data.images import home, is_prepared
+    spec = config["data"]
+    if config["dataset"] in GENERATED or spec is None or not isinstance(location, dict):
+        return spec
+    if Path(spec).expanduser().exists() or is_prepared(home() / str(spec)):
+        return spec
+    if Path(location["path"]).exists():
+        return location["path"]
+    raise FewshotError(f"the data this run was trained on, {spec!r}, is not found from here: it was "
+                       f"{location['path']} (FEWSHOT_HOME={location['fewshot_home']}); set "
+                       f"FEWSHOT_HOME={location['fewshot_home']} if that folder is on this machine, or give "
+                       f"the dataset with --data PATH")
