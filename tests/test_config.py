@@ -4,7 +4,9 @@ import math
 import pytest
 import yaml
 
-from fewshot.config import DEFAULTS, apply_overrides, load_preset, parse_overrides, preset_names, validate
+from fewshot import config as config_module
+from fewshot.config import (DEFAULTS, Config, apply_overrides, complete, dump, load_preset, parse_overrides,
+                            preset_names, validate)
 from fewshot.errors import FewshotError
 
 
@@ -92,8 +94,103 @@ def test_a_preset_file_with_a_non_finite_value_is_refused(tmp_path):
         validate(config)
 
 
-def test_every_checked_key_is_a_config_key():
-    from fewshot import config
-    checked = {*config.INTEGERS, *config.OPTIONAL_INTEGERS, *config.NUMBERS, *config.OPTIONAL_NUMBERS,
-               *config.CHOICES, *config.TEXTS, *config.OPTIONAL_TEXTS}
-    assert checked <= set(DEFAULTS)
+def test_every_key_is_checked_by_its_type():
+    """The checks are generated from the schema: no key escapes them (a mapping is no value of any key)."""
+    for key in DEFAULTS:
+        with pytest.raises(FewshotError) as error:
+            validate({**load_preset("omniglot-5w1s"), key: {"a": 1}})
+        assert str(error.value).startswith(f"{key} must be ") and "\n" not in str(error.value)
+
+
+def test_defaults_are_the_schemas():
+    fresh = Config()
+    assert list(DEFAULTS) == [name for name in config_module.FIELDS if name != "preset"]
+    assert all(getattr(fresh, key) == value for key, value in DEFAULTS.items())
+    assert DEFAULTS["inner_lr"] == 0.4 and DEFAULTS["hidden"] == [40, 40] and DEFAULTS["eval_query"] is None
+    assert Config().hidden is not Config().hidden  # a list default is not shared between configs
+
+
+@pytest.mark.parametrize("preset,pairs,message", [
+    ("mamlpp-omniglot-5w1s", ["model=resnet12"], "per_step_bn: true would be ignored: only model conv4 reads it"),
+    ("omniglot-5w1s", ["per_step_bn=true", "model=wrn28_10"], "per_step_bn: true would be ignored"),
+    ("omniglot-5w1s", ["algorithm=protonet"], "protonet classifies by the distance"),
+    ("omniglot-5w1s", ["inner_optimizer=adam"], "inner_optimizer: adam would be ignored: only algorithm reptile"),
+    ("omniglot-5w1s", ["msl_epochs=3"], "msl_epochs: 3 would be ignored: only algorithm mamlpp reads it"),
+    ("reptile-omniglot-5w1s", ["algorithm=maml"], "inner_optimizer: adam would be ignored"),
+    ("omniglot-5w1s", ["kl_weight=0.5"], "kl_weight: 0.5 would be ignored: only algorithm leo reads it"),
+    ("protonet-omniglot-5w1s", ["first_order=true"], "first_order: true would be ignored: only algorithms maml, anil, metasgd, mamlpp read it"),
+    ("omniglot-5w1s", ["widths=[8, 8, 8, 8]"], "widths: [8, 8, 8, 8] would be ignored"),
+    ("omniglot-5w1s", ["embedding_crop=multiview"], "only dataset embeddings reads it"),
+    ("sinusoid-10shot", ["batch_norm=inductive"], "batch_norm: inductive would be ignored"),
+])
+def test_a_setting_that_would_be_ignored_is_refused_in_one_line(preset, pairs, message):
+    with pytest.raises(FewshotError) as error:
+        apply_overrides(load_preset(preset), parse_overrides(pairs))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert "--set " in str(error.value) or "remove " in str(error.value)  # and says what to do
+
+
+def test_a_key_at_its_default_is_never_refused_under_another_algorithm():
+    config = apply_overrides(load_preset("omniglot-5w1s"), {"msl_epochs": 0, "inner_optimizer": "sgd"})
+    assert config.algorithm == "maml"
+    apply_overrides(load_preset("omniglot-5w1s"), {"model": "resnet12"})  # downsample travels with the preset
+
+
+def test_unknown_keys_are_refused_with_the_closest_name():
+    with pytest.raises(FewshotError, match=r"unknown config key 'shotz' in --set \(did you mean 'shots'\?\)"):
+        parse_overrides(["shotz=1"])
+    with pytest.raises(FewshotError, match="unknown config key 'inner_lrr' in the config"):
+        validate({**load_preset("omniglot-5w1s"), "inner_lrr": 0.1})
+
+
+def test_config_is_typed_and_also_a_mapping(tmp_path):
+    config = apply_overrides(load_preset("omniglot-5w1s"), {"steps": 7})
+    assert isinstance(config, Config) and validate(config) is config
+    assert config.steps == config["steps"] == config.get("steps") == 7 and config.get("no_such_key") is None
+    assert dict(config) == {**config} == config.to_dict() and "preset" in config and len(config) == len(dict(config))
+    assert dict(config)["preset"] == "omniglot-5w1s" and list(config)[-1] == "preset"
+    assert yaml.safe_load(dump(config)) == dict(config) == yaml.safe_load(yaml.safe_dump(config))
+    config["steps"] = 9  # during the move, code may still set keys as on the dict
+    assert config.steps == 9 and config == {**dict(config)}
+    with pytest.raises(KeyError):
+        config["no_such_key"] = 1
+    with pytest.raises(KeyError):
+        config["no_such_key"]
+    assert config.replace(steps=3).steps == 3 and config.steps == 9
+    import copy
+    twin = copy.deepcopy(config)
+    assert isinstance(twin, Config) and twin == config and twin.hidden is not config.hidden
+    with pytest.raises(FewshotError, match="steps must be a whole number"):
+        config.replace(steps=0)
+
+
+def test_a_config_in_a_checkpoint_is_plain_data():
+    """torch.load(weights_only=True) refuses classes: a Config is saved as its mapping."""
+    import io
+    import torch
+    config = load_preset("omniglot-5w1s")
+    buffer = io.BytesIO()
+    torch.save({"config": config}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)["config"]
+    assert type(saved) is not Config and isinstance(saved, dict) and saved == dict(config)
+    assert complete(saved) == config and isinstance(complete(saved), Config)
+
+
+def test_complete_fills_keys_added_since_and_drops_keys_it_does_not_know():
+    old = {k: v for k, v in dict(load_preset("omniglot-5w1s")).items() if k not in ("precision", "compile")}
+    completed = complete({**old, "from_a_newer_version": 1})
+    assert isinstance(completed, Config) and completed.precision == "fp32" and completed.compile is False
+    assert "from_a_newer_version" not in completed and completed.inner_lr == 0.4
+    validate(completed)
+
+
+def test_the_schema_lists_every_key_with_type_default_range_and_readers():
+    lines = config_module.schema_lines()
+    assert lines[0].split() == ["key", "type", "default", "range", "read", "by", "meaning"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert list(rows) == list(DEFAULTS)
+    assert rows["inner_lr"].split()[:5] == ["inner_lr", "float", "0.4", "finite,", ">="]
+    assert rows["msl_epochs"].split()[:6] == ["msl_epochs", "int", "0", ">=", "0", "mamlpp"]
+    assert rows["eval_query"].split()[:7] == ["eval_query", "int", "|", "null", "null", ">=", "1"]
+    assert "sgd | adam" in rows["inner_optimizer"] and "reptile" in rows["inner_optimizer"]
