@@ -159,3 +159,64 @@ def test_log_means_leave_out_non_finite_steps():
     assert _mean(rows, "loss") == 2.0
     assert math.isnan(_mean(rows[1:2], "loss"))  # all non-finite: nan
     assert _mean([{"loss": torch.tensor(1.0)}, {"loss": 2.0}, {"loss": torch.tensor(float("inf"))}], "loss") == 1.5
+
+
+def metric_rows(out):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.parametrize("stop_after", [None, 2])
+def test_extending_a_4_step_run_to_6_equals_an_uninterrupted_6_step_run(tmp_path, data, capsys, stop_after):
+    # a schedule that does not depend on `steps` (step decay) and tasks that are a function of (seed, step):
+    # the extended run must end bitwise where an uninterrupted 6-step run ends, finished at 4 or stopped at 2
+    settings = dict(data=data, save_every=2, log_every=1, val_every=100, lr_decay_every=2, lr_decay_gamma=0.5)
+    train(tiny_config(steps=6, **settings), tmp_path / "full", progress=False)
+    train(tiny_config(steps=4, **settings), tmp_path / "part", progress=False, stop_after=stop_after)
+    capsys.readouterr()
+    extended = train(out=tmp_path / "part", resume=True, steps=6, progress=False)
+    done = 4 if stop_after is None else 2
+    assert f"resuming {tmp_path / 'part'} at step {done}: steps 4 -> 6" in capsys.readouterr().out
+    assert extended["step"] == 6 and not extended["stopped"]
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "part")
+    assert "steps: 6" in (tmp_path / "part" / "config.yaml").read_text().splitlines()
+    # and a later plain resume keeps the new length: nothing left to do
+    assert train(out=tmp_path / "part", resume=True, progress=False)["step"] == 6
+
+
+def test_an_extended_cosine_run_takes_the_6_step_schedules_rates_from_the_resumed_step(tmp_path, data):
+    settings = dict(data=data, save_every=2, log_every=1, val_every=100, lr_schedule="cosine", meta_lr=0.01,
+                    min_meta_lr=0.001)
+    train(tiny_config(steps=6, **settings), tmp_path / "full", progress=False)
+    train(tiny_config(steps=4, **settings), tmp_path / "part", progress=False)
+    train(out=tmp_path / "part", resume=True, steps=6, progress=False)
+    rates = lambda out: {r["step"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    full, part = rates(tmp_path / "full"), rates(tmp_path / "part")
+    assert part[4] == pytest.approx(0.001, rel=1e-9)  # the 4-step run ended at its floor
+    assert [part[5], part[6]] == pytest.approx([full[5], full[6]], rel=1e-12)
+
+
+def test_steps_on_resume_is_refused_below_the_runs_step_and_without_resume(tmp_path, data):
+    out = tmp_path / "run"
+    train(tiny_config(data=data, steps=4), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(FewshotError, match=r"already at step 4; --steps .* at least 4"):
+        train(out=out, resume=True, steps=3, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(FewshotError, match="--steps goes with --resume"):
+        train(tiny_config(data=data), tmp_path / "new", steps=6, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_sinusoid_rows_count_points_not_images(tmp_path, capsys):
+    from fewshot.config import load_preset
+    config = {**load_preset("sinusoid-10shot"), "steps": 2, "log_every": 1, "val_every": 2, "val_tasks": 2}
+    train(config, tmp_path / "sine", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "sine" / "metrics.jsonl").read_text().splitlines()]
+    # 25 tasks of 10 support and 10 query points per meta-step
+    assert all("images_per_s" not in r and r["points_per_s"] == pytest.approx(25 * 20 / r["sec_per_step"])
+               for r in rows)
+    printed = capsys.readouterr().out
+    assert "points/s" in printed and "img/s" not in printed

@@ -8,6 +8,7 @@ from tqdm import tqdm
 from . import algorithms, checkpoint, data
 from .config import eval_query, eval_ways
 from .errors import FewshotError
+from .runs import recorded_data
 
 
 def confidence(values):
@@ -53,6 +54,8 @@ def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, d
     config = dict(state["config"])
     if data_spec is not None:
         config["data"] = str(data_spec)
+    else:  # the data it was trained on, also from another folder or with another FEWSHOT_HOME
+        config["data"] = recorded_data(config, state.get("data_location"))
     if split not in ("train", "val", "test"):
         raise FewshotError(f"unknown split {split!r}; choose train, val or test")
     dataset, refs = data.load(config, progress)

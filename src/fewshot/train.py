@@ -15,9 +15,10 @@ only setting a resume may change (RESUME_KEYS); config.yaml is rewritten with it
 schedules that span the run follow the new length as optim.py describes.
 """
 import math
-import time
 import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -81,8 +82,7 @@ def _extended(config, out, steps):
     if steps < done:
         raise FewshotError(f"{out} is already at step {done}; --steps gives the run's new total length, so it "
                            f"must be at least {done} (e.g. --steps {done + config['steps']})")
-    changed = {**config, "steps": steps}
-    validate(changed)
+    changed = validate({**config, "steps": steps})
     schedule = {"cosine": f"the cosine schedule now spans {steps} steps",
                 "linear": f"the linear schedule now spans {steps} steps"}.get(
         config["lr_schedule"], "the learning-rate schedule does not depend on steps")
@@ -236,7 +236,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         if leader:
             if not bool(torch.stack([p.detach().isfinite().all() for p in algorithm.parameters()]).all()):
                 raise nonfinite(loop.step, "the weights")
-            checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
+            checkpoint.save(out / name, config=dict(config), algorithm=algorithm.state_dict(),
                             optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
                             rng=torch.get_rng_state(), step=loop.step, best=best, preprocessing=preprocessing,
                             data_location=where)
@@ -327,7 +327,7 @@ def _load_state(state, config, out, algorithm, optimizer, schedule):
     """Restore a run's last.pt into the freshly built objects, refusing another run's checkpoint."""
     path = out / "last.pt"
     was = state.get("config")
-    if not isinstance(was, dict):
+    if not isinstance(was, Mapping):
         raise FewshotError(f"{path} holds no config, so it is not this run's checkpoint; put the run's own "
                            f"last.pt back, or start a new run in another folder")
     differ = [key for key in IDENTITY_KEYS if was.get(key) != config.get(key)]
