@@ -197,7 +197,7 @@ def test_embed_pretrains_on_train_classes_only_resumes_and_writes_leos_files(tmp
         leo = tiny_config(dataset="embeddings", data=str(tmp_path / "full"), embedding_dim=4, embedding_crop=crop)
         dataset, refs = data.load(leo, progress=False)
         assert [len(refs[s]) for s in emb.SPLITS] == [4, 2, 2] and dataset.images.shape == (64, 4)
-        assert refs["train"][0][3] == "class.0.x.y"
+        assert refs["train"][0].name == "class.0.x.y"
     center = read_features(data.resolve({**leo, "embedding_crop": "center"}, progress=False), 4).images
     multiview = read_features(data.resolve(leo, progress=False), 4).images
     assert not np.allclose(center, multiview)

@@ -1,8 +1,11 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from fewshot.data.episodes import EpisodeSampler, Prefetcher, sample_batch
+from fewshot.data.images import ImageClass
 from fewshot.errors import FewshotError
 
 
@@ -11,7 +14,7 @@ def tagged(classes=10, per_class=6):
     for c in range(classes):
         images[c * per_class:(c + 1) * per_class, 0, 0, 0] = c
         images[c * per_class:(c + 1) * per_class, 0, 0, 1] = np.arange(per_class)
-    refs = [(c * per_class, per_class, 0, f"class{c}") for c in range(classes)]
+    refs = [ImageClass(f"class{c}", "train", c * per_class, per_class) for c in range(classes)]
     return images, refs
 
 
@@ -61,8 +64,10 @@ def test_batches_are_a_function_of_seed_and_index():
 def test_rotated_classes_are_rotated_images():
     images, _ = tagged()
     images[:, 0] = np.arange(16, dtype=np.uint8).reshape(4, 4)
-    plain = EpisodeSampler(images, [(0, 6, 0, "a"), (6, 6, 0, "b")], 2, 1, 1, seed=0).batch(0, 1)[0]
-    turned = EpisodeSampler(images, [(0, 6, 1, "a"), (6, 6, 1, "b")], 2, 1, 1, seed=0).batch(0, 1)[0]
+    plain = EpisodeSampler(images, [ImageClass("a", "train", 0, 6), ImageClass("b", "train", 6, 6)], 2, 1, 1,
+                           seed=0).batch(0, 1)[0]
+    turned = EpisodeSampler(images, [ImageClass("a", "train", 0, 6, rotation=1), ImageClass("b", "train", 6, 6, rotation=1)],
+                            2, 1, 1, seed=0).batch(0, 1)[0]
     torch.testing.assert_close(turned.support_x, torch.rot90(plain.support_x, 1, (-2, -1)))
 
 
@@ -91,7 +96,7 @@ def test_tasks_built_from_a_device_copy_equal_the_host_tasks(device):
     from fewshot.data.episodes import DeviceEpisodes
     images, refs = tagged(classes=12, per_class=6)
     images[:, 0, 2:, :] = np.arange(8, dtype=np.uint8).reshape(2, 4) * 30  # asymmetric, so turns show
-    refs = [(start, count, c % 4, name) for c, (start, count, _, name) in enumerate(refs)]  # 0-3 quarter turns
+    refs = [replace(r, rotation=c % 4) for c, r in enumerate(refs)]  # 0-3 quarter turns
     preprocessing = {"invert": True, "channels": 1, "mean": [0.3], "std": [0.2]}
     sampler = EpisodeSampler(images, refs, ways=4, shots=2, query=1, seed=5, preprocessing=preprocessing)
     on_device = DeviceEpisodes(sampler, device)

@@ -91,8 +91,8 @@ def test_split_tree_of_mixed_sizes_and_modes(split_tree, fewshot_home, capsys):
             for channel, value in enumerate(expected[key]):  # one colour in, the same colour out
                 assert np.abs(pixels[channel] - value).max() <= 1, (key, channel, value)
     refs = folder.splits(dataset)
-    assert sorted(r[3] for r in refs["train"]) == ["alpha", "beta", "gamma"]
-    assert [r[3] for r in refs["val"]] == ["delta"] and [r[3] for r in refs["test"]] == ["eps"]
+    assert sorted(r.name for r in refs["train"]) == ["alpha", "beta", "gamma"]
+    assert [r.name for r in refs["val"]] == ["delta"] and [r.name for r in refs["test"]] == ["eps"]
 
 
 def test_left_stays_left_and_size_is_an_option(tmp_path, fewshot_home, capsys):

@@ -226,7 +226,7 @@ def test_a_raw_copy_is_imported_once_into_fewshot_home(sprites_dir, _isolated_ho
 
     def no_second_import(*args, **kwargs):
         raise AssertionError("the cache was not reused")
-    monkeypatch.setitem(fewshot.data.IMPORTERS, "omniglot", no_second_import)
+    monkeypatch.setattr(fewshot.data.kind("omniglot"), "prepare", no_second_import)
     dataset, refs = load(config, progress=False)  # timed by benchmarks/load_time.py
     assert dataset.root == first and len(dataset.images) == 32460
     assert len(refs["val"]) == 100 and len(refs["test"]) == 423
@@ -236,7 +236,7 @@ def test_a_raw_copy_is_imported_once_into_fewshot_home(sprites_dir, _isolated_ho
 
 def _chars(refs, dataset):
     by_start = {c.start: i for i, c in enumerate(dataset.classes)}
-    return [by_start[start] for start, _, _, _ in refs]
+    return [by_start[r.start] for r in refs]
 
 
 def test_maml_split(sprite_cache):
@@ -245,11 +245,11 @@ def test_maml_split(sprite_cache):
     assert len(refs["train"]) == 1100 * 4 and len(refs["val"]) == 100 and len(refs["test"]) == 423
     train = _chars(refs["train"], dataset)
     rotations = defaultdict(list)
-    for char, (_, count, rotation, _) in zip(train, refs["train"]):
-        rotations[char].append(rotation)
-        assert count == 20
+    for char, ref in zip(train, refs["train"]):
+        rotations[char].append(ref.rotation)
+        assert ref.count == 20
     assert len(rotations) == 1100 and all(sorted(r) == [0, 1, 2, 3] for r in rotations.values())
-    assert all(r == 0 for part in ("val", "test") for _, _, r, _ in refs[part])
+    assert all(r.rotation == 0 for part in ("val", "test") for r in refs[part])
     val, test = set(_chars(refs["val"], dataset)), set(_chars(refs["test"], dataset))
     assert len(val) == 100 and len(test) == 423
     assert not (set(train) & val) and not (set(train) & test) and not (val & test)
@@ -264,12 +264,12 @@ def test_lake_split(sprite_cache):
     groups = [c.group for c in dataset.classes]
     train, val, test = (set(_chars(refs[p], dataset)) for p in ("train", "val", "test"))
     assert len(refs["train"]) == len(train) * 4
-    assert Counter(r for _, _, r, _ in refs["train"]) == {r: len(train) for r in (0, 1, 2, 3)}
+    assert Counter(r.rotation for r in refs["train"]) == {r: len(train) for r in (0, 1, 2, 3)}
     assert train | val == {i for i, g in enumerate(groups) if g == "background"}
     assert not (train & val) and 0 < len(val) < 100
     assert len(train) == 964 - len(val)
     assert test == {i for i, g in enumerate(groups) if g == "evaluation"} and len(test) == 659
-    assert len(refs["test"]) == 659 and all(r == 0 for _, _, r, _ in refs["test"] + refs["val"])
+    assert len(refs["test"]) == 659 and all(r.rotation == 0 for r in refs["test"] + refs["val"])
     assert omniglot.splits(dataset, "lake") == refs
 
 

@@ -1,42 +1,42 @@
 """Datasets: import once into a cached array, then sample episodes from it.
 
-Kinds: `omniglot` (official layout, zips or sprite form), `miniimagenet` (images
-with the Ravi & Larochelle split CSVs, class-folder trees, learn2learn pickles,
-npz), `folder` (a user's tree of class folders), `embeddings` (LEO's precomputed
+A config's `dataset` names a kind registered in `DATASETS` (kinds.py), one module
+each: `omniglot` (official layout, zips or sprite form), `miniimagenet` (images with
+the Ravi & Larochelle split CSVs, class-folder trees, learn2learn pickles, npz),
+`folder` (a user's tree of class folders), `embeddings` (LEO's precomputed
 `{train,val,test}_embeddings.pkl`, float features) and `sinusoid` (generated).
+This module turns a config into its prepared dataset, class splits and task
+samplers, whatever the kind.
+
+torch is imported only when a sampler is built: preparing data stays cheap.
 """
 import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import FewshotError
-from . import embeddings, folder, miniimagenet, omniglot
-from .episodes import EpisodeSampler, Prefetcher, Task
 from .images import fingerprint, home, is_prepared, read_dataset, read_features
-from .sinusoid import SinusoidSampler
+from .kinds import DATASETS, SPLITS, DatasetKind
 
-GENERATED = {"sinusoid"}
 CACHE_VERSION = 2  # part of every cache key: raise it when an importer's output changes
-# kind -> (import a raw copy into a prepared folder, class splits)
-IMPORTERS = {"omniglot": omniglot.import_omniglot, "folder": folder.import_folder,
-             "miniimagenet": miniimagenet.import_miniimagenet, "embeddings": embeddings.import_embeddings}
-SPLITTERS = {"omniglot": omniglot.splits, "folder": folder.splits, "miniimagenet": miniimagenet.splits,
-             "embeddings": embeddings.splits}
-FEATURES = {"embeddings"}  # kinds stored as float features: their "size" is the feature dimension
 
 
-def array_size(config):
+def kind(name: str) -> DatasetKind:
+    """The dataset kind `name` (a FewshotError naming the known kinds if there is none)."""
+    return DATASETS.get(name)
+
+
+def array_size(config) -> int:
     """The size a prepared array is stored at: the image side, or the feature dimension."""
-    return config["embedding_dim"] if config["dataset"] in FEATURES else config["image_size"]
+    return config["embedding_dim"] if kind(config["dataset"]).features else config["image_size"]
 
 
-def resolve(config, progress=True):
+def resolve(config, progress: bool = True) -> Path:
     """The prepared folder for `config["data"]`: a prepared folder, a raw copy (imported
     into a cache under FEWSHOT_HOME on first use), or a name under FEWSHOT_HOME."""
-    spec, kind, size = config["data"], config["dataset"], array_size(config)
+    spec, wanted, size = config["data"], kind(config["dataset"]), array_size(config)
     if spec is None:
         raise FewshotError("no data given: pass --data DIR (e.g. ../shared/data/omniglot-28) "
                            "or prepare a copy with `fewshot data omniglot --from PATH`")
@@ -45,10 +45,17 @@ def resolve(config, progress=True):
         named = home() / str(spec)
         if not is_prepared(named):
             raise FewshotError(f"data {spec!r} is neither a folder nor a dataset prepared under {home()}; "
-                               f"check the path, or prepare it with `fewshot data {kind} --from PATH`")
+                               f"check the path, or prepare it with `fewshot data {wanted.name} --from PATH`")
         path = named
-    if kind == "embeddings":  # LEO's layout: <data_path>/<dataset_name>/<embedding_crop>/
-        path = embeddings.locate(path, config["embedding_crop"], config["embedding_dataset"])
+    path = wanted.locate(path, config)
+    if is_prepared(path):
+        prepared = kind(read_dataset(path, None).meta.get("dataset"))
+        if prepared.features != wanted.features:  # never decode images as features, or the reverse
+            holds, reads = ("image features", "images") if prepared.features else ("images", "image features")
+            fix = (f"make features from it with `fewshot embed PRESET --data {spec} --out DIR` and train on DIR"
+                   if wanted.features else "give a dataset of images")
+            raise FewshotError(f"{path} holds {holds} ({prepared.name}), but a {config['dataset']} preset reads "
+                               f"{reads}; {fix}")
     if is_prepared(path, size):
         return path
     if is_prepared(path):  # prepared at another size: decode again from the recorded source
@@ -61,58 +68,128 @@ def resolve(config, progress=True):
             raise FewshotError(f"{path} is prepared at sizes {meta.get('sizes')}, not {size}, and its source "
                                f"{source} has changed since; prepare size {size} under another name "
                                f"(`fewshot data {meta.get('dataset')} --from {source} --name NEW --size {size}`)")
-        _import(meta["dataset"], source, path, size, meta, progress)
+        _import(kind(meta["dataset"]), source, path, size, meta, progress)
         return path
-    return _cache(kind, path, size, progress)
+    return _cache(wanted, path, size, progress)
 
 
-def _cache(kind, path, size, progress):
+def _cache(dataset_kind, path, size, progress):
     """The cache of raw copy `path` at `size`, keyed on its place, its content (the names,
     sizes and modification times of its files) and the preparation settings: a changed
     copy or another size never meets a stale array."""
     place = hashlib.sha1(os.fsencode(str(path.resolve()))).hexdigest()[:12]
-    content = hashlib.sha1(f"{kind} {size} {CACHE_VERSION} {fingerprint(path)}".encode()).hexdigest()[:12]
-    cache = home() / "cache" / f"{kind}-{place}-{content}"
+    content = hashlib.sha1(f"{dataset_kind.name} {size} {CACHE_VERSION} {fingerprint(path)}".encode()).hexdigest()[:12]
+    cache = home() / "cache" / f"{dataset_kind.name}-{place}-{content}"
     if not is_prepared(cache, size):
-        _import(kind, path, cache, size, {}, progress)
+        _import(dataset_kind, path, cache, size, {}, progress)
     return cache
 
 
-# the import options a prepared dataset records, so that it can be decoded again at another size
-REIMPORT_OPTIONS = {"folder": ("ratios", "seed", "channels"), "miniimagenet": ("csv_dir", "allow_partial")}
+def _import(dataset_kind, source, target, size, meta, progress):
+    """Decode `source` into `target` at `size`, with the options `meta` (a prepared
+    folder's) records, so that another size holds the same classes in the same splits."""
+    options = dataset_kind.import_options(meta) if meta else {}
+    dataset_kind.prepare(source, target, size=size, progress=progress, **options)
 
 
-def _import(kind, source, target, size, meta, progress):
-    options = {k: meta[k] for k in REIMPORT_OPTIONS.get(kind, ()) if k in meta}
-    if "ratios" in options:
-        options["ratios"] = tuple(options["ratios"])
-    IMPORTERS[kind](source, target, size=size, progress=progress, **options)
-
-
-def load(config, progress=True):
-    """(dataset, {split: class refs}) for a config; (None, None) for generated tasks."""
-    if config["dataset"] in GENERATED:
+def load(config, progress: bool = True):
+    """(dataset, {split: [ImageClass]}) for a config; (None, None) for generated tasks."""
+    wanted = kind(config["dataset"])
+    if wanted.generated:
         return None, None
-    if config["dataset"] not in IMPORTERS:
-        known = ", ".join([*IMPORTERS, *GENERATED])
-        raise FewshotError(f"unknown dataset {config['dataset']!r}; choose one of {known}")
-    reader = read_features if config["dataset"] in FEATURES else read_dataset
+    reader = read_features if wanted.features else read_dataset
     dataset = reader(resolve(config, progress), array_size(config))
     if dataset.images.nbytes < (1 << 30):  # small sets live in memory; large ones stay memory-mapped
         dataset.images = np.ascontiguousarray(dataset.images)
-    return dataset, SPLITTERS[dataset.meta["dataset"]](dataset, config["split"])
+    return dataset, kind(dataset.meta["dataset"]).splits(dataset, config["split"])
 
 
-def sampler(config, dataset, refs, split, seed, query=None, dtype=torch.float32, ways=None):
+def sampler(config, dataset, refs, split, seed, query=None, dtype=None, ways=None):
+    """The task sampler of `split`. `ways` and `query` default to the meta-training
+    settings; evaluation passes its own (eval_ways, eval_query). Tasks that do not fit
+    the split are refused with one line naming every setting to change and the values
+    that fit; the meta-train sampler (built with the config's own ways and query, as the
+    trainer does) also checks the validation and test tasks the run will be evaluated
+    on, so that one hint is enough."""
+    training = split == "train" and ways is None and query is None
     query = config["query"] if query is None else query
     ways = config["ways"] if ways is None else ways
-    if config["dataset"] in GENERATED:
-        return SinusoidSampler(config["shots"], query, seed + {"train": 0, "val": 1, "test": 2}[split], dtype)
-    if not refs[split]:
-        raise FewshotError(f"the {split} split of {dataset.root} has no classes; give that split classes "
-                           f"(a {split}/ folder, or --split ratios that leave it some)")
-    return EpisodeSampler(dataset.images, refs[split], ways, config["shots"], query, seed,
-                          split=split, preprocessing=preprocessing(dataset, config), dtype=dtype)
+    dataset_kind = kind(config["dataset"])
+    if dataset_kind.generated:
+        return dataset_kind.sampler(config, split, seed, query, dtype)
+    for needed in [split] + (["val"] if training else []):  # training validates on val
+        if not refs[needed]:
+            raise FewshotError(f"the {needed} split of {dataset.root} has no classes; give that split classes "
+                               f"(a {needed}/ folder, or --split ratios that leave it some)")
+    if training:
+        checks = [("train", "ways", ways, "query", query)]
+        ways_key, query_key = _eval_key(config, "ways"), _eval_key(config, "query")
+        checks += [(s, ways_key, config[ways_key], query_key, config[query_key]) for s in ("val", "test") if refs[s]]
+    else:
+        checks = [(split, _key(config, "ways", ways), ways, _key(config, "query", query), query)]
+    check_tasks_fit(refs, config["shots"], checks, training)
+    import torch
+
+    from .episodes import EpisodeSampler
+    return EpisodeSampler(dataset.images, refs[split], ways, config["shots"], query, seed, split=split,
+                          preprocessing=preprocessing(dataset, config), dtype=torch.float32 if dtype is None else dtype)
+
+
+def _eval_key(config, name):
+    """The key that sets `name` ("ways" or "query") at evaluation: eval_<name> when set."""
+    return f"eval_{name}" if config[f"eval_{name}"] is not None else name
+
+
+def _key(config, name, value):
+    """The key an evaluation sampler's `name` value came from: eval_<name> when set to it."""
+    return f"eval_{name}" if config[f"eval_{name}"] is not None and value == config[f"eval_{name}"] else name
+
+
+def check_tasks_fit(refs, shots, checks, training=True):
+    """Refuse tasks that do not fit their splits, in one line that names each problem and
+    one fix for all of them: every setting that blocks (`--set KEY=N`) with the largest
+    value that fits every split it applies to, or, where no setting can help (a split of
+    one class, a class of one image), what to add to the data. `checks`: (split, ways key,
+    ways, query key, query) per split. `training`: the fix is a `fewshot train` setting;
+    otherwise the run's settings are fixed, and the fix says so."""
+    problems, data_fixes = [], []
+    limits = {}  # key -> the largest value that fits every split the key applies to
+
+    def limit(key, value):
+        limits[key] = min(limits.get(key, value), value)
+
+    for split, ways_key, ways, _, _ in checks:
+        classes = len(refs[split])
+        if ways > classes:
+            problems.append(f"{ways}-way tasks need {ways} classes but the {split} split has {classes}")
+        if classes < 2:
+            data_fixes.append(f"give the {split} split 2 classes at least (a task has 2)")
+        limit(ways_key, classes)
+    fewest = {split: min(refs[split], key=lambda c: c.count) for split, *_ in checks}
+    limit("shots", min(c.count for c in fewest.values()) - 1)  # every task keeps one query image at least
+    shots_fit = max(1, min(shots, limits["shots"]))
+    for split, _, _, query_key, query in checks:
+        small = fewest[split]
+        if shots + query > small.count:
+            problems.append(f"{shots}-shot tasks with {query} queries need {shots + query} images per class, but "
+                            f"class {small.name!r} of the {split} split has {small.count}")
+        if small.count < 2:
+            data_fixes.append(f"add images to class {small.name!r} of the {split} split or remove it "
+                              f"(a class needs 2 at least: one to learn from, one to test on)")
+        limit(query_key, small.count - shots_fit)
+    if not problems:
+        return
+    values = {key: value for _, ways_key, ways, query_key, query in checks
+              for key, value in ((ways_key, ways), (query_key, query))}
+    values["shots"] = shots
+    settings = [f"--set {key}={limits[key]}" for key in ("ways", "eval_ways", "shots", "query", "eval_query")
+                if key in values and values[key] > limits[key] and limits[key] >= (2 if "ways" in key else 1)]
+    fixes = list(dict.fromkeys(data_fixes))
+    if settings:
+        setting = " ".join(settings)
+        fixes.append(setting if training else f"train with {setting} (a run's task settings are fixed at "
+                                              f"training), or use data with more classes and images")
+    raise FewshotError(f"{'; '.join(problems)}; fix: {'; '.join(fixes)}")
 
 
 def preprocessing(dataset, config):
@@ -127,5 +204,18 @@ def preprocessing(dataset, config):
             "std": meta["std"] if normalize else None}
 
 
-__all__ = ["EpisodeSampler", "Prefetcher", "SinusoidSampler", "Task", "load", "preprocessing", "resolve",
-           "sampler"]
+def __getattr__(name):
+    # the samplers and tasks need torch: imported on first use, not with the package
+    if name in ("EpisodeSampler", "Prefetcher", "Task"):
+        from . import episodes
+        return getattr(episodes, name)
+    if name == "SinusoidSampler":
+        from .sinusoid import SinusoidSampler
+        return SinusoidSampler
+    if name == "GENERATED":  # the kinds without stored data (runs.py); prefer kind(name).generated
+        return frozenset(n for n in DATASETS.names() if DATASETS.get(n).generated)
+    raise AttributeError(f"module 'fewshot.data' has no attribute {name!r}")
+
+
+__all__ = ["DATASETS", "SPLITS", "DatasetKind", "EpisodeSampler", "Prefetcher", "SinusoidSampler", "Task",
+           "check_tasks_fit", "kind", "load", "preprocessing", "resolve", "sampler"]

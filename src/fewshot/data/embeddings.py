@@ -33,10 +33,9 @@ from tqdm import tqdm
 
 from ..errors import FewshotError
 from .arrays import load_pickle
-from .folder import splits as _group_splits
 from .images import ImageClass, is_prepared, write_features
+from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
 
-SPLITS = ("train", "val", "test")
 NDIM = 640  # the reference's embedding dimension (WRN-28-10 features)
 CROPS = ("center", "multiview")
 KEY_FORMAT = "<prefix>-<class>-<class>_<image>"
@@ -150,7 +149,7 @@ def import_embeddings(source, folder, size=NDIM, progress=True):
 
 def splits(dataset, name=None, seed=None):
     """The split is the file each class came from (its group)."""
-    return _group_splits(dataset)
+    return group_splits(dataset)
 
 
 def make_key(class_name, image, prefix=0):
@@ -182,3 +181,11 @@ def write_leo_pickles(folder, split, embeddings, labels, keys):
         with open(tmp, "wb") as f:
             pickle.dump({"embeddings": embeddings, "labels": labels, "keys": keys}, f, protocol=2)
     return path
+
+
+def locate_for(path, config):
+    return locate(path, config["embedding_crop"], config["embedding_dataset"])
+
+
+EMBEDDINGS = DATASETS.register("embeddings")(DatasetKind(
+    "embeddings", prepare=import_embeddings, splits=splits, features=True, locate=locate_for))

@@ -98,8 +98,8 @@ class Plan:
 
 class EpisodeSampler:
     """Samples `ways` classes without repetition, `shots` support and `query` query
-    images of each, disjoint, with labels shuffled per task. `classes` holds
-    (first row, image count, rotation in quarter turns, name) per class."""
+    images of each, disjoint, with labels shuffled per task. `classes`: the split's
+    ImageClass list (rows start..start + count of `images`, turned `rotation` quarter turns)."""
 
     def __init__(self, images, classes, ways, shots, query, seed, split="train",
                  preprocessing=None, dtype=torch.float32):
@@ -107,11 +107,11 @@ class EpisodeSampler:
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
         need = shots + query
-        start, count, rotation, name = min(classes, key=lambda c: c[1])
-        if count < need:
+        fewest = min(classes, key=lambda c: c.count)
+        if fewest.count < need:
             raise FewshotError(f"{shots}-shot tasks with {query} queries need {need} images per class, but "
-                               f"class {name!r} of the {split} split has {count}; lower shots or query, "
-                               f"or add images to that class")
+                               f"class {fewest.name!r} of the {split} split has {fewest.count}; lower shots or "
+                               f"query, or add images to that class")
         self.images = images
         self.classes = classes
         self.ways, self.shots, self.query = ways, shots, query
@@ -124,9 +124,9 @@ class EpisodeSampler:
         per_class = self.shots + self.query
         rows, rotations = [], []
         for c in chosen:
-            start, count, rotation, _ = self.classes[c]
-            rows.append(start + rng.choice(count, per_class, replace=False))
-            rotations.append(rotation)
+            image_class = self.classes[c]
+            rows.append(image_class.start + rng.choice(image_class.count, per_class, replace=False))
+            rotations.append(image_class.rotation)
         return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed)
 
     def task(self, rng):

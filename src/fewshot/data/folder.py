@@ -1,5 +1,12 @@
 """A user's own images: a tree of class folders, `<DIR>/<class>/<image>`, or
-`<DIR>/{train,val,test}/<class>/<image>` when the user has split it."""
+`<DIR>/{train,val,test}/<class>/<image>` when the user has split it.
+
+An unsplit tree is split by class with seeded ratios, and each split that the ratios
+give a share keeps at least LEAST_CLASSES classes while the others can spare them, so
+that a handful of classes (6) still gives a validation and a test split that can
+hold a 2-way task. A split left with fewer is reported at import.
+"""
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +15,12 @@ from tqdm import tqdm
 
 from ..errors import FewshotError
 from .images import ImageClass, write_dataset
+from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-SPLITS = ("train", "val", "test")
+IMAGE_SIZE = 28
+RATIOS = (0.64, 0.16, 0.20)  # train, val, test
+LEAST_CLASSES = 2  # a task has 2 classes at least: a split with a share should hold that many
 
 
 def image_files(folder):
@@ -58,24 +68,58 @@ def class_folders(root):
     return found
 
 
-def split_classes(names, ratios, seed):
-    """Seeded split of class names by ratios (train, val, test)."""
+def split_counts(total, ratios, least=LEAST_CLASSES):
+    """Classes per split (train, val, test): by the ratios, then each split with a share
+    topped up to `least` (train first, then val, then test) from the split that has the
+    most to spare above its own minimum, while one has any."""
+    n_train = min(round(ratios[0] * total), total)
+    n_val = min(round(ratios[1] * total), total - n_train)  # rounding up twice must not overdraw the test split
+    counts = [n_train, n_val, total - n_train - n_val]
+    floor = [least if ratio > 0 else 0 for ratio in ratios]
+    for split in range(3):
+        while counts[split] < floor[split]:
+            spare = [counts[s] - floor[s] for s in range(3)]
+            donor = max(range(3), key=lambda s: spare[s])
+            if spare[donor] <= 0:
+                break
+            counts[donor] -= 1
+            counts[split] += 1
+    return counts
+
+
+def split_classes(names, ratios, seed, least=LEAST_CLASSES):
+    """Seeded split of class names by ratios (train, val, test), each split with a share
+    holding `least` classes where the others can spare them (0: the ratios alone, as
+    imports before that rule were split)."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise FewshotError(f"--split takes three ratios that sum to 1 (train,val,test), got {ratios}")
     order = np.random.default_rng(seed).permutation(len(names))
-    n_train = round(ratios[0] * len(names))
-    n_val = round(ratios[1] * len(names))
+    n_train, n_val, _ = split_counts(len(names), ratios, least)
     parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
     return {names[i]: split for split, part in zip(SPLITS, parts) for i in part}
 
 
-def import_folder(source, folder, size=28, channels=None, ratios=(0.64, 0.16, 0.20), seed=0, progress=True):
+def small_split_note(counts, wanted=SPLITS):
+    """One line when a split in `wanted` has too few classes for any task, else None."""
+    small = [f"the {split} split has {counts.get(split, 0)} class{'' if counts.get(split, 0) == 1 else 'es'}"
+             for split in wanted if counts.get(split, 0) < LEAST_CLASSES]
+    if not small:
+        return None
+    return (f"note: {' and '.join(small)}, too few for any task ({LEAST_CLASSES}-way at least); training "
+            f"needs train and val, `fewshot eval` test: add class folders ({3 * LEAST_CLASSES} classes give "
+            f"{LEAST_CLASSES} to each split), or split them yourself as <DIR>/{{train,val,test}}/<class>/")
+
+
+def import_folder(source, folder, size=IMAGE_SIZE, channels=None, ratios=RATIOS, seed=0, progress=True,
+                  least=LEAST_CLASSES):
+    """Decode the class folders of `source` once into the cached array in `folder`. An
+    unsplit tree is split by `ratios` and `seed` (see split_classes, and `least`)."""
     found = class_folders(source)
     files = [(split, c, f) for split, classes in found.items() for c in classes for f in image_files(c)]
     if channels is None:  # keep colour only if the images have it
         channels = 3 if any(_is_colour(f) for _, _, f in files) else 1  # headers only: cheap
     if "all" in found:
-        assignment = split_classes([c.name for c in found["all"]], ratios, seed)
+        assignment = split_classes([c.name for c in found["all"]], ratios, seed, least)
     images, classes = [], []
     for split, class_dir in ((s, c) for s, cs in found.items() for c in cs):
         paths = image_files(class_dir)
@@ -84,9 +128,24 @@ def import_folder(source, folder, size=28, channels=None, ratios=(0.64, 0.16, 0.
         images.extend(load_image(p, size, channels) for p in tqdm(
             paths, desc=f"reading {class_dir.name}", unit="img", disable=not progress, leave=False))
     meta = {"dataset": "folder", "source": str(Path(source).resolve()), "invert": False, "channels": channels,
-            "ratios": list(ratios), "seed": seed}
+            "ratios": list(ratios), "seed": seed, "least": least}
     write_dataset(folder, np.stack(images), classes, meta)
+    counts = {split: sum(c.group == split for c in classes) for split in SPLITS}
+    # an unsplit tree: the splits its ratios give a share; a split tree: the ones it has folders for
+    wanted = [s for s, r in zip(SPLITS, ratios) if r > 0] if "all" in found else [s for s in SPLITS if s in found]
+    note = small_split_note(counts, wanted)
+    if note:
+        print(note, file=sys.stderr)
     return folder
+
+
+def import_options(meta):
+    """The options that decode a prepared folder dataset's source again with the same split."""
+    options = {key: meta[key] for key in ("seed", "channels") if key in meta}
+    if "ratios" in meta:
+        options["ratios"] = tuple(meta["ratios"])
+    options["least"] = meta.get("least", 0)  # imported before the rule: split by the ratios alone
+    return options
 
 
 def _is_colour(path):
@@ -99,5 +158,8 @@ def _is_colour(path):
 
 def splits(dataset, name=None, seed=None):
     """Folder datasets carry their split in each class's group."""
-    refs = {s: [(c.start, c.count, 0, c.name) for c in dataset.classes if c.group == s] for s in SPLITS}
-    return refs
+    return group_splits(dataset)
+
+
+FOLDER = DATASETS.register("folder")(DatasetKind(
+    "folder", prepare=import_folder, splits=splits, default_size=IMAGE_SIZE, import_options=import_options))

@@ -24,11 +24,27 @@ INDEX = "index.json"
 
 @dataclass
 class ImageClass:
+    """A class of a prepared dataset: rows [start, start + count) of its array. A split
+    lists its classes as ImageClass too, where a class may be a stored class turned by
+    `rotation` quarter turns (Omniglot's extra meta-training classes)."""
     name: str
     group: str          # where it came from: "background"/"evaluation" for Omniglot, a split name for others
     start: int
     count: int
     info: dict = field(default_factory=dict)
+    rotation: int = 0   # quarter turns; only in a split's classes, never in index.json
+
+    def stored(self) -> dict:
+        """The entry index.json holds for this class."""
+        return {"name": self.name, "group": self.group, "start": self.start, "count": self.count, "info": self.info}
+
+    # Shim: embed.py still unpacks a class reference as the old (start, count, rotation, name)
+    # tuple; remove these two once it reads the fields by name.
+    def __iter__(self):
+        return iter((self.start, self.count, self.rotation, self.name))
+
+    def __getitem__(self, position):
+        return tuple(self)[position]
 
 
 @dataclass
@@ -108,7 +124,7 @@ def write_dataset(folder, images, classes, meta):
     with atomic_path(folder / array_name(size)) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(images, dtype=np.uint8))
-    index = {"meta": meta, "classes": [vars(c) for c in classes]}
+    index = {"meta": meta, "classes": [c.stored() for c in classes]}
     stats = {str(size): {k: meta.get(k) for k in SIZE_STATS}}
     sizes = {size}
     if (folder / INDEX).is_file():
@@ -221,7 +237,7 @@ def write_features(folder, features, classes, meta):
     for stale in folder.glob("features-*.npy"):  # another import's features: never read with this index
         if stale.name != features_name(dim):
             stale.unlink()
-    write_text(folder / INDEX, json.dumps({"meta": meta, "classes": [vars(c) for c in classes]}, indent=1))
+    write_text(folder / INDEX, json.dumps({"meta": meta, "classes": [c.stored() for c in classes]}, indent=1))
 
 
 def read_features(folder, dim):

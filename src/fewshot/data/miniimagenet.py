@@ -46,10 +46,10 @@ from tqdm import tqdm
 from ..errors import FewshotError
 from .arrays import load_pickle
 from .folder import load_image
-from .folder import splits as _group_splits
 from .images import ImageClass, write_dataset
+from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
 
-SPLITS = ("train", "val", "test")
+IMAGE_SIZE = 84
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 WNID = re.compile(r"^n\d{8}$")
 WNID_PREFIX = re.compile(r"^n\d{8}(?=\d{8}\.)")  # the Ravi file names: wnid, then an 8-digit index
@@ -66,7 +66,7 @@ LAYOUT_HINT = ("expected images/<filename>.jpg beside train.csv, val.csv, test.c
                "or {train,val,test}.npz")
 
 
-def import_miniimagenet(source, folder, size=84, progress=True, csv_dir=None, allow_partial=False):
+def import_miniimagenet(source, folder, size=IMAGE_SIZE, progress=True, csv_dir=None, allow_partial=False):
     """Decode `source` (any form above) once into the cached array in `folder`; returns `folder`.
     `csv_dir` holds train.csv, val.csv, test.csv when they are not in `source`."""
     source = Path(source).expanduser()
@@ -130,7 +130,12 @@ def summary(meta):
 def splits(dataset, name=None, seed=None):
     """The split is fixed at import (the CSVs or split files): each class's group. `name`
     and `seed` are accepted for the common interface and ignored."""
-    return _group_splits(dataset)
+    return group_splits(dataset)
+
+
+def import_options(meta):
+    """The options that decode a prepared copy's source again with the same classes."""
+    return {key: meta[key] for key in ("csv_dir", "allow_partial") if key in meta}
 
 
 # --- the CSV split ----------------------------------------------------------------
@@ -431,3 +436,8 @@ def channel_stats(images, row_ranges):
     mean = (counts * values).sum(1) / total
     var = (counts * (values[None] - mean[:, None]) ** 2).sum(1) / total
     return [float(m) for m in mean], [float(s) for s in np.sqrt(var)]
+
+
+MINIIMAGENET = DATASETS.register("miniimagenet")(DatasetKind(
+    "miniimagenet", prepare=import_miniimagenet, splits=splits, default_size=IMAGE_SIZE,
+    import_options=import_options))

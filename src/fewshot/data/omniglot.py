@@ -5,6 +5,7 @@ import io
 import re
 import zipfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from ..errors import FewshotError
 from .download import download
 from .images import ImageClass, write_dataset
+from .kinds import DATASETS, DatasetKind
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 # md5 of the official release files (the checksums torchvision checks as well).
@@ -105,7 +107,10 @@ def read_any(path, size, progress=True):
     return characters
 
 
-def import_omniglot(source, folder, size=28, progress=True):
+IMAGE_SIZE = 28  # the reference code's and the sprite form's side
+
+
+def import_omniglot(source, folder, size=IMAGE_SIZE, progress=True):
     """Decode `source` once into the cached array in `folder`."""
     characters = read_any(source, size, progress)
     images, classes, start = [], [], 0
@@ -137,7 +142,8 @@ ROTATIONS = (0, 1, 2, 3)  # multiples of 90 degrees; each a new training class
 
 
 def splits(dataset, name, seed=1):
-    """Class references (start, count, rotation, name) for train / val / test."""
+    """{split: [ImageClass]} for train / val / test; each training character also appears
+    turned by 90, 180 and 270 degrees, as three more classes."""
     n = len(dataset.classes)
     if name == "maml":
         order = np.random.default_rng(seed).permutation(n)
@@ -157,7 +163,11 @@ def splits(dataset, name, seed=1):
     refs = {}
     for part, indices in parts.items():
         rotations = ROTATIONS if part == "train" else (0,)
-        refs[part] = [(dataset.classes[i].start, dataset.classes[i].count, r,
-                       dataset.classes[i].name + (f" rotated {90 * r}" if r else ""))
+        refs[part] = [replace(dataset.classes[i], rotation=r,
+                              name=dataset.classes[i].name + (f" rotated {90 * r}" if r else ""))
                       for i in sorted(indices) for r in rotations]
     return refs
+
+
+OMNIGLOT = DATASETS.register("omniglot")(DatasetKind(
+    "omniglot", prepare=import_omniglot, splits=splits, default_size=IMAGE_SIZE))

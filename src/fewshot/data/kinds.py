@@ -1,0 +1,58 @@
+"""Dataset kinds by name: what `dataset: NAME` in a config means.
+
+Each kind is one module of this package that registers a `DatasetKind` in
+`DATASETS` (see omniglot.py, miniimagenet.py, folder.py, embeddings.py,
+sinusoid.py). Adding a dataset is one such file plus its module name below.
+The registry imports these modules on its first lookup; none of them imports
+torch at import time, so naming the kinds stays cheap (`fewshot --help`,
+config checks).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..registry import Registry
+
+SPLITS = ("train", "val", "test")  # the three class splits every dataset has, in this order
+
+DATASETS = Registry("dataset", modules=[f"fewshot.data.{name}" for name in
+                                        ("omniglot", "miniimagenet", "folder", "embeddings", "sinusoid")])
+
+
+def no_options(meta: dict) -> dict:
+    return {}
+
+
+def same_path(path: Path, config) -> Path:
+    return path
+
+
+@dataclass
+class DatasetKind:
+    """One dataset kind. Stored kinds have `prepare` (a raw copy -> a prepared folder,
+    see images.py) and `splits`; generated kinds have `sampler` instead."""
+    name: str
+    # (source, folder, size=, progress=, **options) -> folder: decode a raw copy once into the cached array
+    prepare: Optional[Callable] = None
+    # (dataset, split name from the config) -> {"train" | "val" | "test": [ImageClass, ...]}
+    splits: Optional[Callable] = None
+    # stored as float features (precomputed embeddings): the "size" is the feature dimension
+    features: bool = False
+    # the image side `fewshot data` prepares when given no --size
+    default_size: Optional[int] = None
+    # a prepared folder's meta -> the options that decode its source again identically (at another size)
+    import_options: Callable = no_options
+    # (path, config) -> the folder that `--data PATH` means for this kind
+    locate: Callable = same_path
+    # generated kinds: (config, split, seed, query, dtype) -> a sampler with .batch(index, size, part)
+    sampler: Optional[Callable] = None
+
+    @property
+    def generated(self) -> bool:
+        return self.prepare is None
+
+
+def group_splits(dataset, name=None) -> dict:
+    """The split of a dataset whose classes carry it in their group (folder, miniImageNet,
+    embeddings: fixed at import). `name` (the config's `split`) does not apply to them."""
+    return {split: [c for c in dataset.classes if c.group == split] for split in SPLITS}
