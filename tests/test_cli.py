@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from fewshot.cli import main, prediction_lines
 from fewshot.evaluate import confidence
 from fewshot.train import RunLock
 
@@ -146,3 +147,64 @@ def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, small_run, smal
     after = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file() and p.name != ".lock"}
     before.pop(".lock", None)
     assert before == after  # nothing that existed was damaged
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["presets"], ["presets", "--keys"], ["train", "--help"]])
+def test_help_presets_and_version_do_not_import_torch(argv):
+    """The lean CLI: these answer without loading torch (measured CPU time: README)."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom fewshot.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'numpy' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip()
+    assert done.stderr.split() == ["False", "False"], done.stderr
+
+
+def test_presets_keys_prints_the_schema_one_key_per_line(capsys):
+    from fewshot.config import DEFAULTS
+    code, out, _ = run(capsys, "presets", "--keys")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:4] == ["key", "type", "default", "range"]
+    assert [line.split()[0] for line in lines[1:]] == list(DEFAULTS)
+    row = next(line for line in lines if line.startswith("inner_optimizer "))
+    assert row.split()[1:5] == ["sgd", "|", "adam", "sgd"] and "reptile" in row
+
+
+def test_train_help_says_set_repeats_and_where_the_keys_are(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "repeat it for several keys" in text and "`fewshot presets --keys` lists every key" in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "omniglot-5w1s", "--out", "X", "--steps", "6"], "--steps extends a run with --resume RUN_DIR"),
+    (["train", "--resume", "X", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["train", "omniglot-5w1s", "--out", "X", "--set", "msl_epochs=2"], "msl_epochs: 2 would be ignored"),
+    (["train", "mamlpp-omniglot-5w1s", "--out", "X", "--set", "model=resnet12"], "per_step_bn: true would be ignored"),
+    (["train", "omniglot-5w1s", "--out", "X", "--set", "algorithm=protonet"], "has no head"),
+])
+def test_steps_without_resume_and_ignored_settings_are_one_line(tmp_path, capsys, argv, message):
+    argv = [str(tmp_path / "out") if a == "X" else a for a in argv]
+    code, _, err = run(capsys, *argv, "--no-progress")
+    assert code == 2 and message in one_error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_steps_extends_a_finished_run(small_run, capsys):
+    code, stdout, _ = run(capsys, "train", "--resume", small_run, "--steps", "6", "--threads", "1", "--no-progress")
+    assert code == 0 and "done: 6 steps" in stdout
+    from fewshot import checkpoint
+    assert checkpoint.load(small_run / "last.pt")["step"] == 6
+    assert checkpoint.load(small_run / "last.pt")["config"]["steps"] == 6
+
+
+def test_prediction_lines_are_aligned_under_a_header():
+    rows = [{"file": "a.png", "label": "cat", "probability": 0.9123, "top": [("cat", 0.9123), ("dog", 0.05)]},
+            {"file": "longer/b.png", "label": "horse", "probability": 0.5, "top": [("horse", 0.5), ("cat", 0.25)]}]
+    assert prediction_lines(rows) == [
+        "file          label  probability  (next most likely)",
+        "a.png         cat          0.912  (dog   0.050)",
+        "longer/b.png  horse        0.500  (cat   0.250)"]
+    assert prediction_lines(rows[:1], header=False) == ["a.png  cat          0.912  (dog   0.050)"]

@@ -25,9 +25,12 @@ from .files import check_output, holds_run
 
 
 def cmd_presets(args):
-    from .config import load_preset, preset_names
+    from .config import load_preset, preset_names, schema_lines
+    if args.keys:
+        print("\n".join(schema_lines()))
+        return
     for name in preset_names():
-        print(f"{name:27} {load_preset(name)['description']}")
+        print(f"{name:27} {load_preset(name).description}")
 
 
 def cmd_summary(args):
@@ -51,6 +54,7 @@ def cmd_data(args):
     if args.dataset == "omniglot" and args.download == bool(args.source):
         raise FewshotError("give exactly one of --download or --from PATH")
     ratios = _ratios(args.split) if args.dataset == "folder" else None
+    from .config import DEFAULT_IMAGE_SIZES
     from .data import images
     root = Path(args.root) if args.root else images.home()
     target = root / (args.name or args.dataset)
@@ -62,13 +66,13 @@ def cmd_data(args):
         raise FewshotError(f"{target} already holds a prepared dataset that runs may have been trained on; "
                            f"choose another --name, or pass --force to replace it")
     created = not target.exists()
+    size = args.size or DEFAULT_IMAGE_SIZES[args.dataset]
     try:
-        _prepare(args, target, ratios)
+        _prepare(args, target, ratios, size)
     except BaseException:
         if created and target.is_dir() and not any(target.iterdir()):
             target.rmdir()  # a failed import leaves no empty folder behind (a download's raw/ stays)
         raise
-    size = args.size or (84 if args.dataset == "miniimagenet" else 28)
     dataset = images.read_dataset(target, size)
     groups = {}
     for c in dataset.classes:
@@ -78,20 +82,20 @@ def cmd_data(args):
           f"{size}x{size} in {target}; train with `fewshot train PRESET --data {target}`")
 
 
-def _prepare(args, target, ratios):
+def _prepare(args, target, ratios, size):
     from .data import folder, images, miniimagenet, omniglot
     if args.dataset == "miniimagenet":
-        miniimagenet.import_miniimagenet(args.source, target, size=args.size or 84, progress=not args.no_progress,
+        miniimagenet.import_miniimagenet(args.source, target, size=size, progress=not args.no_progress,
                                          csv_dir=args.csv_dir, allow_partial=args.allow_partial)
-        for line in miniimagenet.summary(images.read_dataset(target, args.size or 84)):
+        for line in miniimagenet.summary(images.read_dataset(target, size)):
             print(line)
     elif args.dataset == "folder":
-        folder.import_folder(args.source, target, size=args.size or 28, channels=args.channels,
+        folder.import_folder(args.source, target, size=size, channels=args.channels,
                              ratios=ratios, seed=args.seed, progress=not args.no_progress)
     else:
         source = args.source or omniglot.download_official(target, args.url or omniglot.OFFICIAL_URL,
                                                            progress=not args.no_progress)
-        omniglot.import_omniglot(source, target, size=args.size or 28, progress=not args.no_progress)
+        omniglot.import_omniglot(source, target, size=size, progress=not args.no_progress)
 
 
 def _minutes(value):
@@ -152,14 +156,19 @@ def cmd_train(args):
     time_limit = _minutes(args.time_limit)
     if args.procs < 1:
         raise FewshotError(f"--procs must be at least 1, got {args.procs}")
+    if args.steps is not None and not args.resume:
+        raise FewshotError("--steps extends a run with --resume RUN_DIR; for a new run use --set steps=N")
+    if args.steps is not None and args.steps < 1:
+        raise FewshotError(f"--steps must be at least 1, got {args.steps}")
     if args.resume or args.out:
         _check_run_out(args.resume or args.out)
     if args.resume:
         if args.preset or args.set or args.data or args.init:
-            raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init")
+            raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init "
+                               "(--steps N extends it)")
         from .train import train
         result = train(out=args.resume, resume=True, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs, time_limit=time_limit)
+                       threads=args.threads, procs=args.procs, time_limit=time_limit, steps=args.steps)
     else:
         if not args.preset:
             raise FewshotError("name a preset (see `fewshot presets`) or give --resume RUN_DIR")
@@ -230,12 +239,10 @@ def cmd_embed(args):
         raise FewshotError(f"--lr must be a finite number > 0, got {args.lr}")
     _device(args.device)
     _check_threads(args)
-    config = _config(args)
+    config = _config(args, model=args.backbone)  # the backbone is checked with the rest of the config
     from .embed import check_out, embed
     check_out(args.out)  # before the data is loaded
     _threads(args)
-    if args.backbone:
-        config["model"] = args.backbone
     result = embed(config, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                    device=args.device, progress=not args.no_progress,
                    crops=tuple(c for c in args.crops.split(",") if c))
@@ -261,6 +268,21 @@ def _shown(text):
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def prediction_lines(rows: list[dict], header: bool = True) -> list[str]:
+    """predict's text output: per image, the file, the predicted label and its probability, then the
+    other classes of its top k in parentheses; columns aligned, under a header when `header`."""
+    file_width = max(len("file"), *(len(r["file"]) for r in rows))
+    label_width = max(len("label"), *(len(label) for r in rows for label, _ in r["top"]))
+    others = any(len(r["top"]) > 1 for r in rows)
+    lines = [f"{'file':{file_width}}  {'label':{label_width}}  probability" + ("  (next most likely)" if others
+                                                                               else "")] if header else []
+    for r in rows:
+        top = "  ".join(f"{label:{label_width}} {p:.3f}" for label, p in r["top"][1:])
+        lines.append(f"{r['file']:{file_width}}  {r['label']:{label_width}}  {r['probability']:11.3f}"
+                     + (f"  ({top})" if top else ""))
+    return lines
+
+
 def cmd_predict(args):
     if args.top_k < 1:
         raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
@@ -284,10 +306,7 @@ def cmd_predict(args):
                           "predictions": [{k: r[k] for k in ("file", "label", "probabilities")} for r in rows]},
                          indent=1))
     else:
-        width = max(len(r["file"]) for r in rows)
-        for r in rows:
-            top = "  ".join(f"{label} {p:.3f}" for label, p in r["top"][1:])
-            print(f"{r['file']:{width}}  {r['label']}  {r['probability']:.3f}" + (f"  ({top})" if top else ""))
+        print("\n".join(prediction_lines(rows, header=sys.stdout.isatty())))
     if args.csv:
         import csv
         import io
@@ -301,7 +320,8 @@ def cmd_predict(args):
         write_text(args.csv, buffer.getvalue())
 
 
-def _config(args):
+def _config(args, **options):
+    """The preset with --set, --data, --init and `options` (those not None) applied, checked."""
     from .config import apply_overrides, load_preset, parse_overrides
     config = load_preset(args.preset)
     overrides = parse_overrides(args.set)
@@ -309,29 +329,55 @@ def _config(args):
         overrides["data"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     if getattr(args, "init", None):
         overrides["init"] = args.init
+    overrides.update((name, value) for name, value in options.items() if value is not None)
     return apply_overrides(config, overrides)
 
 
+SET_HELP = ("override a preset key; repeat it for several keys (--set steps=600 --set inner_lr=0.1); "
+            "`fewshot presets --keys` lists every key with its type, default and range")
+# options several commands share, each written once: name -> (flags, argparse settings)
+SHARED = {
+    "data": (("--data",), dict(help="prepared dataset folder, raw copy, or name")),
+    "set": (("--set",), dict(action="append", metavar="KEY=VALUE", help=SET_HELP)),
+    "device": (("--device",), dict(default="cpu", help="cpu or cuda[:N] (default cpu)")),
+    "threads": (("--threads",), dict(type=int, help="torch threads (default: one per core)")),
+    "json": (("--json",), dict(action="store_true", help="print one JSON document")),
+    "no-progress": (("--no-progress",), dict(action="store_true", help="no progress bar")),
+}
+
+
+def _command(sub, name, run, help, shared=()):
+    """A subcommand, with the shared options named in `shared`."""
+    s = sub.add_parser(name, help=help, description=help)
+    s.set_defaults(run=run)
+    for option in shared:
+        flags, settings = SHARED[option]
+        s.add_argument(*flags, **settings)
+    return s
+
+
 def parser():
+    from .config import DEFAULT_IMAGE_SIZES
     p = argparse.ArgumentParser(prog="fewshot", description="Few-shot learning by meta-learning.")
     p.add_argument("--version", action="version", version=f"fewshot {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("presets", help="list the presets")
-    s.set_defaults(run=cmd_presets)
+    s = _command(sub, "presets", cmd_presets, "list the presets (--keys: every config key)")
+    s.add_argument("--keys", action="store_true",
+                   help="print every config key: type, default, range, who reads it, meaning")
 
-    s = sub.add_parser("summary", help="print a preset's network: layers, output shapes, parameters")
+    s = _command(sub, "summary", cmd_summary, "print a preset's network: layers, output shapes, parameters",
+                 shared=["set"])
     s.add_argument("preset")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
-    s.set_defaults(run=cmd_summary)
 
-    s = sub.add_parser("data", help="download or import a dataset into the cache")
-    s.add_argument("dataset", choices=["omniglot", "miniimagenet", "folder"])
+    s = _command(sub, "data", cmd_data, "download or import a dataset into the cache", shared=["no-progress"])
+    s.add_argument("dataset", choices=sorted(DEFAULT_IMAGE_SIZES))
     s.add_argument("--from", dest="source", metavar="PATH", help="import a copy you have")
     s.add_argument("--download", action="store_true", help="fetch the official files")
     s.add_argument("--root", help="folder for prepared datasets (default: $FEWSHOT_HOME or ~/.cache/fewshot)")
     s.add_argument("--name", help="folder name under the root (default: the dataset's name)")
-    s.add_argument("--size", type=int, help="image side in pixels (default 28; miniimagenet 84)")
+    sizes = ", ".join(f"{kind} {size}" for kind, size in DEFAULT_IMAGE_SIZES.items())
+    s.add_argument("--size", type=int, help=f"image side in pixels (default: {sizes})")
     s.add_argument("--csv-dir", help="miniimagenet: folder of train.csv / val.csv / test.csv")
     s.add_argument("--allow-partial", action="store_true",
                    help="miniimagenet: import the images present when the CSVs name missing ones")
@@ -340,67 +386,54 @@ def parser():
     s.add_argument("--split", default="0.64,0.16,0.20", help="folder without train/val/test: class ratios")
     s.add_argument("--seed", type=int, default=0, help="folder: seed of the class split")
     s.add_argument("--force", action="store_true", help="replace a dataset already prepared under that name")
-    s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(run=cmd_data)
 
-    s = sub.add_parser("train", help="meta-train a preset, or continue a run with --resume")
+    s = _command(sub, "train", cmd_train, "meta-train a preset, or continue a run with --resume",
+                 shared=["data", "set", "device", "no-progress"])
     s.add_argument("preset", nargs="?")
-    s.add_argument("--data", help="prepared dataset folder, raw copy, or name")
     s.add_argument("--out", help="run folder for config, logs and checkpoints")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    s.add_argument("--steps", type=int, metavar="N", help="with --resume: train until step N (extends a finished "
+                   "or stopped run; the schedule follows the new length)")
     s.add_argument("--init", metavar="CHECKPOINT", help="start from another run's weights (a run folder: its "
                    "best.pt; or a .pt file), with a fresh optimizer and step 0: transfer learning")
-    s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     s.add_argument("--threads", type=int, help="torch threads for this process (overrides the preset's "
                    "`threads`; use 1 when other jobs share the cores)")
     s.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop cleanly after this many minutes (continue later with --resume)")
     s.add_argument("--procs", type=int, default=1, help="split each meta-batch across N local processes "
                    "(torch.distributed; for several machines launch with torchrun instead)")
-    s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(run=cmd_train)
 
-    s = sub.add_parser("embed", help="pretrain a backbone on the meta-train classes, write LEO embedding files")
+    s = _command(sub, "embed", cmd_embed, "pretrain a backbone on the meta-train classes, write LEO embedding files",
+                 shared=["data", "set", "device", "threads", "no-progress"])
     s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
     s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
                    help="network to pretrain (default: the preset's conv4)")
-    s.add_argument("--data", help="prepared dataset folder, raw copy, or name")
     s.add_argument("--out", help="folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a preset key")
     s.add_argument("--steps", type=int, default=2000, help="pretraining steps (default 2000)")
     s.add_argument("--batch-size", type=int, default=64, help="pretraining batch size (default 64)")
     s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
-    s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     s.add_argument("--crops", default="center,multiview",
                    help="embeddings to write: center, multiview or both (default; multiview is 6 passes per image)")
-    s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(run=cmd_embed)
 
-    s = sub.add_parser("eval", help="evaluate a checkpoint on a fixed set of test tasks")
+    s = _command(sub, "eval", cmd_eval, "evaluate a checkpoint on a fixed set of test tasks",
+                 shared=["device", "json", "threads", "no-progress"])
     s.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
     s.add_argument("--tasks", type=int, help="number of tasks (default: the preset's eval_tasks, 600)")
     s.add_argument("--split", default="test", help="test (default), val or train")
     s.add_argument("--steps", type=int, help="inner steps (default: the preset's eval_inner_steps)")
     s.add_argument("--data", help="dataset to evaluate on (default: the one it was trained on)")
     s.add_argument("--seed", type=int, help="seed of the task set (default: the preset's eval_seed)")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--json", action="store_true", help="print one JSON document")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
-    s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")
-    s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(run=cmd_eval)
 
-    s = sub.add_parser("plot", help="draw a run's learning curves to a PNG")
+    s = _command(sub, "plot", cmd_plot, "draw a run's learning curves to a PNG")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or adaptation.png)")
     s.add_argument("--adaptation", action="store_true",
                    help="regression: the true curve, the K points, and predictions before and after adapting")
-    s.set_defaults(run=cmd_plot)
 
-    s = sub.add_parser("predict", help="adapt a checkpoint to a labelled support set and classify new images")
+    s = _command(sub, "predict", cmd_predict, "adapt a checkpoint to a labelled support set and classify new images",
+                 shared=["threads", "device"])
     s.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or .pt file")
     s.add_argument("--support", required=True, metavar="SUPPORT_DIR", help="<class>/<image> folders")
     s.add_argument("--query", required=True, nargs="+", metavar="QUERY", help="image files or folders")
@@ -410,12 +443,9 @@ def parser():
                    help="normalize all query images of this call together, as `fewshot eval` does at meta-test "
                         "(more accurate on a task's queries, but each answer then depends on the other images); "
                         "default: each image on its own, normalized with the support set")
-    s.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document")
     output.add_argument("--csv", metavar="FILE", help="also write the predictions to a CSV file")
-    s.add_argument("--device", default="cpu")
-    s.set_defaults(run=cmd_predict)
     return p
 
 

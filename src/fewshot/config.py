@@ -412,6 +412,12 @@ def complete(saved: Mapping) -> Config:
     return Config(**{name: value for name, value in saved.items() if name in SCHEMA})
 
 
+def as_config(config: Mapping) -> Config:
+    """A Config as it is; any other mapping (the flat dict of older code and tests) as a Config,
+    unchecked."""
+    return config if isinstance(config, Config) else Config(**config)
+
+
 def eval_query(config: Mapping) -> int:
     return config["eval_query"] or config["query"]
 
