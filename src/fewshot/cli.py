@@ -54,8 +54,8 @@ def cmd_data(args):
     if args.dataset == "omniglot" and args.download == bool(args.source):
         raise FewshotError("give exactly one of --download or --from PATH")
     ratios = _ratios(args.split) if args.dataset == "folder" else None
-    from .config import DEFAULT_IMAGE_SIZES
     from .data import images
+    from .data.kinds import DATASETS
     root = Path(args.root) if args.root else images.home()
     target = root / (args.name or args.dataset)
     if target.exists() and not target.is_dir():
@@ -66,7 +66,7 @@ def cmd_data(args):
         raise FewshotError(f"{target} already holds a prepared dataset that runs may have been trained on; "
                            f"choose another --name, or pass --force to replace it")
     created = not target.exists()
-    size = args.size or DEFAULT_IMAGE_SIZES[args.dataset]
+    size = args.size or DATASETS.get(args.dataset).default_size  # each dataset kind knows its usual side
     try:
         _prepare(args, target, ratios, size)
     except BaseException:
@@ -357,7 +357,6 @@ def _command(sub, name, run, help, shared=()):
 
 
 def parser():
-    from .config import DEFAULT_IMAGE_SIZES
     p = argparse.ArgumentParser(prog="fewshot", description="Few-shot learning by meta-learning.")
     p.add_argument("--version", action="version", version=f"fewshot {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -371,13 +370,13 @@ def parser():
     s.add_argument("preset")
 
     s = _command(sub, "data", cmd_data, "download or import a dataset into the cache", shared=["no-progress"])
-    s.add_argument("dataset", choices=sorted(DEFAULT_IMAGE_SIZES))
+    s.add_argument("dataset", choices=["omniglot", "miniimagenet", "folder"])
     s.add_argument("--from", dest="source", metavar="PATH", help="import a copy you have")
     s.add_argument("--download", action="store_true", help="fetch the official files")
     s.add_argument("--root", help="folder for prepared datasets (default: $FEWSHOT_HOME or ~/.cache/fewshot)")
     s.add_argument("--name", help="folder name under the root (default: the dataset's name)")
-    sizes = ", ".join(f"{kind} {size}" for kind, size in DEFAULT_IMAGE_SIZES.items())
-    s.add_argument("--size", type=int, help=f"image side in pixels (default: {sizes})")
+    s.add_argument("--size", type=int, help="image side in pixels (default: the usual side of the dataset kind, "
+                   "e.g. 28 for omniglot)")
     s.add_argument("--csv-dir", help="miniimagenet: folder of train.csv / val.csv / test.csv")
     s.add_argument("--allow-partial", action="store_true",
                    help="miniimagenet: import the images present when the CSVs name missing ones")

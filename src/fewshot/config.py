@@ -27,8 +27,6 @@ from .errors import FewshotError
 
 MAML_FAMILY = ("maml", "anil", "metasgd", "mamlpp")
 BACKBONES_WITH_BN = ("conv4", "resnet12", "wrn28_10")
-# default image side per dataset kind, for `fewshot data` (the presets set image_size themselves)
-DEFAULT_IMAGE_SIZES = {"omniglot": 28, "folder": 28, "miniimagenet": 84}
 
 
 def key(default: Any, meaning: str, *, low: float | None = None, above: float | None = None,
