@@ -11,6 +11,7 @@ Keys read by one algorithm, model or dataset (MAML++'s schedules, Reptile's inne
 optimizer, LEO's weights, per_step_bn, widths, ...) are refused at a non-default
 value under any other one: they would be silently ignored there.
 """
+import copy
 import difflib
 import math
 from collections import OrderedDict
@@ -59,7 +60,8 @@ class Config(MutableMapping):
                            readers=("data",))
     split: str = key("maml", "the class split: omniglot maml | lake; a folder's own train/val/test", readers=("data",))
     image_size: int = key(28, "image side in pixels the network sees", low=1, readers=("data", "models"))
-    channels: int = key(1, "1 (gray) or 3 (colour)", must="1 (gray) or 3 (colour)", readers=("data", "models"))
+    channels: Literal[1, 3] = key(1, "1 (gray) or 3 (colour)", must="1 (gray) or 3 (colour)",
+                                  readers=("data", "models"))
     embedding_dim: int = key(640, "the feature dimension the embedding files must have (LEO's WRN-28-10: 640)",
                              low=1, datasets=("embeddings",), readers=("leo",))
     embedding_crop: Literal["center", "multiview"] = key(
@@ -204,7 +206,6 @@ class Config(MutableMapping):
         return Config(**self.to_dict())
 
     def __deepcopy__(self, memo: dict) -> "Config":
-        import copy
         return Config(**copy.deepcopy(self.to_dict(), memo))
 
     def to_dict(self) -> dict:
@@ -261,12 +262,10 @@ def _check_value(name: str, value: Any) -> None:
         return
     null = " or null" if optional else ""
     low, above, below = meta["low"], meta["above"], meta["below"]
-    if meta["must"] and (base is int or base == "choice"):  # channels: a whole number from a short list
-        if not _is_int(value) or value not in (1, 3):
-            raise FewshotError(f"{name} must be {meta['must']}, got {value!r}")
-    elif base == "choice":
-        if value not in choices:
-            raise FewshotError(f"{name} must be one of {', '.join(map(str, choices))}{null}, got {value!r}")
+    if base == "choice":
+        if not any(value == choice and type(value) is type(choice) for choice in choices):  # true is no 1
+            must = meta["must"] or f"one of {', '.join(map(str, choices))}{null}"
+            raise FewshotError(f"{name} must be {must}, got {value!r}")
     elif base is bool:
         if not isinstance(value, bool):
             raise FewshotError(f"{name} must be true{', false' if optional else ' or false'}{null}, got {value!r}")
@@ -443,8 +442,6 @@ def type_name(name: str) -> str:
 
 def range_text(name: str) -> str:
     meta = SCHEMA[name].metadata
-    if meta["must"]:
-        return "1 or 3"
     parts = [f">= {meta['low']}" if meta["low"] is not None else "", f"> {meta['above']}"
              if meta["above"] is not None else "", f"< {meta['below']}" if meta["below"] is not None else ""]
     text = ", ".join(p for p in parts if p)
