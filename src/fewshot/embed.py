@@ -75,10 +75,10 @@ def key_safe(name):
 
 
 def class_names(refs):
-    """Key-safe, unique names for a split's class references."""
+    """Key-safe, unique names for a split's classes (data.images.ImageClass)."""
     names, seen = [], set()
     for ref in refs:
-        name = key_safe(ref[3])
+        name = key_safe(ref.name)
         while name in seen:
             name += ".x"
         seen.add(name)
@@ -153,9 +153,9 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
                         rng=torch.get_rng_state(), step=loop.step, options=options, config=backbone_config)
 
     # every meta-train image with its class; batch `i` is a pure function of (seed, i)
-    rows = np.concatenate([np.arange(start, start + count) for start, count, _, _ in train_refs])
-    labels = np.concatenate([np.full(count, c) for c, (_, count, _, _) in enumerate(train_refs)])
-    turns = np.concatenate([np.full(count, rotation) for _, count, rotation, _ in train_refs])
+    rows = np.concatenate([np.arange(ref.start, ref.start + ref.count) for ref in train_refs])
+    labels = np.concatenate([np.full(ref.count, c) for c, ref in enumerate(train_refs)])
+    turns = np.concatenate([np.full(ref.count, ref.rotation) for ref in train_refs])
     # the CLI says how to continue a stopped pretraining (run the same command again): no resume line here
     loop = Loop(step, steps, save, desc="pretrain", progress=progress, stop_after=stop_after)
     logs, window, window_start = [], [], [time.perf_counter()]
@@ -204,8 +204,7 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
             files += [str(p) for p in targets.values()]
             continue
         names = class_names(refs[split])
-        jobs = [(start + i, rotation, c, i) for c, (start, count, rotation, _) in enumerate(refs[split])
-                for i in range(count)]
+        jobs = [(ref.start + i, ref.rotation, c, i) for c, ref in enumerate(refs[split]) for i in range(ref.count)]
         features = {crop: [] for crop in crops}
         with torch.no_grad():
             for begin in tqdm(range(0, len(jobs), EMBED_BATCH), desc=f"embed {split}", unit="batch",
