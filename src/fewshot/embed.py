@@ -42,14 +42,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, models
-from .data.embeddings import SPLITS, file_name, make_key, write_leo_pickles
+from .data.embeddings import CROPS, SPLITS, file_name, make_key, write_leo_pickles
 from .data.episodes import to_float
 from .errors import FewshotError
 from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
 
-CROPS = ("center", "multiview")
 
 
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
