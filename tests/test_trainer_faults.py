@@ -418,3 +418,22 @@ def test_a_run_with_episodes_built_on_the_device_equals_the_host_run(tmp_path, d
     assert sorted(built) == [(1, True)] * 6 + [(2, True)] * 4
     assert_same_weights(weights(tmp_path / "host"), weights(tmp_path / "device"))
     assert log(tmp_path / "host") == log(tmp_path / "device")
+
+
+def test_the_shared_loop_finishes_a_critical_section_before_a_signal_stops_it_and_saves_once():
+    # the loop meta-training and embed's pretraining both run through
+    from fewshot.loop import Loop
+    saved, done = [], []
+
+    def one_step():
+        with loop.signals:
+            loop.advance()
+            if loop.step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the section: the step still completes
+            done.append(loop.step)
+
+    loop = Loop(0, 10, lambda: saved.append(loop.step), desc="test", progress=False)
+    ended = loop.run(one_step)
+    assert ended == {"step": 2, "reason": "signal", "stopped": True, "signal": int(signal.SIGTERM)}
+    assert done == [1, 2] and saved == [2]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

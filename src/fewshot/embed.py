@@ -49,8 +49,6 @@ from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
 
-
-
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
