@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from fewshot import checkpoint, data
-from fewshot.config import apply_overrides, load_preset
+from fewshot.config import apply_overrides, eval_query, eval_ways, load_preset, preset_names
 from fewshot.data import folder
 from fewshot.data.images import is_prepared, read_dataset
+from fewshot.errors import FewshotError
 
 from helpers import one_error_line, run
 
@@ -360,3 +361,149 @@ def test_a_class_in_two_split_folders_is_refused_and_loose_files_are_no_classes(
     assert code == 0, err
     dataset, classes = prepared(fewshot_home, "clean")
     assert sorted(classes) == ["a", "b", "c", "d", "e", "f"] and classes["a"].group == "train"
+
+
+# -- a handful of one's own classes, as a new user meets them ------------------------------------
+
+def handful(root, classes=6, per_class=8, prefix="class"):
+    """`classes` class folders of `per_class` noise images each (distinct images)."""
+    rng = np.random.default_rng(1)
+    for c in range(classes):
+        for i in range(per_class):
+            path = root / f"{prefix}{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(path)
+    return root
+
+
+def hinted_sets(line):
+    """The `--set KEY=N` pairs of an error line's fix, as CLI arguments."""
+    return [arg for setting in re.findall(r"--set (\S+)", line.split("; fix: ")[1]) for arg in ("--set", setting)]
+
+
+def test_six_classes_of_eight_images_train_any_preset_after_one_hint(tmp_path, fewshot_home, capsys):
+    code, out, err = run(capsys, "data", "folder", "--from", handful(tmp_path / "mine"), "--name", "mine",
+                         "--no-progress")
+    assert code == 0 and err == ""  # 2 classes in each split: nothing to warn about
+    assert counts_in(out) == {"train": 2, "val": 2, "test": 2}
+    code, _, err = run(capsys, "train", "protonet-omniglot-5w1s", "--data", "mine", "--out", tmp_path / "run", *FAST)
+    assert code == 2 and not (tmp_path / "run").exists()
+    line = one_error_line(err)
+    # the keys that block, each with the most that fits: 2 classes per split; 8 images = 1 shot + 7 queries.
+    # `query` (5 at meta-train: 1 + 5 <= 8) does not block, so it is not named.
+    assert line.endswith("; fix: --set ways=2 --set eval_ways=2 --set eval_query=7"), line
+    assert "60-way tasks need 60 classes but the train split has 2" in line
+    assert "5-way tasks need 5 classes but the val split has 2, the test split 2" in line
+    code, out, err = run(capsys, "train", "protonet-omniglot-5w1s", "--data", "mine", "--out", tmp_path / "run",
+                         *FAST, *hinted_sets(line))
+    assert code == 0, err
+    assert "done: 2 steps" in out
+    code, out, err = run(capsys, "eval", tmp_path / "run", "--tasks", "5", "--no-progress")
+    assert code == 0, err
+    assert "2-way 1-shot, 7 queries per class" in out
+
+
+IMAGE_PRESETS = [name for name in preset_names() if load_preset(name)["dataset"] not in ("sinusoid", "embeddings")]
+
+
+def test_every_image_preset_fits_a_handful_of_classes_after_its_hint(tmp_path, fewshot_home):
+    """Every image preset on 6 classes x 8 images: refused with a hint, and the hint alone
+    makes the tasks of every split fit (the check in data.sampler is what refuses a run)."""
+    folder.import_folder(handful(tmp_path / "mine"), fewshot_home / "mine", progress=False)
+    assert len(IMAGE_PRESETS) >= 20
+    for name in IMAGE_PRESETS:
+        config = apply_overrides(load_preset(name), {"data": "mine"})
+        dataset, refs = data.load(config, progress=False)
+        with pytest.raises(FewshotError) as refused:
+            data.sampler(config, dataset, refs, "train", config["seed"])
+        sets = dict(s.split("=") for s in hinted_sets(str(refused.value))[1::2])
+        assert sets and set(sets) <= {"ways", "eval_ways", "shots", "query", "eval_query"}, (name, sets)
+        fixed = apply_overrides(config, {key: int(value) for key, value in sets.items()})
+        for split in ("train", "val", "test"):
+            ways, query = (None, None) if split == "train" else (eval_ways(fixed), eval_query(fixed))
+            sampler = data.sampler(fixed, dataset, refs, split, 0, query=query, ways=ways)
+            task = sampler.batch(0, 1)[0]
+            assert len(task.support_y) == sampler.ways * fixed["shots"], name
+
+
+@pytest.mark.parametrize("total,ratios,least,counts", [
+    (6, (0.64, 0.16, 0.20), 2, [2, 2, 2]),     # the ratios alone give 4, 1, 1
+    (9, (0.64, 0.16, 0.20), 2, [5, 2, 2]),     # 6, 1, 2
+    (5, (0.64, 0.16, 0.20), 2, [2, 2, 1]),     # test cannot have 2 while train keeps 2
+    (4, (0.64, 0.16, 0.20), 2, [2, 2, 0]),
+    (25, (0.64, 0.16, 0.20), 2, [16, 4, 5]),   # enough classes: the ratios alone
+    (6, (0.2, 0.4, 0.4), 2, [2, 2, 2]),        # train topped up too (1, 2, 3)
+    (3, (1.0, 0.0, 0.0), 2, [3, 0, 0]),        # a split without a share gets no classes
+    (6, (0.64, 0.16, 0.20), 0, [4, 1, 1]),     # least 0: the rule of imports before it
+    (3, (0.5, 0.5, 0.0), 0, [2, 1, 0]),        # two roundings up never overdraw
+])
+def test_split_counts_keep_two_classes_in_each_split_with_a_share(total, ratios, least, counts):
+    assert folder.split_counts(total, ratios, least) == counts
+    names = [f"c{i}" for i in range(total)]
+    assignment = folder.split_classes(names, ratios, seed=0, least=least)
+    assert [sum(g == s for g in assignment.values()) for s in ("train", "val", "test")] == counts
+
+
+def test_too_few_classes_for_a_split_are_said_at_import(tmp_path, fewshot_home, capsys):
+    code, out, err = run(capsys, "data", "folder", "--from", handful(tmp_path / "five", classes=5), "--name", "five",
+                         "--no-progress")
+    assert code == 0 and counts_in(out) == {"train": 2, "val": 2, "test": 1}
+    assert err.strip() == ("note: the test split has 1 class, too few for any task (2-way at least); training "
+                           "needs train and val, `fewshot eval` test: add class folders (6 classes give 2 to each "
+                           "split), or split them yourself as <DIR>/{train,val,test}/<class>/")
+
+
+def test_an_import_from_before_the_rule_is_decoded_again_with_its_own_split(tmp_path, fewshot_home):
+    source = handful(tmp_path / "mine")
+    folder.import_folder(source, fewshot_home / "old", size=20, progress=False, least=0)
+    index = fewshot_home / "old" / "index.json"
+    stored = __import__("json").loads(index.read_text())
+    del stored["meta"]["least"]  # as imports before the rule wrote it
+    index.write_text(__import__("json").dumps(stored))
+    before = {c.name: c.group for c in read_dataset(fewshot_home / "old", 20).classes}
+    assert sorted(before.values()).count("train") == 4  # 4, 1, 1 by the ratios alone
+    dataset, refs = data.load(apply_overrides(load_preset("omniglot-5w1s"), {"data": "old"}), progress=False)
+    assert dataset.images.shape[-1] == 28 and {c.name: c.group for c in dataset.classes} == before
+    assert {s: len(r) for s, r in refs.items()} == {"train": 4, "val": 1, "test": 1}
+
+
+def test_evaluation_hints_name_the_eval_keys_as_training_settings(tmp_path, fewshot_home):
+    folder.import_folder(handful(tmp_path / "mine"), fewshot_home / "mine", progress=False)
+    config = apply_overrides(load_preset("protonet-omniglot-5w1s"), {"data": "mine", "eval_query": 10})
+    dataset, refs = data.load(config, progress=False)
+    with pytest.raises(FewshotError) as refused:
+        data.sampler(config, dataset, refs, "test", 0, query=eval_query(config), ways=eval_ways(config))
+    assert str(refused.value).endswith(
+        "fix: train with --set eval_ways=2 --set eval_query=7 (a run's task settings are fixed at training), "
+        "or use data with more classes and images")
+    # eval_ways unset: evaluation takes `ways`, and the hint names `ways`
+    config = apply_overrides(config, {"eval_ways": None, "ways": 3, "eval_query": 1})
+    with pytest.raises(FewshotError, match=r"3-way tasks need 3 classes but the val split has 2; "
+                                           r"fix: train with --set ways=2 \("):
+        data.sampler(config, dataset, refs, "val", 0, query=eval_query(config), ways=eval_ways(config))
+
+
+def test_what_no_setting_can_fix_is_named_as_a_change_to_the_data(tmp_path, fewshot_home):
+    root = tmp_path / "tree"
+    for split, classes in (("train", 3), ("val", 1), ("test", 2)):
+        handful(root / split, classes=classes, per_class=4, prefix=f"{split}-")
+    for i in range(1, 4):
+        (root / "train" / "train-0" / f"{i}.png").unlink()  # one image left
+    folder.import_folder(root, fewshot_home / "odd", progress=False)
+    config = apply_overrides(load_preset("omniglot-5w1s"), {"data": "odd"})
+    dataset, refs = data.load(config, progress=False)
+    with pytest.raises(FewshotError) as refused:
+        data.sampler(config, dataset, refs, "train", 0)
+    line = str(refused.value)
+    assert "give the val split 2 classes at least (a task has 2)" in line
+    assert "add images to class 'train-0' of the train split or remove it" in line
+    assert line.endswith("; --set ways=2")  # what a setting can fix is still named, with what fits
+
+
+def test_a_features_preset_on_images_is_refused_before_anything_is_decoded(tmp_path, fewshot_home):
+    folder.import_folder(handful(tmp_path / "mine"), fewshot_home / "mine", progress=False)
+    config = apply_overrides(load_preset("leo-omniglot-5w1s"), {"data": "mine"})
+    with pytest.raises(FewshotError, match=r"holds images \(folder\), but this preset \(dataset: embeddings\) "
+                                           r"reads image features; make features from it with `fewshot embed"):
+        data.load(config, progress=False)
+    assert sorted(p.name for p in (fewshot_home / "mine").iterdir()) == ["images-28.npy", "index.json"]

@@ -54,8 +54,8 @@ def resolve(config, progress: bool = True) -> Path:
             holds, reads = ("image features", "images") if prepared.features else ("images", "image features")
             fix = (f"make features from it with `fewshot embed PRESET --data {spec} --out DIR` and train on DIR"
                    if wanted.features else "give a dataset of images")
-            raise FewshotError(f"{path} holds {holds} ({prepared.name}), but a {config['dataset']} preset reads "
-                               f"{reads}; {fix}")
+            raise FewshotError(f"{path} holds {holds} ({prepared.name}), but this preset (dataset: "
+                               f"{config['dataset']}) reads {reads}; {fix}")
     if is_prepared(path, size):
         return path
     if is_prepared(path):  # prepared at another size: decode again from the recorded source
@@ -152,7 +152,7 @@ def check_tasks_fit(refs, shots, checks, training=True):
     one class, a class of one image), what to add to the data. `checks`: (split, ways key,
     ways, query key, query) per split. `training`: the fix is a `fewshot train` setting;
     otherwise the run's settings are fixed, and the fix says so."""
-    problems, data_fixes = [], []
+    too_few_classes, too_few_images, data_fixes = {}, {}, []  # problems, grouped so that each is said once
     limits = {}  # key -> the largest value that fits every split the key applies to
 
     def limit(key, value):
@@ -161,29 +161,38 @@ def check_tasks_fit(refs, shots, checks, training=True):
     for split, ways_key, ways, _, _ in checks:
         classes = len(refs[split])
         if ways > classes:
-            problems.append(f"{ways}-way tasks need {ways} classes but the {split} split has {classes}")
+            too_few_classes.setdefault(ways, []).append((split, classes))
         if classes < 2:
             data_fixes.append(f"give the {split} split 2 classes at least (a task has 2)")
-        limit(ways_key, classes)
+        limit(ways_key, max(classes, 2))  # the settings that fit once the data is fixed as well
     fewest = {split: min(refs[split], key=lambda c: c.count) for split, *_ in checks}
-    limit("shots", min(c.count for c in fewest.values()) - 1)  # every task keeps one query image at least
+    limit("shots", min(max(c.count, 2) for c in fewest.values()) - 1)  # every task keeps a query image
     shots_fit = max(1, min(shots, limits["shots"]))
     for split, _, _, query_key, query in checks:
         small = fewest[split]
         if shots + query > small.count:
-            problems.append(f"{shots}-shot tasks with {query} queries need {shots + query} images per class, but "
-                            f"class {small.name!r} of the {split} split has {small.count}")
+            too_few_images.setdefault(query, []).append((split, small))
         if small.count < 2:
             data_fixes.append(f"add images to class {small.name!r} of the {split} split or remove it "
                               f"(a class needs 2 at least: one to learn from, one to test on)")
-        limit(query_key, small.count - shots_fit)
+        limit(query_key, max(small.count, 2) - shots_fit)
+    problems = []
+    for ways, where in too_few_classes.items():
+        (split, classes), *others = where
+        problems.append(f"{ways}-way tasks need {ways} classes but the {split} split has {classes}"
+                        + "".join(f", the {s} split {n}" for s, n in others))
+    for query, where in too_few_images.items():
+        (split, small), *others = where
+        problems.append(f"{shots}-shot tasks with {query} quer{'y' if query == 1 else 'ies'} need {shots + query} "
+                        f"images per class, but class {small.name!r} of the {split} split has {small.count}"
+                        + "".join(f", class {c.name!r} of the {s} split {c.count}" for s, c in others))
     if not problems:
         return
     values = {key: value for _, ways_key, ways, query_key, query in checks
               for key, value in ((ways_key, ways), (query_key, query))}
     values["shots"] = shots
     settings = [f"--set {key}={limits[key]}" for key in ("ways", "eval_ways", "shots", "query", "eval_query")
-                if key in values and values[key] > limits[key] and limits[key] >= (2 if "ways" in key else 1)]
+                if key in values and values[key] > limits[key]]
     fixes = list(dict.fromkeys(data_fixes))
     if settings:
         setting = " ".join(settings)
