@@ -186,6 +186,19 @@ def test_complete_fills_keys_added_since_and_drops_keys_it_does_not_know():
     validate(completed)
 
 
+def test_a_saved_config_with_a_setting_its_algorithm_ignored_still_loads():
+    """Runs saved before the combination checks: the ignored key goes back to its default
+    (it changed nothing then), so the run resumes; the keys the run reads are kept."""
+    saved = {**dict(load_preset("omniglot-5w1s")), "inner_optimizer": "adam", "msl_epochs": 4, "kl_weight": 2.0}
+    with pytest.raises(FewshotError, match="would be ignored"):
+        validate(saved)
+    completed = validate(complete(saved))
+    assert (completed.inner_optimizer, completed.msl_epochs, completed.kl_weight) == ("sgd", 0, 0.001)
+    assert dict(completed) == {**saved, "inner_optimizer": "sgd", "msl_epochs": 0, "kl_weight": 0.001}
+    mamlpp = dict(load_preset("mamlpp-omniglot-5w1s"))
+    assert complete(mamlpp) == mamlpp  # a key the algorithm reads is never touched
+
+
 def test_the_schema_lists_every_key_with_type_default_range_and_readers():
     lines = config_module.schema_lines()
     assert lines[0].split() == ["key", "type", "default", "range", "read", "by", "meaning"]

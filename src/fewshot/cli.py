@@ -367,7 +367,7 @@ def parser():
 
     s = _command(sub, "summary", cmd_summary, "print a preset's network: layers, output shapes, parameters",
                  shared=["set"])
-    s.add_argument("preset")
+    s.add_argument("preset", help="a preset (`fewshot presets`) or a .yaml file of keys")
 
     s = _command(sub, "data", cmd_data, "download or import a dataset into the cache", shared=["no-progress"])
     s.add_argument("dataset", choices=["omniglot", "miniimagenet", "folder"])
@@ -388,7 +388,7 @@ def parser():
 
     s = _command(sub, "train", cmd_train, "meta-train a preset, or continue a run with --resume",
                  shared=["data", "set", "device", "no-progress"])
-    s.add_argument("preset", nargs="?")
+    s.add_argument("preset", nargs="?", help="a preset (`fewshot presets`) or a .yaml file of keys")
     s.add_argument("--out", help="run folder for config, logs and checkpoints")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     s.add_argument("--steps", type=int, metavar="N", help="with --resume: train until step N (extends a finished "

@@ -300,23 +300,31 @@ def _readers(spec) -> tuple:
     return meta["algorithms"] + meta["models"] + meta["datasets"] + meta["readers"]
 
 
+def _ignored(config: Config, name: str) -> tuple | None:
+    """(kind, its readers) when key `name` is set away from its default but the config's
+    algorithm, model or dataset (the kind) is none of the ones that read it."""
+    meta = SCHEMA[name].metadata
+    if not meta["refuse_ignored"] or config[name] == DEFAULTS[name]:
+        return None
+    for kind, readers in (("algorithm", meta["algorithms"]), ("model", meta["models"]),
+                          ("dataset", meta["datasets"])):
+        if readers and config[kind] not in readers:
+            return kind, readers
+    return None
+
+
 def _check_combinations(config: Config) -> None:
     """Refuse settings that cannot work together, or that would be silently ignored."""
     if config.ways < 2 and config.dataset != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config.ways}")
     for name in USER_KEYS:
-        meta = SCHEMA[name].metadata
-        if not meta["refuse_ignored"]:
-            continue
-        for kind, readers in (("algorithm", meta["algorithms"]), ("model", meta["models"]),
-                              ("dataset", meta["datasets"])):
-            chosen = config[kind]
-            if readers and chosen not in readers and config[name] != DEFAULTS[name]:
-                several = len(readers) > 1
-                raise FewshotError(
-                    f"{name}: {_shown(config[name])} would be ignored: only {kind}{'s' if several else ''} "
-                    f"{', '.join(readers)} read{'' if several else 's'} it, and this {kind} is {chosen}; remove "
-                    f"{name} from the preset or --set {name}={_shown(DEFAULTS[name])}")
+        if ignored := _ignored(config, name):
+            kind, readers = ignored
+            several = len(readers) > 1
+            raise FewshotError(
+                f"{name}: {_shown(config[name])} would be ignored: only {kind}{'s' if several else ''} "
+                f"{', '.join(readers)} read{'' if several else 's'} it, and this {kind} is {config[kind]}; "
+                f"remove {name} from the preset or --set {name}={_shown(DEFAULTS[name])}")
     if config.algorithm == "protonet" and config.head:
         raise FewshotError("protonet classifies by the distance to each class's mean embedding and has no head; "
                            "set head: false (--set head=false)")
@@ -403,10 +411,16 @@ def apply_overrides(config: Mapping, overrides: Mapping) -> Config:
 
 
 def complete(saved: Mapping) -> Config:
-    """A config saved by an older fewshot, with the keys added since at their defaults. Keys
-    this version does not know (none was ever removed: a newer version's, or a hand edit) are
-    dropped, as the older code ignored them; the values are checked by validate()."""
-    return Config(**{name: value for name, value in saved.items() if name in SCHEMA})
+    """A config saved by an older fewshot, with the keys added since at their defaults. What
+    the older code ignored it ignores too, so that the run resumes and evaluates as before:
+    keys this version does not know (none was ever removed: a newer version's, or a hand
+    edit) are dropped, and keys the run's algorithm, model or dataset does not read (refused
+    in new configs) go back to their defaults. The values are checked by validate()."""
+    config = Config(**{name: value for name, value in saved.items() if name in SCHEMA})
+    for name in USER_KEYS:
+        if _ignored(config, name):
+            config[name] = DEFAULTS[name]
+    return config
 
 
 def as_config(config: Mapping) -> Config:
