@@ -18,7 +18,7 @@ import torch
 
 from fewshot import algorithms, data
 from fewshot.config import apply_overrides, load_preset
-from fewshot.train import make_optimizer
+from fewshot.optim import make_optimizer
 
 
 def synchronize(device):

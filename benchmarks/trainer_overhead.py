@@ -28,7 +28,9 @@ import torch
 
 from fewshot import algorithms, data
 from fewshot.config import apply_overrides, load_preset, parse_overrides
-from fewshot.train import make_optimizer, read_metrics, train
+from fewshot.optim import make_optimizer
+from fewshot.runs import read_metrics
+from fewshot.train import train
 
 
 def synchronize(device):
