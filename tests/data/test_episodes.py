@@ -64,10 +64,10 @@ def test_batches_are_a_function_of_seed_and_index():
 def test_rotated_classes_are_rotated_images():
     images, _ = tagged()
     images[:, 0] = np.arange(16, dtype=np.uint8).reshape(4, 4)
-    plain = EpisodeSampler(images, [ImageClass("a", "train", 0, 6), ImageClass("b", "train", 6, 6)], 2, 1, 1,
-                           seed=0).batch(0, 1)[0]
-    turned = EpisodeSampler(images, [ImageClass("a", "train", 0, 6, rotation=1), ImageClass("b", "train", 6, 6, rotation=1)],
-                            2, 1, 1, seed=0).batch(0, 1)[0]
+    classes = [ImageClass("a", "train", 0, 6), ImageClass("b", "train", 6, 6)]
+    plain = EpisodeSampler(images, classes, 2, 1, 1, seed=0).batch(0, 1)[0]
+    turned_classes = [replace(c, rotation=1) for c in classes]
+    turned = EpisodeSampler(images, turned_classes, 2, 1, 1, seed=0).batch(0, 1)[0]
     torch.testing.assert_close(turned.support_x, torch.rot90(plain.support_x, 1, (-2, -1)))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FewshotError
-from .images import fingerprint, home, is_prepared, read_dataset, read_features
+from .images import ImageClass, ImageDataset, fingerprint, home, is_prepared, read_dataset, read_features
 from .kinds import DATASETS, SPLITS, DatasetKind
 
 CACHE_VERSION = 2  # part of every cache key: raise it when an importer's output changes
@@ -92,7 +92,7 @@ def _import(dataset_kind, source, target, size, meta, progress):
     dataset_kind.prepare(source, target, size=size, progress=progress, **options)
 
 
-def load(config, progress: bool = True):
+def load(config, progress: bool = True) -> tuple[ImageDataset | None, dict[str, list[ImageClass]] | None]:
     """(dataset, {split: [ImageClass]}) for a config; (None, None) for generated tasks."""
     wanted = kind(config["dataset"])
     if wanted.generated:
@@ -104,7 +104,8 @@ def load(config, progress: bool = True):
     return dataset, kind(dataset.meta["dataset"]).splits(dataset, config["split"])
 
 
-def sampler(config, dataset, refs, split, seed, query=None, dtype=None, ways=None):
+def sampler(config, dataset: ImageDataset | None, refs: dict[str, list[ImageClass]] | None, split: str, seed: int,
+            query: int | None = None, dtype=None, ways: int | None = None):
     """The task sampler of `split`. `ways` and `query` default to the meta-training
     settings; evaluation passes its own (eval_ways, eval_query). Tasks that do not fit
     the split are refused with one line naming every setting to change and the values
@@ -145,7 +146,7 @@ def _key(config, name, value):
     return f"eval_{name}" if config[f"eval_{name}"] is not None and value == config[f"eval_{name}"] else name
 
 
-def check_tasks_fit(refs, shots, checks, training=True):
+def check_tasks_fit(refs: dict[str, list[ImageClass]], shots: int, checks: list[tuple], training: bool = True) -> None:
     """Refuse tasks that do not fit their splits, in one line that names each problem and
     one fix for all of them: every setting that blocks (`--set KEY=N`) with the largest
     value that fits every split it applies to, or, where no setting can help (a split of
@@ -201,7 +202,7 @@ def check_tasks_fit(refs, shots, checks, training=True):
     raise FewshotError(f"{'; '.join(problems)}; fix: {'; '.join(fixes)}")
 
 
-def preprocessing(dataset, config):
+def preprocessing(dataset: ImageDataset | None, config) -> dict | None:
     """How stored pixels become the model's input (also saved with checkpoints, for predict):
     channels, Omniglot's inversion, and the meta-train split's per-channel mean and std."""
     if dataset is None:

@@ -68,7 +68,7 @@ def class_folders(root):
     return found
 
 
-def split_counts(total, ratios, least=LEAST_CLASSES):
+def split_counts(total: int, ratios: tuple, least: int = LEAST_CLASSES) -> list[int]:
     """Classes per split (train, val, test): by the ratios, then each split with a share
     topped up to `least` (train first, then val, then test) from the split that has the
     most to spare above its own minimum, while one has any."""
@@ -87,7 +87,7 @@ def split_counts(total, ratios, least=LEAST_CLASSES):
     return counts
 
 
-def split_classes(names, ratios, seed, least=LEAST_CLASSES):
+def split_classes(names: list[str], ratios: tuple, seed: int, least: int = LEAST_CLASSES) -> dict[str, str]:
     """Seeded split of class names by ratios (train, val, test), each split with a share
     holding `least` classes where the others can spare them (0: the ratios alone, as
     imports before that rule were split)."""
@@ -99,7 +99,7 @@ def split_classes(names, ratios, seed, least=LEAST_CLASSES):
     return {names[i]: split for split, part in zip(SPLITS, parts) for i in part}
 
 
-def small_split_note(counts, wanted=SPLITS):
+def small_split_note(counts: dict[str, int], wanted=SPLITS) -> str | None:
     """One line when a split in `wanted` has too few classes for any task, else None."""
     small = [f"the {split} split has {counts.get(split, 0)} class{'' if counts.get(split, 0) == 1 else 'es'}"
              for split in wanted if counts.get(split, 0) < LEAST_CLASSES]
@@ -110,8 +110,8 @@ def small_split_note(counts, wanted=SPLITS):
             f"{LEAST_CLASSES} to each split), or split them yourself as <DIR>/{{train,val,test}}/<class>/")
 
 
-def import_folder(source, folder, size=IMAGE_SIZE, channels=None, ratios=RATIOS, seed=0, progress=True,
-                  least=LEAST_CLASSES):
+def import_folder(source, folder, size: int = IMAGE_SIZE, channels: int | None = None, ratios: tuple = RATIOS,
+                  seed: int = 0, progress: bool = True, least: int = LEAST_CLASSES) -> Path:
     """Decode the class folders of `source` once into the cached array in `folder`. An
     unsplit tree is split by `ratios` and `seed` (see split_classes, and `least`)."""
     found = class_folders(source)
@@ -139,7 +139,7 @@ def import_folder(source, folder, size=IMAGE_SIZE, channels=None, ratios=RATIOS,
     return folder
 
 
-def import_options(meta):
+def import_options(meta: dict) -> dict:
     """The options that decode a prepared folder dataset's source again with the same split."""
     options = {key: meta[key] for key in ("seed", "channels") if key in meta}
     if "ratios" in meta:

@@ -9,7 +9,7 @@ config checks).
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from ..registry import Registry
 
@@ -33,19 +33,19 @@ class DatasetKind:
     see images.py) and `splits`; generated kinds have `sampler` instead."""
     name: str
     # (source, folder, size=, progress=, **options) -> folder: decode a raw copy once into the cached array
-    prepare: Optional[Callable] = None
+    prepare: Callable | None = None
     # (dataset, split name from the config) -> {"train" | "val" | "test": [ImageClass, ...]}
-    splits: Optional[Callable] = None
+    splits: Callable | None = None
     # stored as float features (precomputed embeddings): the "size" is the feature dimension
     features: bool = False
     # the image side `fewshot data` prepares when given no --size
-    default_size: Optional[int] = None
+    default_size: int | None = None
     # a prepared folder's meta -> the options that decode its source again identically (at another size)
     import_options: Callable = no_options
     # (path, config) -> the folder that `--data PATH` means for this kind
     locate: Callable = same_path
     # generated kinds: (config, split, seed, query, dtype) -> a sampler with .batch(index, size, part)
-    sampler: Optional[Callable] = None
+    sampler: Callable | None = None
 
     @property
     def generated(self) -> bool:
