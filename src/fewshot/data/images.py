@@ -38,14 +38,6 @@ class ImageClass:
         """The entry index.json holds for this class."""
         return {"name": self.name, "group": self.group, "start": self.start, "count": self.count, "info": self.info}
 
-    # Shim: embed.py still unpacks a class reference as the old (start, count, rotation, name)
-    # tuple; remove these two once it reads the fields by name.
-    def __iter__(self):
-        return iter((self.start, self.count, self.rotation, self.name))
-
-    def __getitem__(self, position):
-        return tuple(self)[position]
-
 
 @dataclass
 class ImageDataset:
