@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from . import algorithms, checkpoint, data, distributed
+from . import algorithms, checkpoint, data, distributed, precision
+from .compiled import compile_step
 from .config import dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
 from .errors import FewshotError
@@ -191,6 +192,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
     torch.manual_seed(config["seed"])
     algorithm = algorithms.build(config).to(device)
     optimizer, schedule = make_optimizer(algorithm, config)
+    precision.configure(config["precision"], device)
+    meta_gradient = compile_step(algorithm, config)  # algorithm.meta_gradient itself unless `compile: true`
     step, best, saved_step = 0, None, None
     fresh = not (resume and (out / "last.pt").exists())
     if not fresh:
@@ -267,7 +270,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         algorithm.train()
         optimizer.zero_grad(set_to_none=True)
         try:
-            result = algorithm.meta_gradient(tasks, loop.step)
+            with precision.autocast(config["precision"], device):
+                result = meta_gradient(tasks, loop.step)
         except torch.OutOfMemoryError:
             if loop.step != first_step:
                 raise
