@@ -1,21 +1,22 @@
-"""Algorithms, one file each, registered by name and built from a config."""
-from ..errors import FewshotError
+"""Algorithms, one file each, registered by name in ALGORITHMS and built from a config.
 
-ALGORITHMS = {}
+Adding an algorithm is one file that registers its class (`@ALGORITHMS.register("name")`,
+an algorithms.base.Algorithm), its module name in the list below, and a preset YAML.
+Nothing here imports torch: the registry imports the modules on its first lookup.
+"""
+from typing import TYPE_CHECKING
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from .base import Algorithm
+
+ALGORITHMS = Registry("algorithm", modules=[f"fewshot.algorithms.{name}" for name in
+                                            ("maml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "leo")])
 
 
-def register(name):
-    def wrap(cls):
-        ALGORITHMS[name] = cls
-        return cls
-    return wrap
-
-
-def build(config):
+def build(config) -> "Algorithm":
+    """The algorithm `config["algorithm"]` names, with the backbone and task family of `config`."""
     from .. import models, tasks
-    if config["algorithm"] not in ALGORITHMS:
-        raise FewshotError(f"unknown algorithm {config['algorithm']!r}; choose one of {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[config["algorithm"]](models.build(config), config, tasks.family(config))
-
-
-from . import anil, leo, maml, mamlpp, metasgd, protonet, reptile  # noqa: E402,F401  (registers)
+    algorithm = ALGORITHMS.get(config["algorithm"])
+    return algorithm(models.build(config), config, tasks.family(config))

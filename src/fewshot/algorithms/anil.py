@@ -1,10 +1,10 @@
 """ANIL (Raghu et al. 2020, "Rapid Learning or Feature Reuse?"): MAML whose inner
 loop adapts the head only; the body is learned by the outer loop alone."""
-from . import register
+from . import ALGORITHMS
 from .maml import MAML
 
 
-@register("anil")
+@ALGORITHMS.register("anil")
 class ANIL(MAML):
     def adapts(self, name):
-        return name.startswith("head.")
+        return self.parameter_roles[name] == "head"

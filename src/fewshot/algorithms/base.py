@@ -11,6 +11,11 @@ such as inner learning rates) and answers three questions:
 
 The trainer owns the optimizer; the evaluator calls adapt + predict only, so no
 graph for second-order gradients is ever kept at evaluation.
+
+The backbone (`self.model`, a models.base.Backbone) is run with explicit parameters,
+`self.model.functional_forward(params, x, ...)` (torch.func.functional_call of its one
+`forward`), and asked which parameters are batch norm's, the head's or the body's
+(`self.parameter_roles`): no algorithm reads parameter names.
 """
 import torch
 import torch.nn as nn
@@ -22,6 +27,8 @@ class Algorithm(nn.Module):
         self.model = model
         self.config = config
         self.family = family
+        # name -> "batch_norm" | "head" | "body", for the backbone's parameters
+        self.parameter_roles = model.parameter_roles()
 
     any_number_of_classes = False  # True for algorithms with no fixed output layer
     # state_dict prefixes that hold an optimizer's state rather than weights (Reptile's inner

@@ -60,24 +60,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import models
 from ..errors import FewshotError
-from . import register
+from . import ALGORITHMS
 from .base import Algorithm
-
-
-@models.register("none")
-class NoBackbone(nn.Module):
-    """No backbone: the inputs are features already (LEO on precomputed embeddings)."""
-
-    @classmethod
-    def from_config(cls, config):
-        return cls()
-
-    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
-        if trace is not None:
-            trace.append(("identity (precomputed features)", tuple(x.shape), 0))
-        return x
 
 
 def orthogonality(weight):
@@ -129,7 +114,7 @@ def split_gaussian(params, stddev_offset=0.0):
     return mean, (torch.exp(unnormalized) - (1.0 - stddev_offset)).clamp(min=1e-10)
 
 
-@register("leo")
+@ALGORITHMS.register("leo")
 class LEO(Algorithm):
     any_number_of_classes = True  # classifier weights are generated per class, for any N
 

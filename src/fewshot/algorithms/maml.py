@@ -26,11 +26,11 @@ trajectory (MAML++'s multi-step loss).
 import torch
 
 from ..config import eval_inner_lr
-from . import register
+from . import ALGORITHMS
 from .base import Algorithm
 
 
-@register("maml")
+@ALGORITHMS.register("maml")
 class MAML(Algorithm):
     # hooks ------------------------------------------------------------------
     def adapts(self, name):
@@ -43,8 +43,9 @@ class MAML(Algorithm):
     def forward(self, params, x, k=0, bn_training=True, tasks=False):
         """The network at inner step k. With `tasks`, x has a leading task dimension,
         so do the per-task parameters, and each task is normalized on its own."""
-        run = self.model.batched_forward if tasks else self.model.functional_forward
-        return run(params, x, bn_training)
+        if tasks:
+            return self.model.batched_forward(params, x, bn_training)
+        return self.model.functional_forward(params, x, bn_training)
 
     def second_order(self, step):
         return not self.config["first_order"]
@@ -107,10 +108,10 @@ class MAML(Algorithm):
 
     # the meta-gradient --------------------------------------------------------
     def batches_tasks(self, tasks):
-        """Whether to run the tasks in batched passes: the model can (it has a
-        `batched_forward` and says `can_batch_tasks`), the tasks have one shape, and
-        `batch_tasks` asks for it (None: `batching_pays`)."""
-        if not (getattr(self.model, "can_batch_tasks", False) and hasattr(self.model, "batched_forward")):
+        """Whether to run the tasks in batched passes: the model can (`can_batch_tasks`:
+        its `batched_forward` gives each task its own forward), the tasks have one
+        shape, and `batch_tasks` asks for it (None: `batching_pays`)."""
+        if not self.model.can_batch_tasks:
             return False
         if len({(t.support_x.shape, t.query_x.shape) for t in tasks}) != 1:
             return False
@@ -152,8 +153,7 @@ class MAML(Algorithm):
                                                       ("support_x", "support_y", "query_x", "query_y"))
             objective, query_out = self.objective(support_x, support_y, query_x, query_y, step, tasks=True)
             (objective * share).backward()
-            if hasattr(self.model, "update_running_statistics"):  # inductive batch norm, as the loop updates it
-                self.model.update_running_statistics()
+            self.model.update_running_statistics()  # inductive batch norm, as the loop updates it
             loss_sum = loss_sum + objective.detach() * share
             metric_sum = metric_sum + self.family.metric_tensor(query_out.detach(), query_y) * share
         return {"loss": loss_sum, self.family.metric_name: metric_sum}

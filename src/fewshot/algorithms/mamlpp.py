@@ -17,7 +17,7 @@ forward at step k), so the per-task loop and the batched pass both follow them.
 import torch
 import torch.nn as nn
 
-from . import register
+from . import ALGORITHMS
 from .maml import MAML
 
 
@@ -25,7 +25,7 @@ def layer_of(name):
     return name.rsplit(".", 1)[0]
 
 
-@register("mamlpp")
+@ALGORITHMS.register("mamlpp")
 class MAMLPlusPlus(MAML):
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
@@ -39,15 +39,16 @@ class MAMLPlusPlus(MAML):
         # batch-norm weights are per step and learned by the outer loop only, as in the
         # authors' configs (enable_inner_loop_optimizable_bn_params false): a per-step
         # weight adapted at step k would never be used again.
-        return ".norm." not in name
+        return self.parameter_roles[name] != "batch_norm"
 
     def step_size(self, name, k, training=True):
         rates = self.step_sizes[layer_of(name).replace(".", "/")]
         return rates[min(k, len(rates) - 1)]
 
     def forward(self, params, x, k=0, bn_training=True, tasks=False):
-        run = self.model.batched_forward if tasks else self.model.functional_forward
-        return run(params, x, bn_training, bn_step=k)
+        if tasks:
+            return self.model.batched_forward(params, x, bn_training, bn_step=k)
+        return self.model.functional_forward(params, x, bn_training, bn_step=k)
 
     def epoch(self, step):
         return step / self.config["steps_per_epoch"]

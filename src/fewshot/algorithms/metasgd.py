@@ -4,11 +4,11 @@ alpha starts at `inner_lr` and is used as learned at meta-test too."""
 import torch
 import torch.nn as nn
 
-from . import register
+from . import ALGORITHMS
 from .maml import MAML
 
 
-@register("metasgd")
+@ALGORITHMS.register("metasgd")
 class MetaSGD(MAML):
     def __init__(self, model, config, family):
         super().__init__(model, config, family)

@@ -7,7 +7,7 @@ number of classes at test (`eval_ways`, and `fewshot predict` with any support).
 """
 import torch
 
-from . import register
+from . import ALGORITHMS
 from .base import Algorithm
 
 
@@ -17,7 +17,7 @@ def prototype_logits(support_features, support_y, query_features):
     return -torch.cdist(query_features, prototypes).pow(2)
 
 
-@register("protonet")
+@ALGORITHMS.register("protonet")
 class ProtoNet(Algorithm):
     any_number_of_classes = True
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import register
+from . import ALGORITHMS
 from .base import Algorithm
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
@@ -94,7 +94,7 @@ class InnerAdamState(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-@register("reptile")
+@ALGORITHMS.register("reptile")
 class Reptile(Algorithm):
     optimizer_state_prefixes = ("inner_adam.",)
 

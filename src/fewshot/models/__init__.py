@@ -1,20 +1,20 @@
-"""Backbones, registered by name and built from a config."""
-from ..errors import FewshotError
+"""Backbones, registered by name in BACKBONES and built from a config.
 
-MODELS = {}
+A backbone is one file that registers its class (`@BACKBONES.register("name")`, a
+models.base.Backbone with `from_config(config)` and one `forward`), plus its module
+name in the list below. Nothing here imports torch: the registry imports the modules
+on its first lookup.
+"""
+from typing import TYPE_CHECKING
 
+from ..registry import Registry
 
-def register(name):
-    def wrap(cls):
-        MODELS[name] = cls
-        return cls
-    return wrap
+if TYPE_CHECKING:
+    from .base import Backbone
 
-
-def build(config):
-    if config["model"] not in MODELS:
-        raise FewshotError(f"unknown model {config['model']!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[config["model"]].from_config(config)
+BACKBONES = Registry("model", modules=[f"fewshot.models.{name}" for name in ("conv4", "mlp", "resnet", "identity")])
 
 
-from . import conv4, mlp, resnet  # noqa: E402,F401  (registers)
+def build(config) -> "Backbone":
+    """The backbone `config["model"]` names, built from `config`."""
+    return BACKBONES.get(config["model"]).from_config(config)

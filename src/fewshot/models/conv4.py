@@ -7,15 +7,19 @@ Two standard forms:
            original Omniglot network, cbfinn/maml `forward_conv` without max-pool)
 then a linear layer to `ways` outputs.
 
-`functional_forward(params, x)` takes the parameters explicitly, so an inner loop
-adapts a dict of tensors and never mutates the module.
+`forward` is the one per-task forward; inner loops run it with explicit parameters
+(`functional_forward`, torch.func.functional_call). `batched_forward` runs many tasks
+side by side as grouped convolutions: a second, hand-written form of the same layers,
+kept because it is faster on the CPU than torch.func.vmap of `forward` (see its
+docstring); it reads the strides, paddings and batch-norm rows from the same layers.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FewshotError
-from . import register
+from . import BACKBONES
+from .base import Backbone, BatchNorm
 
 # On the CPU the batched pass pays for tasks of at most this many images (support + query): measured
 # 1.2-1.7x faster at 10 (the 5-way 1-shot presets), slower at 40, 50, 80 and 200 (docs/benchmarks.md,
@@ -24,27 +28,24 @@ CPU_BATCHING_MAX_IMAGES = 10
 
 
 class Block(nn.Module):
-    def __init__(self, in_channels, filters):
+    def __init__(self, in_channels, filters, stride, transductive, bn_steps):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, filters, 3, padding=1)
-        self.norm = nn.BatchNorm2d(filters, momentum=0.1)
+        self.conv = nn.Conv2d(in_channels, filters, 3, stride=stride, padding=1)
+        self.norm = BatchNorm(filters, transductive, bn_steps)
 
 
-@register("conv4")
-class Conv4(nn.Module):
+@BACKBONES.register("conv4")
+class Conv4(Backbone):
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
                  batch_norm="transductive", bn_steps=1):
         super().__init__()
         self.downsample = downsample
         self.transductive = batch_norm == "transductive"
         self.queued_statistics = []  # inductive batch norm: see batched_forward
-        self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters) for i in range(4))
-        if bn_steps > 1:  # MAML++: batch-norm weights and statistics per inner step
-            for block in self.blocks:
-                block.norm.weight = nn.Parameter(torch.ones(bn_steps, filters))
-                block.norm.bias = nn.Parameter(torch.zeros(bn_steps, filters))
-                block.norm.running_mean = torch.zeros(bn_steps, filters)
-                block.norm.running_var = torch.ones(bn_steps, filters)
+        stride = 2 if downsample == "stride" else 1
+        # bn_steps > 1: MAML++'s batch-norm weights and statistics per inner step
+        self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters, stride, self.transductive,
+                                          bn_steps) for i in range(4))
         side = image_size
         for _ in range(4):
             side //= 2
@@ -65,43 +66,25 @@ class Conv4(nn.Module):
                    filters=config["filters"], downsample=config["downsample"], image_size=config["image_size"],
                    batch_norm=config["batch_norm"], bn_steps=steps if config["per_step_bn"] else 1)
 
-    def features(self, params, x, bn_training=True, trace=None, bn_step=0):
-        """`trace`, a list, receives (layer, output shape, parameter count) per layer."""
-        stride = 2 if self.downsample == "stride" else 1
-        note = trace.append if trace is not None else (lambda row: None)
+    def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
+        """Options: see models/base.py. Transductive batch norm: batch statistics always, no
+        running statistics kept; inductive: running statistics updated while training, used at test."""
+        bn_training = self.training if bn_training is None else bn_training
         for i, block in enumerate(self.blocks):
-            p = f"blocks.{i}."
-            x = F.conv2d(x, params[p + "conv.weight"], params[p + "conv.bias"], stride=stride, padding=1)
-            note((p + f"conv  3x3/{stride}", tuple(x.shape), _count(block.conv)))
-            # Transductive: batch statistics always, no running statistics kept.
-            # Inductive: running statistics updated while training, used at test.
-            weight, bias = params[p + "norm.weight"], params[p + "norm.bias"]
-            mean, var = (block.norm.running_mean, block.norm.running_var) if not self.transductive else (None, None)
-            if weight.dim() == 2:  # per-step weights and statistics
-                k = min(bn_step, weight.shape[0] - 1)
-                weight, bias = weight[k], bias[k]
-                mean, var = (mean[k], var[k]) if mean is not None else (None, None)
-            x = F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive, momentum=0.1)
-            x = F.relu(x)
-            note((p + "norm  BN+ReLU", tuple(x.shape), _count(block.norm)))
+            x = block.conv(x)
+            self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
+            x = F.relu(block.norm(x, bn_training, bn_step))
+            self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
             if self.downsample == "maxpool":
                 x = F.max_pool2d(x, 2)
-                note((p + "pool  maxpool 2x2", tuple(x.shape), 0))
+                self.trace_row(trace, f"blocks.{i}.pool  maxpool 2x2", x)
         x = x.mean((2, 3)) if self.downsample == "stride" else x.flatten(1)
-        note(("features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), tuple(x.shape), 0))
-        return x
-
-    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
-        x = self.features(params, x, bn_training, trace, bn_step)
-        if self.head is None:
+        self.trace_row(trace, "features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), x)
+        if features_only or self.head is None:
             return x
-        x = F.linear(x, params["head.weight"], params["head.bias"])
-        if trace is not None:
-            trace.append(("head  linear", tuple(x.shape), _count(self.head)))
+        x = self.head(x)
+        self.trace_row(trace, "head  linear", x, self.head)
         return x
-
-    def forward(self, x):
-        return self.functional_forward(dict(self.named_parameters()), x, self.training)
 
     @property
     def can_batch_tasks(self):
@@ -117,9 +100,12 @@ class Conv4(nn.Module):
         """Many tasks at once: x is T x n x C x H x W; parameters with a leading task
         dimension T are per task, the others shared by all tasks. The tasks become the
         groups of grouped convolutions (side by side along channels), so batch-norm
-        statistics stay per task. (torch.func.vmap of `functional_forward` gives the
-        same with 4-30% more CPU time per meta-step: it splits batch norm's affine part
-        into separate multiply and add kernels; docs/benchmarks.md.)
+        statistics stay per task. Why a second form of `forward`: torch.func.vmap of
+        `forward` gives the same with 4-30% more CPU time per meta-step (it splits batch
+        norm's affine part into separate multiply and add kernels; docs/benchmarks.md,
+        "all tasks in one pass"). The layers (strides, paddings, per-step batch-norm
+        rows, the head) are the module's own; only the task grouping is written here,
+        and tests check it against vmap of `forward`.
 
         Inductive batch norm while training: each task's batch statistics are queued
         and `update_running_statistics()` applies them in the per-task loop's order
@@ -129,32 +115,29 @@ class Conv4(nn.Module):
         own = dict(self.named_parameters())
         per_task = lambda name: (params[name] if params[name].dim() > own[name].dim() else
                                  params[name].expand(tasks, *params[name].shape))
-        stride = 2 if self.downsample == "stride" else 1
         record = bn_training and not self.transductive
+        use_running = not self.transductive and not bn_training  # batch statistics, except at test (inductive)
         statistics = []
         h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
-        for i in range(4):
+        for i, block in enumerate(self.blocks):
             p = f"blocks.{i}."
+            conv = block.conv
             weight, bias = params[p + "conv.weight"], params[p + "conv.bias"]
             if weight.dim() == own[p + "conv.weight"].dim() and bias.dim() == 1:
                 # shared by the tasks (ANIL's body): one ordinary convolution over every task's images
-                h = F.conv2d(h.reshape(n * tasks, -1, *h.shape[2:]), weight, bias, stride=stride, padding=1)
+                h = F.conv2d(h.reshape(n * tasks, -1, *h.shape[2:]), weight, bias, stride=conv.stride,
+                             padding=conv.padding)
                 h = h.reshape(n, -1, *h.shape[2:])
             else:
                 weight = per_task(p + "conv.weight")
                 h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), per_task(p + "conv.bias").reshape(-1),
-                             stride=stride, padding=1, groups=tasks)
-            norm_weight, norm_bias = per_task(p + "norm.weight"), per_task(p + "norm.bias")
-            mean, var = self.blocks[i].norm.running_mean, self.blocks[i].norm.running_var
-            if norm_weight.dim() == 3:  # per-step weights and statistics: T x steps x C
-                k = min(bn_step, norm_weight.shape[1] - 1)
-                norm_weight, norm_bias, mean, var = norm_weight[:, k], norm_bias[:, k], mean[k], var[k]
+                             stride=conv.stride, padding=conv.padding, groups=tasks)
+            norm_weight, norm_bias, mean, var = block.norm.step_tensors(bn_step, per_task(p + "norm.weight"),
+                                                                        per_task(p + "norm.bias"))
             if record:
                 with torch.no_grad():
                     statistics.append(torch.stack([h.mean((0, 2, 3)), h.var((0, 2, 3))]).view(2, tasks, -1)
                                       .transpose(0, 1))
-            # batch statistics, except at test with inductive batch norm
-            use_running = not self.transductive and not bn_training
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
                              norm_weight.reshape(-1), norm_bias.reshape(-1), training=not use_running)
             h = F.relu(h)
@@ -192,6 +175,3 @@ class Conv4(nn.Module):
             block.norm.running_mean.copy_(running[..., 0, :])
             block.norm.running_var.copy_(running[..., 1, :])
 
-
-def _count(module):
-    return sum(p.numel() for p in module.parameters())

@@ -1,32 +1,39 @@
 """A fully connected ReLU network: the MAML paper's regression model (two hidden
-layers of 40 units), with a functional forward like every backbone."""
+layers of 40 units). Its last layer is the head (ANIL adapts it)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register
+from . import BACKBONES
+from .base import Backbone
 
 
-@register("mlp")
-class MLP(nn.Module):
+@BACKBONES.register("mlp")
+class MLP(Backbone):
     def __init__(self, in_features=1, hidden=(40, 40), out_features=1):
         super().__init__()
         sizes = [in_features, *hidden, out_features]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
+    @property
+    def head(self):
+        """The last layer (a property, not a second name for it in the state dict)."""
+        return self.layers[-1]
+
     @classmethod
     def from_config(cls, config):
         return cls(config["in_features"], tuple(config["hidden"]), config["out_features"] or config["ways"])
 
-    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
+    def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
+        """Options: see models/base.py (no batch norm here: bn_training and bn_step do nothing)."""
         last = len(self.layers) - 1
-        for i in range(len(self.layers)):
-            x = F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+        for i, layer in enumerate(self.layers):
+            if features_only and i == last:
+                break
+            x = layer(x)
             if i < last:
                 x = F.relu(x)
-            if trace is not None:
-                trace.append((f"layers.{i}  linear" + ("+ReLU" if i < last else ""), tuple(x.shape),
-                               sum(p.numel() for p in self.layers[i].parameters())))
+            self.trace_row(trace, f"layers.{i}  linear" + ("+ReLU" if i < last else ""), x, layer)
         return x
 
     can_batch_tasks = True
@@ -38,9 +45,9 @@ class MLP(nn.Module):
 
     def batched_forward(self, params, x, bn_training=True, bn_step=0):
         """Many tasks at once: x is T x n x in; parameters with a leading task dimension
-        T are per task, the others shared. (torch.func.vmap of `functional_forward`
-        gives the same with about 1.5x the CPU time per meta-step for this small
-        network: docs/benchmarks.md.)"""
+        T are per task, the others shared. A second form of `forward`, kept because
+        torch.func.vmap of `forward` takes about 1.5x the CPU time per meta-step for this
+        small network (docs/benchmarks.md): per task, one fused baddbmm per layer."""
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
             weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
@@ -51,6 +58,3 @@ class MLP(nn.Module):
             if i < last:
                 x = F.relu(x)
         return x
-
-    def forward(self, x):
-        return self.functional_forward(dict(self.named_parameters()), x)

@@ -1,4 +1,4 @@
-"""Residual backbones of the few-shot literature, with a functional forward.
+"""Residual backbones of the few-shot literature.
 
   resnet12:  4 stages of [3 x (conv3x3, BN, LeakyReLU 0.1) with a 1x1-conv
              shortcut, max-pool 2x2], widths 64-160-320-640 (Oreshkin et al. 2018,
@@ -14,27 +14,22 @@
 norm follows `batch_norm` as in conv4: transductive (batch statistics always) or
 inductive (running statistics at test). Conv layers have no bias (batch norm
 follows each), and weights are He-initialized, as both papers' code does.
+`forward` is the one forward (options: models/base.py); no batched form: tasks run
+one at a time.
 """
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FewshotError
-from . import register
+from . import BACKBONES
+from .base import Backbone, BatchNorm
 
 
-def _batch_norm(model, params, name, x, bn_training):
-    norm = model.get_submodule(name)
-    stats = (None, None) if model.transductive else (norm.running_mean, norm.running_var)
-    return F.batch_norm(x, *stats, params[name + ".weight"], params[name + ".bias"],
-                        training=bn_training or model.transductive, momentum=0.1)
-
-
-class _Backbone(nn.Module):
+class _ResidualBackbone(Backbone):
     """The parts both networks share: head, config, initialization, forward."""
 
-    def _finish(self, ways, batch_norm, features_size):
-        """Head, batch-norm mode and initialization, once the body is built."""
-        self.transductive = batch_norm == "transductive"
+    def _finish(self, ways, features_size):
+        """Head and initialization, once the body is built."""
         self.features_size = features_size
         self.head = nn.Linear(features_size, ways) if ways else None
         for module in self.modules():
@@ -53,95 +48,84 @@ class _Backbone(nn.Module):
         return cls(in_channels=config["channels"], ways=config["ways"] if config["head"] else 0,
                    widths=tuple(widths), batch_norm=config["batch_norm"])
 
-    def functional_forward(self, params, x, bn_training=True, trace=None, bn_step=0):
-        x = self.features(params, x, bn_training, trace)
-        if self.head is None:
+    def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
+        """Options: see models/base.py (one set of batch-norm weights: bn_step does nothing)."""
+        x = self.body(x, self.training if bn_training is None else bn_training, trace)
+        if features_only or self.head is None:
             return x
-        x = F.linear(x, params["head.weight"], params["head.bias"])
-        if trace is not None:
-            trace.append(("head  linear", tuple(x.shape), self.head.weight.numel() + self.head.bias.numel()))
+        x = self.head(x)
+        self.trace_row(trace, "head  linear", x, self.head)
         return x
 
-    def forward(self, x):
-        return self.functional_forward(dict(self.named_parameters()), x, self.training)
 
-    def _note(self, trace, label, x, *names):
-        if trace is not None:
-            count = sum(p.numel() for n in names for p in self.get_submodule(n).parameters())
-            trace.append((label, tuple(x.shape), count))
-
-
-@register("resnet12")
-class ResNet12(_Backbone):
+@BACKBONES.register("resnet12")
+class ResNet12(_ResidualBackbone):
     WIDTHS = (64, 160, 320, 640)
 
     def __init__(self, in_channels=3, ways=5, widths=WIDTHS, batch_norm="transductive"):
         super().__init__()
+        self.transductive = batch_norm == "transductive"
         self.stages = nn.ModuleList()
         for i, width in enumerate(widths):
             stage = nn.Module()
             channels = in_channels if i == 0 else widths[i - 1]
             stage.convs = nn.ModuleList(nn.Conv2d(channels if j == 0 else width, width, 3, padding=1, bias=False)
                                         for j in range(3))
-            stage.norms = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(3))
+            stage.norms = nn.ModuleList(BatchNorm(width, self.transductive) for _ in range(3))
             stage.shortcut = nn.Conv2d(channels, width, 1, bias=False)
-            stage.shortcut_norm = nn.BatchNorm2d(width)
+            stage.shortcut_norm = BatchNorm(width, self.transductive)
             self.stages.append(stage)
-        self._finish(ways, batch_norm, widths[-1])
+        self._finish(ways, widths[-1])
 
-    def features(self, params, x, bn_training=True, trace=None, bn_step=0):
-        for i in range(len(self.stages)):
-            p = f"stages.{i}."
-            shortcut = F.conv2d(x, params[p + "shortcut.weight"])
-            shortcut = _batch_norm(self, params, p + "shortcut_norm", shortcut, bn_training)
+    def body(self, x, bn_training, trace):
+        for i, stage in enumerate(self.stages):
+            shortcut = stage.shortcut_norm(stage.shortcut(x), bn_training)
             h = x
-            for j in range(3):
-                h = F.conv2d(h, params[p + f"convs.{j}.weight"], padding=1)
-                h = _batch_norm(self, params, p + f"norms.{j}", h, bn_training)
+            for j, (conv, norm) in enumerate(zip(stage.convs, stage.norms)):
+                h = norm(conv(h), bn_training)
                 if j < 2:
                     h = F.leaky_relu(h, 0.1)
             x = F.max_pool2d(F.leaky_relu(h + shortcut, 0.1), 2)
-            self._note(trace, p[:-1] + "  3 x conv3x3-BN-LeakyReLU + shortcut, maxpool", x, p[:-1])
+            self.trace_row(trace, f"stages.{i}  3 x conv3x3-BN-LeakyReLU + shortcut, maxpool", x, stage)
         x = x.mean((2, 3))
-        self._note(trace, "features  global average pool", x)
+        self.trace_row(trace, "features  global average pool", x)
         return x
 
 
-@register("wrn28_10")
-class WideResNet(_Backbone):
+@BACKBONES.register("wrn28_10")
+class WideResNet(_ResidualBackbone):
     WIDTHS = (16, 160, 320, 640)  # stem, then the three groups (16 x 10k for k = 1, 2, 4)
     BLOCKS = 4                    # per group: (depth 28 - 4) / 6
 
     def __init__(self, in_channels=3, ways=5, widths=WIDTHS, batch_norm="transductive"):
         super().__init__()
+        self.transductive = transductive = batch_norm == "transductive"
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.blocks = nn.ModuleList()
-        self.strides = []
         for group, width in enumerate(widths[1:]):
             for b in range(self.BLOCKS):
                 channels = widths[group] if b == 0 else width
+                stride = (1 if group == 0 else 2) if b == 0 else 1
                 block = nn.Module()
-                block.norm1, block.conv1 = nn.BatchNorm2d(channels), nn.Conv2d(channels, width, 3, padding=1,
-                                                                                bias=False)
-                block.norm2, block.conv2 = nn.BatchNorm2d(width), nn.Conv2d(width, width, 3, padding=1, bias=False)
-                if channels != width:
-                    block.shortcut = nn.Conv2d(channels, width, 1, bias=False)
+                block.norm1 = BatchNorm(channels, transductive)
+                block.conv1 = nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False)
+                block.norm2 = BatchNorm(width, transductive)
+                block.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+                # a 1x1 projection where the width changes, else the identity
+                block.shortcut = nn.Conv2d(channels, width, 1, stride=stride, bias=False) if channels != width else None
                 self.blocks.append(block)
-                self.strides.append((1 if group == 0 else 2) if b == 0 else 1)
-        self.norm = nn.BatchNorm2d(widths[-1])
-        self._finish(ways, batch_norm, widths[-1])
+        self.norm = BatchNorm(widths[-1], transductive)
+        self._finish(ways, widths[-1])
 
-    def features(self, params, x, bn_training=True, trace=None, bn_step=0):
-        x = F.conv2d(x, params["stem.weight"], padding=1)
-        self._note(trace, "stem  conv3x3", x, "stem")
-        for i, (block, stride) in enumerate(zip(self.blocks, self.strides)):
-            p = f"blocks.{i}."
-            h = F.relu(_batch_norm(self, params, p + "norm1", x, bn_training))
-            shortcut = F.conv2d(h, params[p + "shortcut.weight"], stride=stride) if hasattr(block, "shortcut") else x
-            h = F.conv2d(h, params[p + "conv1.weight"], stride=stride, padding=1)
-            h = F.relu(_batch_norm(self, params, p + "norm2", h, bn_training))
-            x = shortcut + F.conv2d(h, params[p + "conv2.weight"], padding=1)
-            self._note(trace, p[:-1] + "  BN-ReLU-conv3x3 x 2 + shortcut", x, p[:-1])
-        x = F.relu(_batch_norm(self, params, "norm", x, bn_training)).mean((2, 3))
-        self._note(trace, "features  BN-ReLU, global average pool", x, "norm")
+    def body(self, x, bn_training, trace):
+        x = self.stem(x)
+        self.trace_row(trace, "stem  conv3x3", x, self.stem)
+        for i, block in enumerate(self.blocks):
+            h = F.relu(block.norm1(x, bn_training))
+            shortcut = block.shortcut(h) if block.shortcut is not None else x
+            h = F.relu(block.norm2(block.conv1(h), bn_training))
+            x = shortcut + block.conv2(h)
+            self.trace_row(trace, f"blocks.{i}  BN-ReLU-conv3x3 x 2 + shortcut", x, block)
+        x = F.relu(self.norm(x, bn_training)).mean((2, 3))
+        self.trace_row(trace, "features  BN-ReLU, global average pool", x, self.norm)
         return x

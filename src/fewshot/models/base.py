@@ -1,0 +1,126 @@
+"""What every backbone is: one `forward`, parameter roles, and the batch-norm layer.
+
+A backbone's `forward(x, bn_training=None, bn_step=0, trace=None, features_only=False)`
+is its only per-task forward. Inner loops run it with explicit parameters through
+`torch.func.functional_call` (`Backbone.functional_forward` below), so the module is
+never mutated: an adapted dict of tensors stands in for the module's parameters for
+one call, and the module's buffers (running statistics) are its own.
+
+The per-call options, all keyword arguments of `forward`, so functional_call and
+vmap carry them through:
+  bn_training    batch statistics (True) or, with inductive batch norm, the running
+                 statistics (False); None: the module's own `training` flag
+  bn_step        which per-step batch-norm weights and statistics to use (MAML++)
+  trace          a list that receives (layer, output shape, parameter count) per layer
+                 (`fewshot summary`)
+  features_only  stop before the head (LEO's embeddings, `fewshot embed`)
+
+Algorithms never read parameter names: `parameter_roles()` says which parameters are
+batch norm's, the head's, or the body's.
+"""
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Batch-norm momentum of every backbone: running = (1 - m) * running + m * batch
+# statistic, torch's default and the papers' code's (cbfinn/maml: decay 0.9).
+BN_MOMENTUM = 0.1
+
+Role = Literal["batch_norm", "head", "body"]
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """Batch norm in the mode the backbone's config chose, as a layer:
+
+      transductive  batch statistics always, running statistics never used or updated
+      inductive     batch statistics and a running-statistics update while training
+                    (`bn_training`), the running statistics at test
+      steps > 1     (MAML++) a weight, bias and running statistics per inner step,
+                    rows of `steps x C` tensors; step k uses row min(k, steps - 1)
+
+    An nn.BatchNorm2d underneath, so the parameter and buffer names, and checkpoints,
+    are those of torch's layer."""
+
+    def __init__(self, channels: int, transductive: bool, steps: int = 1):
+        super().__init__(channels, momentum=BN_MOMENTUM)
+        self.transductive = transductive
+        if steps > 1:
+            self.weight = nn.Parameter(torch.ones(steps, channels))
+            self.bias = nn.Parameter(torch.zeros(steps, channels))
+            self.running_mean = torch.zeros(steps, channels)
+            self.running_var = torch.ones(steps, channels)
+
+    def step_tensors(self, bn_step: int = 0, weight=None, bias=None):
+        """(weight, bias, running mean, running var) of inner step `bn_step` (the running
+        statistics None when transductive). `weight`, `bias`: the ones to use in place of
+        the layer's own, with any leading dimensions (a task dimension) before `steps x C`."""
+        weight = self.weight if weight is None else weight
+        bias = self.bias if bias is None else bias
+        mean, var = (None, None) if self.transductive else (self.running_mean, self.running_var)
+        if self.running_mean.dim() == 2:  # per-step weights and statistics
+            k = min(bn_step, self.running_mean.shape[0] - 1)
+            weight, bias = weight[..., k, :], bias[..., k, :]
+            mean, var = (mean[k], var[k]) if mean is not None else (None, None)
+        return weight, bias, mean, var
+
+    def forward(self, x: torch.Tensor, bn_training: bool = True, bn_step: int = 0) -> torch.Tensor:
+        weight, bias, mean, var = self.step_tensors(bn_step)
+        return F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive,
+                            momentum=self.momentum)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class Backbone(nn.Module):
+    """The interface algorithms use. Subclasses write `forward` and have a `head` (the
+    output layer, an nn.Module; None or absent for a feature extractor). No class-level
+    default for `head`: it would hide the submodule nn.Module keeps in `_modules`."""
+
+    # Whether `batched_forward` runs many tasks in one pass exactly as each task's own forward
+    can_batch_tasks = False
+
+    def parameter_roles(self) -> dict[str, Role]:
+        """Every parameter's role, by name: "batch_norm" (a batch-norm layer's weight or
+        bias), "head" (the output layer, ANIL's adapted part) or "body"."""
+        head = getattr(self, "head", None)
+        head = {id(m) for m in head.modules()} if head is not None else set()
+        roles = {}
+        for module_name, module in self.named_modules():
+            for name, _ in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                roles[full] = ("head" if id(module) in head else
+                               "batch_norm" if isinstance(module, nn.modules.batchnorm._BatchNorm) else "body")
+        return roles
+
+    def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
+                           **options) -> torch.Tensor:
+        """`forward` with `params` (name -> tensor) in place of the module's parameters,
+        through torch.func.functional_call; the module is left as it was. Buffers not in
+        `params` are the module's own, so an inductive forward updates its running
+        statistics. tie_weights=False: no backbone ties weights, and untying walks every
+        parameter and buffer on each call (measured: docs/benchmarks.md, "One forward")."""
+        return torch.func.functional_call(self, params, (x,), {"bn_training": bn_training, **options},
+                                          tie_weights=False)
+
+    def features(self, params: dict, x: torch.Tensor, bn_training: bool = True) -> torch.Tensor:
+        """The features before the head, with `params` (`fewshot embed`)."""
+        return self.functional_forward(params, x, bn_training, features_only=True)
+
+    def batching_pays_on_cpu(self, images_per_task: int) -> bool:
+        return False
+
+    def batched_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True, bn_step: int = 0):
+        raise NotImplementedError(f"{type(self).__name__} runs tasks one at a time (can_batch_tasks is False)")
+
+    def update_running_statistics(self) -> None:
+        """Apply running-statistics updates that batched forwards queued (none here)."""
+
+    @staticmethod
+    def trace_row(trace: list | None, label: str, x: torch.Tensor, *modules: nn.Module) -> None:
+        """Note a layer in `trace` (when one is given): label, output shape, parameter count."""
+        if trace is not None:
+            trace.append((label, tuple(x.shape), sum(parameter_count(m) for m in modules)))
