@@ -69,3 +69,15 @@ def test_naming_kinds_and_preparing_a_folder_import_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "tree"), str(tmp_path / "home")],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[-3:] == ["5", "0", "False"], done.stdout + done.stderr
+
+
+def test_the_config_offers_exactly_the_registered_kinds_and_crops():
+    """config.py names the kinds in its schema (a Literal, so `fewshot presets` need not load
+    the data modules); this keeps the two lists one."""
+    from typing import get_args, get_type_hints
+
+    from fewshot.config import Config
+    from fewshot.data.embeddings import CROPS
+    hints = get_type_hints(Config)
+    assert sorted(get_args(hints["dataset"])) == DATASETS.names()
+    assert get_args(hints["embedding_crop"]) == CROPS
