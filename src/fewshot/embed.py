@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, models
-from .data.embeddings import CROPS, SPLITS, file_name, make_key, write_leo_pickles
+from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
+from .data.kinds import SPLITS
 from .data.episodes import to_float
 from .errors import FewshotError
 from .files import write_text
@@ -108,7 +109,7 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
-    if config["dataset"] in data.GENERATED or config["dataset"] == "embeddings":
+    if data.kind(config["dataset"]).generated or data.kind(config["dataset"]).features:
         raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config['dataset']!r}")
     if config["model"] not in BACKBONES:
         raise FewshotError(f"fewshot embed pretrains one of {', '.join(BACKBONES)}; the preset's model is "

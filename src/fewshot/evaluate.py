@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from . import algorithms, checkpoint, data
 from .config import eval_query, eval_ways
+from .data.kinds import SPLITS
 from .errors import FewshotError
 from .runs import recorded_data
 
@@ -56,8 +57,8 @@ def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, d
         config["data"] = str(data_spec)
     else:  # the data it was trained on, also from another folder or with another FEWSHOT_HOME
         config["data"] = recorded_data(config, state.get("data_location"))
-    if split not in ("train", "val", "test"):
-        raise FewshotError(f"unknown split {split!r}; choose train, val or test")
+    if split not in SPLITS:
+        raise FewshotError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     dataset, refs = data.load(config, progress)
     sampler = data.sampler(config, dataset, refs, split, config["eval_seed"] if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))

@@ -197,9 +197,9 @@ def data_location(config):
     """Where `config["data"]` is on this machine, recorded in a run's checkpoints so that the
     run can be evaluated from another folder or with another FEWSHOT_HOME: the absolute
     path of the folder or raw copy it names, and the FEWSHOT_HOME it was found under."""
-    from .data import GENERATED
+    from .data import kind
     from .data.images import home
-    if config["dataset"] in GENERATED or config["data"] is None:
+    if kind(config["dataset"]).generated or config["data"] is None:
         return None
     path = Path(config["data"]).expanduser()
     if not path.exists():
@@ -210,10 +210,10 @@ def data_location(config):
 def recorded_data(config, location):
     """The `data` to load a checkpoint's dataset with here: its config's own `data` where
     that still names something from here, else the absolute path recorded at training."""
-    from .data import GENERATED
+    from .data import kind
     from .data.images import home, is_prepared
     spec = config["data"]
-    if config["dataset"] in GENERATED or spec is None or not isinstance(location, dict):
+    if kind(config["dataset"]).generated or spec is None or not isinstance(location, dict):
         return spec
     if Path(spec).expanduser().exists() or is_prepared(home() / str(spec)):
         return spec

@@ -222,8 +222,6 @@ def __getattr__(name):
     if name == "SinusoidSampler":
         from .sinusoid import SinusoidSampler
         return SinusoidSampler
-    if name == "GENERATED":  # the kinds without stored data (runs.py); prefer kind(name).generated
-        return frozenset(n for n in DATASETS.names() if DATASETS.get(n).generated)
     raise AttributeError(f"module 'fewshot.data' has no attribute {name!r}")
 
 
