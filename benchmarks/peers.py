@@ -7,7 +7,7 @@
 Like with like. A workload is one of our presets (plus `--set` overrides) at one
 order (second = exact MAML, first = FOMAML). Every implementation gets
   - the same conv4 network: ours is `fewshot.models.Conv4`; the peers get `Mirror`,
-    an nn.Module that computes exactly what Conv4's functional forward does
+    an nn.Module that computes exactly what Conv4's forward does
     (conv, batch norm on batch statistics, ReLU, max-pool or strided, flatten or
     spatial mean, linear), loaded with the same initial weights;
   - the same tasks: sampled once per step by our sampler, the identical tensors
@@ -117,6 +117,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fewshot import algorithms, data
 from fewshot.config import apply_overrides, load_preset, parse_overrides
 from fewshot.data import Task
+from fewshot.models.base import BN_MOMENTUM
 from fewshot.train import make_optimizer
 
 IMPLEMENTATIONS = ["fewshot", "fewshot-compiled", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd",
@@ -165,11 +166,11 @@ class MirrorBlock(nn.Module):
     def __init__(self, in_channels, filters, stride, track_running_stats):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, filters, 3, stride=stride, padding=1)
-        self.norm = nn.BatchNorm2d(filters, momentum=0.1, track_running_stats=track_running_stats)
+        self.norm = nn.BatchNorm2d(filters, momentum=BN_MOMENTUM, track_running_stats=track_running_stats)
 
 
 class Mirror(nn.Module):
-    """`fewshot.models.Conv4`'s functional forward as a plain nn.Module, with the same
+    """`fewshot.models.Conv4`'s forward as a plain nn.Module, with the same
     parameter names. Transductive batch norm (batch statistics always, no running
     statistics) is BatchNorm2d(track_running_stats=False); inductive is the default
     BatchNorm2d in train mode."""

@@ -65,7 +65,7 @@ def unsupported(algorithm) -> str | None:
     changed = [hook for hook in _HOOKS if getattr(type(algorithm), hook, None) is not getattr(MAML, hook, None)]
     if changed:
         return f"{type(algorithm).__name__} changes MAML's {', '.join(changed)}"
-    if getattr(algorithm.model, "transductive", True) is False:
+    if algorithm.model.batch_norm_mode == "inductive":
         return "inductive batch norm updates running statistics inside the step"
     return None
 

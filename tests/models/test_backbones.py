@@ -163,3 +163,17 @@ def test_the_packages_import_no_submodule_and_leo_registers_no_backbone():
             "assert BACKBONES.entries == {}, BACKBONES.entries\n"
             "assert BACKBONES.get('none').__module__ == 'fewshot.models.identity'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name,mode", [("conv4", "transductive"), ("conv4-inductive", "inductive"),
+                                       ("resnet12", "transductive"), ("resnet12-inductive", "inductive"),
+                                       ("wrn28_10", "transductive"), ("mlp", None)])
+def test_the_backbone_says_how_its_batch_norm_normalizes_at_test(name, mode):
+    model = build(name)
+    assert model.batch_norm_mode == mode
+    x = example(name)
+    params = dict(model.named_parameters())
+    alone = model.functional_forward(params, x[:1], bn_training=False)
+    in_batch = model.functional_forward(params, x, bn_training=False)[:1]
+    # an output depends on the rest of its batch exactly when the mode says transductive
+    assert torch.allclose(alone, in_batch, rtol=1e-12, atol=1e-12) == (mode != "transductive")

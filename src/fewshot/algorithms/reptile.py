@@ -158,7 +158,7 @@ class Reptile(Algorithm):
     def predict(self, adapted, x):
         params = adapted["params"]
         # inductive batch norm: running statistics, so every row is on its own already
-        if self.config["reptile_eval"] == "transductive" or not getattr(self.model, "transductive", False):
+        if self.config["reptile_eval"] == "transductive" or self.model.batch_norm_mode != "transductive":
             return self.model.functional_forward(params, x, False)
         support = adapted["support_x"]
         return torch.cat([self.model.functional_forward(params, torch.cat([support, x[i:i + 1]]), False)[-1:]

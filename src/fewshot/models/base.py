@@ -96,6 +96,16 @@ class Backbone(nn.Module):
                                "batch_norm" if isinstance(module, nn.modules.batchnorm._BatchNorm) else "body")
         return roles
 
+    @property
+    def batch_norm_mode(self) -> Literal["transductive", "inductive"] | None:
+        """How the network's batch norm normalizes at test: "transductive" (batch
+        statistics: an output depends on the rest of its batch), "inductive" (running
+        statistics, updated by training forwards), or None without batch norm."""
+        modes = {m.transductive for m in self.modules() if isinstance(m, BatchNorm)}
+        if not modes:
+            return None
+        return "transductive" if modes == {True} else "inductive"
+
     def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
                            **options) -> torch.Tensor:
         """`forward` with `params` (name -> tensor) in place of the module's parameters
