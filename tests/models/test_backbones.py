@@ -177,3 +177,14 @@ def test_the_backbone_says_how_its_batch_norm_normalizes_at_test(name, mode):
     in_batch = model.functional_forward(params, x, bn_training=False)[:1]
     # an output depends on the rest of its batch exactly when the mode says transductive
     assert torch.allclose(alone, in_batch, rtol=1e-12, atol=1e-12) == (mode != "transductive")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_summary_rows_count_every_parameter_once_and_end_at_the_output(name):
+    model = build(name)
+    running = {n: b.clone() for n, b in model.named_buffers()}
+    x = example(name)
+    rows = model.summary_rows(x)
+    assert sum(count for _, _, count in rows) == sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(b, running[n]) for n, b in model.named_buffers())
+    assert rows[-1][1] == tuple(model(x).shape)

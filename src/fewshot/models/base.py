@@ -159,6 +159,14 @@ class Backbone(nn.Module):
     def update_running_statistics(self) -> None:
         """Apply running-statistics updates that batched forwards queued (none here)."""
 
+    @torch.no_grad()
+    def summary_rows(self, x: torch.Tensor) -> list[tuple[str, tuple, int]]:
+        """(layer, output shape, parameter count) per layer for input `x` (`fewshot summary`),
+        from the module's own forward; running statistics are left as they are."""
+        trace = []
+        self(x, bn_training=False, trace=trace)
+        return trace
+
     @staticmethod
     def trace_row(trace: list | None, label: str, x: torch.Tensor, *modules: nn.Module) -> None:
         """Note a layer in `trace` (when one is given): label, output shape, parameter count."""
