@@ -6,8 +6,8 @@ hits every form alike, and the float64 meta-gradient difference to the loop.
   loop     the per-task loop (`batch_tasks: false`)
   grouped  the batched pass (`batch_tasks: true`) through the model's hand-written
            `batched_forward` (grouped convolutions for conv4, batched matmuls for the MLP)
-  vmap     the same pass with torch.func.vmap of the model's `functional_forward`
-           in place of its `batched_forward`
+  vmap     the same pass with torch.func.vmap of the model's one `forward` (run with
+           explicit parameters by `functional_forward`) in place of its `batched_forward`
 
     python benchmarks/task_batching.py --data ../shared/data/omniglot-28 --threads 1 --steps 5
 
