@@ -168,7 +168,7 @@ class Backbone(nn.Module):
         return trace
 
     @staticmethod
-    def trace_row(trace: list | None, label: str, x: torch.Tensor, *modules: nn.Module) -> None:
-        """Note a layer in `trace` (when one is given): label, output shape, parameter count."""
-        if trace is not None:
-            trace.append((label, tuple(x.shape), sum(parameter_count(m) for m in modules)))
+    def trace_row(trace: list, label: str, x: torch.Tensor, *modules: nn.Module) -> None:
+        """Note a layer in `trace`: label, output shape, parameter count. Forwards call it
+        under `if trace is not None`, so that a forward without a trace builds no labels."""
+        trace.append((label, tuple(x.shape), sum(parameter_count(m) for m in modules)))

@@ -72,18 +72,23 @@ class Conv4(Backbone):
         bn_training = self.training if bn_training is None else bn_training
         for i, block in enumerate(self.blocks):
             x = block.conv(x)
-            self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
+            if trace is not None:
+                self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
             x = F.relu(block.norm(x, bn_training, bn_step))
-            self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
+            if trace is not None:
+                self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
             if self.downsample == "maxpool":
                 x = F.max_pool2d(x, 2)
-                self.trace_row(trace, f"blocks.{i}.pool  maxpool 2x2", x)
+                if trace is not None:
+                    self.trace_row(trace, f"blocks.{i}.pool  maxpool 2x2", x)
         x = x.mean((2, 3)) if self.downsample == "stride" else x.flatten(1)
-        self.trace_row(trace, "features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), x)
+        if trace is not None:
+            self.trace_row(trace, "features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), x)
         if features_only or self.head is None:
             return x
         x = self.head(x)
-        self.trace_row(trace, "head  linear", x, self.head)
+        if trace is not None:
+            self.trace_row(trace, "head  linear", x, self.head)
         return x
 
     @property

@@ -11,5 +11,6 @@ class NoBackbone(Backbone):
         return cls()
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
-        self.trace_row(trace, "identity (precomputed features)", x)
+        if trace is not None:
+            self.trace_row(trace, "identity (precomputed features)", x)
         return x

@@ -33,7 +33,8 @@ class MLP(Backbone):
             x = layer(x)
             if i < last:
                 x = F.relu(x)
-            self.trace_row(trace, f"layers.{i}  linear" + ("+ReLU" if i < last else ""), x, layer)
+            if trace is not None:
+                self.trace_row(trace, f"layers.{i}  linear" + ("+ReLU" if i < last else ""), x, layer)
         return x
 
     can_batch_tasks = True

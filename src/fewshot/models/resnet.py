@@ -54,7 +54,8 @@ class _ResidualBackbone(Backbone):
         if features_only or self.head is None:
             return x
         x = self.head(x)
-        self.trace_row(trace, "head  linear", x, self.head)
+        if trace is not None:
+            self.trace_row(trace, "head  linear", x, self.head)
         return x
 
 
@@ -86,9 +87,11 @@ class ResNet12(_ResidualBackbone):
                 if j < 2:
                     h = F.leaky_relu(h, 0.1)
             x = F.max_pool2d(F.leaky_relu(h + shortcut, 0.1), 2)
-            self.trace_row(trace, f"stages.{i}  3 x conv3x3-BN-LeakyReLU + shortcut, maxpool", x, stage)
+            if trace is not None:
+                self.trace_row(trace, f"stages.{i}  3 x conv3x3-BN-LeakyReLU + shortcut, maxpool", x, stage)
         x = x.mean((2, 3))
-        self.trace_row(trace, "features  global average pool", x)
+        if trace is not None:
+            self.trace_row(trace, "features  global average pool", x)
         return x
 
 
@@ -119,13 +122,16 @@ class WideResNet(_ResidualBackbone):
 
     def body(self, x, bn_training, trace):
         x = self.stem(x)
-        self.trace_row(trace, "stem  conv3x3", x, self.stem)
+        if trace is not None:
+            self.trace_row(trace, "stem  conv3x3", x, self.stem)
         for i, block in enumerate(self.blocks):
             h = F.relu(block.norm1(x, bn_training))
             shortcut = block.shortcut(h) if block.shortcut is not None else x
             h = F.relu(block.norm2(block.conv1(h), bn_training))
             x = shortcut + block.conv2(h)
-            self.trace_row(trace, f"blocks.{i}  BN-ReLU-conv3x3 x 2 + shortcut", x, block)
+            if trace is not None:
+                self.trace_row(trace, f"blocks.{i}  BN-ReLU-conv3x3 x 2 + shortcut", x, block)
         x = F.relu(self.norm(x, bn_training)).mean((2, 3))
-        self.trace_row(trace, "features  BN-ReLU, global average pool", x, self.norm)
+        if trace is not None:
+            self.trace_row(trace, "features  BN-ReLU, global average pool", x, self.norm)
         return x
