@@ -159,6 +159,17 @@ class Backbone(nn.Module):
     def update_running_statistics(self) -> None:
         """Apply running-statistics updates that batched forwards queued (none here)."""
 
+    def head_forward(self, x: torch.Tensor, trace: list | None = None, features_only: bool = False):
+        """The end of a forward: the head on features `x`, or `x` itself with
+        `features_only` or without a head."""
+        head = getattr(self, "head", None)
+        if features_only or head is None:
+            return x
+        x = head(x)
+        if trace is not None:
+            self.trace_row(trace, "head  linear", x, head)
+        return x
+
     @torch.no_grad()
     def summary_rows(self, x: torch.Tensor) -> list[tuple[str, tuple, int]]:
         """(layer, output shape, parameter count) per layer for input `x` (`fewshot summary`),

@@ -84,12 +84,7 @@ class Conv4(Backbone):
         x = x.mean((2, 3)) if self.downsample == "stride" else x.flatten(1)
         if trace is not None:
             self.trace_row(trace, "features  " + ("spatial mean" if self.downsample == "stride" else "flatten"), x)
-        if features_only or self.head is None:
-            return x
-        x = self.head(x)
-        if trace is not None:
-            self.trace_row(trace, "head  linear", x, self.head)
-        return x
+        return self.head_forward(x, trace, features_only)
 
     @property
     def can_batch_tasks(self):

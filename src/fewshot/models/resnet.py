@@ -51,12 +51,7 @@ class _ResidualBackbone(Backbone):
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py (one set of batch-norm weights: bn_step does nothing)."""
         x = self.body(x, self.training if bn_training is None else bn_training, trace)
-        if features_only or self.head is None:
-            return x
-        x = self.head(x)
-        if trace is not None:
-            self.trace_row(trace, "head  linear", x, self.head)
-        return x
+        return self.head_forward(x, trace, features_only)
 
 
 @BACKBONES.register("resnet12")
