@@ -299,6 +299,11 @@ def test_piped_output_has_one_line_per_log_row_and_no_bar_frames(tmp_path, data)
     lines = done.stdout.decode().split("\n")[:-1]
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["2", "3", "4", "6"]
     assert lines[-1].startswith("done: 6 steps") and len(lines) == 5
+    # eval's task bar is left out off a terminal too: only the result line
+    done = subprocess.run([sys.executable, "-m", "fewshot", "eval", str(out), "--tasks", "20", "--threads", "1"],
+                          capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert b"\r" not in done.stderr and done.stderr == b"" and len(done.stdout.decode().splitlines()) == 1
 
 
 # kill -9 ---------------------------------------------------------------------------------------------

@@ -495,6 +495,8 @@ def _on_sigterm(signum, frame):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if hasattr(args, "no_progress") and not sys.stderr.isatty():
+        args.no_progress = True  # progress bars only on a terminal: a log file gets lines, not `\r` frames
     # SIGTERM ends a command as Ctrl-C does: cleanly (atomic writes clean up) and with status 143; a
     # late second SIGTERM after train() saved and handed its handler back lands here too, and changes nothing
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
