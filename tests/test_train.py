@@ -108,7 +108,7 @@ def test_init_starts_from_another_runs_weights_with_a_fresh_optimizer(tmp_path, 
                    tmp_path / "frozen", progress=False)
     assert frozen["step"] == 2
     assert all(torch.equal(start[n], weights(tmp_path / "frozen")[n]) for n in start)
-    fresh = train(tiny_config(data=data, steps=2, meta_lr=0.0), tmp_path / "fresh", progress=False)
+    train(tiny_config(data=data, steps=2, meta_lr=0.0), tmp_path / "fresh", progress=False)
     assert not torch.equal(start["model.head.weight"], weights(tmp_path / "fresh")["model.head.weight"])
     moved = checkpoint.load(train(tiny_config(data=data, steps=2, init=source["out"]), tmp_path / "moved",
                                   progress=False)["out"] + "/last.pt")
@@ -223,8 +223,6 @@ def test_sinusoid_rows_count_points_not_images(tmp_path, capsys):
 
 
 def test_the_trainer_runs_the_compiled_step_when_asked(tmp_path, data, monkeypatch):
-    import functools
-
     from fewshot import compiled, train as train_module
     calls = []
 

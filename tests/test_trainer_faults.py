@@ -1,7 +1,6 @@
 """The trainer under faults: signals at every kind of moment, kill -9, damaged or
 foreign run files, failed starts, a diverging loss. Nothing trained is lost, nothing
 that existed is overwritten, and every refusal is one FewshotError line."""
-import json
 import os
 import random
 import signal

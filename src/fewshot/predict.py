@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from . import checkpoint
 from .data.episodes import to_float
@@ -121,9 +120,7 @@ def depends_on_the_batch(algorithm) -> bool:
     """Whether the algorithm's outputs for one input depend on the other inputs of its
     batch: a network with batch norm on batch statistics at test (`batch_norm:
     transductive`), unless the algorithm already classifies each input on its own."""
-    model = algorithm.model
-    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if not (has_batch_norm and getattr(model, "transductive", False)):
+    if algorithm.model.batch_norm_mode != "transductive":
         return False
     return not (algorithm.config["algorithm"] == "reptile" and algorithm.config["reptile_eval"] == "non_transductive")
 

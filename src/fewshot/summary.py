@@ -26,9 +26,7 @@ def summary(config: Mapping) -> str:
     algorithm = algorithms.build(config)
     model = algorithm.model
     x = example_input(config)
-    trace = []
-    with torch.no_grad():
-        model.functional_forward(dict(model.named_parameters()), x, trace=trace)
+    trace = model.summary_rows(x)
     own = [(name, tuple(p.shape), p.numel()) for name, p in algorithm.named_parameters()
            if not name.startswith("model.")]
     width = max(len(name) for name, _, _ in trace + own + [("layer", 0, 0)])
