@@ -8,7 +8,7 @@ import torch
 
 from fewshot.cli import main, prediction_lines
 from fewshot.evaluate import confidence
-from fewshot.train import RunLock
+from fewshot.runs import RunLock
 
 from helpers import one_error_line, run, tagged_dataset
 
@@ -208,3 +208,15 @@ def test_prediction_lines_are_aligned_under_a_header():
         "a.png         cat          0.912  (dog   0.050)",
         "longer/b.png  horse        0.500  (cat   0.250)"]
     assert prediction_lines(rows[:1], header=False) == ["a.png  cat          0.912  (dog   0.050)"]
+
+
+def test_embed_given_a_leo_preset_uses_its_image_preset_and_says_so(capsys):
+    from fewshot.cli import _image_counterpart
+    assert _image_counterpart("leo-omniglot-5w1s") == "omniglot-5w1s"
+    assert "leo-omniglot-5w1s is a LEO preset on embeddings; embedding with its image preset omniglot-5w1s" in \
+        capsys.readouterr().err
+    assert _image_counterpart("leo-miniimagenet-conv4-5w5s") == "maml-miniimagenet-5w1s"
+    assert _image_counterpart("omniglot-5w1s") == "omniglot-5w1s" and capsys.readouterr().err.count("note") == 1
+    # LEO's published features have no image preset here: one line naming what to give instead
+    code, _, err = run(capsys, "embed", "leo-miniimagenet-5w1s", "--out", "unused")
+    assert code == 2 and "give fewshot embed an image preset" in one_error_line(err)

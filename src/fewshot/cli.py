@@ -239,6 +239,7 @@ def cmd_embed(args):
         raise FewshotError(f"--lr must be a finite number > 0, got {args.lr}")
     _device(args.device)
     _check_threads(args)
+    args.preset = _image_counterpart(args.preset)
     config = _config(args, model=args.backbone)  # the backbone is checked with the rest of the config
     from .embed import check_out, embed
     check_out(args.out)  # before the data is loaded
@@ -253,6 +254,22 @@ def cmd_embed(args):
     else:
         print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}; train "
               f"LEO on them with `fewshot train PRESET --data {result['out']} --set embedding_dim={result['dim']}`")
+
+
+def _image_counterpart(preset):
+    """`fewshot embed` takes an image preset; given a LEO preset on embeddings it uses the
+    image preset those embeddings are made with (the preset's `image_preset`), and says so."""
+    from .config import load_preset
+    config = load_preset(preset)
+    if config.dataset != "embeddings":
+        return preset
+    if config.image_preset is None:
+        raise FewshotError(f"{preset} trains LEO on precomputed embeddings that no image preset here makes (e.g. "
+                           f"LEO's published WRN-28-10 features); give fewshot embed an image preset, e.g. "
+                           f"`fewshot embed maml-miniimagenet-5w1s --backbone wrn28_10`")
+    print(f"fewshot: note: {preset} is a LEO preset on embeddings; embedding with its image preset "
+          f"{config.image_preset}", file=sys.stderr)
+    return config.image_preset
 
 
 def cmd_plot(args):

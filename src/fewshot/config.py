@@ -68,6 +68,9 @@ class Config(MutableMapping):
         "center", "the subfolder of --data to read (LEO's layout)", datasets=("embeddings",))
     embedding_dataset: str | None = key(None, "miniImageNet | tieredImageNet: the subfolder of --data above the crop",
                                         datasets=("embeddings",))
+    image_preset: str | None = key(None, "the image preset whose backbone `fewshot embed` pretrains to make these "
+                                   "embeddings (`fewshot embed LEO-PRESET` uses it)", datasets=("embeddings",),
+                                   readers=("embed",))
     # tasks
     ways: int = key(5, "classes per task at meta-train (sinusoid: 1)", low=1, readers=("all",))
     shots: int = key(1, "labelled examples per class in a task's support set", low=1, readers=("all",))
