@@ -98,7 +98,9 @@ def true_label(file):
 def parse_rows(out):
     """`file  label  p  (label p  label p)` -> [(file, [(label, p), ...])]."""
     rows = []
-    for line in out.splitlines():
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["file", "label", "probability"]  # the header
+    for line in lines[1:]:
         tokens = line.replace("(", " ").replace(")", " ").split()
         file, pairs = tokens[0], tokens[1:]
         rows.append((file, [(pairs[i], float(pairs[i + 1])) for i in range(0, len(pairs), 2)]))
@@ -161,7 +163,7 @@ def test_csv_writes_a_header_and_one_row_per_image(run_dir, sample, capsys, tmp_
     target = tmp_path / "out" / "predictions.csv"
     target.parent.mkdir()
     code, out, _ = run(capsys, "predict", run_dir, *query_args(sample), "--csv", target)
-    assert code == 0 and len(out.splitlines()) == 15  # the table is still printed
+    assert code == 0 and len(out.splitlines()) == 1 + 15  # the table (header and rows) is still printed
     with open(target, newline="") as f:
         table = list(csv.reader(f))
     assert table[0] == ["file", "label", "probability", *[f"p_{c}" for c in CHARACTERS]]
@@ -287,7 +289,7 @@ def test_a_class_folder_whose_name_is_not_utf8_is_printed_and_written_to_csv(run
             Path(os.fsdecode(os.path.join(folder, os.fsencode(image.name)))).write_bytes(image.read_bytes())
     target = tmp_path / "predictions.csv"
     code, out, err = run(capsys, "predict", run_dir, "--support", support, "--query", sample[2], "--csv", target)
-    assert code == 0 and err == "" and len(out.splitlines()) == 10
+    assert code == 0 and err == "" and len(out.splitlines()) == 1 + 10  # header and rows
     with open(target, newline="", encoding="utf-8") as f:
         header = next(csv.reader(f))
     assert header[3:] == [f"p_{c}" for c in CHARACTERS[:2]] + ["p_character03-caf\\xe9"] + \

@@ -323,7 +323,7 @@ def cmd_predict(args):
                           "predictions": [{k: r[k] for k in ("file", "label", "probabilities")} for r in rows]},
                          indent=1))
     else:
-        print("\n".join(prediction_lines(rows, header=sys.stdout.isatty())))
+        print("\n".join(prediction_lines(rows)))
     if args.csv:
         import csv
         import io
