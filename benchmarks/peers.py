@@ -118,7 +118,7 @@ from fewshot import algorithms, data
 from fewshot.config import apply_overrides, load_preset, parse_overrides
 from fewshot.data import Task
 from fewshot.models.base import BN_MOMENTUM
-from fewshot.train import make_optimizer
+from fewshot.optim import make_optimizer
 
 IMPLEMENTATIONS = ["fewshot", "fewshot-compiled", "pytorch-loop", "learn2learn", "higher", "torchopt-metasgd",
                    "torchopt-functional", "torch-func-vmap"]

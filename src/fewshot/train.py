@@ -33,7 +33,7 @@ from .files import write_text
 from .loop import Loop
 from .optim import clip_gradients, make_optimizer, set_schedule_length
 from .runs import (MetricsLog, RunLock, clean_failed_start, clean_stale_files, data_location, peak_rss_mb,
-                   prepare_run, read_config, read_metrics)
+                   prepare_run, read_config)
 from .tasks import Regression, better
 
 # device types on which the episodes are built on the device itself (tests add "cpu" to run that path)
@@ -43,9 +43,7 @@ IDENTITY_KEYS = ("preset", "algorithm", "model", "dataset")
 # the settings `train(out=RUN, resume=True, ...)` may change: the length of the schedule
 RESUME_KEYS = ("steps",)
 
-__all__ = ["train", "initial_weights", "device_of", "default_threads", "RESUME_KEYS",
-           # where they lived before runs.py and optim.py; imported from here by older callers
-           "RunLock", "MetricsLog", "read_metrics", "make_optimizer", "clip_gradients"]
+__all__ = ["train", "initial_weights", "device_of", "default_threads", "RESUME_KEYS"]
 
 
 def device_of(name):

@@ -6,7 +6,8 @@ import torch
 
 from fewshot import algorithms
 from fewshot.config import load_preset
-from fewshot.train import make_optimizer, train
+from fewshot.optim import make_optimizer
+from fewshot.train import train
 
 from algorithms.test_maml import make_tasks
 from helpers import scores_by_hand, tiny_config

@@ -9,7 +9,8 @@ import torch
 from fewshot import algorithms, checkpoint
 from fewshot.algorithms import reptile
 from fewshot.evaluate import evaluate
-from fewshot.train import make_optimizer, train
+from fewshot.optim import make_optimizer
+from fewshot.train import train
 
 from algorithms.test_maml import make_tasks
 from helpers import tagged_dataset, tiny_config

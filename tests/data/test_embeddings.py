@@ -181,7 +181,7 @@ def test_embed_pretrains_on_train_classes_only_resumes_and_writes_leos_files(tmp
     a = checkpoint.load(tmp_path / "full" / "pretrain.pt")["model"]
     b = checkpoint.load(tmp_path / "part" / "pretrain.pt")["model"]
     assert a["head.weight"].shape[0] == 4  # one output per meta-train class
-    from fewshot.train import read_metrics
+    from fewshot.runs import read_metrics
     for run in ("full", "part"):  # a pretraining log row at the last step, none repeated by the resume
         rows = read_metrics(tmp_path / run)
         assert [r["step"] for r in rows][-1] == 3 and 0 <= rows[-1]["metric"] <= 1
