@@ -1,6 +1,7 @@
 """Evaluation on a fixed, seeded set of tasks: two evaluations of one checkpoint
 print identical numbers."""
 import math
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -48,8 +49,9 @@ def load_algorithm(state, device="cpu"):
     return algorithm.to(device)
 
 
-def evaluate_checkpoint(target, tasks=None, split="test", steps=None, lr=None, data_spec=None,
-                        seed=None, device="cpu", progress=True, at_steps=None):
+def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
+                        lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
+                        device: str = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
     """Everything `fewshot eval` does, as a dict."""
     state = checkpoint.load(target)
     config = dict(state["config"])

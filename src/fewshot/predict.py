@@ -30,14 +30,14 @@ from .evaluate import confidence, load_algorithm
 class Learner:
     """A trained checkpoint, ready to adapt to new tasks."""
 
-    def __init__(self, state, device="cpu"):
+    def __init__(self, state: dict, device: str | torch.device = "cpu"):
         self.config = state["config"]
         self.preprocessing = state.get("preprocessing")
         self.device = torch.device(device)
         self.algorithm = load_algorithm(state, self.device).eval()
         self.step = state["step"]
 
-    def images(self, paths):
+    def images(self, paths: list[str | Path]) -> torch.Tensor:
         """Image files -> the model's input, converted as at training time."""
         if self.preprocessing is None:
             raise FewshotError("this checkpoint was not trained on images; pass tensors to adapt() and predict()")
@@ -45,7 +45,8 @@ class Learner:
         pixels = np.stack([load_image(p, size, channels) for p in paths])
         return to_float(pixels, self.preprocessing).to(self.device)
 
-    def adapt(self, support, labels=None, classes=None, steps=None, lr=None):
+    def adapt(self, support: str | Path | torch.Tensor, labels: torch.Tensor | None = None,
+              classes: list[str] | None = None, steps: int | None = None, lr: float | None = None) -> "Adapted":
         """`support` is a folder of class folders, or a tensor of inputs with `labels`."""
         if isinstance(support, (str, Path)):
             support, labels, classes = self.read_support(support)
@@ -59,7 +60,7 @@ class Learner:
         adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
 
-    def read_support(self, folder):
+    def read_support(self, folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         folder = Path(folder)
         if not folder.is_dir():
             raise FewshotError(f"support set {folder} is not a folder; give <DIR>/<class>/<image>")
@@ -77,7 +78,7 @@ class Learner:
 class Adapted:
     """A learner adapted to one support set."""
 
-    def __init__(self, learner, state, classes, support_x):
+    def __init__(self, learner: Learner, state: dict, classes: list[str], support_x: torch.Tensor):
         self.learner, self.state, self.classes, self.support_x = learner, state, classes, support_x
 
     @torch.no_grad()
@@ -151,7 +152,7 @@ def query_files(queries):
     return files
 
 
-def load(target, device="cpu"):
+def load(target: str | Path, device: str | torch.device = "cpu") -> Learner:
     """A checkpoint file or run folder -> a Learner."""
     return Learner(checkpoint.load(target), device)
 
