@@ -16,12 +16,16 @@ FAST = ["--set", "steps=4", "--set", "meta_batch=2", "--set", "filters=8", "--se
         "--set", "val_tasks=4", "--set", "log_every=2", "--set", "save_every=2", "--no-progress"]
 
 
-@pytest.fixture
-def trained(tmp_path, omniglot28, capsys):
-    out = tmp_path / "run"
-    code, stdout, _ = run(capsys, "train", "omniglot-5w1s", "--data", omniglot28, "--out", out, *FAST)
+def train_fast(capsys, data, out):
+    """`fewshot train omniglot-5w1s` for 4 small steps on `data` into `out`."""
+    code, stdout, _ = run(capsys, "train", "omniglot-5w1s", "--data", data, "--out", out, *FAST)
     assert code == 0 and "done: 4 steps" in stdout
     return out
+
+
+@pytest.fixture
+def trained(tmp_path, omniglot28, capsys):
+    return train_fast(capsys, omniglot28, tmp_path / "run")
 
 
 @pytest.fixture
@@ -32,10 +36,7 @@ def small_data(tmp_path):
 
 @pytest.fixture
 def small_run(tmp_path, small_data, capsys):
-    out = tmp_path / "small-run"
-    code, stdout, _ = run(capsys, "train", "omniglot-5w1s", "--data", small_data, "--out", out, *FAST)
-    assert code == 0 and "done: 4 steps" in stdout
-    return out
+    return train_fast(capsys, small_data, tmp_path / "small-run")
 
 
 def test_train_eval_resume_plot_on_real_omniglot(tmp_path, trained, capsys):

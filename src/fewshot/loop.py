@@ -22,6 +22,12 @@ import time
 from tqdm import tqdm
 
 
+def on_terminal(progress: bool) -> bool:
+    """Whether progress bars are drawn: asked for, and both output streams are a terminal
+    (a log file or pipe gets plain lines instead)."""
+    return progress and sys.stdout.isatty() and sys.stderr.isatty()
+
+
 class StopRequested(Exception):
     pass
 
@@ -82,7 +88,7 @@ class Loop:
         self.saved, self.resume = saved, resume
         self.time_limit, self.stop_after, self.agree, self.clock_due = time_limit, stop_after, agree, clock_due
         # a progress bar only where it is drawn; a log file or pipe gets the log lines alone
-        self.terminal = progress and sys.stdout.isatty() and sys.stderr.isatty()
+        self.terminal = on_terminal(progress)
         self.bar = tqdm(total=total, initial=min(step, total), desc=desc, unit="step",
                         disable=not (self.terminal and leader), dynamic_ncols=True)
         self.signals = Signals()

@@ -30,7 +30,7 @@ from .data.episodes import DeviceEpisodes
 from .errors import FewshotError
 from .evaluate import evaluate
 from .files import write_text
-from .loop import Loop
+from .loop import Loop, on_terminal
 from .optim import clip_gradients, make_optimizer, set_schedule_length
 from .runs import (MetricsLog, RunLock, clean_failed_start, clean_stale_files, data_location, peak_rss_mb,
                    prepare_run, read_config)
@@ -183,7 +183,7 @@ def _samplers(config, device, terminal):
 
 def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None, initial=None):
     leader = rank == 0
-    terminal = progress and sys.stdout.isatty() and sys.stderr.isatty()
+    terminal = on_terminal(progress)
     dataset, train_sampler, val_sampler = _samplers(config, device, terminal)
     preprocessing = data.preprocessing(dataset, config)
     where = data_location(config)  # in every checkpoint: `fewshot eval` finds the data from anywhere
