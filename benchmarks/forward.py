@@ -84,11 +84,11 @@ def old_resnet12_forward(model, params, x, bn_training=True, bn_step=0):
 
 
 def build(config, form, dtype):
-    torch.manual_seed(config["seed"])
-    algorithm = algorithms.build({**config, "batch_tasks": False}).to(dtype)
+    torch.manual_seed(config.seed)
+    algorithm = algorithms.build(config.replace(batch_tasks=False)).to(dtype)
     model = algorithm.model
     if form == "hand-written":
-        old = old_conv4_forward if config["model"] == "conv4" else old_resnet12_forward
+        old = old_conv4_forward if config.model == "conv4" else old_resnet12_forward
         model.functional_forward = lambda params, x, bn_training=True, **options: old(model, params, x, bn_training)
     elif form == "functional_call":
         model.functional_forward = lambda params, x, bn_training=True, **options: torch.func.functional_call(
@@ -124,8 +124,8 @@ def main():
         preset, overrides = WORKLOADS[name]
         config = apply_overrides(load_preset(preset), {"data": args.data, "first_order": False, **overrides})
         dataset, refs = data.load(config, progress=False)
-        sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-        tasks64 = data.sampler(config, dataset, refs, "train", config["seed"],
+        sampler = data.sampler(config, dataset, refs, "train", config.seed)
+        tasks64 = data.sampler(config, dataset, refs, "train", config.seed,
                                dtype=torch.float64).batch(0, args.check_tasks)
         reference = gradient(build(config, FORMS[0], torch.float64), tasks64)
         diffs = {form: max((a - b).abs().max().item()
@@ -135,7 +135,7 @@ def main():
         wall, cpu = {form: [] for form in FORMS}, {form: [] for form in FORMS}
         orders = itertools.cycle(itertools.permutations(FORMS))
         for index in range(args.steps + 1):
-            tasks = sampler.batch(index, config["meta_batch"])
+            tasks = sampler.batch(index, config.meta_batch)
             for form in next(orders):
                 started, started_cpu = time.perf_counter(), time.process_time()
                 built[form].zero_grad()
@@ -146,14 +146,14 @@ def main():
                     cpu[form].append(time.process_time() - started_cpu)
         med = {form: (statistics.median(wall[form]), statistics.median(cpu[form])) for form in FORMS}
         task = tasks[0]
-        row = {"workload": name, "preset": preset, "overrides": overrides, "meta_batch": config["meta_batch"],
-               "inner_steps": config["inner_steps"], "images_per_task": task.images,
+        row = {"workload": name, "preset": preset, "overrides": overrides, "meta_batch": config.meta_batch,
+               "inner_steps": config.inner_steps, "images_per_task": task.images,
                "median_s": {f: m[0] for f, m in med.items()}, "median_cpu_s": {f: m[1] for f, m in med.items()},
                "grad_diff": diffs}
         rows.append(row)
         cells = " | ".join(f"{med[f][0]:.3f} ({med[f][1]:.3f})" for f in FORMS)
         ratio = f"{med['fewshot'][0] / med['hand-written'][0]:.3f} ({med['fewshot'][1] / med['hand-written'][1]:.3f})"
-        print(f"| {name} | {config['meta_batch']} | {config['inner_steps']} | {task.images} | {cells} | {ratio} | "
+        print(f"| {name} | {config.meta_batch} | {config.inner_steps} | {task.images} | {cells} | {ratio} | "
               f"{', '.join(f'{f} {d:.1e}' for f, d in diffs.items())} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

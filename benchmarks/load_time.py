@@ -46,7 +46,7 @@ def main():
     home = tempfile.mkdtemp(prefix="fewshot-load-time-")
     os.environ["FEWSHOT_HOME"] = home  # before fewshot reads it: never the user's cache
 
-    from fewshot.config import DEFAULTS
+    from fewshot.config import Config
     from fewshot.data import images, load, resolve
     from fewshot.data import miniimagenet as mini
     from fewshot.data.omniglot import import_omniglot
@@ -60,7 +60,7 @@ def main():
         rows.append(("omniglot import (sprites -> prepared 28x28)", time.perf_counter() - started, None))
         rows.append(("omniglot prepared: read_dataset + contiguous array",
                      *timed(lambda: np.ascontiguousarray(images.read_dataset(folder, 28).images), args.repeat)))
-        config = dict(DEFAULTS, data=str(sprites))
+        config = Config(data=str(sprites))
         started = time.perf_counter()
         resolve(config, progress=False)  # the raw copy's first start: decoded into the cache
         rows.append(("omniglot raw copy, first start (cache written)", time.perf_counter() - started, None))

@@ -140,13 +140,13 @@ class Workload:
     def __init__(self, preset, data_spec, order, overrides):
         config = apply_overrides(load_preset(preset),
                                  {"data": data_spec, **overrides, "first_order": order == "first"})
-        if config["model"] != "conv4" or config["algorithm"] != "maml":
+        if config.model != "conv4" or config.algorithm != "maml":
             raise SystemExit(f"{preset}: this benchmark compares MAML on conv4, not "
-                             f"{config['algorithm']} on {config['model']}")
+                             f"{config.algorithm} on {config.model}")
         self.preset, self.order, self.config = preset, order, config
         dataset, refs = data.load(config, progress=False)
-        self.sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-        torch.manual_seed(config["seed"])
+        self.sampler = data.sampler(config, dataset, refs, "train", config.seed)
+        torch.manual_seed(config.seed)
         model = algorithms.build(config).model
         self.initial = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -155,7 +155,7 @@ class Workload:
         return self.preset
 
     def tasks(self, index, dtype=torch.float32):
-        batch = self.sampler.batch(index, self.config["meta_batch"])
+        batch = self.sampler.batch(index, self.config.meta_batch)
         return [Task(t.support_x.to(DEVICE, dtype), t.support_y.to(DEVICE), t.query_x.to(DEVICE, dtype),
                      t.query_y.to(DEVICE)) for t in batch]
 
@@ -177,16 +177,16 @@ class Mirror(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        filters, channels = config["filters"], config["channels"]
-        self.maxpool = config["downsample"] == "maxpool"
+        filters, channels = config.filters, config.channels
+        self.maxpool = config.downsample == "maxpool"
         stride = 1 if self.maxpool else 2
-        track = config["batch_norm"] != "transductive"
+        track = config.batch_norm != "transductive"
         self.blocks = nn.ModuleList(MirrorBlock(channels if i == 0 else filters, filters, stride, track)
                                     for i in range(4))
-        side = config["image_size"]
+        side = config.image_size
         for _ in range(4):
             side //= 2
-        self.head = nn.Linear(filters * side * side if self.maxpool else filters, config["ways"])
+        self.head = nn.Linear(filters * side * side if self.maxpool else filters, config.ways)
 
     def forward(self, x):
         for block in self.blocks:
@@ -216,8 +216,8 @@ class Implementation:
 
     def __init__(self, workload, dtype):
         self.config = workload.config
-        self.second_order = not self.config["first_order"]
-        self.steps, self.lr = self.config["inner_steps"], self.config["inner_lr"]
+        self.second_order = not self.config.first_order
+        self.steps, self.lr = self.config.inner_steps, self.config.inner_lr
 
     def named_parameters(self):
         raise NotImplementedError
@@ -226,7 +226,7 @@ class Implementation:
         raise NotImplementedError
 
     def make_optimizer(self):
-        return torch.optim.Adam([p for _, p in self.named_parameters()], lr=self.config["meta_lr"])
+        return torch.optim.Adam([p for _, p in self.named_parameters()], lr=self.config.meta_lr)
 
     def step(self, tasks):
         self.optimizer.zero_grad(set_to_none=True)
@@ -240,7 +240,7 @@ class Implementation:
 class Fewshot(Implementation):
     def __init__(self, workload, dtype):
         super().__init__(workload, dtype)
-        torch.manual_seed(self.config["seed"])
+        torch.manual_seed(self.config.seed)
         self.algorithm = algorithms.build(self.config)
         with torch.no_grad():
             for name, p in self.algorithm.model.named_parameters():

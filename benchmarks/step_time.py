@@ -29,13 +29,13 @@ def synchronize(device):
 def time_preset(name, data_spec, steps, warmup, overrides, device=torch.device("cpu")):
     config = apply_overrides(load_preset(name), {"data": data_spec, **overrides})
     dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-    torch.manual_seed(config["seed"])
+    sampler = data.sampler(config, dataset, refs, "train", config.seed)
+    torch.manual_seed(config.seed)
     algorithm = algorithms.build(config).to(device)
     optimizer, _ = make_optimizer(algorithm, config)
     times = []
     for index in range(warmup + steps):
-        tasks = [t.to(device) for t in sampler.batch(index, config["meta_batch"])]
+        tasks = [t.to(device) for t in sampler.batch(index, config.meta_batch)]
         synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -47,8 +47,8 @@ def time_preset(name, data_spec, steps, warmup, overrides, device=torch.device("
     images = sum(t.images for t in tasks)
     median = statistics.median(times)
     return {"preset": name, "median_s": median, "min_s": min(times), "max_s": max(times), "steps": steps,
-            "meta_batch": config["meta_batch"], "images_per_s": images / median,
-            "first_order": config["first_order"]}
+            "meta_batch": config.meta_batch, "images_per_s": images / median,
+            "first_order": config.first_order}
 
 
 def main():

@@ -30,8 +30,8 @@ PRESETS = ["omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
 
 
 def build(config, form, dtype):
-    torch.manual_seed(config["seed"])
-    algorithm = algorithms.build({**config, "batch_tasks": form != "loop"}).to(dtype)
+    torch.manual_seed(config.seed)
+    algorithm = algorithms.build(config.replace(batch_tasks=form != "loop")).to(dtype)
     if form == "vmap":  # transductive batch norm only (presets): vmap cannot update shared running statistics
         model = algorithm.model
         own = dict(model.named_parameters())
@@ -77,9 +77,9 @@ def main():
     for name in args.presets:
         config = apply_overrides(load_preset(name), {"data": args.data, **overrides})
         dataset, refs = data.load(config, progress=False)
-        sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-        tasks64 = data.sampler(config, dataset, refs, "train", config["seed"],
-                               dtype=torch.float64).batch(0, min(args.check_tasks, config["meta_batch"]))
+        sampler = data.sampler(config, dataset, refs, "train", config.seed)
+        tasks64 = data.sampler(config, dataset, refs, "train", config.seed,
+                               dtype=torch.float64).batch(0, min(args.check_tasks, config.meta_batch))
         names = FORMS
         reference = gradient(build(config, "loop", torch.float64), tasks64, args.step)
         diffs = {form: max((a - b).abs().max().item()
@@ -88,7 +88,7 @@ def main():
         built = {form: build(config, form, torch.float32) for form in names}
         wall, cpu = {form: [] for form in names}, {form: [] for form in names}
         for index in range(args.steps + 1):
-            tasks = sampler.batch(index, config["meta_batch"])
+            tasks = sampler.batch(index, config.meta_batch)
             for form in names:
                 started, started_cpu = time.perf_counter(), time.process_time()
                 built[form].zero_grad()
@@ -101,7 +101,7 @@ def main():
         cell = lambda form: f"{med[form][0]:.3f} ({med[form][1]:.3f})"
         ratio = lambda form: f"{med['loop'][0] / med[form][0]:.2f}x ({med['loop'][1] / med[form][1]:.2f}x)"
         row = {"preset": name, "support_images": len(tasks[0].support_x), "query_images": len(tasks[0].query_x),
-               "meta_batch": config["meta_batch"],
+               "meta_batch": config.meta_batch,
                "median_s": {f: m[0] for f, m in med.items()}, "median_cpu_s": {f: m[1] for f, m in med.items()},
                "grad_diff": diffs}
         rows.append(row)

@@ -40,9 +40,9 @@ def synchronize(device):
 
 def bare(config, device, steps, warmup):
     dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-    batches = [[t.to(device) for t in sampler.batch(index, config["meta_batch"])] for index in range(warmup + steps)]
-    torch.manual_seed(config["seed"])
+    sampler = data.sampler(config, dataset, refs, "train", config.seed)
+    batches = [[t.to(device) for t in sampler.batch(index, config.meta_batch)] for index in range(warmup + steps)]
+    torch.manual_seed(config.seed)
     algorithm = algorithms.build(config).to(device)
     optimizer, _ = make_optimizer(algorithm, config)
     for index, tasks in enumerate(batches):

@@ -14,8 +14,8 @@ from fewshot import checkpoint, data
 def main(target, zip_path, out, alphabet="Manipuri"):
     config = checkpoint.load(target)["config"]
     _, refs = data.load(config, progress=False)
-    chosen = sorted(name for _, _, _, name in refs["test"] if name.startswith(alphabet + "/"))[:config["ways"]]
-    if len(chosen) < config["ways"]:
+    chosen = sorted(cls.name for cls in refs["test"] if cls.name.startswith(alphabet + "/"))[:config.ways]
+    if len(chosen) < config.ways:
         sys.exit(f"only {len(chosen)} test-split characters of {alphabet}; pick another alphabet")
     out = Path(out)
     with zipfile.ZipFile(zip_path) as z:

@@ -2,7 +2,7 @@
 import numpy as np
 
 from fewshot.cli import main
-from fewshot.config import DEFAULTS
+from fewshot.config import DEFAULTS, Config
 from fewshot.data.images import ImageClass, write_dataset
 
 
@@ -21,13 +21,13 @@ def tagged_dataset(folder, classes=12, per_class=8, size=16, group_split=True):
     return folder
 
 
-def tiny_config(**overrides):
-    config = dict(DEFAULTS)
-    config.update(ways=3, shots=1, query=2, filters=4, image_size=16, meta_batch=2, inner_steps=1,
+def tiny_config(**overrides) -> Config:
+    """A small config (3-way, 4 filters, 16 pixels, 4 steps), unchecked: tests give it
+    combinations validate() would refuse."""
+    values = dict(DEFAULTS, ways=3, shots=1, query=2, filters=4, image_size=16, meta_batch=2, inner_steps=1,
                   inner_lr=0.1, eval_inner_steps=2, steps=4, log_every=2, val_every=2, val_tasks=3,
                   save_every=2, eval_tasks=5, preset="tiny")
-    config.update(overrides)
-    return config
+    return Config(**{**values, **overrides})
 
 
 def run(capsys, *argv):

@@ -198,7 +198,7 @@ def test_resume_with_steps_extends_a_finished_run(small_run, capsys):
     assert code == 0 and "done: 6 steps" in stdout
     from fewshot import checkpoint
     assert checkpoint.load(small_run / "last.pt")["step"] == 6
-    assert checkpoint.load(small_run / "last.pt")["config"]["steps"] == 6
+    assert checkpoint.load(small_run / "last.pt")["config"].steps == 6
 
 
 def test_prediction_lines_are_aligned_under_a_header():

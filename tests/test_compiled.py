@@ -30,8 +30,8 @@ def make_tasks(count=2, ways=3, shots=1, query=2, size=16, seed=0):
 
 
 def build(**overrides):
-    config = tiny_config(inner_steps=1, inner_lr=0.3, downsample="stride", batch_tasks=False, compile=True)
-    config.update(overrides)
+    config = tiny_config(**{"inner_steps": 1, "inner_lr": 0.3, "downsample": "stride", "batch_tasks": False,
+                            "compile": True, **overrides})
     torch.manual_seed(0)
     return algorithms.build(config).double(), config
 

@@ -74,16 +74,16 @@ def test_good_values_pass_and_keep_their_types():
     config = apply_overrides(load_preset("omniglot-5w1s"), parse_overrides(
         ["inner_lr=1", "meta_lr=0.5", "eval_inner_lr=null", "hidden=[8, 8]", "eval_at_steps=[0, 1]",
          "stop_at_val=0.9", "threads=2", "batch_tasks=true"]))
-    assert config["inner_lr"] == 1 and config["hidden"] == [8, 8] and config["batch_tasks"] is True
+    assert config.inner_lr == 1 and config.hidden == [8, 8] and config.batch_tasks is True
 
 
 def test_mamlpp_refuses_more_test_steps_than_trained_rates():
     config = load_preset("mamlpp-omniglot-5w1s")
-    assert config["inner_steps"] == 5
-    validate({**config, "eval_inner_steps": 5})
+    assert config.inner_steps == 5
+    config.replace(eval_inner_steps=5)
     with pytest.raises(FewshotError, match=r"eval_inner_steps \(6\) > inner_steps \(5\).*--set eval_inner_steps=5"):
-        validate({**config, "eval_inner_steps": 6})
-    validate({**load_preset("omniglot-5w1s"), "eval_inner_steps": 10, "inner_steps": 1})  # MAML may adapt longer
+        config.replace(eval_inner_steps=6)
+    load_preset("omniglot-5w1s").replace(eval_inner_steps=10, inner_steps=1)  # MAML may adapt longer
 
 
 def test_a_preset_file_with_a_non_finite_value_is_refused(tmp_path):
@@ -98,7 +98,7 @@ def test_every_key_is_checked_by_its_type():
     """The checks are generated from the schema: no key escapes them (a mapping is no value of any key)."""
     for key in DEFAULTS:
         with pytest.raises(FewshotError) as error:
-            validate({**load_preset("omniglot-5w1s"), key: {"a": 1}})
+            validate({**load_preset("omniglot-5w1s").to_dict(), key: {"a": 1}})
         assert str(error.value).startswith(f"{key} must be ") and "\n" not in str(error.value)
 
 
@@ -141,23 +141,22 @@ def test_unknown_keys_are_refused_with_the_closest_name():
     with pytest.raises(FewshotError, match=r"unknown config key 'shotz' in --set \(did you mean 'shots'\?\)"):
         parse_overrides(["shotz=1"])
     with pytest.raises(FewshotError, match="unknown config key 'inner_lrr' in the config"):
-        validate({**load_preset("omniglot-5w1s"), "inner_lrr": 0.1})
+        validate({**load_preset("omniglot-5w1s").to_dict(), "inner_lrr": 0.1})
 
 
-def test_config_is_typed_and_also_a_mapping(tmp_path):
+def test_config_is_typed_attributes_not_a_mapping(tmp_path):
     config = apply_overrides(load_preset("omniglot-5w1s"), {"steps": 7})
-    assert isinstance(config, Config) and validate(config) is config
-    assert config.steps == config["steps"] == config.get("steps") == 7 and config.get("no_such_key") is None
-    assert dict(config) == {**config} == config.to_dict() and "preset" in config and len(config) == len(dict(config))
-    assert dict(config)["preset"] == "omniglot-5w1s" and list(config)[-1] == "preset"
-    assert yaml.safe_load(dump(config)) == dict(config) == yaml.safe_load(yaml.safe_dump(config))
-    config["steps"] = 9  # during the move, code may still set keys as on the dict
-    assert config.steps == 9 and config == {**dict(config)}
-    with pytest.raises(KeyError):
-        config["no_such_key"] = 1
-    with pytest.raises(KeyError):
-        config["no_such_key"]
+    assert isinstance(config, Config) and validate(config) is config and config.steps == 7
+    values = config.to_dict()
+    assert list(values) == list(config_module.FIELDS) and values["preset"] == "omniglot-5w1s"
+    assert yaml.safe_load(dump(config)) == values == yaml.safe_load(yaml.safe_dump(config))
+    with pytest.raises(TypeError):  # no mapping protocol: the library reads typed fields
+        config["steps"]
+    with pytest.raises(AttributeError):  # slots: a misspelt key is an error, not a new attribute
+        config.stepz = 9
+    config.steps = 9
     assert config.replace(steps=3).steps == 3 and config.steps == 9
+    assert config.unchecked_replace(steps=0).steps == 0  # internal configs no user wrote: not checked
     import copy
     twin = copy.deepcopy(config)
     assert isinstance(twin, Config) and twin == config and twin.hidden is not config.hidden
@@ -165,38 +164,40 @@ def test_config_is_typed_and_also_a_mapping(tmp_path):
         config.replace(steps=0)
 
 
-def test_a_config_in_a_checkpoint_is_plain_data():
-    """torch.load(weights_only=True) refuses classes: a Config is saved as its mapping."""
-    import io
+def test_a_config_in_a_checkpoint_is_plain_data(tmp_path):
+    """torch.load(weights_only=True) refuses classes: checkpoint.save writes a Config as its
+    mapping, and checkpoint.load makes it a Config again."""
+    import pickle
     import torch
+    from fewshot import checkpoint
     config = load_preset("omniglot-5w1s")
-    buffer = io.BytesIO()
-    torch.save({"config": config}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)["config"]
-    assert type(saved) is not Config and isinstance(saved, dict) and saved == dict(config)
+    checkpoint.save(tmp_path / "c.pt", config=config, algorithm={}, step=0)
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["config"]
+    assert type(saved) is dict and saved == config.to_dict()
+    assert checkpoint.load(tmp_path / "c.pt")["config"] == config
     assert complete(saved) == config and isinstance(complete(saved), Config)
+    assert pickle.loads(pickle.dumps(config)) == config  # a Config crosses into --procs processes as itself
 
 
 def test_complete_fills_keys_added_since_and_drops_keys_it_does_not_know():
-    old = {k: v for k, v in dict(load_preset("omniglot-5w1s")).items() if k not in ("precision", "compile")}
+    old = {k: v for k, v in load_preset("omniglot-5w1s").to_dict().items() if k not in ("precision", "compile")}
     completed = complete({**old, "from_a_newer_version": 1})
     assert isinstance(completed, Config) and completed.precision == "fp32" and completed.compile is False
-    assert "from_a_newer_version" not in completed and completed.inner_lr == 0.4
+    assert "from_a_newer_version" not in completed.to_dict() and completed.inner_lr == 0.4
     validate(completed)
 
 
 def test_a_saved_config_with_a_setting_its_algorithm_ignored_still_loads():
     """Runs saved before the combination checks: the ignored key goes back to its default
     (it changed nothing then), so the run resumes; the keys the run reads are kept."""
-    saved = {**dict(load_preset("omniglot-5w1s")), "inner_optimizer": "adam", "msl_epochs": 4, "kl_weight": 2.0}
+    saved = {**load_preset("omniglot-5w1s").to_dict(), "inner_optimizer": "adam", "msl_epochs": 4, "kl_weight": 2.0}
     with pytest.raises(FewshotError, match="would be ignored"):
         validate(saved)
     completed = validate(complete(saved))
     assert (completed.inner_optimizer, completed.msl_epochs, completed.kl_weight) == ("sgd", 0, 0.001)
-    assert dict(completed) == {**saved, "inner_optimizer": "sgd", "msl_epochs": 0, "kl_weight": 0.001}
-    mamlpp = dict(load_preset("mamlpp-omniglot-5w1s"))
-    assert complete(mamlpp) == mamlpp  # a key the algorithm reads is never touched
+    assert completed.to_dict() == {**saved, "inner_optimizer": "sgd", "msl_epochs": 0, "kl_weight": 0.001}
+    mamlpp = load_preset("mamlpp-omniglot-5w1s").to_dict()
+    assert complete(mamlpp).to_dict() == mamlpp  # a key the algorithm reads is never touched
 
 
 def test_the_schema_lists_every_key_with_type_default_range_and_readers():

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from fewshot.config import DEFAULTS
+from fewshot.config import DEFAULTS, Config
 from fewshot.optim import LinearDecay, clip_gradients, make_optimizer, set_schedule_length
 
 
 def schedule_of(steps, **overrides):
-    config = {**DEFAULTS, "meta_lr": 0.1, "min_meta_lr": 0.01, "steps": steps, **overrides}
+    config = Config(**{**DEFAULTS, "meta_lr": 0.1, "min_meta_lr": 0.01, "steps": steps, **overrides})
     return make_optimizer(torch.nn.Linear(2, 1), config)
 
 

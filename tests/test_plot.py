@@ -4,7 +4,7 @@ import pytest
 from matplotlib import pyplot
 
 from fewshot import data, plot
-from fewshot.config import apply_overrides, eval_query, load_preset
+from fewshot.config import Config, apply_overrides, eval_query, load_preset
 from fewshot.data import sinusoid
 from fewshot.errors import FewshotError
 from fewshot.train import train
@@ -52,8 +52,8 @@ def test_adaptation_plot_draws_the_first_task_of_the_test_split(tmp_path, figure
     plot.plot_adaptation(run)
     config = load_preset("sinusoid-10shot")
     # the task `fewshot eval` scores first: the test split's stream, not the bare evaluation seed
-    test_task = data.sampler(config, None, None, "test", config["eval_seed"], query=eval_query(config)).batch(0, 1)[0]
-    bare_seed_task = sinusoid.SinusoidSampler(10, 10, config["eval_seed"]).batch(0, 1)[0]
+    test_task = data.sampler(config, None, None, "test", config.eval_seed, query=eval_query(config)).batch(0, 1)[0]
+    bare_seed_task = sinusoid.SinusoidSampler(10, 10, config.eval_seed).batch(0, 1)[0]
     assert (test_task.amplitude, test_task.phase) != (bare_seed_task.amplitude, bare_seed_task.phase)
     (axes,) = figures[0].axes
     truth, points = axes.get_lines()[:2]
@@ -81,12 +81,12 @@ def test_learning_curves_say_after_how_many_inner_steps_each_figure_is_taken(tmp
 def test_protonet_curves_say_after_adaptation():
     config = load_preset("protonet-omniglot-5w1s")
     assert plot.after_steps(config, True) == plot.after_steps(config, False) == "after adaptation"
-    assert plot.after_steps(dict(load_preset("omniglot-5w1s")), False) == "after 10 inner steps"
+    assert plot.after_steps(load_preset("omniglot-5w1s"), False) == "after 10 inner steps"
 
 
 def test_adaptation_plot_of_a_classification_run_is_refused(tmp_path, monkeypatch):
     class Learner:
-        config = {"dataset": "omniglot"}
+        config = Config(dataset="omniglot")
 
     import fewshot.predict
     monkeypatch.setattr(fewshot.predict, "load", lambda run: Learner())

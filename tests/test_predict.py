@@ -268,7 +268,7 @@ def test_predict_on_the_eval_tasks_scores_as_fewshot_eval_under_the_transductive
     learner = fewshot.load(run_dir)
     config = learner.config
     dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, "test", config["eval_seed"], query=eval_query(config))
+    sampler = data.sampler(config, dataset, refs, "test", config.eval_seed, query=eval_query(config))
     scores = []
     for index in range(20):
         task = sampler.batch(index, 1)[0]
@@ -492,8 +492,8 @@ def test_every_algorithm_answers_an_image_alone_as_in_a_batch(algorithm, overrid
     for i in range(6):
         torch.testing.assert_close(adapted.predict(queries[i:i + 1]), together[i:i + 1], rtol=0, atol=0)
     # transductive batch norm: the default is the support set plus that image, in one batch
-    if config["batch_norm"] == "transductive" and algorithm != "protonet" and \
-            config.get("reptile_eval") != "non_transductive":
+    if config.batch_norm == "transductive" and algorithm != "protonet" and \
+            config.reptile_eval != "non_transductive":
         logits = learner.algorithm.predict(adapted.state, torch.cat([support, queries[2:3]]))[-1:]
         torch.testing.assert_close(together[2:3], torch.softmax(logits, 1), rtol=0, atol=0)
         moved = adapted.predict(queries, transductive=True) - \

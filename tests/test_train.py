@@ -131,7 +131,7 @@ def test_init_into_reptile_with_adam_takes_the_weights_and_starts_the_inner_adam
         else:
             assert torch.equal(value, source[name]), name
     # and a run started that way trains
-    assert train(config, tmp_path / "moved", progress=False)["step"] == config["steps"]
+    assert train(config, tmp_path / "moved", progress=False)["step"] == config.steps
 
 
 def test_init_from_a_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, data):
@@ -212,7 +212,7 @@ def test_steps_on_resume_is_refused_below_the_runs_step_and_without_resume(tmp_p
 
 def test_sinusoid_rows_count_points_not_images(tmp_path, capsys):
     from fewshot.config import load_preset
-    config = {**load_preset("sinusoid-10shot"), "steps": 2, "log_every": 1, "val_every": 2, "val_tasks": 2}
+    config = load_preset("sinusoid-10shot").replace(steps=2, log_every=1, val_every=2, val_tasks=2)
     train(config, tmp_path / "sine", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "sine" / "metrics.jsonl").read_text().splitlines()]
     # 25 tasks of 10 support and 10 query points per meta-step

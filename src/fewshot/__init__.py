@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .errors import FewshotError  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["FewshotError", "load", "__version__"]
+__all__ = ["Config", "FewshotError", "load", "load_preset", "__version__"]
 
 
 def __getattr__(name):
@@ -17,4 +17,7 @@ def __getattr__(name):
     if name == "load":
         from .predict import load
         return load
+    if name in ("Config", "load_preset"):  # the typed config: fewshot.load_preset("omniglot-5w1s").replace(steps=100)
+        from . import config
+        return getattr(config, name)
     raise AttributeError(f"module 'fewshot' has no attribute {name!r}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .config import complete
+from .config import Config, complete
 from .errors import FewshotError
 from .files import atomic_path
 
@@ -15,7 +15,9 @@ VERSION = 1
 
 
 def save(path, **state):
-    """Write atomically: on any failure the previous file at `path` is left as it was."""
+    """Write atomically: on any failure the previous file at `path` is left as it was. A
+    Config is written as its plain mapping: torch.load(weights_only=True) refuses classes."""
+    state = {name: value.to_dict() if isinstance(value, Config) else value for name, value in state.items()}
     try:
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)

@@ -51,6 +51,7 @@ from typing import Callable
 import torch
 
 from .algorithms.maml import MAML
+from .config import Config
 
 # MAML's hooks that a compiled step reproduces; a subclass that overrides any of
 # them (Meta-SGD, MAML++) changes the objective in ways this rewrite does not follow.
@@ -78,7 +79,7 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
     """The meta-gradient of one task as a pure function of (meta_params, support_x,
     support_y, query_x, query_y) -> (meta_gradient dict, query loss, query outputs)."""
     family = algorithm.family
-    inner_steps = algorithm.config["inner_steps"]
+    inner_steps = algorithm.config.inner_steps
     second_order = algorithm.second_order(step_index)
     adapted_names = [n for n in algorithm.meta_parameters() if algorithm.adapts(n)]
 
@@ -110,11 +111,11 @@ def _metric(family, query_out, query_y):
     return torch.tensor(family.metric(query_out, query_y), dtype=torch.float64)
 
 
-def compile_step(algorithm, config: dict, backend: str | None = None) -> Callable[[list, int], dict]:
-    """`algorithm.meta_gradient`, or with config["compile"] its compiled equivalent.
+def compile_step(algorithm, config: Config, backend: str | None = None) -> Callable[[list, int], dict]:
+    """`algorithm.meta_gradient`, or with config.compile its compiled equivalent.
     `backend`: torch.compile's (default "inductor"; tests use "aot_eager", which
     traces the same graph without generating kernels)."""
-    if not config["compile"]:
+    if not config.compile:
         return algorithm.meta_gradient
     reason = unsupported(algorithm)
     if reason:
@@ -150,7 +151,7 @@ def compile_step(algorithm, config: dict, backend: str | None = None) -> Callabl
     def _compiled_meta_gradient(tasks, step_index):
         meta_params = {n: p.detach() for n, p in algorithm.meta_parameters().items()}
         batched = algorithm.batches_tasks(tasks)
-        per_pass = (config.get("tasks_per_pass") or len(tasks)) if batched else 1
+        per_pass = (config.tasks_per_pass or len(tasks)) if batched else 1
         grad_sum, loss_sum, metric_sum = None, 0.0, 0.0
         for start in range(0, len(tasks), per_pass):
             part = tasks[start:start + per_pass]

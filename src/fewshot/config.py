@@ -14,8 +14,7 @@ value under any other one: they would be silently ignored there.
 import copy
 import difflib
 import math
-from collections import OrderedDict
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -48,10 +47,11 @@ def key(default: Any, meaning: str, *, low: float | None = None, above: float | 
     return field(default=default, metadata=spec)
 
 
-@dataclass(eq=False)
-class Config(MutableMapping):
-    """Every setting of a run. Read as attributes (`config.inner_lr`); during the move from the
-    old flat dict it is also a mapping (`config["inner_lr"]`, `config.get`, `dict(config)`)."""
+@dataclass(slots=True)
+class Config:
+    """Every setting of a run, read as attributes (`config.inner_lr`). `validate()` checks one;
+    `replace()` makes a checked copy with changes; `to_dict()` is the plain mapping that YAML
+    and checkpoints hold. Slots: setting a misspelt attribute is an error, not a new key."""
     description: str = key("", "what the preset is, with its source and paper accuracy", readers=("presets",))
     # data
     dataset: Literal["omniglot", "folder", "miniimagenet", "embeddings", "sinusoid"] = key(
@@ -177,34 +177,6 @@ class Config(MutableMapping):
     # set by fewshot, not by users: the preset a run came from
     preset: str | None = key(None, "the preset this config came from", user=False)
 
-    # the mapping protocol: code written for the flat dict keeps working during the move
-    def __getitem__(self, name: str) -> Any:
-        if name not in FIELDS:
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        if name not in FIELDS:
-            raise KeyError(f"unknown config key {name!r}")
-        setattr(self, name, value)
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("config keys cannot be deleted; set the key to its default instead")
-
-    def __iter__(self):
-        return iter(FIELDS)
-
-    def __len__(self) -> int:
-        return len(FIELDS)
-
-    def __repr__(self) -> str:
-        return f"Config({', '.join(f'{k}={v!r}' for k, v in self.items())})"
-
-    def __reduce__(self):
-        # a checkpoint holds plain types only (torch.load(weights_only=True) refuses classes):
-        # a Config pickles as its mapping, and complete() makes it a Config again
-        return OrderedDict, (), None, None, iter(self.to_dict().items())
-
     def __copy__(self) -> "Config":
         return Config(**self.to_dict())
 
@@ -217,6 +189,12 @@ class Config(MutableMapping):
     def replace(self, **changes: Any) -> "Config":
         """A copy with `changes`, checked."""
         return validate({**self.to_dict(), **changes})
+
+    def unchecked_replace(self, **changes: Any) -> "Config":
+        """A copy with `changes`, not checked: for internal configs that no user wrote
+        (e.g. `fewshot embed`'s pretraining network), whose combinations validate() would
+        refuse as a user's mistake."""
+        return Config(**{**self.to_dict(), **changes})
 
 
 FIELDS = tuple(f.name for f in fields(Config))
@@ -307,11 +285,11 @@ def _ignored(config: Config, name: str) -> tuple | None:
     """(kind, its readers) when key `name` is set away from its default but the config's
     algorithm, model or dataset (the kind) is none of the ones that read it."""
     meta = SCHEMA[name].metadata
-    if not meta["refuse_ignored"] or config[name] == DEFAULTS[name]:
+    if not meta["refuse_ignored"] or getattr(config, name) == DEFAULTS[name]:
         return None
     for kind, readers in (("algorithm", meta["algorithms"]), ("model", meta["models"]),
                           ("dataset", meta["datasets"])):
-        if readers and config[kind] not in readers:
+        if readers and getattr(config, kind) not in readers:
             return kind, readers
     return None
 
@@ -325,8 +303,8 @@ def _check_combinations(config: Config) -> None:
             kind, readers = ignored
             several = len(readers) > 1
             raise FewshotError(
-                f"{name}: {_shown(config[name])} would be ignored: only {kind}{'s' if several else ''} "
-                f"{', '.join(readers)} read{'' if several else 's'} it, and this {kind} is {config[kind]}; "
+                f"{name}: {_shown(getattr(config, name))} would be ignored: only {kind}{'s' if several else ''} "
+                f"{', '.join(readers)} read{'' if several else 's'} it, and this {kind} is {getattr(config, kind)}; "
                 f"remove {name} from the preset or --set {name}={_shown(DEFAULTS[name])}")
     if config.algorithm == "protonet" and config.head:
         raise FewshotError("protonet classifies by the distance to each class's mean embedding and has no head; "
@@ -347,17 +325,23 @@ def _check_keys(values: Mapping, where: str, allowed: tuple = USER_KEYS) -> None
                            f"every key")
 
 
-def validate(config: Mapping) -> Config:
+def validate(config: "Config | Mapping") -> Config:
     """The config as a checked `Config`: keys known, values of their type and range (finite
     numbers only), and no combination that cannot form a task or would be silently ignored;
-    before any work starts and before any folder exists."""
-    _check_keys(config, "the config", FIELDS)
+    before any work starts and before any folder exists. A mapping (a user's dict) becomes
+    a Config; a Config is checked as it is."""
+    values = _values(config)
+    _check_keys(values, "the config", FIELDS)
     for name in USER_KEYS:
-        if name in config:
-            _check_value(name, config[name])
-    checked = config if isinstance(config, Config) else Config(**config)
+        if name in values:
+            _check_value(name, values[name])
+    checked = config if isinstance(config, Config) else Config(**values)
     _check_combinations(checked)
     return checked
+
+
+def _values(config: "Config | Mapping") -> dict:
+    return config.to_dict() if isinstance(config, Config) else dict(config)
 
 
 def preset_names() -> list[str]:
@@ -408,9 +392,9 @@ def parse_overrides(pairs: list[str] | None) -> dict:
     return overrides
 
 
-def apply_overrides(config: Mapping, overrides: Mapping) -> Config:
+def apply_overrides(config: "Config | Mapping", overrides: Mapping) -> Config:
     """`config` updated by `overrides`, checked."""
-    return validate({**config, **overrides})
+    return validate({**_values(config), **overrides})
 
 
 def complete(saved: Mapping) -> Config:
@@ -419,33 +403,27 @@ def complete(saved: Mapping) -> Config:
     keys this version does not know (none was ever removed: a newer version's, or a hand
     edit) are dropped, and keys the run's algorithm, model or dataset does not read (refused
     in new configs) go back to their defaults. The values are checked by validate()."""
-    config = Config(**{name: value for name, value in saved.items() if name in SCHEMA})
+    config = Config(**{name: value for name, value in _values(saved).items() if name in SCHEMA})
     for name in USER_KEYS:
         if _ignored(config, name):
-            config[name] = DEFAULTS[name]
+            setattr(config, name, DEFAULTS[name])
     return config
 
 
-def as_config(config: Mapping) -> Config:
-    """A Config as it is; any other mapping (the flat dict of older code and tests) as a Config,
-    unchecked."""
-    return config if isinstance(config, Config) else Config(**config)
+def eval_query(config: Config) -> int:
+    return config.eval_query or config.query
 
 
-def eval_query(config: Mapping) -> int:
-    return config["eval_query"] or config["query"]
+def eval_ways(config: Config) -> int:
+    return config.eval_ways or config.ways
 
 
-def eval_ways(config: Mapping) -> int:
-    return config["eval_ways"] or config["ways"]
+def eval_inner_lr(config: Config) -> float:
+    return config.eval_inner_lr if config.eval_inner_lr is not None else config.inner_lr
 
 
-def eval_inner_lr(config: Mapping) -> float:
-    return config["eval_inner_lr"] if config["eval_inner_lr"] is not None else config["inner_lr"]
-
-
-def dump(config: Mapping) -> str:
-    return yaml.safe_dump(dict(config), sort_keys=False)
+def dump(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def type_name(name: str) -> str:

@@ -49,6 +49,7 @@ from .errors import FewshotError
 from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
+from .config import Config
 
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
@@ -101,7 +102,7 @@ def _pixels(dataset, rows, rotations):
     return pixels
 
 
-def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, device="cpu", progress=True,
+def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, device="cpu", progress=True,
           stop_after=None, crops=CROPS):
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
     files under `out` for each of `crops` (multiview costs six forward passes per image);
@@ -109,11 +110,11 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
-    if data.kind(config["dataset"]).generated or data.kind(config["dataset"]).features:
-        raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config['dataset']!r}")
-    if config["model"] not in BACKBONES:
+    if data.kind(config.dataset).generated or data.kind(config.dataset).features:
+        raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config.dataset!r}")
+    if config.model not in BACKBONES:
         raise FewshotError(f"fewshot embed pretrains one of {', '.join(BACKBONES)}; the preset's model is "
-                           f"{config['model']!r} (choose one with --backbone)")
+                           f"{config.model!r} (choose one with --backbone)")
     out = Path(out)
     check_out(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,13 +125,13 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
     if len(train_refs) < 2:
         raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining "
                            f"needs two or more")
-    options = {"preset": config.get("preset"), "data": str(dataset.root), "split": config["split"],
-               "batch_size": batch_size, "lr": lr, "model": config["model"], "widths": config["widths"],
-               "filters": config["filters"],
-               "downsample": config["downsample"], "image_size": config["image_size"], "seed": config["seed"]}
-    backbone_config = {**config, "ways": len(train_refs), "head": True, "batch_norm": "inductive",
-                       "per_step_bn": False}
-    torch.manual_seed(config["seed"])
+    options = {"preset": config.preset, "data": str(dataset.root), "split": config.split,
+               "batch_size": batch_size, "lr": lr, "model": config.model, "widths": config.widths,
+               "filters": config.filters,
+               "downsample": config.downsample, "image_size": config.image_size, "seed": config.seed}
+    backbone_config = config.unchecked_replace(ways=len(train_refs), head=True, batch_norm="inductive",
+                                               per_step_bn=False)
+    torch.manual_seed(config.seed)
     model = models.build(backbone_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, state_path = 0, out / "pretrain.pt"
@@ -161,7 +162,7 @@ def embed(config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, devic
 
     def supervised_step():
         nonlocal window
-        pick = np.sort(np.random.default_rng([config["seed"], loop.step]).choice(len(rows), batch_size,
+        pick = np.sort(np.random.default_rng([config.seed, loop.step]).choice(len(rows), batch_size,
                                                                                   replace=len(rows) < batch_size))
         x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
         y = torch.from_numpy(labels[pick]).long().to(device)

@@ -26,7 +26,7 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
     numbers of inner steps (e.g. 0, 1) under "by_steps"."""
     was_training = algorithm.training
     algorithm.eval()
-    main = steps if steps is not None else algorithm.config["eval_inner_steps"]
+    main = steps if steps is not None else algorithm.config.eval_inner_steps
     counts = sorted({main, *at_steps})
     outputs = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
@@ -54,31 +54,30 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
                         device: str = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
     """Everything `fewshot eval` does, as a dict."""
     state = checkpoint.load(target)
-    config = dict(state["config"])
-    if data_spec is not None:
-        config["data"] = str(data_spec)
-    else:  # the data it was trained on, also from another folder or with another FEWSHOT_HOME
-        config["data"] = recorded_data(config, state.get("data_location"))
+    config = state["config"]
+    # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
+    where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
+    config = config.unchecked_replace(data=where)
     if split not in SPLITS:
         raise FewshotError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     dataset, refs = data.load(config, progress)
-    sampler = data.sampler(config, dataset, refs, split, config["eval_seed"] if seed is None else seed,
+    sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
-    steps = config["eval_inner_steps"] if steps is None else steps
-    n_tasks = config["eval_tasks"] if tasks is None else tasks
+    steps = config.eval_inner_steps if steps is None else steps
+    n_tasks = config.eval_tasks if tasks is None else tasks
     if n_tasks < 1:
         raise FewshotError(f"--tasks must be at least 1, got {n_tasks}")
-    at_steps = config["eval_at_steps"] or () if at_steps is None else at_steps
+    at_steps = config.eval_at_steps or () if at_steps is None else at_steps
     result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
                       at_steps=at_steps)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
-        "preset": config.get("preset"), "shots": config["shots"], "algorithm": config["algorithm"],
+        "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,
         "ways": eval_ways(config), "query": eval_query(config), "inner_steps": steps,
         "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
         "metric": algorithm.family.metric_name,
-        "seed": config["eval_seed"] if seed is None else seed,
+        "seed": config.eval_seed if seed is None else seed,
     })
     return result
 

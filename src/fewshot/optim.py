@@ -11,24 +11,25 @@ and a constant rate do not depend on `steps`: an extended run continues them unc
 import math
 
 import torch
+from .config import Config
 
 
-def make_optimizer(algorithm, config):
+def make_optimizer(algorithm, config: Config):
     """(optimizer, schedule) over `algorithm.parameters()` as `config` asks."""
-    if config["meta_optimizer"] == "sgd":
-        optimizer = torch.optim.SGD(algorithm.parameters(), lr=config["meta_lr"])
+    if config.meta_optimizer == "sgd":
+        optimizer = torch.optim.SGD(algorithm.parameters(), lr=config.meta_lr)
     else:
-        optimizer = torch.optim.Adam(algorithm.parameters(), lr=config["meta_lr"])
-    steps, floor = config["steps"], config["min_meta_lr"]
-    if config["lr_schedule"] == "cosine":  # MAML++
+        optimizer = torch.optim.Adam(algorithm.parameters(), lr=config.meta_lr)
+    steps, floor = config.steps, config.min_meta_lr
+    if config.lr_schedule == "cosine":  # MAML++
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=floor)
-    elif config["lr_schedule"] == "linear":  # Reptile: the outer step size falls linearly to its final value
-        end = floor / config["meta_lr"] if config["meta_lr"] else 0.0
+    elif config.lr_schedule == "linear":  # Reptile: the outer step size falls linearly to its final value
+        end = floor / config.meta_lr if config.meta_lr else 0.0
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(steps, end))
     else:
-        every = config["lr_decay_every"]
+        every = config.lr_decay_every
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every if every > 0 else 1,
-                                                   gamma=config["lr_decay_gamma"] if every > 0 else 1.0)
+                                                   gamma=config.lr_decay_gamma if every > 0 else 1.0)
     return optimizer, schedule
 
 

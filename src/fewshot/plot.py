@@ -7,35 +7,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from . import data  # noqa: E402
-from .config import eval_query  # noqa: E402
+from .config import Config, eval_query  # noqa: E402
 from .data import sinusoid  # noqa: E402
 from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
 from .files import atomic_path  # noqa: E402
-from .runs import read_metrics  # noqa: E402
+from .runs import read_config, read_metrics  # noqa: E402
 
 
 ALGORITHM_NAMES = {"maml": "MAML", "anil": "ANIL", "metasgd": "Meta-SGD", "mamlpp": "MAML++", "reptile": "Reptile",
                    "protonet": "ProtoNets", "leo": "LEO"}
 
 
-def algorithm_name(config: dict) -> str:
+def algorithm_name(config: Config) -> str:
     """The run's algorithm as the papers name it ("FOMAML" for first-order MAML)."""
-    name = config.get("algorithm", "maml")
-    if name == "maml" and config.get("first_order"):
+    name = config.algorithm
+    if name == "maml" and config.first_order:
         return "FOMAML"
     return ALGORITHM_NAMES.get(name, name)
 
 
-def after_steps(config: dict, training: bool) -> str:
+def after_steps(config: Config, training: bool) -> str:
     """When a curve's figure is taken: after `inner_steps` inner steps at meta-train,
     `eval_inner_steps` at validation (algorithms with a gradient inner loop)."""
-    if config.get("algorithm", "maml") not in ("maml", "anil", "metasgd", "mamlpp", "reptile"):
+    if config.algorithm not in ("maml", "anil", "metasgd", "mamlpp", "reptile"):
         return "after adaptation"
-    count = config["inner_steps"] if training else config["eval_inner_steps"]
+    count = config.inner_steps if training else config.eval_inner_steps
     return f"after {count} inner step{'s' if count != 1 else ''}"
 
 
@@ -46,7 +45,8 @@ def plot_run(run, out=None):
     if not rows:
         raise FewshotError(f"{run} has no metrics.jsonl rows yet; train into it with `fewshot train`")
     out = Path(out) if out else run / "curves.png"
-    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    # the curves of a folder without its config.yaml still draw, with plainer labels
+    config = read_config(run) if (run / "config.yaml").exists() else None
     metric = family(config).metric_name if config else "metric"
     steps = [r["step"] for r in rows]
     val = [(r["step"], r["val_metric"], r["val_ci95"]) for r in rows if "val_metric" in r]
@@ -67,7 +67,7 @@ def plot_run(run, out=None):
     ax_metric.set_xlabel("meta-step")
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
-    figure.suptitle(f"{run.name} ({config['preset']})" if config.get("preset") else run.name)
+    figure.suptitle(f"{run.name} ({config.preset})" if config and config.preset else run.name)
     figure.tight_layout()
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
@@ -82,9 +82,9 @@ def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
     from .predict import load
     learner = load(run)
     config = learner.config
-    if config["dataset"] != "sinusoid":
-        raise FewshotError(f"--adaptation draws regression tasks; {run} was trained on {config['dataset']}")
-    sampler = data.sampler(config, None, None, "test", config["eval_seed"] if seed is None else seed,
+    if config.dataset != "sinusoid":
+        raise FewshotError(f"--adaptation draws regression tasks; {run} was trained on {config.dataset}")
+    sampler = data.sampler(config, None, None, "test", config.eval_seed if seed is None else seed,
                            query=eval_query(config))
     task = sampler.batch(0, 1)[0]
     grid = torch.linspace(*sinusoid.X_RANGE, 200)[:, None]
@@ -92,7 +92,7 @@ def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
     figure, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(grid[:, 0], sinusoid.curve(task.amplitude, task.phase, grid[:, 0]), "r", lw=2, label="ground truth")
     ax.plot(task.support_x[:, 0], task.support_y[:, 0], "^", color="purple", ms=9,
-            label=f"{config['shots']} points used for the gradient")
+            label=f"{config.shots} points used for the gradient")
     styles = [":", "--", "-", "-."]
     for style, count in zip(styles, (0, *steps)):
         prediction = learner.adapt(task.support_x, task.support_y, steps=count).predict(grid)
@@ -103,7 +103,7 @@ def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
     ax.set_xlabel("x")
     ax.set_ylabel("y = amplitude * sin(x - phase)")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{config.get('preset', '')} ({name}), first test task: amplitude {task.amplitude:.2f}, "
+    ax.set_title(f"{config.preset or ''} ({name}), first test task: amplitude {task.amplitude:.2f}, "
                  f"phase {task.phase:.2f}; meta-step {learner.step}", fontsize=10)
     figure.tight_layout()
     out = Path(out) if out else Path(run) / "adaptation.png"

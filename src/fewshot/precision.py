@@ -7,9 +7,9 @@
 
 The trainer does, in this order:
 
-    precision.configure(config["precision"], device)
+    precision.configure(config.precision, device)
     ...
-    with precision.autocast(config["precision"], device):
+    with precision.autocast(config.precision, device):
         result = step(tasks, step_index)          # algorithm.meta_gradient or compiled.compile_step(...)
 
 The whole meta-step goes inside the context, backward calls included: in MAML the

@@ -53,7 +53,7 @@ class Learner:
         support, labels = support.to(self.device), labels.to(self.device)
         if classes is None:
             classes = [str(c) for c in range(int(labels.max()) + 1)] if labels.dtype == torch.long else None
-        ways = self.config["ways"]
+        ways = self.config.ways
         if classes is not None and not getattr(self.algorithm, "any_number_of_classes", False) and len(classes) != ways:
             raise FewshotError(f"the support set has {len(classes)} classes, but this checkpoint's model is "
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
@@ -123,12 +123,12 @@ def depends_on_the_batch(algorithm) -> bool:
     transductive`), unless the algorithm already classifies each input on its own."""
     if algorithm.model.batch_norm_mode != "transductive":
         return False
-    return not (algorithm.config["algorithm"] == "reptile" and algorithm.config["reptile_eval"] == "non_transductive")
+    return not (algorithm.config.algorithm == "reptile" and algorithm.config.reptile_eval == "non_transductive")
 
 
 def puts_support_in_the_batch(algorithm) -> bool:
     """ProtoNets embed the support and query images in one batch already."""
-    return algorithm.config["algorithm"] == "protonet"
+    return algorithm.config.algorithm == "protonet"
 
 
 def printable(name: str) -> str:
@@ -168,10 +168,10 @@ def evaluate_predict(target, tasks: int | None = None, split: str = "test", tran
     state = checkpoint.load(target)
     config = state["config"]
     dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, split, config["eval_seed"] if seed is None else seed,
+    sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))
     learner = Learner(state, device)
-    count = config["eval_tasks"] if tasks is None else tasks
+    count = config.eval_tasks if tasks is None else tasks
     scores = []
     for index in range(count):
         task = sampler.batch(index, 1)[0].to(learner.device)

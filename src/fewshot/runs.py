@@ -194,17 +194,17 @@ def peak_rss_mb():
 
 
 def data_location(config):
-    """Where `config["data"]` is on this machine, recorded in a run's checkpoints so that the
+    """Where `config.data` is on this machine, recorded in a run's checkpoints so that the
     run can be evaluated from another folder or with another FEWSHOT_HOME: the absolute
     path of the folder or raw copy it names, and the FEWSHOT_HOME it was found under."""
     from .data import kind
     from .data.images import home
-    if kind(config["dataset"]).generated or config["data"] is None:
+    if kind(config.dataset).generated or config.data is None:
         return None
-    path = Path(config["data"]).expanduser()
+    path = Path(config.data).expanduser()
     if not path.exists():
-        path = home() / str(config["data"])  # a dataset name under FEWSHOT_HOME (data.resolve checked it)
-    return {"data": str(config["data"]), "path": str(path.resolve()), "fewshot_home": str(home())}
+        path = home() / str(config.data)  # a dataset name under FEWSHOT_HOME (data.resolve checked it)
+    return {"data": str(config.data), "path": str(path.resolve()), "fewshot_home": str(home())}
 
 
 def recorded_data(config, location):
@@ -212,8 +212,8 @@ def recorded_data(config, location):
     that still names something from here, else the absolute path recorded at training."""
     from .data import kind
     from .data.images import home, is_prepared
-    spec = config["data"]
-    if kind(config["dataset"]).generated or spec is None or not isinstance(location, dict):
+    spec = config.data
+    if kind(config.dataset).generated or spec is None or not isinstance(location, dict):
         return spec
     if Path(spec).expanduser().exists() or is_prepared(home() / str(spec)):
         return spec

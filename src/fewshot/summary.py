@@ -1,12 +1,10 @@
 """`fewshot summary`: the network a preset builds, layer by layer, and the parameters
 its algorithm learns besides the network (Meta-SGD's and MAML++'s learning rates,
 LEO's encoder, relation network and decoder)."""
-from collections.abc import Mapping
-
 import torch
 
 from . import algorithms
-from .config import Config, as_config
+from .config import Config
 
 
 def example_input(config: Config) -> torch.Tensor:
@@ -19,10 +17,9 @@ def example_input(config: Config) -> torch.Tensor:
     return torch.zeros(rows, config.channels, config.image_size, config.image_size)
 
 
-def summary(config: Mapping) -> str:
+def summary(config: Config) -> str:
     """The network of `config` as a table: layer, output shape, parameters; then the
     algorithm's own parameters and the total."""
-    config = as_config(config)
     algorithm = algorithms.build(config)
     model = algorithm.model
     x = example_input(config)

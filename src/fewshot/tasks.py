@@ -3,6 +3,8 @@ here, so the same MAML code fits classification and regression."""
 import torch
 import torch.nn.functional as F
 
+from .config import Config
+
 
 class Family:
     """A task family: the loss the inner and outer loops minimize, and the metric the
@@ -47,8 +49,8 @@ class Regression(Family):
 REGRESSION_DATASETS = {"sinusoid"}
 
 
-def family(config) -> Family:
-    return Regression() if config["dataset"] in REGRESSION_DATASETS else Classification()
+def family(config: Config) -> Family:
+    return Regression() if config.dataset in REGRESSION_DATASETS else Classification()
 
 
 def better(family: Family, new: float, old: float | None) -> bool:

@@ -25,7 +25,7 @@ import torch
 
 from . import algorithms, checkpoint, data, distributed, precision
 from .compiled import compile_step
-from .config import dump, eval_query, eval_ways, validate
+from .config import Config, dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
 from .errors import FewshotError
 from .evaluate import evaluate
@@ -71,7 +71,7 @@ def default_threads():
 def _extended(config, out, steps):
     """`config` with `steps` (a resume's new length), and the line that says what changed;
     refuses a length the run has already passed."""
-    if steps is None or steps == config["steps"]:
+    if steps is None or steps == config.steps:
         return config, None
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise FewshotError(f"--steps must be a whole number >= 1, got {steps!r}")
@@ -80,16 +80,16 @@ def _extended(config, out, steps):
         done = checkpoint.load(out / "last.pt").get("step", 0)
     if steps < done:
         raise FewshotError(f"{out} is already at step {done}; --steps gives the run's new total length, so it "
-                           f"must be at least {done} (e.g. --steps {done + config['steps']})")
-    changed = validate({**config, "steps": steps})
+                           f"must be at least {done} (e.g. --steps {done + config.steps})")
+    changed = config.replace(steps=steps)
     schedule = {"cosine": f"the cosine schedule now spans {steps} steps",
                 "linear": f"the linear schedule now spans {steps} steps"}.get(
-        config["lr_schedule"], "the learning-rate schedule does not depend on steps")
-    return changed, (f"resuming {out} at step {done}: steps {config['steps']} -> {steps} (the only setting a "
+        config.lr_schedule, "the learning-rate schedule does not depend on steps")
+    return changed, (f"resuming {out} at step {done}: steps {config.steps} -> {steps} (the only setting a "
                      f"resume changes); {schedule}")
 
 
-def train(config: dict | None = None, out: str | Path | None = None, resume: bool = False, device: str = "cpu",
+def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False, device: str = "cpu",
           progress: bool = True, stop_after: int | None = None, threads: int | None = None, procs: int = 1,
           time_limit: float | None = None, steps: int | None = None) -> dict:
     """Meta-train into run folder `out`; with `resume`, continue the run there.
@@ -114,12 +114,12 @@ def train(config: dict | None = None, out: str | Path | None = None, resume: boo
     if resume:
         out = prepare_run(out, resume=True)[0] if leader else Path(out)
         config, extension = _extended(read_config(out), Path(out), steps)
-    validate(config)
+    config = validate(config)
     device_of(device)
     out = Path(out)
     # loaded (and a checkpoint that does not fit refused) before the run folder exists; a resumed
     # run that was killed before its first checkpoint starts from the same --init weights again
-    initial = initial_weights(config) if config["init"] and not (resume and (out / "last.pt").exists()) else None
+    initial = initial_weights(config) if config.init and not (resume and (out / "last.pt").exists()) else None
     if not resume and leader:
         out, created = prepare_run(out, resume=False)
     lock, failed = None, False
@@ -130,14 +130,14 @@ def train(config: dict | None = None, out: str | Path | None = None, resume: boo
             if extension:
                 write_text(out / "config.yaml", dump(config))
                 print(extension, flush=True)
-        threads = threads or config["threads"] or (max(1, default_threads() // procs) if procs > 1 else None)
+        threads = threads or config.threads or (max(1, default_threads() // procs) if procs > 1 else None)
         if procs > 1:
             data.load(config, progress and sys.stderr.isatty())  # import once here; bad data refused before any process starts
             distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
                               time_limit, initial)
             state = checkpoint.load(out / "last.pt")
             return {"out": str(out), "step": state["step"], "best": state["best"], "signal": None,
-                    "stopped": state["step"] < config["steps"], "reason": None, "algorithm": None}
+                    "stopped": state["step"] < config.steps, "reason": None, "algorithm": None}
         return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit, initial)
     except BaseException:
         failed = lock is not None and not resume
@@ -171,8 +171,8 @@ def _samplers(config, device, terminal):
     """(dataset, train sampler, validation sampler); on CUDA, the image samplers build
     their tasks on the device from one uint8 copy of the dataset there."""
     dataset, refs = data.load(config, terminal)
-    train_sampler = data.sampler(config, dataset, refs, "train", config["seed"])
-    val_sampler = data.sampler(config, dataset, refs, "val", config["eval_seed"], query=eval_query(config),
+    train_sampler = data.sampler(config, dataset, refs, "train", config.seed)
+    val_sampler = data.sampler(config, dataset, refs, "val", config.eval_seed, query=eval_query(config),
                                ways=eval_ways(config))
     if (device.type in EPISODES_ON_DEVICE and isinstance(train_sampler, data.EpisodeSampler)
             and DeviceEpisodes.fits(train_sampler, device)):
@@ -187,10 +187,10 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
     dataset, train_sampler, val_sampler = _samplers(config, device, terminal)
     preprocessing = data.preprocessing(dataset, config)
     where = data_location(config)  # in every checkpoint: `fewshot eval` finds the data from anywhere
-    torch.manual_seed(config["seed"])
+    torch.manual_seed(config.seed)
     algorithm = algorithms.build(config).to(device)
     optimizer, schedule = make_optimizer(algorithm, config)
-    precision.configure(config["precision"], device)
+    precision.configure(config.precision, device)
     meta_gradient = compile_step(algorithm, config)  # algorithm.meta_gradient itself unless `compile: true`
     step, best, saved_step = 0, None, None
     fresh = not (resume and (out / "last.pt").exists())
@@ -198,8 +198,8 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         state = checkpoint.load(out / "last.pt")
         _load_state(state, config, out, algorithm, optimizer, schedule)
         step, best, saved_step = state["step"], state["best"], state["step"]
-        if state["config"]["steps"] != config["steps"]:  # a resume that extends (or shortens) the run
-            set_schedule_length(optimizer, schedule, config["steps"], step)
+        if state["config"].steps != config.steps:  # a resume that extends (or shortens) the run
+            set_schedule_length(optimizer, schedule, config.steps, step)
     elif initial is not None:
         algorithm.load_state_dict(initial)
     metric = algorithm.family.metric_name
@@ -207,9 +207,9 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
     per_s = "points_per_s" if isinstance(algorithm.family, Regression) else "images_per_s"
     # LEO's reference replaces a non-finite meta-batch's gradient by an L2-only one and
     # counts the step (nonfinite_steps); for every other algorithm a non-finite loss ends the run
-    allow_nonfinite = config["algorithm"] == "leo"
-    total, meta_batch = config["steps"], config["meta_batch"]
-    log_every, val_every, save_every = config["log_every"], config["val_every"], config["save_every"]
+    allow_nonfinite = config.algorithm == "leo"
+    total, meta_batch = config.steps, config.meta_batch
+    log_every, val_every, save_every = config.log_every, config.val_every, config.save_every
     window, checked = [], 0  # window: (step, result) since the last log row; checked: its finite prefix
     logs = []  # the metrics log, opened in the loop's first critical section
 
@@ -237,7 +237,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         if leader:
             if not bool(torch.stack([p.detach().isfinite().all() for p in algorithm.parameters()]).all()):
                 raise nonfinite(loop.step, "the weights")
-            checkpoint.save(out / name, config=dict(config), algorithm=algorithm.state_dict(),
+            checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
                             optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
                             rng=torch.get_rng_state(), step=loop.step, best=best, preprocessing=preprocessing,
                             data_location=where)
@@ -248,7 +248,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
     batches = data.Prefetcher(train_sampler, step, total, meta_batch, part,
                               pin=device.type == "cuda" and not isinstance(train_sampler, DeviceEpisodes))
     # several processes agree on the clock at log rows only (an all-reduce is a host sync)
-    loop = Loop(step, total, save, desc=f"train {config.get('preset', '')}", progress=progress, leader=leader,
+    loop = Loop(step, total, save, desc=f"train {config.preset or ''}", progress=progress, leader=leader,
                 saved=out / "last.pt", resume=f"fewshot train --resume {out}", time_limit=time_limit,
                 stop_after=stop_after, agree=distributed.agree,
                 clock_due=lambda at: size == 1 or at % log_every == 0)
@@ -268,7 +268,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         algorithm.train()
         optimizer.zero_grad(set_to_none=True)
         try:
-            with precision.autocast(config["precision"], device):
+            with precision.autocast(config.precision, device):
                 result = meta_gradient(tasks, loop.step)
         except torch.OutOfMemoryError:
             if loop.step != first_step:
@@ -277,7 +277,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
         if size > 1:
             result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
         result = algorithm.finish_meta_gradient(result)
-        clip_gradients(algorithm.parameters(), config["grad_clip_value"], config["grad_clip_norm"])
+        clip_gradients(algorithm.parameters(), config.grad_clip_value, config.grad_clip_norm)
         with loop.signals:  # the weights and the step number change together
             optimizer.step()
             schedule.step()
@@ -295,7 +295,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                                optimizer.param_groups[0]["lr"], meta_batch,
                                sum(t.images for t in tasks) * size, device, per_s)
                     if validate_now:
-                        val = evaluate(algorithm, val_sampler, config["val_tasks"], device=device)
+                        val = evaluate(algorithm, val_sampler, config.val_tasks, device=device)
                         row.update(val_metric=val["mean"], val_ci95=val["ci95"])
                         if better(algorithm.family, val["mean"], best):
                             best = val["mean"]
@@ -305,10 +305,10 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
                     if loop.terminal:
                         loop.bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric[:3]: f"{row['metric']:.3f}"})
                 window, checked, window_start[0] = [], 0, time.perf_counter()
-            reached = leader and validate_now and _reached(algorithm.family, best, config["stop_at_val"])
+            reached = leader and validate_now and _reached(algorithm.family, best, config.stop_at_val)
             if validate_now and distributed.agree(reached):  # every rank knows validate_now: no sync otherwise
                 save()
-                loop.say(f"stopped at step {at}: validation {metric} reached {config['stop_at_val']} "
+                loop.say(f"stopped at step {at}: validation {metric} reached {config.stop_at_val} "
                          f"{time.perf_counter() - loop.started:.0f} s after start (stop_at_val); saved "
                          f"{out / 'last.pt'}")
                 return "target"
@@ -329,13 +329,13 @@ def _load_state(state, config, out, algorithm, optimizer, schedule):
     """Restore a run's last.pt into the freshly built objects, refusing another run's checkpoint."""
     path = out / "last.pt"
     was = state.get("config")
-    if not isinstance(was, Mapping):
+    if not isinstance(was, Config):
         raise FewshotError(f"{path} holds no config, so it is not this run's checkpoint; put the run's own "
                            f"last.pt back, or start a new run in another folder")
-    differ = [key for key in IDENTITY_KEYS if was.get(key) != config.get(key)]
+    differ = [key for key in IDENTITY_KEYS if getattr(was, key) != getattr(config, key)]
     if differ:
-        theirs = ", ".join(f"{key} {was.get(key)!r}" for key in differ)
-        ours = ", ".join(f"{key} {config.get(key)!r}" for key in differ)
+        theirs = ", ".join(f"{key} {getattr(was, key)!r}" for key in differ)
+        ours = ", ".join(f"{key} {getattr(config, key)!r}" for key in differ)
         raise FewshotError(f"{path} is another run's checkpoint ({theirs}; this run's config.yaml: {ours}); put "
                            f"this run's last.pt back, or start a new run in another folder")
     try:
@@ -351,7 +351,7 @@ def _load_state(state, config, out, algorithm, optimizer, schedule):
 
 
 def _out_of_memory(config, device, tasks):
-    chunk = max(1, (config["tasks_per_pass"] or tasks) // 2)
+    chunk = max(1, (config.tasks_per_pass or tasks) // 2)
     return (f"the meta-batch does not fit in the memory of {device} ({tasks} tasks per pass at the first step); "
             f"set tasks_per_pass={chunk} (--set tasks_per_pass={chunk}: the same gradient, in chunks)")
 
@@ -379,11 +379,11 @@ def _row(step, losses, metrics, elapsed, since_start, lr, meta_batch, inputs_per
 
 
 def initial_weights(config):
-    """The weights of checkpoint `config["init"]`, checked to fit `config`'s model and algorithm."""
-    state = checkpoint.load(config["init"])
+    """The weights of checkpoint `config.init`, checked to fit `config`'s model and algorithm."""
+    state = checkpoint.load(config.init)
     weights = state.get("algorithm")
     if not isinstance(weights, dict):
-        raise FewshotError(f"{config['init']} holds no trained weights; give a best.pt or last.pt of `fewshot train`")
+        raise FewshotError(f"{config.init} holds no trained weights; give a best.pt or last.pt of `fewshot train`")
     algorithm = algorithms.build(config)
     weights, expected = algorithm.weights_only(weights), algorithm.weights_only(algorithm.state_dict())
     problems = [f"{name} missing there" for name in expected if name not in weights]
@@ -391,9 +391,9 @@ def initial_weights(config):
     problems += [f"{name} is {tuple(weights[name].shape)} there, {tuple(value.shape)} here"
                  for name, value in expected.items() if name in weights and weights[name].shape != value.shape]
     if problems:
-        was = state.get("config") or {}
-        raise FewshotError(f"--init {config['init']} ({was.get('algorithm')}, {was.get('model')}, {was.get('ways')}-way)"
-                           f" does not fit this run ({config['algorithm']}, {config['model']}, {config['ways']}-way): "
+        was = state["config"]  # checkpoint.load refuses a checkpoint without one
+        raise FewshotError(f"--init {config.init} ({was.algorithm}, {was.model}, {was.ways}-way)"
+                           f" does not fit this run ({config.algorithm}, {config.model}, {config.ways}-way): "
                            f"{len(problems)} tensors differ ({'; '.join(problems[:3])}); start from a checkpoint "
                            f"of the same algorithm and network")
     return weights

@@ -137,12 +137,12 @@ def test_tasks_of_different_shapes_keep_the_per_task_loop():
 
 def fake_tasks(config, device="cpu"):
     """Tasks of a preset's shapes (the default depends on them and the device only)."""
-    if config["dataset"] == "sinusoid":
-        support, query = torch.zeros(1, config["shots"], 1), torch.zeros(1, config["query"], 1)
+    if config.dataset == "sinusoid":
+        support, query = torch.zeros(1, config.shots, 1), torch.zeros(1, config.query, 1)
     else:
-        image = (config["channels"], config["image_size"], config["image_size"])
-        support = torch.zeros(1, config["ways"] * config["shots"], *image)
-        query = torch.zeros(1, config["ways"] * config["query"], *image)
+        image = (config.channels, config.image_size, config.image_size)
+        support = torch.zeros(1, config.ways * config.shots, *image)
+        query = torch.zeros(1, config.ways * config.query, *image)
     labels = lambda x: torch.zeros(x.shape[1], dtype=torch.long)
     return [Task(support[0], labels(support), query[0], labels(query))] * 2
 
@@ -162,7 +162,7 @@ def test_the_default_on_a_cpu_is_the_documented_rule():
     assert conv4.CPU_BATCHING_MAX_IMAGES == limit
     assert len(table) >= 8
     for preset, documented in table.items():
-        config = {**load_preset(preset), "filters": 4}
+        config = load_preset(preset).unchecked_replace(filters=4)
         algorithm = algorithms.build(config)
         assert algorithm.batches_tasks(fake_tasks(config)) == (documented == "batched"), preset
 

@@ -24,7 +24,7 @@ def build(name, **overrides):
 
 
 def support_loss(algorithm, task, adapted):
-    if algorithm.config["algorithm"] == "protonet":
+    if algorithm.config.algorithm == "protonet":
         return None
     return algorithm.family.loss(algorithm.predict(adapted, task.support_x), task.support_y).item()
 
@@ -63,7 +63,7 @@ def test_one_meta_step_changes_every_learned_parameter_group(name):
     assert math.isfinite(float(result["loss"])) and float(result["loss"]) > 0
     grads = {n: p.grad.clone() for n, p in algorithm.named_parameters()}
     optimizer.step()
-    lr = algorithm.config["meta_lr"]
+    lr = algorithm.config.meta_lr
     moved = set()
     for n, p in algorithm.named_parameters():
         # Adam's first step is exactly -lr * g / (|g| + eps), entry by entry
@@ -114,7 +114,7 @@ def test_mamlpp_loss_weights_sum_to_one_and_anneal_to_the_last_step():
                        [0.0, 0.0, 0.0, 1.0],  # after msl_epochs only the final step counts
                        [0.0, 0.0, 0.0, 1.0]]
     # near the end of the span the non-final weights stop at the floor 0.03 / 4 (epoch 1.96: 1/4 - 0.245 < 0.0075)
-    algorithm.config["steps_per_epoch"] = 100
+    algorithm.config.steps_per_epoch = 100
     assert algorithm.loss_weights(196) == pytest.approx([0.0075] * 3 + [1 - 3 * 0.0075], abs=1e-15)
 
 
@@ -140,7 +140,7 @@ def test_reptile_moves_toward_the_adapted_weights_by_the_meta_step():
     tasks = make_tasks(2)
     theta = {n: p.detach().clone() for n, p in algorithm.model.named_parameters()}
     adapted = [algorithm.train_on(torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]),
-                                  3, 0.05, [algorithm.config["seed"], 7, i]) for i, t in enumerate(tasks)]
+                                  3, 0.05, [algorithm.config.seed, 7, i]) for i, t in enumerate(tasks)]
     optimizer, _ = make_optimizer(algorithm, algorithm.config)
     algorithm.meta_gradient(tasks, step=7)
     optimizer.step()
@@ -177,13 +177,13 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
 def test_each_omniglot_preset_trains_and_evaluates(tmp_path, omniglot_cache, preset):
     from fewshot.evaluate import evaluate_checkpoint
     config = load_preset(preset)
-    config.update(data=str(omniglot_cache), steps=2, filters=8, val_every=2, val_tasks=2, log_every=1,
-                  eval_inner_steps=min(config["eval_inner_steps"], 3), meta_batch=min(config["meta_batch"], 2),
-                  ways=min(config["ways"], 10))
+    config = config.replace(data=str(omniglot_cache), steps=2, filters=8, val_every=2, val_tasks=2, log_every=1,
+                            eval_inner_steps=min(config.eval_inner_steps, 3), meta_batch=min(config.meta_batch, 2),
+                            ways=min(config.ways, 10))
     result = train(config, tmp_path / "run", progress=False)
     assert result["step"] == 2
     evaluated = evaluate_checkpoint(tmp_path / "run", tasks=3, progress=False)
-    ways = config["eval_ways"] or config["ways"]
+    ways = config.eval_ways or config.ways
     assert evaluated["ways"] == ways
     scores = scores_by_hand(evaluated, 3)  # the same 3 seeded test tasks, adapted and scored here
     assert evaluated["scores"] == pytest.approx(scores, abs=1e-12)

@@ -39,7 +39,7 @@ def both_paths(algorithm, tasks, step=0):
     """The MAML family's meta-gradient by its per-task loop and by its batched pass."""
     gradients = []
     for batched in (False, True):
-        algorithm.config["batch_tasks"] = batched
+        algorithm.config.batch_tasks = batched
         assert algorithm.batches_tasks(tasks) == batched
         gradients.append(analytic_gradient(algorithm, tasks, step))
     return gradients
@@ -270,12 +270,12 @@ def leo_terms(algorithm, tasks, adapted_latents):
         latents = start
         weights = algorithm.decode(latents, noise)
         loss = algorithm.support_loss(support, weights, noise)
-        for _ in range(config["inner_unroll_length"]):
+        for _ in range(config.inner_unroll_length):
             grad, = torch.autograd.grad(loss, latents, create_graph=True)
             latents = latents - algorithm.inner_lr * grad
             weights = algorithm.decode(latents, noise)
             loss = algorithm.support_loss(support, weights, noise)
-        for _ in range(config["finetuning_unroll_length"]):
+        for _ in range(config.finetuning_unroll_length):
             grad, = torch.autograd.grad(loss, weights, create_graph=True)
             weights = weights - algorithm.finetuning_lr * grad
             loss = algorithm.support_loss(support, weights, noise)
@@ -288,8 +288,8 @@ def leo_terms(algorithm, tasks, adapted_latents):
     correlation = torch.stack([torch.stack([rows[i] @ rows[j] / (rows[i].norm() * rows[j].norm())
                                             for j in range(latent_units)]) for i in range(latent_units)])
     orthogonality = ((correlation - torch.eye(latent_units, dtype=rows.dtype)) ** 2).mean()
-    terms = [query_ce, config["kl_weight"] * kl, config["encoder_penalty_weight"] * penalty,
-             config["l2_penalty_weight"] * l2, config["orthogonality_penalty_weight"] * orthogonality]
+    terms = [query_ce, config.kl_weight * kl, config.encoder_penalty_weight * penalty,
+             config.l2_penalty_weight * l2, config.orthogonality_penalty_weight * orthogonality]
     return [t.item() for t in terms], latents.detach(), logits.detach()
 
 

@@ -203,10 +203,10 @@ def test_gradient_clipping_happens_before_the_optimizer_step(tmp_path, embedding
     """Clipping to 1e-20, by value or by norm (zero is refused), leaves Adam a step of lr * 1e-20 /
     (1e-20 + 1e-8), below the float32 resolution of every weight: the weights come back unchanged."""
     base = leo_config(data=embeddings, embedding_dataset="miniImageNet", steps=2, val_every=100, save_every=100)
-    torch.manual_seed(base["seed"])  # as the trainer seeds before building
+    torch.manual_seed(base.seed)  # as the trainer seeds before building
     initial = {n: p.detach().clone() for n, p in algorithms.build(base).named_parameters()}
     for name, clip in (("none", {}), ("value", {"grad_clip_value": 1e-20}), ("norm", {"grad_clip_norm": 1e-20})):
-        train({**base, **clip}, tmp_path / name, progress=False)
+        train(base.unchecked_replace(**clip), tmp_path / name, progress=False)
         weights = checkpoint.load(tmp_path / name / "last.pt")["algorithm"]
         unchanged = all(torch.equal(weights[n], initial[n]) for n in initial)
         assert unchanged == (name != "none"), name
@@ -224,7 +224,7 @@ def test_a_run_on_other_embeddings_starts_from_a_trained_leo(tmp_path, embedding
     after = checkpoint.load(tmp_path / "target" / "last.pt")["algorithm"]
     assert all(torch.equal(before[n], after[n]) for n in before)
     with pytest.raises(FewshotError, match="encoder is"):  # other embedding sizes cannot transfer
-        train({**target, "embedding_dim": DIM * 2}, tmp_path / "wider", progress=False)
+        train(target.unchecked_replace(embedding_dim=DIM * 2), tmp_path / "wider", progress=False)
 
 
 def test_two_process_training_follows_the_one_process_run(tmp_path, embeddings):
@@ -235,7 +235,7 @@ def test_two_process_training_follows_the_one_process_run(tmp_path, embeddings):
     train(config, tmp_path / "two", progress=False, procs=2)
     one = checkpoint.load(tmp_path / "one" / "last.pt")["algorithm"]
     two = checkpoint.load(tmp_path / "two" / "last.pt")["algorithm"]
-    torch.manual_seed(config["seed"])  # as the trainer seeds before building
+    torch.manual_seed(config.seed)  # as the trainer seeds before building
     initial = algorithms.build(config).state_dict()
     for name in one:
         assert not torch.equal(one[name], initial[name]), name  # training moved every weight

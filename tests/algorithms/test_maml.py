@@ -29,8 +29,8 @@ def meta_objective(algorithm, tasks):
     total = 0.0
     for task in tasks:
         params = {n: p.detach().clone().requires_grad_() for n, p in algorithm.model.named_parameters()}
-        fast = algorithm.inner_loop(params, task.support_x, task.support_y, config["inner_steps"],
-                                    config["inner_lr"], create_graph=False)
+        fast = algorithm.inner_loop(params, task.support_x, task.support_y, config.inner_steps,
+                                    config.inner_lr, create_graph=False)
         total += algorithm.family.loss(algorithm.model.functional_forward(fast, task.query_x), task.query_y).item()
     return total / len(tasks)
 
@@ -69,7 +69,7 @@ def test_first_order_is_the_query_gradient_at_the_adapted_weights():
     expected = {n: torch.zeros_like(p) for n, p in algorithm.model.named_parameters()}
     for task in tasks:
         params = {n: p.detach().clone().requires_grad_() for n, p in algorithm.model.named_parameters()}
-        fast = algorithm.inner_loop(params, task.support_x, task.support_y, 2, algorithm.config["inner_lr"], False)
+        fast = algorithm.inner_loop(params, task.support_x, task.support_y, 2, algorithm.config.inner_lr, False)
         fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
         loss = algorithm.family.loss(algorithm.model.functional_forward(fast, task.query_x), task.query_y)
         for (n, _), g in zip(fast.items(), torch.autograd.grad(loss, tuple(fast.values()))):

@@ -51,8 +51,8 @@ def reference_gradient(algorithm, tasks, second_order):
     total = {n: torch.zeros_like(p) for n, p in meta.items()}
     losses = []
     for task in tasks:
-        fast = algorithm.inner_loop(meta, task.support_x, task.support_y, config["inner_steps"],
-                                    config["inner_lr"], create_graph=second_order)
+        fast = algorithm.inner_loop(meta, task.support_x, task.support_y, config.inner_steps,
+                                    config.inner_lr, create_graph=second_order)
         if not second_order:  # FOMAML: the query gradient at the adapted weights
             fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
         loss = torch.nn.functional.mse_loss(algorithm.model.functional_forward(fast, task.query_x), task.query_y)
@@ -138,7 +138,7 @@ def test_a_short_real_run_learns_to_adapt(tmp_path):
     assert mse[10] < 0.75 * mse[1] and mse[10] < 0.8
     torch.manual_seed(0)
     untrained = algorithms.build(config)
-    sampler = data.sampler(config, None, None, "test", config["eval_seed"], query=eval_query(config))
+    sampler = data.sampler(config, None, None, "test", config.eval_seed, query=eval_query(config))
     before = {int(k): v["mean"] for k, v in evaluate(untrained, sampler, 100, at_steps=[0, 1])["by_steps"].items()}
     assert before[1] > 0.85 * before[0]  # observed ~0.95: the gain above is meta-learned
     assert mse[0] < before[0]

@@ -93,7 +93,7 @@ def test_each_training_task_draws_its_batches_from_its_own_seed():
     seen = record_rows(algorithm, examples)
     algorithm.meta_gradient(tasks, step=9)
     for position, start in ((0, 0), (1, 4)):
-        expected = reptile.mini_batches(12, 4, 3, np.random.default_rng([algorithm.config["seed"], 9, position]))
+        expected = reptile.mini_batches(12, 4, 3, np.random.default_rng([algorithm.config.seed, 9, position]))
         offset = 12 * position
         assert [[r - offset for r in rows] for rows in seen[start:start + 3]] == [b.tolist() for b in expected]
 
@@ -129,7 +129,7 @@ def test_transductive_batch_norm_keeps_reptile_eval_meaning():
     together = algorithm.predict(adapted, task.query_x)
     # one batch of queries: a query's outputs depend on the others
     assert not torch.allclose(algorithm.predict(adapted, task.query_x[:1]), together[:1])
-    algorithm.config["reptile_eval"] = "non_transductive"
+    algorithm.config.reptile_eval = "non_transductive"
     params = adapted["params"]
     expected = torch.cat([algorithm.model.functional_forward(params, torch.cat([task.support_x, q[None]]))[-1:]
                           for q in task.query_x])
@@ -139,8 +139,8 @@ def test_transductive_batch_norm_keeps_reptile_eval_meaning():
 def chained_adaptations(algorithm, tasks, step, adam):
     """The reference's meta-batch: each task from theta, the Adam state handed on."""
     return [algorithm.train_on(torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]),
-                               algorithm.config["inner_steps"], algorithm.config["inner_lr"],
-                               [algorithm.config["seed"], step, i], adam=adam(i)) for i, t in enumerate(tasks)]
+                               algorithm.config.inner_steps, algorithm.config.inner_lr,
+                               [algorithm.config.seed, step, i], adam=adam(i)) for i, t in enumerate(tasks)]
 
 
 def test_inner_adam_moments_carry_over_from_task_to_task_during_meta_training():
@@ -180,9 +180,9 @@ def test_meta_test_starts_from_the_trained_adam_state_and_restores_it():
     after = algorithm.inner_adam.read()
     assert after["step"] == before["step"] == 6
     assert all(torch.equal(after["exp_avg_sq"][n], before["exp_avg_sq"][n]) for n in before["exp_avg_sq"])
-    expected = algorithm.train_on(task.support_x, task.support_y, 5, 0.01, [algorithm.config["eval_seed"]],
+    expected = algorithm.train_on(task.support_x, task.support_y, 5, 0.01, [algorithm.config.eval_seed],
                                   adam=algorithm.inner_adam.read(), bn_training=False)
-    from_fresh = algorithm.train_on(task.support_x, task.support_y, 5, 0.01, [algorithm.config["eval_seed"]],
+    from_fresh = algorithm.train_on(task.support_x, task.support_y, 5, 0.01, [algorithm.config.eval_seed],
                                     bn_training=False)
     for name in first:
         assert torch.equal(first[name], second[name]) and torch.equal(first[name], expected[name])

@@ -65,4 +65,4 @@ def test_anil_on_the_mlp_adapts_its_last_layer():
 def test_the_registry_lists_the_algorithms_and_names_the_choices():
     assert algorithms.ALGORITHMS.names() == ["anil", "leo", "maml", "mamlpp", "metasgd", "protonet", "reptile"]
     with pytest.raises(FewshotError, match=r"^unknown algorithm 'mamlxx'; choose one of: anil, leo, maml, "):
-        algorithms.build({**tiny_config(), "algorithm": "mamlxx"})
+        algorithms.build(tiny_config(algorithm="mamlxx"))

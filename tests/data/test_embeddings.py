@@ -146,7 +146,7 @@ def test_data_finds_leos_layout_and_samples_the_features_unchanged(tmp_path, lay
     assert all(tuple(x) in rows for x in torch.cat([task.support_x, task.query_x]).numpy())  # no /255, no scaling
     # the same data at another dimension is refused with the file's name
     with pytest.raises(FewshotError, match=r"train_embeddings\.pkl: embeddings have dimension 16, expected 640"):
-        data.load({**config, "embedding_dim": 640}, progress=False)
+        data.load(config.unchecked_replace(embedding_dim=640), progress=False)
 
 
 # --- fewshot embed ------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_embed_pretrains_on_train_classes_only_resumes_and_writes_leos_files(tmp
         dataset, refs = data.load(leo, progress=False)
         assert [len(refs[s]) for s in emb.SPLITS] == [4, 2, 2] and dataset.images.shape == (64, 4)
         assert refs["train"][0].name == "class.0.x.y"
-    center = read_features(data.resolve({**leo, "embedding_crop": "center"}, progress=False), 4).images
+    center = read_features(data.resolve(leo.unchecked_replace(embedding_crop="center"), progress=False), 4).images
     multiview = read_features(data.resolve(leo, progress=False), 4).images
     assert not np.allclose(center, multiview)
 
@@ -238,7 +238,7 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
                  "--steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
     assert "--set embedding_dim=8" in capsys.readouterr().out  # the last width: global average pool
     state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
-    assert state["config"]["model"] == "resnet12" and isinstance(models.build(state["config"]),
+    assert state["config"].model == "resnet12" and isinstance(models.build(state["config"]),
                                                                    models.resnet.ResNet12)
     with open(tmp_path / "out" / "multiview" / "test_embeddings.pkl", "rb") as f:
         assert pickle.load(f, encoding="latin1")["embeddings"].shape == (16, 8)

@@ -403,7 +403,7 @@ def test_six_classes_of_eight_images_train_any_preset_after_one_hint(tmp_path, f
     assert "2-way 1-shot, 7 queries per class" in out
 
 
-IMAGE_PRESETS = [name for name in preset_names() if load_preset(name)["dataset"] not in ("sinusoid", "embeddings")]
+IMAGE_PRESETS = [name for name in preset_names() if load_preset(name).dataset not in ("sinusoid", "embeddings")]
 
 
 def test_every_image_preset_fits_a_handful_of_classes_after_its_hint(tmp_path, fewshot_home):
@@ -415,7 +415,7 @@ def test_every_image_preset_fits_a_handful_of_classes_after_its_hint(tmp_path, f
         config = apply_overrides(load_preset(name), {"data": "mine"})
         dataset, refs = data.load(config, progress=False)
         with pytest.raises(FewshotError) as refused:
-            data.sampler(config, dataset, refs, "train", config["seed"])
+            data.sampler(config, dataset, refs, "train", config.seed)
         sets = dict(s.split("=") for s in hinted_sets(str(refused.value))[1::2])
         assert sets and set(sets) <= {"ways", "eval_ways", "shots", "query", "eval_query"}, (name, sets)
         fixed = apply_overrides(config, {key: int(value) for key, value in sets.items()})
@@ -423,7 +423,7 @@ def test_every_image_preset_fits_a_handful_of_classes_after_its_hint(tmp_path, f
             ways, query = (None, None) if split == "train" else (eval_ways(fixed), eval_query(fixed))
             sampler = data.sampler(fixed, dataset, refs, split, 0, query=query, ways=ways)
             task = sampler.batch(0, 1)[0]
-            assert len(task.support_y) == sampler.ways * fixed["shots"], name
+            assert len(task.support_y) == sampler.ways * fixed.shots, name
 
 
 @pytest.mark.parametrize("total,ratios,least,counts", [

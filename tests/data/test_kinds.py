@@ -10,6 +10,7 @@ from PIL import Image
 from fewshot import data
 from fewshot.data import DATASETS, SPLITS, DatasetKind, kinds
 from fewshot.data.images import ImageClass, ImageDataset
+from fewshot.config import Config
 from fewshot.errors import FewshotError
 
 
@@ -47,7 +48,7 @@ def test_a_kind_in_one_file_is_loaded_and_split_like_the_others(tmp_path):
     try:
         DATASETS.register("grid-test")(kind)
         (tmp_path / "raw").mkdir()
-        config = {"dataset": "grid-test", "data": str(tmp_path / "raw"), "image_size": 4, "split": "maml"}
+        config = Config(dataset="grid-test", data=str(tmp_path / "raw"), image_size=4, split="maml")
         dataset, refs = data.load(config, progress=False)
         assert {s: [c.name for c in refs[s]] for s in SPLITS} == {"train": ["c0", "c3"], "val": ["c1", "c4"],
                                                                  "test": ["c2", "c5"]}

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fewshot import cli
-from fewshot.config import DEFAULTS
+from fewshot.config import Config
 import fewshot.data
 from fewshot.data import images, load, omniglot, resolve
 from fewshot.errors import FewshotError
@@ -220,7 +220,7 @@ def test_import_matches_the_sprite_sheets(sprite_cache, sprite_chars):
 
 
 def test_a_raw_copy_is_imported_once_into_fewshot_home(sprites_dir, _isolated_home, monkeypatch):
-    config = dict(DEFAULTS, data=str(sprites_dir))
+    config = Config(data=str(sprites_dir))
     first = resolve(config, progress=False)
     assert first.parent == _isolated_home / "cache" and images.is_prepared(first, 28)
 

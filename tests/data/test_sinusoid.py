@@ -95,7 +95,7 @@ def test_train_val_and_test_splits_draw_from_different_seeds():
 @pytest.mark.parametrize("name,shots", [("sinusoid-5shot", 5), ("sinusoid-10shot", 10), ("sinusoid-20shot", 20)])
 def test_presets_hold_the_papers_numbers(name, shots):
     config = load_preset(name)
-    assert config["dataset"] == "sinusoid" and config["data"] is None
-    assert config["shots"] == shots and config["model"] == "mlp" and list(config["hidden"]) == [40, 40]
-    assert (config["inner_steps"], config["inner_lr"], config["meta_batch"], config["meta_lr"]) == (1, 0.01, 25, 0.001)
-    assert config["first_order"] is False and config["algorithm"] == "maml"
+    assert config.dataset == "sinusoid" and config.data is None
+    assert config.shots == shots and config.model == "mlp" and list(config.hidden) == [40, 40]
+    assert (config.inner_steps, config.inner_lr, config.meta_batch, config.meta_lr) == (1, 0.01, 25, 0.001)
+    assert config.first_order is False and config.algorithm == "maml"

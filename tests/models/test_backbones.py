@@ -33,9 +33,9 @@ def build(name):
 
 def example(name, rows=6):
     config = tiny_config(**CONFIGS[name])
-    if config["model"] == "mlp":
+    if config.model == "mlp":
         return torch.randn(rows, 1, dtype=torch.float64)
-    return torch.randn(rows, config["channels"], config["image_size"], config["image_size"], dtype=torch.float64)
+    return torch.randn(rows, config.channels, config.image_size, config.image_size, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -138,10 +138,9 @@ def test_inductive_running_statistics_move_by_the_momentum():
     model = build("conv4-inductive")
     x = example("conv4-inductive")
     norm = model.blocks[0].norm
-    captured = []
-    norm.register_forward_hook(lambda module, args, out: captured.append(args[0]))
+    with torch.no_grad():
+        h = model.blocks[0].conv(x)  # the first batch norm's input
     model.functional_forward(dict(model.named_parameters()), x, True)
-    h = captured[0].detach()
     torch.testing.assert_close(norm.running_mean, BN_MOMENTUM * h.mean((0, 2, 3)), rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(norm.running_var, (1 - BN_MOMENTUM) + BN_MOMENTUM * h.var((0, 2, 3)),
                                rtol=1e-12, atol=1e-15)
@@ -151,7 +150,7 @@ def test_the_registry_lists_the_backbones_and_names_the_choices():
     assert models.BACKBONES.names() == ["conv4", "mlp", "none", "resnet12", "wrn28_10"]
     with pytest.raises(FewshotError, match=r"^unknown model 'resnet99'; choose one of: conv4, mlp, none, "
                                            r"resnet12, wrn28_10$"):
-        models.build({**tiny_config(), "model": "resnet99"})
+        models.build(tiny_config(model="resnet99"))
 
 
 def test_the_packages_import_no_submodule_and_leo_registers_no_backbone():

@@ -10,13 +10,14 @@ from ..registry import Registry
 
 if TYPE_CHECKING:
     from .base import Algorithm
+    from ..config import Config
 
 ALGORITHMS = Registry("algorithm", modules=[f"fewshot.algorithms.{name}" for name in
                                             ("maml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "leo")])
 
 
-def build(config) -> "Algorithm":
-    """The algorithm `config["algorithm"]` names, with the backbone and task family of `config`."""
+def build(config: "Config") -> "Algorithm":
+    """The algorithm `config.algorithm` names, with the backbone and task family of `config`."""
     from .. import models, tasks
-    algorithm = ALGORITHMS.get(config["algorithm"])
+    algorithm = ALGORITHMS.get(config.algorithm)
     return algorithm(models.build(config), config, tasks.family(config))

@@ -20,9 +20,11 @@ The backbone (`self.model`, a models.base.Backbone) is run with explicit paramet
 import torch
 import torch.nn as nn
 
+from ..config import Config, eval_inner_lr
+
 
 class Algorithm(nn.Module):
-    def __init__(self, model, config, family):
+    def __init__(self, model: nn.Module, config: Config, family):
         super().__init__()
         self.model = model
         self.config = config
@@ -58,4 +60,4 @@ class Algorithm(nn.Module):
 
     def describe_inner_lr(self):
         """The meta-test inner learning rate, for reports."""
-        return self.config["eval_inner_lr"] if self.config["eval_inner_lr"] is not None else self.config["inner_lr"]
+        return eval_inner_lr(self.config)

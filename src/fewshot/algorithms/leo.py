@@ -119,11 +119,11 @@ class LEO(Algorithm):
     any_number_of_classes = True  # classifier weights are generated per class, for any N
 
     def __init__(self, model, config, family):
-        if config["model"] != "none":
+        if config.model != "none":
             raise FewshotError(f"LEO learns on precomputed embeddings and takes no backbone; set model: none "
-                               f"(got model {config['model']!r}), dataset: embeddings")
+                               f"(got model {config.model!r}), dataset: embeddings")
         super().__init__(model, config, family)
-        dim, latents = config["embedding_dim"], config["num_latents"]
+        dim, latents = config.embedding_dim, config.num_latents
         self.dim, self.latents = dim, latents
 
         def glorot(fan_in, fan_out):
@@ -133,8 +133,8 @@ class LEO(Algorithm):
         self.encoder = glorot(dim, latents)
         self.relation = nn.ParameterList([glorot(2 * latents, 2 * latents) for _ in range(3)])
         self.decoder = glorot(latents, 2 * dim)
-        self.inner_lr = nn.Parameter(torch.full((latents,), float(config["inner_lr_init"])))
-        self.finetuning_lr = nn.Parameter(torch.full((dim,), float(config["finetuning_lr_init"])))
+        self.inner_lr = nn.Parameter(torch.full((latents,), float(config.inner_lr_init)))
+        self.finetuning_lr = nn.Parameter(torch.full((dim,), float(config.finetuning_lr_init)))
 
     # the pieces ----------------------------------------------------------------
     def regularized(self):
@@ -148,7 +148,7 @@ class LEO(Algorithm):
         return orthogonality(self.decoder)
 
     def dropout(self, x, noise):
-        return x if noise is None else noise.dropout(x, self.config["dropout_rate"])
+        return x if noise is None else noise.dropout(x, self.config.dropout_rate)
 
     def encode(self, support, noise):
         """support T x N x K x D -> (latents T x N x K x L, KL) from encoder and relation network;
@@ -193,8 +193,8 @@ class LEO(Algorithm):
         With `noise` (meta-train), sampled and differentiable end to end (second order);
         without (meta-test), deterministic and first order."""
         training = noise is not None
-        steps = self.config["inner_unroll_length"] if steps is None else steps
-        finetuning_steps = self.config["finetuning_unroll_length"] if finetuning_steps is None else finetuning_steps
+        steps = self.config.inner_unroll_length if steps is None else steps
+        finetuning_steps = self.config.finetuning_unroll_length if finetuning_steps is None else finetuning_steps
         inner_lr = self.inner_lr if lr is None else lr
 
         def step(value, loss, rate):
@@ -251,9 +251,9 @@ class LEO(Algorithm):
         out = self.logits(query, weights, noise)
         query_loss = F.cross_entropy(out.flatten(0, 1), query_y.flatten())
         config = self.config
-        total = (query_loss + config["kl_weight"] * kl + config["encoder_penalty_weight"] * encoder_penalty
-                 + config["l2_penalty_weight"] * self.l2_penalty()
-                 + config["orthogonality_penalty_weight"] * self.orthogonality_penalty())
+        total = (query_loss + config.kl_weight * kl + config.encoder_penalty_weight * encoder_penalty
+                 + config.l2_penalty_weight * self.l2_penalty()
+                 + config.orthogonality_penalty_weight * self.orthogonality_penalty())
         total.backward()
         out = out.detach()
         metric = sum(self.family.metric(out[i], query_y[i]) for i in range(len(tasks))) / len(tasks)
@@ -277,7 +277,7 @@ class LEO(Algorithm):
 
     def adapt(self, support_x, support_y, steps=None, lr=None):
         self.check_dim(support_x)
-        steps = self.config["eval_inner_steps"] if steps is None else steps
+        steps = self.config.eval_inner_steps if steps is None else steps
         weights, _, _ = self.inner_loops(self.group(support_x, support_y).unsqueeze(0), steps=steps, lr=lr)
         return {"weights": weights.detach()}
 
@@ -288,4 +288,4 @@ class LEO(Algorithm):
     def describe_inner_lr(self):
         return (f"learned (latent: mean {self.inner_lr.mean().item():.4g} over {self.latents} units; "
                 f"fine-tuning: mean {self.finetuning_lr.mean().item():.4g} over {self.dim} features, "
-                f"{self.config['finetuning_unroll_length']} steps)")
+                f"{self.config.finetuning_unroll_length} steps)")

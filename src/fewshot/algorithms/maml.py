@@ -38,7 +38,7 @@ class MAML(Algorithm):
         return True
 
     def step_size(self, name, k, training=True):
-        return self.config["inner_lr"] if training else eval_inner_lr(self.config)
+        return self.config.inner_lr if training else eval_inner_lr(self.config)
 
     def forward(self, params, x, k=0, bn_training=True, tasks=False):
         """The network at inner step k. With `tasks`, x has a leading task dimension,
@@ -48,12 +48,12 @@ class MAML(Algorithm):
         return self.model.functional_forward(params, x, bn_training)
 
     def second_order(self, step):
-        return not self.config["first_order"]
+        return not self.config.first_order
 
     def loss_weights(self, step):
         """Weight of the query loss after each of the inner steps 1..K in the
         meta-objective; MAML counts the last only."""
-        return [0.0] * (self.config["inner_steps"] - 1) + [1.0]
+        return [0.0] * (self.config.inner_steps - 1) + [1.0]
 
     # the inner loop ---------------------------------------------------------
     def inner_step(self, params, x, y, k, lr, create_graph, training=True, tasks=False):
@@ -89,7 +89,7 @@ class MAML(Algorithm):
                       for n, p in params.items()}
         query_loss = ((lambda out: self.family.loss(out.flatten(0, 1), query_y.flatten(0, 1))) if tasks else
                       (lambda out: self.family.loss(out, query_y)))
-        steps = self.config["inner_steps"]
+        steps = self.config.inner_steps
         if steps == 0:
             query_out = self.forward(params, query_x, 0, tasks=tasks)
             return query_loss(query_out), query_out
@@ -115,7 +115,7 @@ class MAML(Algorithm):
             return False
         if len({(t.support_x.shape, t.query_x.shape) for t in tasks}) != 1:
             return False
-        wanted = self.config["batch_tasks"]
+        wanted = self.config.batch_tasks
         return self.batching_pays(tasks) if wanted is None else bool(wanted)
 
     def batching_pays(self, tasks):
@@ -144,7 +144,7 @@ class MAML(Algorithm):
         """The meta-batch in passes of at most `tasks_per_pass` tasks; each pass's mean
         objective is weighted by its share of the meta-batch, so the accumulated
         gradient is the whole meta-batch's mean."""
-        per_pass = self.config["tasks_per_pass"] or len(tasks)
+        per_pass = self.config.tasks_per_pass or len(tasks)
         loss_sum = metric_sum = 0.0
         for start in range(0, len(tasks), per_pass):
             part = tasks[start:start + per_pass]
@@ -160,7 +160,7 @@ class MAML(Algorithm):
 
     # meta-test --------------------------------------------------------------
     def adapt(self, support_x, support_y, steps=None, lr=None):
-        steps = self.config["eval_inner_steps"] if steps is None else steps
+        steps = self.config.eval_inner_steps if steps is None else steps
         params = {n: p.detach().requires_grad_(self.adapts(n)) for n, p in self.meta_parameters().items()}
         with torch.enable_grad():
             for k in range(steps):

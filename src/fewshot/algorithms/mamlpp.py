@@ -29,10 +29,10 @@ def layer_of(name):
 class MAMLPlusPlus(MAML):
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
-        steps = max(config["inner_steps"], config["eval_inner_steps"])
+        steps = max(config.inner_steps, config.eval_inner_steps)
         layers = sorted({layer_of(n) for n, _ in model.named_parameters() if self.adapts(n)})
         self.step_sizes = nn.ParameterDict({
-            layer.replace(".", "/"): nn.Parameter(torch.full((steps,), float(config["inner_lr"])))
+            layer.replace(".", "/"): nn.Parameter(torch.full((steps,), float(config.inner_lr)))
             for layer in layers})
 
     def adapts(self, name):
@@ -51,18 +51,18 @@ class MAMLPlusPlus(MAML):
         return self.model.functional_forward(params, x, bn_training, bn_step=k)
 
     def epoch(self, step):
-        return step / self.config["steps_per_epoch"]
+        return step / self.config.steps_per_epoch
 
     def second_order(self, step):
-        return not self.config["first_order"] and self.epoch(step) >= self.config["first_order_epochs"]
+        return not self.config.first_order and self.epoch(step) >= self.config.first_order_epochs
 
     def loss_weights(self, step):
         """Importance of the query loss after each inner step. Uniform at first; the
         non-final weights fall linearly to a floor of 0.03/K over `msl_epochs`
         while the final one grows, so the weights always sum to 1; afterwards only
         the final step counts."""
-        steps = self.config["inner_steps"]
-        epoch, span = self.epoch(step), self.config["msl_epochs"]
+        steps = self.config.inner_steps
+        epoch, span = self.epoch(step), self.config.msl_epochs
         if span <= 0 or epoch >= span:
             return [0.0] * (steps - 1) + [1.0]
         decay = epoch / steps / span

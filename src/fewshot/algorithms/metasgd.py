@@ -14,7 +14,7 @@ class MetaSGD(MAML):
         super().__init__(model, config, family)
         # ParameterDict keys may not contain dots
         self.step_sizes = nn.ParameterDict({
-            name.replace(".", "/"): nn.Parameter(torch.full_like(p, config["inner_lr"]))
+            name.replace(".", "/"): nn.Parameter(torch.full_like(p, config.inner_lr))
             for name, p in model.named_parameters()})
 
     def step_size(self, name, k, training=True):

@@ -100,7 +100,7 @@ class Reptile(Algorithm):
 
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
-        if config["inner_optimizer"] == "adam":
+        if config.inner_optimizer == "adam":
             self.inner_adam = InnerAdamState(dict(model.named_parameters()))
 
     def train_on(self, x, y, steps, lr, seed, adam=None, bn_training=True):
@@ -108,9 +108,9 @@ class Reptile(Algorithm):
         `adam` is the inner Adam state to start from, a dict as InnerAdamState.read()
         gives, updated in place (None: a fresh one)."""
         params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        if self.config["inner_optimizer"] == "adam" and adam is None:
+        if self.config.inner_optimizer == "adam" and adam is None:
             adam = {"step": 0, "exp_avg_sq": {n: torch.zeros_like(p) for n, p in params.items()}}
-        batch = self.config["inner_batch"] or len(x)
+        batch = self.config.inner_batch or len(x)
         for rows in mini_batches(len(x), batch, steps, np.random.default_rng(seed)):
             rows = torch.from_numpy(rows).to(x.device)
             params = {n: p.requires_grad_() for n, p in params.items()}
@@ -118,7 +118,7 @@ class Reptile(Algorithm):
                 loss = self.family.loss(self.model.functional_forward(params, x[rows], bn_training), y[rows])
                 grads = dict(zip(params, torch.autograd.grad(loss, tuple(params.values()))))
             with torch.no_grad():
-                if self.config["inner_optimizer"] == "adam":
+                if self.config.inner_optimizer == "adam":
                     params = adam_step(params, grads, adam, lr)
                 else:
                     params = {n: p - lr * grads[n] for n, p in params.items()}
@@ -127,13 +127,13 @@ class Reptile(Algorithm):
     def meta_gradient(self, tasks, step=0):
         meta = dict(self.model.named_parameters())
         # one state for the whole meta-batch: it carries over from task to task
-        adam = self.inner_adam.read() if self.config["inner_optimizer"] == "adam" else None
+        adam = self.inner_adam.read() if self.config.inner_optimizer == "adam" else None
         loss_sum = metric_sum = 0.0
         for position, task in enumerate(tasks):
             x = torch.cat([task.support_x, task.query_x])
             y = torch.cat([task.support_y, task.query_y])
-            adapted = self.train_on(x, y, self.config["inner_steps"], self.config["inner_lr"],
-                                    [self.config["seed"], step, position], adam=adam, bn_training=True)
+            adapted = self.train_on(x, y, self.config.inner_steps, self.config.inner_lr,
+                                    [self.config.seed, step, position], adam=adam, bn_training=True)
             for name, p in meta.items():
                 delta = (p.detach() - adapted[name]) / len(tasks)
                 p.grad = delta if p.grad is None else p.grad + delta
@@ -146,11 +146,11 @@ class Reptile(Algorithm):
         return {"loss": loss_sum / len(tasks), self.family.metric_name: metric_sum / len(tasks)}
 
     def adapt(self, support_x, support_y, steps=None, lr=None):
-        steps = self.config["eval_inner_steps"] if steps is None else steps
+        steps = self.config.eval_inner_steps if steps is None else steps
         lr = self.describe_inner_lr() if lr is None else lr
         # a copy of the meta-trained Adam state: evaluation leaves it as it was
-        adam = self.inner_adam.read() if self.config["inner_optimizer"] == "adam" else None
-        params = self.train_on(support_x, support_y, steps, lr, [self.config["eval_seed"]], adam=adam,
+        adam = self.inner_adam.read() if self.config.inner_optimizer == "adam" else None
+        params = self.train_on(support_x, support_y, steps, lr, [self.config.eval_seed], adam=adam,
                                bn_training=False)
         return {"params": params, "support_x": support_x}
 
@@ -158,7 +158,7 @@ class Reptile(Algorithm):
     def predict(self, adapted, x):
         params = adapted["params"]
         # inductive batch norm: running statistics, so every row is on its own already
-        if self.config["reptile_eval"] == "transductive" or self.model.batch_norm_mode != "transductive":
+        if self.config.reptile_eval == "transductive" or self.model.batch_norm_mode != "transductive":
             return self.model.functional_forward(params, x, False)
         support = adapted["support_x"]
         return torch.cat([self.model.functional_forward(params, torch.cat([support, x[i:i + 1]]), False)[-1:]

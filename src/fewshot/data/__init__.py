@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import FewshotError
 from .images import ImageClass, ImageDataset, fingerprint, home, is_prepared, read_dataset, read_features
 from .kinds import DATASETS, SPLITS, DatasetKind
+from ..config import Config
 
 CACHE_VERSION = 2  # part of every cache key: raise it when an importer's output changes
 
@@ -28,15 +29,15 @@ def kind(name: str) -> DatasetKind:
     return DATASETS.get(name)
 
 
-def array_size(config) -> int:
+def array_size(config: Config) -> int:
     """The size a prepared array is stored at: the image side, or the feature dimension."""
-    return config["embedding_dim"] if kind(config["dataset"]).features else config["image_size"]
+    return config.embedding_dim if kind(config.dataset).features else config.image_size
 
 
-def resolve(config, progress: bool = True) -> Path:
-    """The prepared folder for `config["data"]`: a prepared folder, a raw copy (imported
+def resolve(config: Config, progress: bool = True) -> Path:
+    """The prepared folder for `config.data`: a prepared folder, a raw copy (imported
     into a cache under FEWSHOT_HOME on first use), or a name under FEWSHOT_HOME."""
-    spec, wanted, size = config["data"], kind(config["dataset"]), array_size(config)
+    spec, wanted, size = config.data, kind(config.dataset), array_size(config)
     if spec is None:
         raise FewshotError("no data given: pass --data DIR (e.g. ../shared/data/omniglot-28) "
                            "or prepare a copy with `fewshot data omniglot --from PATH`")
@@ -55,7 +56,7 @@ def resolve(config, progress: bool = True) -> Path:
             fix = (f"make features from it with `fewshot embed PRESET --data {spec} --out DIR` and train on DIR"
                    if wanted.features else "give a dataset of images")
             raise FewshotError(f"{path} holds {holds} ({prepared.name}), but this preset (dataset: "
-                               f"{config['dataset']}) reads {reads}; {fix}")
+                               f"{config.dataset}) reads {reads}; {fix}")
     if is_prepared(path, size):
         return path
     if is_prepared(path):  # prepared at another size: decode again from the recorded source
@@ -92,19 +93,19 @@ def _import(dataset_kind, source, target, size, meta, progress):
     dataset_kind.prepare(source, target, size=size, progress=progress, **options)
 
 
-def load(config, progress: bool = True) -> tuple[ImageDataset | None, dict[str, list[ImageClass]] | None]:
+def load(config: Config, progress: bool = True) -> tuple[ImageDataset | None, dict[str, list[ImageClass]] | None]:
     """(dataset, {split: [ImageClass]}) for a config; (None, None) for generated tasks."""
-    wanted = kind(config["dataset"])
+    wanted = kind(config.dataset)
     if wanted.generated:
         return None, None
     reader = read_features if wanted.features else read_dataset
     dataset = reader(resolve(config, progress), array_size(config))
     if dataset.images.nbytes < (1 << 30):  # small sets live in memory; large ones stay memory-mapped
         dataset.images = np.ascontiguousarray(dataset.images)
-    return dataset, kind(dataset.meta["dataset"]).splits(dataset, config["split"])
+    return dataset, kind(dataset.meta["dataset"]).splits(dataset, config.split)
 
 
-def sampler(config, dataset: ImageDataset | None, refs: dict[str, list[ImageClass]] | None, split: str, seed: int,
+def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[ImageClass]] | None, split: str, seed: int,
             query: int | None = None, dtype=None, ways: int | None = None):
     """The task sampler of `split`. `ways` and `query` default to the meta-training
     settings; evaluation passes its own (eval_ways, eval_query). Tasks that do not fit
@@ -113,9 +114,9 @@ def sampler(config, dataset: ImageDataset | None, refs: dict[str, list[ImageClas
     trainer does) also checks the validation and test tasks the run will be evaluated
     on, so that one hint is enough."""
     training = split == "train" and ways is None and query is None
-    query = config["query"] if query is None else query
-    ways = config["ways"] if ways is None else ways
-    dataset_kind = kind(config["dataset"])
+    query = config.query if query is None else query
+    ways = config.ways if ways is None else ways
+    dataset_kind = kind(config.dataset)
     if dataset_kind.generated:
         return dataset_kind.sampler(config, split, seed, query, dtype)
     for needed in [split] + (["val"] if training else []):  # training validates on val
@@ -125,25 +126,26 @@ def sampler(config, dataset: ImageDataset | None, refs: dict[str, list[ImageClas
     if training:
         checks = [("train", "ways", ways, "query", query)]
         ways_key, query_key = _eval_key(config, "ways"), _eval_key(config, "query")
-        checks += [(s, ways_key, config[ways_key], query_key, config[query_key]) for s in ("val", "test") if refs[s]]
+        checks += [(s, ways_key, getattr(config, ways_key), query_key, getattr(config, query_key)) for s in ("val", "test") if refs[s]]
     else:
         checks = [(split, _key(config, "ways", ways), ways, _key(config, "query", query), query)]
-    check_tasks_fit(refs, config["shots"], checks, training)
+    check_tasks_fit(refs, config.shots, checks, training)
     import torch
 
     from .episodes import EpisodeSampler
-    return EpisodeSampler(dataset.images, refs[split], ways, config["shots"], query, seed, split=split,
+    return EpisodeSampler(dataset.images, refs[split], ways, config.shots, query, seed, split=split,
                           preprocessing=preprocessing(dataset, config), dtype=torch.float32 if dtype is None else dtype)
 
 
 def _eval_key(config, name):
     """The key that sets `name` ("ways" or "query") at evaluation: eval_<name> when set."""
-    return f"eval_{name}" if config[f"eval_{name}"] is not None else name
+    return f"eval_{name}" if getattr(config, f"eval_{name}") is not None else name
 
 
 def _key(config, name, value):
     """The key an evaluation sampler's `name` value came from: eval_<name> when set to it."""
-    return f"eval_{name}" if config[f"eval_{name}"] is not None and value == config[f"eval_{name}"] else name
+    setting = getattr(config, f"eval_{name}")
+    return f"eval_{name}" if setting is not None and value == setting else name
 
 
 def check_tasks_fit(refs: dict[str, list[ImageClass]], shots: int, checks: list[tuple], training: bool = True) -> None:
@@ -202,15 +204,15 @@ def check_tasks_fit(refs: dict[str, list[ImageClass]], shots: int, checks: list[
     raise FewshotError(f"{'; '.join(problems)}; fix: {'; '.join(fixes)}")
 
 
-def preprocessing(dataset: ImageDataset | None, config) -> dict | None:
+def preprocessing(dataset: ImageDataset | None, config: Config) -> dict | None:
     """How stored pixels become the model's input (also saved with checkpoints, for predict):
     channels, Omniglot's inversion, and the meta-train split's per-channel mean and std."""
     if dataset is None:
         return None
     meta = dataset.meta
-    normalize = meta.get("mean") is not None and len(meta["mean"]) == config["channels"]
-    return {"invert": bool(meta.get("invert", False)), "size": config["image_size"],
-            "channels": config["channels"], "mean": meta["mean"] if normalize else None,
+    normalize = meta.get("mean") is not None and len(meta["mean"]) == config.channels
+    return {"invert": bool(meta.get("invert", False)), "size": config.image_size,
+            "channels": config.channels, "mean": meta["mean"] if normalize else None,
             "std": meta["std"] if normalize else None}
 
 

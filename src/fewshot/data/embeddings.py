@@ -184,7 +184,7 @@ def write_leo_pickles(folder, split, embeddings, labels, keys):
 
 
 def locate_for(path, config):
-    return locate(path, config["embedding_crop"], config["embedding_dataset"])
+    return locate(path, config.embedding_crop, config.embedding_dataset)
 
 
 EMBEDDINGS = DATASETS.register("embeddings")(DatasetKind(

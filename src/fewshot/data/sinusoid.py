@@ -47,7 +47,7 @@ def curve(amplitude, phase, x):
 
 
 def sampler(config, split, seed, query, dtype=None):
-    return SinusoidSampler(config["shots"], query, seed + SPLIT_SEED[split], dtype)
+    return SinusoidSampler(config.shots, query, seed + SPLIT_SEED[split], dtype)
 
 
 SINUSOID = DATASETS.register("sinusoid")(DatasetKind("sinusoid", sampler=sampler))

@@ -11,10 +11,11 @@ from ..registry import Registry
 
 if TYPE_CHECKING:
     from .base import Backbone
+    from ..config import Config
 
 BACKBONES = Registry("model", modules=[f"fewshot.models.{name}" for name in ("conv4", "mlp", "resnet", "identity")])
 
 
-def build(config) -> "Backbone":
-    """The backbone `config["model"]` names, built from `config`."""
-    return BACKBONES.get(config["model"]).from_config(config)
+def build(config: "Config") -> "Backbone":
+    """The backbone `config.model` names, built from `config`."""
+    return BACKBONES.get(config.model).from_config(config)

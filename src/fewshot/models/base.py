@@ -15,6 +15,13 @@ vmap carry them through:
                  (`fewshot summary`)
   features_only  stop before the head (LEO's embeddings, `fewshot embed`)
 
+Inside `forward`, backbones run their layers with `layer.forward(x)` rather than
+`layer(x)`: nn.Module.__call__ (its hook dispatch) costs about 4 us a layer, 5% of
+a 5-image conv4 forward, which is most of what a small task's meta-step spends
+outside the kernels (docs/benchmarks.md, "One forward per backbone"). Hooks on
+the layers therefore do not fire; hooks on the backbone do. ReLUs after batch norm
+run in place (batch norm's backward needs its input, not its output).
+
 Algorithms never read parameter names: `parameter_roles()` says which parameters are
 batch norm's, the head's, or the body's.
 """
@@ -165,7 +172,7 @@ class Backbone(nn.Module):
         head = getattr(self, "head", None)
         if features_only or head is None:
             return x
-        x = head(x)
+        x = head.forward(x)
         if trace is not None:
             self.trace_row(trace, "head  linear", x, head)
         return x

@@ -61,20 +61,20 @@ class Conv4(Backbone):
 
     @classmethod
     def from_config(cls, config):
-        steps = max(config["inner_steps"], config["eval_inner_steps"]) + 1
-        return cls(in_channels=config["channels"], ways=config["ways"] if config["head"] else 0,
-                   filters=config["filters"], downsample=config["downsample"], image_size=config["image_size"],
-                   batch_norm=config["batch_norm"], bn_steps=steps if config["per_step_bn"] else 1)
+        steps = max(config.inner_steps, config.eval_inner_steps) + 1
+        return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
+                   filters=config.filters, downsample=config.downsample, image_size=config.image_size,
+                   batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1)
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py. Transductive batch norm: batch statistics always, no
         running statistics kept; inductive: running statistics updated while training, used at test."""
         bn_training = self.training if bn_training is None else bn_training
         for i, block in enumerate(self.blocks):
-            x = block.conv(x)
+            x = block.conv.forward(x)
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
-            x = F.relu(block.norm(x, bn_training, bn_step))
+            x = F.relu(block.norm.forward(x, bn_training, bn_step), inplace=True)
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
             if self.downsample == "maxpool":

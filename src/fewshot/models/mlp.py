@@ -22,7 +22,7 @@ class MLP(Backbone):
 
     @classmethod
     def from_config(cls, config):
-        return cls(config["in_features"], tuple(config["hidden"]), config["out_features"] or config["ways"])
+        return cls(config.in_features, tuple(config.hidden), config.out_features or config.ways)
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py (no batch norm here: bn_training and bn_step do nothing)."""
@@ -30,9 +30,9 @@ class MLP(Backbone):
         for i, layer in enumerate(self.layers):
             if features_only and i == last:
                 break
-            x = layer(x)
+            x = layer.forward(x)
             if i < last:
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)
             if trace is not None:
                 self.trace_row(trace, f"layers.{i}  linear" + ("+ReLU" if i < last else ""), x, layer)
         return x

@@ -38,15 +38,15 @@ class _ResidualBackbone(Backbone):
 
     @classmethod
     def from_config(cls, config):
-        if config["image_size"] < 16:
-            raise FewshotError(f"{config['model']} needs images of 16 pixels or more; got image_size "
-                               f"{config['image_size']}")
-        widths = config["widths"] or cls.WIDTHS
+        if config.image_size < 16:
+            raise FewshotError(f"{config.model} needs images of 16 pixels or more; got image_size "
+                               f"{config.image_size}")
+        widths = config.widths or cls.WIDTHS
         if len(widths) != len(cls.WIDTHS):
-            raise FewshotError(f"{config['model']} takes {len(cls.WIDTHS)} widths (widths: "
+            raise FewshotError(f"{config.model} takes {len(cls.WIDTHS)} widths (widths: "
                                f"{list(cls.WIDTHS)}); got {list(widths)}")
-        return cls(in_channels=config["channels"], ways=config["ways"] if config["head"] else 0,
-                   widths=tuple(widths), batch_norm=config["batch_norm"])
+        return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
+                   widths=tuple(widths), batch_norm=config.batch_norm)
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py (one set of batch-norm weights: bn_step does nothing)."""
@@ -75,13 +75,13 @@ class ResNet12(_ResidualBackbone):
 
     def body(self, x, bn_training, trace):
         for i, stage in enumerate(self.stages):
-            shortcut = stage.shortcut_norm(stage.shortcut(x), bn_training)
+            shortcut = stage.shortcut_norm.forward(stage.shortcut.forward(x), bn_training)
             h = x
             for j, (conv, norm) in enumerate(zip(stage.convs, stage.norms)):
-                h = norm(conv(h), bn_training)
+                h = norm.forward(conv.forward(h), bn_training)
                 if j < 2:
-                    h = F.leaky_relu(h, 0.1)
-            x = F.max_pool2d(F.leaky_relu(h + shortcut, 0.1), 2)
+                    h = F.leaky_relu(h, 0.1, inplace=True)
+            x = F.max_pool2d(F.leaky_relu(h + shortcut, 0.1, inplace=True), 2)
             if trace is not None:
                 self.trace_row(trace, f"stages.{i}  3 x conv3x3-BN-LeakyReLU + shortcut, maxpool", x, stage)
         x = x.mean((2, 3))
@@ -116,17 +116,17 @@ class WideResNet(_ResidualBackbone):
         self._finish(ways, widths[-1])
 
     def body(self, x, bn_training, trace):
-        x = self.stem(x)
+        x = self.stem.forward(x)
         if trace is not None:
             self.trace_row(trace, "stem  conv3x3", x, self.stem)
         for i, block in enumerate(self.blocks):
-            h = F.relu(block.norm1(x, bn_training))
-            shortcut = block.shortcut(h) if block.shortcut is not None else x
-            h = F.relu(block.norm2(block.conv1(h), bn_training))
-            x = shortcut + block.conv2(h)
+            h = F.relu(block.norm1.forward(x, bn_training), inplace=True)
+            shortcut = block.shortcut.forward(h) if block.shortcut is not None else x
+            h = F.relu(block.norm2.forward(block.conv1.forward(h), bn_training), inplace=True)
+            x = shortcut + block.conv2.forward(h)
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}  BN-ReLU-conv3x3 x 2 + shortcut", x, block)
-        x = F.relu(self.norm(x, bn_training)).mean((2, 3))
+        x = F.relu(self.norm.forward(x, bn_training), inplace=True).mean((2, 3))
         if trace is not None:
             self.trace_row(trace, "features  BN-ReLU, global average pool", x, self.norm)
         return x
