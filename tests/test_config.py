@@ -46,7 +46,10 @@ def test_every_preset_passes_the_checks(name):
     ("widths=[]", "widths must be a list of positive integers"),
     ("eval_at_steps=[0,-1]", "eval_at_steps must be a list of whole numbers >= 0"),
     ("batch_tasks=maybe", "batch_tasks must be true, false or null"),
-    ("dataset=imagenet", "dataset must be one of"),
+    ("dataset=imagenet", "unknown dataset 'imagenet'; choose one of: embeddings, folder, miniimagenet, omniglot, "
+                         "sinusoid"),
+    ("algorithm=mamlxx", "unknown algorithm 'mamlxx'; choose one of: anil, leo, maml"),
+    ("model=resnet99", "unknown model 'resnet99'; choose one of: conv4, mlp, none"),
     ("embedding_crop=left", "embedding_crop must be one of"),
     ("ways=1", "ways must be at least 2 for classification"),
 ])

@@ -54,8 +54,8 @@ class Config:
     and checkpoints hold. Slots: setting a misspelt attribute is an error, not a new key."""
     description: str = key("", "what the preset is, with its source and paper accuracy", readers=("presets",))
     # data
-    dataset: Literal["omniglot", "folder", "miniimagenet", "embeddings", "sinusoid"] = key(
-        "omniglot", "the kind of data", readers=("data",))
+    dataset: str = key("omniglot", "the kind of data: omniglot | miniimagenet | folder | embeddings | sinusoid "
+                       "(data.DATASETS)", readers=("data",))
     data: str | None = key(None, "a prepared dataset folder, a raw copy, or a name under FEWSHOT_HOME",
                            readers=("data",))
     split: str = key("maml", "the class split: omniglot maml | lake; a folder's own train/val/test", readers=("data",))
@@ -295,7 +295,14 @@ def _ignored(config: Config, name: str) -> tuple | None:
 
 
 def _check_combinations(config: Config) -> None:
-    """Refuse settings that cannot work together, or that would be silently ignored."""
+    """Refuse names no registry holds, settings that cannot work together, and settings that
+    would be silently ignored."""
+    # the registries, not lists here, say which names exist: adding one is one file
+    from .algorithms import ALGORITHMS
+    from .data.kinds import DATASETS
+    from .models import BACKBONES
+    for registry, name in ((ALGORITHMS, config.algorithm), (BACKBONES, config.model), (DATASETS, config.dataset)):
+        registry.get(name)  # "unknown algorithm 'x'; choose one of: ..."
     if config.ways < 2 and config.dataset != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config.ways}")
     for name in USER_KEYS:

@@ -10,7 +10,7 @@ from PIL import Image
 from fewshot import data
 from fewshot.data import DATASETS, SPLITS, DatasetKind, kinds
 from fewshot.data.images import ImageClass, ImageDataset
-from fewshot.config import Config
+from fewshot.config import Config, validate
 from fewshot.errors import FewshotError
 
 
@@ -48,7 +48,8 @@ def test_a_kind_in_one_file_is_loaded_and_split_like_the_others(tmp_path):
     try:
         DATASETS.register("grid-test")(kind)
         (tmp_path / "raw").mkdir()
-        config = Config(dataset="grid-test", data=str(tmp_path / "raw"), image_size=4, split="maml")
+        # checked as a user's config is: the schema takes the kinds from the registry
+        config = validate(Config(dataset="grid-test", data=str(tmp_path / "raw"), image_size=4, split="maml"))
         dataset, refs = data.load(config, progress=False)
         assert {s: [c.name for c in refs[s]] for s in SPLITS} == {"train": ["c0", "c3"], "val": ["c1", "c4"],
                                                                  "test": ["c2", "c5"]}
@@ -71,13 +72,16 @@ def test_naming_kinds_and_preparing_a_folder_import_no_torch(tmp_path):
     assert done.stdout.split()[-3:] == ["5", "0", "False"], done.stdout + done.stderr
 
 
-def test_the_config_offers_exactly_the_registered_kinds_and_crops():
-    """config.py names the kinds in its schema (a Literal, so `fewshot presets` need not load
-    the data modules); this keeps the two lists one."""
+def test_the_registry_alone_names_the_kinds_and_the_config_offers_exactly_the_crops():
+    """The schema's `dataset` is text checked against DATASETS (no second list to keep in
+    step); the crops are a Literal of the schema, kept equal to the embeddings module's."""
     from typing import get_args, get_type_hints
 
-    from fewshot.config import Config
     from fewshot.data.embeddings import CROPS
     hints = get_type_hints(Config)
-    assert sorted(get_args(hints["dataset"])) == DATASETS.names()
+    assert hints["dataset"] is str
+    with pytest.raises(FewshotError, match=r"^unknown dataset 'imagenet'; choose one of: embeddings, folder, "):
+        validate(Config(dataset="imagenet"))
+    for name in DATASETS.names():
+        assert DATASETS.get(name).name == name
     assert get_args(hints["embedding_crop"]) == CROPS

@@ -53,6 +53,7 @@ class BatchNorm(nn.BatchNorm2d):
     def __init__(self, channels: int, transductive: bool, steps: int = 1):
         super().__init__(channels, momentum=BN_MOMENTUM)
         self.transductive = transductive
+        self.steps = steps
         if steps > 1:
             self.weight = nn.Parameter(torch.ones(steps, channels))
             self.bias = nn.Parameter(torch.zeros(steps, channels))
@@ -66,8 +67,8 @@ class BatchNorm(nn.BatchNorm2d):
         weight = self.weight if weight is None else weight
         bias = self.bias if bias is None else bias
         mean, var = (None, None) if self.transductive else (self.running_mean, self.running_var)
-        if self.running_mean.dim() == 2:  # per-step weights and statistics
-            k = min(bn_step, self.running_mean.shape[0] - 1)
+        if self.steps > 1:  # per-step weights and statistics
+            k = min(bn_step, self.steps - 1)
             weight, bias = weight[..., k, :], bias[..., k, :]
             mean, var = (mean[k], var[k]) if mean is not None else (None, None)
         return weight, bias, mean, var
@@ -120,38 +121,40 @@ class Backbone(nn.Module):
         computes it; the module is as it was afterwards. Buffers not in `params` are the
         module's own, so an inductive forward updates its running statistics.
 
-        Eagerly this swaps the tensors into their modules' slots, found once per module
-        and cached: functional_call resolves every name and checks every tensor on each
-        call, which cost a second-order MAML step on conv4 5% more CPU time than the
-        hand-written functional forward this replaces (docs/benchmarks.md, "One forward
-        per backbone"). Under torch.compile it is functional_call itself."""
+        Eagerly the tensors go into their modules' instance `__dict__`, where attribute
+        lookup finds them before nn.Module.__getattr__ (a Python call per read) looks in
+        `_parameters`; taking them out uncovers the module's own again. functional_call
+        resolves every name and checks every tensor on each call, which cost a
+        second-order MAML step on conv4 3-5% more CPU time than the hand-written
+        functional forward this replaces (docs/benchmarks.md, "One forward per
+        backbone"). Under torch.compile it is functional_call itself."""
         options["bn_training"] = bn_training
         if torch.compiler.is_compiling():
             return torch.func.functional_call(self, params, (x,), options, tie_weights=False)
-        slots = self.__dict__.get("_tensor_slots")
-        if slots is None:
-            slots = self.__dict__["_tensor_slots"] = self._find_tensor_slots()
-        saved = []
+        owners = self.__dict__.get("_tensor_owners")
+        if owners is None:
+            owners = self.__dict__["_tensor_owners"] = self._find_tensor_owners()
+        placed = []
         try:
             for name, tensor in params.items():
-                slot, attribute = slots[name]
-                saved.append((slot, attribute, slot[attribute]))
-                slot[attribute] = tensor
+                owner, attribute = owners[name]
+                owner[attribute] = tensor
+                placed.append((owner, attribute))
             return self(x, **options)
         finally:
-            for slot, attribute, tensor in saved:
-                slot[attribute] = tensor
+            for owner, attribute in placed:
+                del owner[attribute]
 
-    def _find_tensor_slots(self) -> dict:
-        """name -> (the owning module's _parameters or _buffers dict, attribute), for every
-        parameter and buffer."""
-        slots = {}
+    def _find_tensor_owners(self) -> dict:
+        """name -> (the owning module's instance __dict__, attribute), for every parameter
+        and buffer."""
+        owners = {}
         for module_name, module in self.named_modules():
             prefix = f"{module_name}." if module_name else ""
             for table in (module._parameters, module._buffers):
                 for attribute in table:
-                    slots[prefix + attribute] = (table, attribute)
-        return slots
+                    owners[prefix + attribute] = (module.__dict__, attribute)
+        return owners
 
     def features(self, params: dict, x: torch.Tensor, bn_training: bool = True) -> torch.Tensor:
         """The features before the head, with `params` (`fewshot embed`)."""

@@ -140,7 +140,7 @@ class Conv4(Backbone):
                                       .transpose(0, 1))
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
                              norm_weight.reshape(-1), norm_bias.reshape(-1), training=not use_running)
-            h = F.relu(h)
+            h = F.relu(h, inplace=True)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         if record:

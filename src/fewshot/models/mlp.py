@@ -57,5 +57,5 @@ class MLP(Backbone):
             else:
                 x = x @ weight.transpose(-1, -2) + (bias.unsqueeze(-2) if bias.dim() == 2 else bias)
             if i < last:
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)
         return x
