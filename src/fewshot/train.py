@@ -89,8 +89,8 @@ def _extended(config, out, steps):
                      f"resume changes); {schedule}")
 
 
-def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False, device: str = "cpu",
-          progress: bool = True, stop_after: int | None = None, threads: int | None = None, procs: int = 1,
+def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False,
+          device: str = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None, procs: int = 1,
           time_limit: float | None = None, steps: int | None = None) -> dict:
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `steps` (with `resume` only) extends or shortens the run to that many steps in all:

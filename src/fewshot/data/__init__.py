@@ -105,8 +105,8 @@ def load(config: Config, progress: bool = True) -> tuple[ImageDataset | None, di
     return dataset, kind(dataset.meta["dataset"]).splits(dataset, config.split)
 
 
-def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[ImageClass]] | None, split: str, seed: int,
-            query: int | None = None, dtype=None, ways: int | None = None):
+def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[ImageClass]] | None, split: str,
+            seed: int, query: int | None = None, dtype=None, ways: int | None = None):
     """The task sampler of `split`. `ways` and `query` default to the meta-training
     settings; evaluation passes its own (eval_ways, eval_query). Tasks that do not fit
     the split are refused with one line naming every setting to change and the values
@@ -126,7 +126,8 @@ def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[I
     if training:
         checks = [("train", "ways", ways, "query", query)]
         ways_key, query_key = _eval_key(config, "ways"), _eval_key(config, "query")
-        checks += [(s, ways_key, getattr(config, ways_key), query_key, getattr(config, query_key)) for s in ("val", "test") if refs[s]]
+        checks += [(s, ways_key, getattr(config, ways_key), query_key, getattr(config, query_key))
+                   for s in ("val", "test") if refs[s]]
     else:
         checks = [(split, _key(config, "ways", ways), ways, _key(config, "query", query), query)]
     check_tasks_fit(refs, config.shots, checks, training)

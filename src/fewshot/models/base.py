@@ -15,12 +15,15 @@ vmap carry them through:
                  (`fewshot summary`)
   features_only  stop before the head (LEO's embeddings, `fewshot embed`)
 
+`batched_forward` runs many tasks in one pass the same way: the tensors, with a
+leading task dimension where they are per task, stand in for the module's, and the
+backbone's `tasks_forward` reads them from its own layers. No code walks parameters
+by name.
+
 Inside `forward`, backbones run their layers with `layer.forward(x)` rather than
 `layer(x)`: nn.Module.__call__ (its hook dispatch) costs about 4 us a layer, 5% of
-a 5-image conv4 forward, which is most of what a small task's meta-step spends
-outside the kernels (docs/benchmarks.md, "One forward per backbone"). Hooks on
-the layers therefore do not fire; hooks on the backbone do. ReLUs after batch norm
-run in place (batch norm's backward needs its input, not its output).
+a 5-image conv4 forward (docs/benchmarks.md, "One forward per backbone"). Hooks on
+the layers therefore do not fire; hooks on the backbone do.
 
 Algorithms never read parameter names: `parameter_roles()` says which parameters are
 batch norm's, the head's, or the body's.
@@ -131,6 +134,15 @@ class Backbone(nn.Module):
         options["bn_training"] = bn_training
         if torch.compiler.is_compiling():
             return torch.func.functional_call(self, params, (x,), options, tie_weights=False)
+        placed = self._put(params)
+        try:
+            return self(x, **options)
+        finally:
+            self._take_out(placed)
+
+    def _put(self, params: dict) -> list:
+        """Put `params` in place of the module's tensors (see functional_forward); returns
+        what `_take_out` removes. Every name must be one of the module's."""
         owners = self.__dict__.get("_tensor_owners")
         if owners is None:
             owners = self.__dict__["_tensor_owners"] = self._find_tensor_owners()
@@ -140,10 +152,15 @@ class Backbone(nn.Module):
                 owner, attribute = owners[name]
                 owner[attribute] = tensor
                 placed.append((owner, attribute))
-            return self(x, **options)
-        finally:
-            for owner, attribute in placed:
-                del owner[attribute]
+        except BaseException:
+            self._take_out(placed)
+            raise
+        return placed
+
+    @staticmethod
+    def _take_out(placed: list) -> None:
+        for owner, attribute in placed:
+            del owner[attribute]
 
     def _find_tensor_owners(self) -> dict:
         """name -> (the owning module's instance __dict__, attribute), for every parameter
@@ -163,8 +180,28 @@ class Backbone(nn.Module):
     def batching_pays_on_cpu(self, images_per_task: int) -> bool:
         return False
 
-    def batched_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True, bn_step: int = 0):
+    def batched_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
+                        bn_step: int = 0) -> torch.Tensor:
+        """Many tasks in one pass: x is T x n x ...; a tensor of `params` with a leading
+        task dimension T is per task, one without it is shared by the tasks (ANIL's body,
+        MAML++'s batch-norm weights). Runs `tasks_forward` with `params` in place of the
+        module's tensors, as functional_forward runs `forward`; T x n x outputs."""
+        placed = self._put(params)
+        try:
+            return self.tasks_forward(x, bn_training, bn_step)
+        finally:
+            self._take_out(placed)
+
+    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
+        """The batched pass itself, reading the layers' tensors (each with or without a
+        leading task dimension); backbones that can batch tasks write it."""
         raise NotImplementedError(f"{type(self).__name__} runs tasks one at a time (can_batch_tasks is False)")
+
+    @staticmethod
+    def per_task(tensor: torch.Tensor, tasks: int, dims: int) -> torch.Tensor:
+        """`tensor` with a leading task dimension: as it is when it has one (more than
+        `dims`, the layer's own number of dimensions), else the shared one expanded."""
+        return tensor if tensor.dim() > dims else tensor.expand(tasks, *tensor.shape)
 
     def update_running_statistics(self) -> None:
         """Apply running-statistics updates that batched forwards queued (none here)."""

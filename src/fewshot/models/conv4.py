@@ -74,7 +74,7 @@ class Conv4(Backbone):
             x = block.conv.forward(x)
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
-            x = F.relu(block.norm.forward(x, bn_training, bn_step), inplace=True)
+            x = F.relu(block.norm.forward(x, bn_training, bn_step))
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
             if self.downsample == "maxpool":
@@ -96,10 +96,9 @@ class Conv4(Backbone):
         """The measured CPU rule: see CPU_BATCHING_MAX_IMAGES."""
         return images_per_task <= CPU_BATCHING_MAX_IMAGES
 
-    def batched_forward(self, params, x, bn_training=True, bn_step=0):
-        """Many tasks at once: x is T x n x C x H x W; parameters with a leading task
-        dimension T are per task, the others shared by all tasks. The tasks become the
-        groups of grouped convolutions (side by side along channels), so batch-norm
+    def tasks_forward(self, x, bn_training, bn_step):
+        """Many tasks at once (`batched_forward`): x is T x n x C x H x W. The tasks become
+        the groups of grouped convolutions (side by side along channels), so batch-norm
         statistics stay per task. Why a second form of `forward`: torch.func.vmap of
         `forward` gives the same with 4-30% more CPU time per meta-step (it splits batch
         norm's affine part into separate multiply and add kernels; docs/benchmarks.md,
@@ -112,42 +111,39 @@ class Conv4(Backbone):
         (task after task, each task's forwards in turn), so the running statistics
         end as the loop leaves them."""
         tasks, n = x.shape[:2]
-        own = dict(self.named_parameters())
-        per_task = lambda name: (params[name] if params[name].dim() > own[name].dim() else
-                                 params[name].expand(tasks, *params[name].shape))
         record = bn_training and not self.transductive
         use_running = not self.transductive and not bn_training  # batch statistics, except at test (inductive)
         statistics = []
         h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
-        for i, block in enumerate(self.blocks):
-            p = f"blocks.{i}."
-            conv = block.conv
-            weight, bias = params[p + "conv.weight"], params[p + "conv.bias"]
-            if weight.dim() == own[p + "conv.weight"].dim() and bias.dim() == 1:
+        for block in self.blocks:
+            conv, norm = block.conv, block.norm
+            weight, bias = conv.weight, conv.bias
+            if weight.dim() == 4 and bias.dim() == 1:
                 # shared by the tasks (ANIL's body): one ordinary convolution over every task's images
                 h = F.conv2d(h.reshape(n * tasks, -1, *h.shape[2:]), weight, bias, stride=conv.stride,
                              padding=conv.padding)
                 h = h.reshape(n, -1, *h.shape[2:])
             else:
-                weight = per_task(p + "conv.weight")
-                h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), per_task(p + "conv.bias").reshape(-1),
+                weight = self.per_task(weight, tasks, 4)
+                h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]), self.per_task(bias, tasks, 1).reshape(-1),
                              stride=conv.stride, padding=conv.padding, groups=tasks)
-            norm_weight, norm_bias, mean, var = block.norm.step_tensors(bn_step, per_task(p + "norm.weight"),
-                                                                        per_task(p + "norm.bias"))
+            norm_dims = 2 if norm.steps > 1 else 1  # MAML++: steps x C
+            norm_weight, norm_bias, mean, var = norm.step_tensors(
+                bn_step, self.per_task(norm.weight, tasks, norm_dims), self.per_task(norm.bias, tasks, norm_dims))
             if record:
                 with torch.no_grad():
                     statistics.append(torch.stack([h.mean((0, 2, 3)), h.var((0, 2, 3))]).view(2, tasks, -1)
                                       .transpose(0, 1))
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
                              norm_weight.reshape(-1), norm_bias.reshape(-1), training=not use_running)
-            h = F.relu(h, inplace=True)
+            h = F.relu(h)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         if record:
             self.queued_statistics.append((bn_step, statistics))  # per layer: T x 2 x C
         h = h.mean((2, 3)) if self.downsample == "stride" else h.reshape(n, tasks, -1, *h.shape[2:]).flatten(2)
         h = h.reshape(n, tasks, -1).transpose(0, 1)
-        head_weight, head_bias = per_task("head.weight"), per_task("head.bias")
+        head_weight, head_bias = self.per_task(self.head.weight, tasks, 2), self.per_task(self.head.bias, tasks, 1)
         return torch.baddbmm(head_bias.unsqueeze(1), h, head_weight.transpose(1, 2))
 
     @torch.no_grad()

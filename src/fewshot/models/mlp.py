@@ -32,7 +32,7 @@ class MLP(Backbone):
                 break
             x = layer.forward(x)
             if i < last:
-                x = F.relu(x, inplace=True)
+                x = F.relu(x)
             if trace is not None:
                 self.trace_row(trace, f"layers.{i}  linear" + ("+ReLU" if i < last else ""), x, layer)
         return x
@@ -44,18 +44,18 @@ class MLP(Backbone):
         (docs/benchmarks.md, "Making the meta-step faster: all tasks in one pass")."""
         return True
 
-    def batched_forward(self, params, x, bn_training=True, bn_step=0):
-        """Many tasks at once: x is T x n x in; parameters with a leading task dimension
-        T are per task, the others shared. A second form of `forward`, kept because
+    def tasks_forward(self, x, bn_training, bn_step):
+        """Many tasks at once (`batched_forward`): x is T x n x in. A second form of
+        `forward`, kept because
         torch.func.vmap of `forward` takes about 1.5x the CPU time per meta-step for this
         small network (docs/benchmarks.md): per task, one fused baddbmm per layer."""
         last = len(self.layers) - 1
-        for i in range(len(self.layers)):
-            weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+        for i, layer in enumerate(self.layers):
+            weight, bias = layer.weight, layer.bias
             if weight.dim() == 3 and bias.dim() == 2:  # per task (MAML): one fused call
                 x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
             else:
                 x = x @ weight.transpose(-1, -2) + (bias.unsqueeze(-2) if bias.dim() == 2 else bias)
             if i < last:
-                x = F.relu(x, inplace=True)
+                x = F.relu(x)
         return x

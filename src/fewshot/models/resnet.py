@@ -80,8 +80,8 @@ class ResNet12(_ResidualBackbone):
             for j, (conv, norm) in enumerate(zip(stage.convs, stage.norms)):
                 h = norm.forward(conv.forward(h), bn_training)
                 if j < 2:
-                    h = F.leaky_relu(h, 0.1, inplace=True)
-            x = F.max_pool2d(F.leaky_relu(h + shortcut, 0.1, inplace=True), 2)
+                    h = F.leaky_relu(h, 0.1)
+            x = F.max_pool2d(F.leaky_relu(h + shortcut, 0.1), 2)
             if trace is not None:
                 self.trace_row(trace, f"stages.{i}  3 x conv3x3-BN-LeakyReLU + shortcut, maxpool", x, stage)
         x = x.mean((2, 3))
@@ -120,13 +120,13 @@ class WideResNet(_ResidualBackbone):
         if trace is not None:
             self.trace_row(trace, "stem  conv3x3", x, self.stem)
         for i, block in enumerate(self.blocks):
-            h = F.relu(block.norm1.forward(x, bn_training), inplace=True)
+            h = F.relu(block.norm1.forward(x, bn_training))
             shortcut = block.shortcut.forward(h) if block.shortcut is not None else x
-            h = F.relu(block.norm2.forward(block.conv1.forward(h), bn_training), inplace=True)
+            h = F.relu(block.norm2.forward(block.conv1.forward(h), bn_training))
             x = shortcut + block.conv2.forward(h)
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}  BN-ReLU-conv3x3 x 2 + shortcut", x, block)
-        x = F.relu(self.norm.forward(x, bn_training), inplace=True).mean((2, 3))
+        x = F.relu(self.norm.forward(x, bn_training)).mean((2, 3))
         if trace is not None:
             self.trace_row(trace, "features  BN-ReLU, global average pool", x, self.norm)
         return x
