@@ -4,8 +4,8 @@ interleaved in one process (loop, vmap, grouped, loop, ...) so that machine nois
 hits every form alike, and the float64 meta-gradient difference to the loop.
 
   loop     the per-task loop (`batch_tasks: false`)
-  grouped  the batched pass (`batch_tasks: true`) through the model's hand-written
-           `batched_forward` (grouped convolutions for conv4, batched matmuls for the MLP)
+  grouped  the batched pass (`batch_tasks: true`) through the model's `batched_forward`
+           (its `tasks_forward`: grouped convolutions for conv4, batched matmuls for the MLP)
   vmap     the same pass with torch.func.vmap of the model's one `forward` (run with
            explicit parameters by `functional_forward`) in place of its `batched_forward`
 

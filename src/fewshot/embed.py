@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, models
+from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.kinds import SPLITS
 from .data.episodes import to_float
@@ -49,7 +50,6 @@ from .errors import FewshotError
 from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
-from .config import Config
 
 BACKBONES = ("conv4", "resnet12", "wrn28_10")
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import Config
 from ..errors import FewshotError
 from .images import ImageClass, ImageDataset, fingerprint, home, is_prepared, read_dataset, read_features
 from .kinds import DATASETS, SPLITS, DatasetKind
-from ..config import Config
 
 CACHE_VERSION = 2  # part of every cache key: raise it when an importer's output changes
 
