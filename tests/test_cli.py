@@ -76,6 +76,15 @@ def test_confidence_is_the_mean_and_1_96_population_std_over_sqrt_n():
     assert confidence([0.6] * 7) == (pytest.approx(0.6, abs=1e-15), 0.0)  # no spread, no interval
 
 
+def test_the_eval_line_names_the_protocol_in_words():
+    from fewshot.evaluate import describe
+    result = {"preset": "p", "step": 4, "split": "test", "metric": "accuracy", "mean": 0.5, "ci95": 0.25,
+              "tasks": 3, "ways": 5, "shots": 1, "query": 1, "inner_steps": 1, "inner_lr": 0.4, "by_steps": {"1": {}}}
+    assert describe(result) == ("p step 4, test split: accuracy 50.00% +- 25.00% (95% CI, 3 tasks, 5-way 1-shot, "
+                                "1 query per class, 1 inner step at lr 0.4)")
+    assert "15 queries per class, 10 inner steps" in describe({**result, "query": 15, "inner_steps": 10})
+
+
 def test_second_start_uses_the_cache(tmp_path, omniglot28, fewshot_home, capsys):
     for name in ("a", "b"):
         code, _, _ = run(capsys, "train", "omniglot-5w1s", "--data", omniglot28, "--out", tmp_path / name, *FAST)

@@ -89,10 +89,11 @@ def describe(result):
         return f"{100 * mean:.2f}% +- {100 * ci95:.2f}%" if percent else f"{mean:.4f} +- {ci95:.4f}"
 
     task = (f"{result['ways']}-way {result['shots']}-shot" if percent else f"{result['shots']}-shot")
+    queries = f"{result['query']} {'query' if result['query'] == 1 else 'queries'} per {'class' if percent else 'task'}"
+    steps = f"{result['inner_steps']} inner step{'' if result['inner_steps'] == 1 else 's'}"
     lines = [f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
-             f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, "
-             f"{result['query']} queries per {'class' if percent else 'task'}, {result['inner_steps']} inner "
-             f"steps at lr {result['inner_lr']})"]
+             f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, {queries}, "
+             f"{steps} at lr {result['inner_lr']})"]
     if len(result["by_steps"]) > 1:
         lines += [f"  after {count:>3} steps: {result['metric']} {value(r['mean'], r['ci95'])}"
                   for count, r in sorted(result["by_steps"].items(), key=lambda item: int(item[0]))]
