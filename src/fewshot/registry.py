@@ -2,10 +2,12 @@
 
 A registry knows the modules that fill it and imports them on the first lookup,
 so a package never imports its own submodules from a half-built `__init__`
-(no import cycles), and `fewshot --help` loads none of them. Adding an
-algorithm, a backbone or a dataset kind is one file that registers itself, plus
-its module name in the registry's list.
+(no import cycles), and `fewshot --help` loads none of them. The modules are
+every module of a package (algorithms, backbones: adding one is one file that
+registers itself) or a list (dataset kinds, whose package also holds the
+machinery they share).
 """
+import pkgutil
 from importlib import import_module
 from typing import Callable, Iterable, TypeVar
 
@@ -15,11 +17,13 @@ T = TypeVar("T")
 
 
 class Registry:
-    def __init__(self, kind: str, modules: Iterable[str] = ()):
+    def __init__(self, kind: str, modules: Iterable[str] = (), package: str | None = None):
         """`kind` names the entries in messages ("algorithm"); `modules` are the
-        absolute module names whose import registers the entries."""
+        absolute module names whose import registers the entries; `package`: all the
+        modules of that package."""
         self.kind = kind
         self.modules = tuple(modules)
+        self.package = package
         self.entries: dict = {}
         self.loaded = False
 
@@ -34,7 +38,12 @@ class Registry:
     def _load(self) -> None:
         if not self.loaded:
             self.loaded = True
-            for module in self.modules:
+            modules = list(self.modules)
+            if self.package:
+                path = import_module(self.package).__path__
+                modules += [f"{self.package}.{info.name}" for info in sorted(pkgutil.iter_modules(path),
+                                                                               key=lambda info: info.name)]
+            for module in modules:
                 import_module(module)
 
     def names(self) -> list[str]:

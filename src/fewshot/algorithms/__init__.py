@@ -1,8 +1,9 @@
 """Algorithms, one file each, registered by name in ALGORITHMS and built from a config.
 
-Adding an algorithm is one file that registers its class (`@ALGORITHMS.register("name")`,
-an algorithms.base.Algorithm), its module name in the list below, and a preset YAML.
-Nothing here imports torch: the registry imports the modules on its first lookup.
+Adding an algorithm is one file in this folder that registers its class
+(`@ALGORITHMS.register("name")`, an algorithms.base.Algorithm), and a preset YAML.
+Nothing here imports torch: the registry imports every module of the folder on its
+first lookup.
 """
 from typing import TYPE_CHECKING
 
@@ -12,8 +13,7 @@ if TYPE_CHECKING:
     from .base import Algorithm
     from ..config import Config
 
-ALGORITHMS = Registry("algorithm", modules=[f"fewshot.algorithms.{name}" for name in
-                                            ("maml", "anil", "metasgd", "mamlpp", "reptile", "protonet", "leo")])
+ALGORITHMS = Registry("algorithm", package="fewshot.algorithms")
 
 
 def build(config: "Config") -> "Algorithm":
