@@ -84,6 +84,16 @@ def test_a_run_folder_is_never_reused_or_shared(tmp_path, data):
         lock.release()
 
 
+def test_the_python_api_takes_a_checked_dict_and_refuses_no_config(tmp_path, data):
+    values = tiny_config(data=data, steps=1).to_dict()
+    assert train(values, tmp_path / "from-a-dict", progress=False)["step"] == 1
+    with pytest.raises(FewshotError, match="inner_lr must be a finite number"):
+        train({**values, "inner_lr": float("nan")}, tmp_path / "nan", progress=False)
+    with pytest.raises(FewshotError, match=r"^train\(\) needs a config"):
+        train(out=tmp_path / "none", progress=False)
+    assert not (tmp_path / "nan").exists() and not (tmp_path / "none").exists()
+
+
 def test_training_improves_on_real_omniglot(tmp_path, omniglot_cache):
     config = tiny_config(data=str(omniglot_cache), image_size=28, ways=5, query=3, filters=16,
                          downsample="stride", inner_lr=0.4, meta_batch=8, steps=40, val_every=40,

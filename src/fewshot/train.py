@@ -90,8 +90,8 @@ def _extended(config, out, steps):
 
 
 def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False,
-          device: str = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None, procs: int = 1,
-          time_limit: float | None = None, steps: int | None = None) -> dict:
+          device: str = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None,
+          procs: int = 1, time_limit: float | None = None, steps: int | None = None) -> dict:
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `steps` (with `resume` only) extends or shortens the run to that many steps in all:
     the one setting a resume may change (RESUME_KEYS).
@@ -114,6 +114,9 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
     if resume:
         out = prepare_run(out, resume=True)[0] if leader else Path(out)
         config, extension = _extended(read_config(out), Path(out), steps)
+    elif config is None:
+        raise FewshotError("train() needs a config (fewshot.load_preset(NAME), or a dict of keys), or resume=True "
+                           "to continue the run in `out`")
     config = validate(config)
     device_of(device)
     out = Path(out)

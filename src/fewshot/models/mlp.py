@@ -46,9 +46,9 @@ class MLP(Backbone):
 
     def tasks_forward(self, x, bn_training, bn_step):
         """Many tasks at once (`batched_forward`): x is T x n x in. A second form of
-        `forward`, kept because
-        torch.func.vmap of `forward` takes about 1.5x the CPU time per meta-step for this
-        small network (docs/benchmarks.md): per task, one fused baddbmm per layer."""
+        `forward`, kept because torch.func.vmap of `forward` takes about 1.5x the CPU
+        time per meta-step for this small network (docs/benchmarks.md): per task, one
+        fused baddbmm per layer."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             weight, bias = layer.weight, layer.bias
