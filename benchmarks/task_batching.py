@@ -63,6 +63,8 @@ def main():
     parser.add_argument("--step", type=int, default=0, help="meta-step number given to meta_gradient (schedules)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, YAML values")
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--forms", nargs="+", default=FORMS, choices=FORMS,
+                        help="the forms to time (loop always: the ratios are to it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,7 +82,7 @@ def main():
         sampler = data.sampler(config, dataset, refs, "train", config.seed)
         tasks64 = data.sampler(config, dataset, refs, "train", config.seed,
                                dtype=torch.float64).batch(0, min(args.check_tasks, config.meta_batch))
-        names = FORMS
+        names = ["loop"] + [form for form in args.forms if form != "loop"]
         reference = gradient(build(config, "loop", torch.float64), tasks64, args.step)
         diffs = {form: max((a - b).abs().max().item()
                            for a, b in zip(reference, gradient(build(config, form, torch.float64), tasks64, args.step)))
@@ -105,9 +107,10 @@ def main():
                "median_s": {f: m[0] for f, m in med.items()}, "median_cpu_s": {f: m[1] for f, m in med.items()},
                "grad_diff": diffs}
         rows.append(row)
+        shown = lambda form, text: text(form) if form in names else "-"
         print(f"| `{name}` | {row['support_images']} + {row['query_images']} | {row['meta_batch']} | "
-              f"{cell('loop')} | {cell('grouped')} | {cell('vmap')} | {ratio('grouped')} | {ratio('vmap')} | "
-              f"{diffs['grouped']:.1e}, {diffs['vmap']:.1e} |", flush=True)
+              f"{cell('loop')} | {shown('grouped', cell)} | {shown('vmap', cell)} | {shown('grouped', ratio)} | "
+              f"{shown('vmap', ratio)} | {', '.join(f'{d:.1e}' for d in diffs.values())} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,

@@ -148,27 +148,40 @@ def fake_tasks(config, device="cpu"):
 
 
 def documented_cpu_rule():
-    """The rule and the table of docs/benchmarks.md's section on the batched pass."""
+    """The rule and the tables of docs/benchmarks.md's section on the batched pass:
+    (max images at one thread, max support pixels at two or more, {threads: {preset: default}})."""
     text = (Path(__file__).parents[2] / "docs" / "benchmarks.md").read_text()
     section = text[text.index("## Making the meta-step faster: all tasks in one pass"):]
     section = section[:section.index("\n## ", 1)]
-    limit = int(re.search(r"batched when a task has at most (\d+) images", section).group(1))
-    rows = re.findall(r"^\| `([\w-]+)` \|[^\n]*\| (batched|loop) \|$", section, re.M)
-    return limit, dict(rows)
+    images = int(re.search(r"batched when a task has at most (\d+) images", section).group(1))
+    pixels = int(re.search(r"batched when a task's support set has at most (\d+) pixels", section).group(1))
+    tables = {}
+    for threads, header in ((1, "| default at 1 thread |"), (2, "| default at 2+ threads |")):
+        table = section[section.index(header):].split("\n\n")[0]
+        tables[threads] = dict(re.findall(r"^\| `([\w-]+)` \|[^\n]*\| (batched|loop) \|$", table, re.M))
+    return images, pixels, tables
 
 
-def test_the_default_on_a_cpu_is_the_documented_rule():
-    limit, table = documented_cpu_rule()
-    assert conv4.CPU_BATCHING_MAX_IMAGES == limit
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_the_default_on_a_cpu_is_the_documented_rule(threads):
+    images, pixels, tables = documented_cpu_rule()
+    assert conv4.CPU_BATCHING_MAX_IMAGES == images and conv4.CPU_BATCHING_MAX_SUPPORT_PIXELS == pixels
+    table = tables[min(threads, 2)]  # more threads than measured take the 2-thread rule
     assert len(table) >= 8
-    for preset, documented in table.items():
-        config = load_preset(preset).unchecked_replace(filters=4)
-        algorithm = algorithms.build(config)
-        assert algorithm.batches_tasks(fake_tasks(config)) == (documented == "batched"), preset
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for preset, documented in table.items():
+            config = load_preset(preset).unchecked_replace(filters=4)
+            algorithm = algorithms.build(config)
+            assert algorithm.batches_tasks(fake_tasks(config)) == (documented == "batched"), (preset, threads)
+    finally:
+        torch.set_num_threads(was)
 
 
 def test_the_default_on_cuda_is_batched_whatever_the_task_size():
     algorithm = build(None)
     big = SimpleNamespace(support_x=SimpleNamespace(device=torch.device("cuda")), images=10**6)
     assert algorithm.batching_pays([big])
-    assert not algorithm.batching_pays([SimpleNamespace(support_x=torch.zeros(1), images=10**6)])
+    on_the_cpu = torch.zeros(1, 1, 1, 1).expand(10**3, 1, 28, 28)  # a large task's shape, no memory
+    assert not algorithm.batching_pays([SimpleNamespace(support_x=on_the_cpu, images=2 * 10**3)])

@@ -121,11 +121,11 @@ class MAML(Algorithm):
     def batching_pays(self, tasks):
         """The default (`batch_tasks: null`), as measured in docs/benchmarks.md
         ("Making the meta-step faster: all tasks in one pass"): always on CUDA; on the
-        CPU where the model says its batched pass is faster for tasks of this many
-        images (support + query)."""
+        CPU where the model says its batched pass is faster for tasks of this shape at
+        this many threads."""
         if tasks[0].support_x.device.type == "cuda":
             return True
-        return self.model.batching_pays_on_cpu(tasks[0].images)
+        return self.model.batching_pays_on_cpu(tasks[0], torch.get_num_threads())
 
     def meta_gradient(self, tasks, step=0):
         """Metrics come back as 0-dim detached tensors: reading them (float()) waits for

@@ -177,7 +177,9 @@ class Backbone(nn.Module):
         """The features before the head, with `params` (`fewshot embed`)."""
         return self.functional_forward(params, x, bn_training, features_only=True)
 
-    def batching_pays_on_cpu(self, images_per_task: int) -> bool:
+    def batching_pays_on_cpu(self, task, threads: int) -> bool:
+        """Whether the batched pass is faster on the CPU for tasks like `task` with this
+        many torch threads (measured per backbone)."""
         return False
 
     def batched_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,

@@ -21,10 +21,14 @@ from ..errors import FewshotError
 from . import BACKBONES
 from .base import Backbone, BatchNorm
 
-# On the CPU the batched pass pays for tasks of at most this many images (support + query): measured
-# 1.2-1.7x faster at 10 (the 5-way 1-shot presets), slower at 40, 50, 80 and 200 (docs/benchmarks.md,
-# "Making the meta-step faster: all tasks in one pass"). On CUDA it always runs batched.
+# Where the batched pass pays on the CPU (docs/benchmarks.md, "Making the meta-step faster: all tasks
+# in one pass"; on CUDA it always runs batched). One thread: tasks of at most this many images (support +
+# query): 1.2-1.7x faster at 10 (the 5-way 1-shot presets), slower at 40, 50, 80 and 200.
 CPU_BATCHING_MAX_IMAGES = 10
+# Two or more threads: support sets of at most this many pixels (20 Omniglot images of 28 x 28): 1.1-2.8x
+# faster with 5 and 20 support images of 28 x 28, slower with 25 and 100, and with 5 or 25 of 84 x 84
+# (miniImageNet), where the per-task convolutions are already large enough to use both threads.
+CPU_BATCHING_MAX_SUPPORT_PIXELS = 20 * 28 * 28
 
 
 class Block(nn.Module):
@@ -92,9 +96,12 @@ class Conv4(Backbone):
         included (inductive batch norm), for a network with a head to adapt."""
         return self.head is not None
 
-    def batching_pays_on_cpu(self, images_per_task):
-        """The measured CPU rule: see CPU_BATCHING_MAX_IMAGES."""
-        return images_per_task <= CPU_BATCHING_MAX_IMAGES
+    def batching_pays_on_cpu(self, task, threads):
+        """The measured CPU rule: see CPU_BATCHING_MAX_IMAGES and CPU_BATCHING_MAX_SUPPORT_PIXELS."""
+        if threads >= 2:
+            support = task.support_x
+            return support.shape[0] * support.shape[-2] * support.shape[-1] <= CPU_BATCHING_MAX_SUPPORT_PIXELS
+        return task.images <= CPU_BATCHING_MAX_IMAGES
 
     def tasks_forward(self, x, bn_training, bn_step):
         """Many tasks at once (`batched_forward`): x is T x n x C x H x W. The tasks become

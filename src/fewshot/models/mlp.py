@@ -39,7 +39,7 @@ class MLP(Backbone):
 
     can_batch_tasks = True
 
-    def batching_pays_on_cpu(self, images_per_task):
+    def batching_pays_on_cpu(self, task, threads):
         """A small MLP's step is all operator-call overhead: batching always pays
         (docs/benchmarks.md, "Making the meta-step faster: all tasks in one pass")."""
         return True
