@@ -135,7 +135,8 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
                 print(extension, flush=True)
         threads = threads or config.threads or (max(1, default_threads() // procs) if procs > 1 else None)
         if procs > 1:
-            data.load(config, progress and sys.stderr.isatty())  # import once here; bad data refused before any process starts
+            # import once here: bad data is refused before any process starts
+            data.load(config, progress and sys.stderr.isatty())
             distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
                               time_limit, initial)
             state = checkpoint.load(out / "last.pt")
