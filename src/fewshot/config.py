@@ -11,11 +11,10 @@ Keys read by one algorithm, model or dataset (MAML++'s schedules, Reptile's inne
 optimizer, LEO's weights, per_step_bn, widths, ...) are refused at a non-default
 value under any other one: they would be silently ignored there.
 """
-import copy
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from types import UnionType
@@ -177,12 +176,6 @@ class Config:
     # set by fewshot, not by users: the preset a run came from
     preset: str | None = key(None, "the preset this config came from", user=False)
 
-    def __copy__(self) -> "Config":
-        return Config(**self.to_dict())
-
-    def __deepcopy__(self, memo: dict) -> "Config":
-        return Config(**copy.deepcopy(self.to_dict(), memo))
-
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in FIELDS}
 
@@ -194,7 +187,7 @@ class Config:
         """A copy with `changes`, not checked: for internal configs that no user wrote
         (e.g. `fewshot embed`'s pretraining network), whose combinations validate() would
         refuse as a user's mistake."""
-        return Config(**{**self.to_dict(), **changes})
+        return replace(self, **changes)  # dataclasses.replace
 
 
 FIELDS = tuple(f.name for f in fields(Config))
