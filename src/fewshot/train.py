@@ -332,10 +332,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
 def _load_state(state, config, out, algorithm, optimizer, schedule):
     """Restore a run's last.pt into the freshly built objects, refusing another run's checkpoint."""
     path = out / "last.pt"
-    was = state.get("config")
-    if not isinstance(was, Config):
-        raise FewshotError(f"{path} holds no config, so it is not this run's checkpoint; put the run's own "
-                           f"last.pt back, or start a new run in another folder")
+    was = state["config"]  # a Config: checkpoint.load refuses a checkpoint without one
     differ = [key for key in IDENTITY_KEYS if getattr(was, key) != getattr(config, key)]
     if differ:
         theirs = ", ".join(f"{key} {getattr(was, key)!r}" for key in differ)
