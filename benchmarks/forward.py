@@ -18,16 +18,13 @@ the hand-written one, on the same tasks.
 On a shared machine use --threads 1 and read the CPU-time columns.
 """
 import argparse
-import itertools
-import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from fewshot import algorithms, data
 from fewshot.config import apply_overrides, load_preset
+from side_by_side import gradient_differences, time_in_turns, write_json
 
 WORKLOADS = {
     "omniglot-5w1s": ("omniglot-5w1s", {}),
@@ -96,12 +93,6 @@ def build(config, form, dtype):
     return algorithm
 
 
-def gradient(algorithm, tasks):
-    algorithm.zero_grad()
-    algorithm.meta_gradient(tasks, 0)
-    return [p.grad.clone() for p in algorithm.parameters()]
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default="../shared/data/omniglot-28")
@@ -127,24 +118,9 @@ def main():
         sampler = data.sampler(config, dataset, refs, "train", config.seed)
         tasks64 = data.sampler(config, dataset, refs, "train", config.seed,
                                dtype=torch.float64).batch(0, args.check_tasks)
-        reference = gradient(build(config, FORMS[0], torch.float64), tasks64)
-        diffs = {form: max((a - b).abs().max().item()
-                           for a, b in zip(reference, gradient(build(config, form, torch.float64), tasks64)))
-                 for form in FORMS[1:]}
+        diffs = gradient_differences(build, config, FORMS, tasks64)
         built = {form: build(config, form, torch.float32) for form in FORMS}
-        wall, cpu = {form: [] for form in FORMS}, {form: [] for form in FORMS}
-        orders = itertools.cycle(itertools.permutations(FORMS))
-        for index in range(args.steps + 1):
-            tasks = sampler.batch(index, config.meta_batch)
-            for form in next(orders):
-                started, started_cpu = time.perf_counter(), time.process_time()
-                built[form].zero_grad()
-                result = built[form].meta_gradient(tasks, 0)
-                float(result["loss"])
-                if index:  # the first step of each form warms up
-                    wall[form].append(time.perf_counter() - started)
-                    cpu[form].append(time.process_time() - started_cpu)
-        med = {form: (statistics.median(wall[form]), statistics.median(cpu[form])) for form in FORMS}
+        med, tasks = time_in_turns(built, sampler, config.meta_batch, args.steps, rotate=True)
         task = tasks[0]
         row = {"workload": name, "preset": preset, "overrides": overrides, "meta_batch": config.meta_batch,
                "inner_steps": config.inner_steps, "images_per_task": task.images,
@@ -156,9 +132,7 @@ def main():
         print(f"| {name} | {config.meta_batch} | {config.inner_steps} | {task.images} | {cells} | {ratio} | "
               f"{', '.join(f'{f} {d:.1e}' for f, d in diffs.items())} |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
-                       "rows": rows}, f, indent=1)
+        write_json(args.json, args.steps, rows)
 
 
 if __name__ == "__main__":

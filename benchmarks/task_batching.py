@@ -15,14 +15,12 @@ On a shared machine use --threads 1 (OpenMP threads of two processes spinning
 against each other distort every figure) and read the CPU-time columns.
 """
 import argparse
-import json
-import statistics
-import time
 
 import torch
 
 from fewshot import algorithms, data
 from fewshot.config import apply_overrides, load_preset
+from side_by_side import gradient_differences, time_in_turns, write_json
 
 PRESETS = ["omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s-pytorch",
            "fomaml-omniglot-5w1s", "anil-omniglot-5w1s", "metasgd-omniglot-5w1s", "mamlpp-omniglot-5w1s",
@@ -45,12 +43,6 @@ def build(config, form, dtype):
 
 
 FORMS = ["loop", "grouped", "vmap"]
-
-
-def gradient(algorithm, tasks, step):
-    algorithm.zero_grad()
-    algorithm.meta_gradient(tasks, step)
-    return [p.grad.clone() for p in algorithm.parameters()]
 
 
 def main():
@@ -83,23 +75,9 @@ def main():
         tasks64 = data.sampler(config, dataset, refs, "train", config.seed,
                                dtype=torch.float64).batch(0, min(args.check_tasks, config.meta_batch))
         names = ["loop"] + [form for form in args.forms if form != "loop"]
-        reference = gradient(build(config, "loop", torch.float64), tasks64, args.step)
-        diffs = {form: max((a - b).abs().max().item()
-                           for a, b in zip(reference, gradient(build(config, form, torch.float64), tasks64, args.step)))
-                 for form in names[1:]}
+        diffs = gradient_differences(build, config, names, tasks64, args.step)
         built = {form: build(config, form, torch.float32) for form in names}
-        wall, cpu = {form: [] for form in names}, {form: [] for form in names}
-        for index in range(args.steps + 1):
-            tasks = sampler.batch(index, config.meta_batch)
-            for form in names:
-                started, started_cpu = time.perf_counter(), time.process_time()
-                built[form].zero_grad()
-                result = built[form].meta_gradient(tasks, args.step)
-                float(result["loss"])  # wait for the step
-                if index:  # the first step of each form warms up
-                    wall[form].append(time.perf_counter() - started)
-                    cpu[form].append(time.process_time() - started_cpu)
-        med = {form: (statistics.median(wall[form]), statistics.median(cpu[form])) for form in names}
+        med, tasks = time_in_turns(built, sampler, config.meta_batch, args.steps, args.step)
         cell = lambda form: f"{med[form][0]:.3f} ({med[form][1]:.3f})"
         ratio = lambda form: f"{med['loop'][0] / med[form][0]:.2f}x ({med['loop'][1] / med[form][1]:.2f}x)"
         row = {"preset": name, "support_images": len(tasks[0].support_x), "query_images": len(tasks[0].query_x),
@@ -112,9 +90,7 @@ def main():
               f"{cell('loop')} | {shown('grouped', cell)} | {shown('vmap', cell)} | {shown('grouped', ratio)} | "
               f"{shown('vmap', ratio)} | {', '.join(f'{d:.1e}' for d in diffs.values())} |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
-                       "rows": rows}, f, indent=1)
+        write_json(args.json, args.steps, rows)
 
 
 if __name__ == "__main__":
