@@ -19,12 +19,17 @@ def score(run):
     return result["mean"], result["scores"]
 
 
-def test_a_run_on_a_dataset_named_under_fewshot_home_evaluates_with_another_fewshot_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path / "home-a"))
-    tagged_dataset(tmp_path / "home-a" / "mine", classes=80)
+def run_on_a_named_dataset(tmp_path, monkeypatch, home):
+    """A 2-step run on dataset "mine" under FEWSHOT_HOME=tmp_path/home: (run folder, its score)."""
+    monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path / home))
+    tagged_dataset(tmp_path / home / "mine", classes=80)
     run = tmp_path / "run"
     train(tiny_config(data="mine", steps=2), run, progress=False)
-    there = score(run)
+    return run, score(run)
+
+
+def test_a_run_on_a_dataset_named_under_fewshot_home_evaluates_with_another_fewshot_home(tmp_path, monkeypatch):
+    run, there = run_on_a_named_dataset(tmp_path, monkeypatch, "home-a")
     location = checkpoint.load(run / "best.pt")["data_location"]
     assert location == {"data": "mine", "path": str((tmp_path / "home-a" / "mine").resolve()),
                         "fewshot_home": str(tmp_path / "home-a")}
@@ -52,11 +57,7 @@ def test_a_run_on_a_relative_data_path_evaluates_from_another_folder(tmp_path, m
 
 def test_the_config_names_data_first_where_it_still_resolves(tmp_path, monkeypatch):
     # the run's own `data` wins where it names something from here: a copy moved into place is used
-    monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path / "home"))
-    tagged_dataset(tmp_path / "home" / "mine", classes=80)
-    run = tmp_path / "run"
-    train(tiny_config(data="mine", steps=2), run, progress=False)
-    there = score(run)
+    run, there = run_on_a_named_dataset(tmp_path, monkeypatch, "home")
     monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path / "other"))
     shutil.move(tmp_path / "home", tmp_path / "other")
     assert score(run) == there
