@@ -24,7 +24,7 @@ from . import checkpoint
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .errors import FewshotError
-from .evaluate import confidence, load_algorithm
+from .evaluate import load_algorithm
 
 
 class Learner:
@@ -155,27 +155,3 @@ def query_files(queries):
 def load(target: str | Path, device: str | torch.device = "cpu") -> Learner:
     """A checkpoint file or run folder -> a Learner."""
     return Learner(checkpoint.load(target), device)
-
-
-def evaluate_predict(target, tasks: int | None = None, split: str = "test", transductive: bool = False,
-                     seed: int | None = None, device: str = "cpu") -> dict:
-    """The score of `predict`'s answers on the fixed, seeded tasks `fewshot eval` draws:
-    each task's support set adapted as Learner.adapt does, its query set given in one
-    call. With `transductive=True` this is `fewshot eval`'s protocol and figure.
-    Returns {"mean", "ci95", "tasks", "transductive"}."""
-    from . import data
-    from .config import eval_query, eval_ways
-    state = checkpoint.load(target)
-    config = state["config"]
-    dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
-                           query=eval_query(config), ways=eval_ways(config))
-    learner = Learner(state, device)
-    count = config.eval_tasks if tasks is None else tasks
-    scores = []
-    for index in range(count):
-        task = sampler.batch(index, 1)[0].to(learner.device)
-        adapted = learner.adapt(task.support_x, task.support_y)
-        scores.append(learner.algorithm.family.metric(adapted.outputs(task.query_x, transductive), task.query_y))
-    mean, ci95 = confidence(scores)
-    return {"mean": mean, "ci95": ci95, "tasks": count, "transductive": transductive}
