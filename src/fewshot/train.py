@@ -404,11 +404,6 @@ def _reached(family, best, target):
     return target is not None and best is not None and (best >= target if family.higher_is_better else best <= target)
 
 
-def _mean(rows, key):
-    """The mean over the steps with a finite value (LEO skips non-finite meta-batches)."""
-    return _finite_mean(_host([r[key] for r in rows]))
-
-
 def _finite_mean(values):
     values = [v for v in values if math.isfinite(v)]
     return sum(values) / len(values) if values else float("nan")
