@@ -27,7 +27,8 @@ from . import algorithms, checkpoint, data, distributed, precision
 from .compiled import compile_step
 from .config import Config, dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
-from .errors import FewshotError
+from .device import choose_device, set_threads
+from .errors import FewshotError, whole_number
 from .evaluate import evaluate
 from .files import write_text
 from .loop import Loop, on_terminal
@@ -43,20 +44,7 @@ IDENTITY_KEYS = ("preset", "algorithm", "model", "dataset")
 # the settings `train(out=RUN, resume=True, ...)` may change: the length of the schedule
 RESUME_KEYS = ("steps",)
 
-__all__ = ["train", "initial_weights", "device_of", "default_threads", "RESUME_KEYS"]
-
-
-def device_of(name):
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise FewshotError(f"unknown --device {name!r}; use cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FewshotError(f"--device {name} asked for, but this PyTorch sees no CUDA device; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise FewshotError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices "
-                           f"(cuda:0 ...); choose one of them")
-    return device
+__all__ = ["train", "initial_weights", "default_threads", "RESUME_KEYS"]
 
 
 def default_threads():
@@ -73,8 +61,6 @@ def _extended(config, out, steps):
     refuses a length the run has already passed."""
     if steps is None or steps == config.steps:
         return config, None
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise FewshotError(f"--steps must be a whole number >= 1, got {steps!r}")
     done = 0
     if (out / "last.pt").exists():
         done = checkpoint.load(out / "last.pt").get("step", 0)
@@ -90,25 +76,28 @@ def _extended(config, out, steps):
 
 
 def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False,
-          device: str = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None,
-          procs: int = 1, time_limit: float | None = None, steps: int | None = None) -> dict:
+          device: str | None = "cpu", progress: bool = True, stop_after: int | None = None,
+          threads: int | None = None, procs: int = 1, time_limit: float | None = None, steps: int | None = None) -> dict:
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `steps` (with `resume` only) extends or shortens the run to that many steps in all:
     the one setting a resume may change (RESUME_KEYS).
     `procs` > 1 splits each meta-batch across that many local processes.
     `threads` overrides the config's torch thread count (per process).
+    `device`: cpu, cuda, cuda:N or mps; None, the best device present (device.choose_device).
     `time_limit` (seconds) stops the run cleanly, resumable, once that much time has passed.
     `stop_after` ends the run after that step as an interruption would (for tests).
     Returns {"out", "step", "best", "stopped", "reason", "signal", "algorithm"}: "reason"
     says why a run ended early ("signal", "time_limit", "target", "stop_after"), and
     "signal" is the number of the signal that stopped it (the CLI exits 128 + it)."""
-    if not isinstance(procs, int) or procs < 1:
-        raise FewshotError(f"--procs must be a whole number >= 1, got {procs}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise FewshotError(f"--threads must be a whole number >= 1, got {threads}")
+    whole_number(procs, 1, "--procs")
+    if threads is not None:
+        whole_number(threads, 1, "--threads")
     if steps is not None and not resume:
         raise FewshotError("--steps goes with --resume (it extends a run); a new run takes its length from "
                            "the config: --set steps=N")
+    if steps is not None:
+        whole_number(steps, 1, "--steps")
+    device = str(choose_device(device)[0])  # checked before any folder exists; processes get the name
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
     created, extension = None, None
     if resume:
@@ -118,7 +107,6 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
         raise FewshotError("train() needs a config (fewshot.load_preset(NAME), or a dict of keys), or resume=True "
                            "to continue the run in `out`")
     config = validate(config)
-    device_of(device)
     out = Path(out)
     # loaded (and a checkpoint that does not fit refused) before the run folder exists; a resumed
     # run that was killed before its first checkpoint starts from the same --init weights again
@@ -161,9 +149,8 @@ def _trained(out):
 
 
 def _train_process(config, out, resume, device, progress, stop_after, threads, time_limit=None, initial=None):
-    if threads:
-        torch.set_num_threads(threads)
-    device = device_of(device)
+    set_threads(threads)
+    device = choose_device(device)[0]
     distributed.init_from_env(device)
     rank, size = distributed.world()
     if device.type == "cuda" and size > 1:
@@ -362,7 +349,8 @@ def _host(values):
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     if not tensors:
         return [float(v) for v in values]
-    read = iter(torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist())
+    exact = torch.float32 if tensors[0].device.type == "mps" else torch.float64  # MPS has no float64
+    read = iter(torch.stack([t.detach().reshape(()).to(exact) for t in tensors]).tolist())
     return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
