@@ -268,8 +268,7 @@ def test_without_cuda_mps_is_chosen_where_it_runs_a_meta_step_else_the_cpu(monke
     from fewshot import device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    chosen, line = device.choose_device()
-    assert chosen == torch.device("cpu") and "sees no CUDA or MPS device" in line
+    assert device.choose_device() == (torch.device("cpu"), None)  # a CPU machine: nothing to say
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     monkeypatch.setattr(device, "mps_runs_meta_steps", lambda: None)
     chosen, line = device.choose_device()

@@ -289,7 +289,7 @@ def cmd_predict(args):
                          indent=1))
     else:
         print("\n".join(prediction_lines(rows)))
-        if line and device != "cpu":  # stdout is the table; an accelerator chosen is said beside it
+        if line:  # stdout is the table: the device chosen is said beside it
             print(line, file=sys.stderr)
     if args.csv:
         import csv

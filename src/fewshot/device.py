@@ -18,7 +18,8 @@ DEVICES = "cpu, cuda, cuda:N or mps"  # the accepted names, as help and refusals
 def choose_device(name: str | None = None) -> tuple[torch.device, str | None]:
     """The torch device for `name` (cpu, cuda, cuda:N, mps), refused in one line where this
     machine has no such device; with `name` None, the best device present. Returns it with
-    the line that says which was chosen and why (None when `name` chose it)."""
+    the line that says which was chosen and why: None when `name` chose it, or when the CPU
+    is all this PyTorch sees (a CPU machine's output stays as it was)."""
     if name is not None:
         return _checked(name), None
     if torch.cuda.is_available():
@@ -31,7 +32,7 @@ def choose_device(name: str | None = None) -> tuple[torch.device, str | None]:
             return torch.device("mps"), "device: mps (Apple GPU), the best present; --device cpu runs on the CPU"
         return torch.device("cpu"), (f"device: cpu; MPS is present, but this PyTorch cannot run a meta-step's "
                                      f"operations there ({failure}); a newer PyTorch may")
-    return torch.device("cpu"), "device: cpu (this PyTorch sees no CUDA or MPS device; --device chooses one)"
+    return torch.device("cpu"), None  # nothing else here: nothing to say
 
 
 def _checked(name):
