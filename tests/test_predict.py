@@ -203,8 +203,8 @@ def test_python_api_gives_the_clis_probabilities(run_dir, sample, capsys):
     from_tensors = learner.adapt(support, labels)
     assert from_tensors.classes == ["0", "1", "2", "3", "4"]
     torch.testing.assert_close(from_tensors.predict(x), expected, rtol=0, atol=1e-6)
-    # --steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
-    _, zero = predict_json(capsys, run_dir, sample, "--steps", "0")
+    # --inner-steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
+    _, zero = predict_json(capsys, run_dir, sample, "--inner-steps", "0")
     without = torch.tensor([list(p["probabilities"].values()) for p in zero["predictions"]])
     torch.testing.assert_close(learner.adapt(sample[0], steps=0).predict(x), without, rtol=0, atol=1e-6)
     assert (without - expected).abs().max() > 1e-3
@@ -470,8 +470,8 @@ def test_csv_naming_a_folder_gets_one_line(run_dir, sample, tmp_path, capsys):
 
 
 def test_negative_steps_get_one_line(run_dir, sample, capsys):
-    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--steps", "-2")
-    assert code == 2 and "--steps" in one_error_line(err)
+    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--inner-steps", "-2")
+    assert code == 2 and "--inner-steps must be at least 0, got -2" in one_error_line(err)
 
 
 @pytest.mark.parametrize("algorithm,overrides", [
