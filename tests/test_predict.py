@@ -510,3 +510,30 @@ def test_the_cli_transductive_flag_gives_the_apis_transductive_answers(run_dir, 
     torch.testing.assert_close(printed, adapted.predict(x, transductive=True), rtol=0, atol=1e-6)
     _, default = predict_json(capsys, run_dir, sample)
     assert (printed - torch.tensor([list(p["probabilities"].values()) for p in default["predictions"]])).abs().max() > 1e-3
+
+
+def fresh_learner(**overrides):
+    """A Learner on a freshly built checkpoint (no shared data), and a 3-way support set."""
+    from fewshot import algorithms
+    from fewshot.predict import Learner
+    from helpers import tiny_config
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    state = {"config": config, "algorithm": algorithms.build(config).state_dict(), "step": 0, "preprocessing": None}
+    generator = torch.Generator().manual_seed(1)
+    return Learner(state), torch.rand(3, 1, 16, 16, generator=generator), torch.arange(3)
+
+
+def test_inner_steps_asked_of_a_learner_are_checked_as_a_presets():
+    """`predict --steps` and `fewshot.load(...).adapt(steps=...)`: what eval_inner_steps may
+    not be in a preset, they may not ask (config.meta_test)."""
+    learner, support, labels = fresh_learner(algorithm="mamlpp", per_step_bn=True, inner_steps=2, eval_inner_steps=2)
+    learner.adapt(support, labels, steps=2)
+    with pytest.raises(fewshot.FewshotError, match=r"eval_inner_steps \(3\) > inner_steps \(2\) would adapt with "
+                                                   r"untrained ones; ask this run for at most 2 inner steps$"):
+        learner.adapt(support, labels, steps=3)
+    learner, support, labels = fresh_learner(algorithm="protonet", head=False, inner_steps=5, inner_lr=0.4,
+                                             eval_inner_steps=10)
+    learner.adapt(support, labels)
+    with pytest.raises(fewshot.FewshotError, match="eval_inner_steps: 1 would be ignored"):
+        learner.adapt(support, labels, steps=1)

@@ -422,8 +422,8 @@ def parser():
     s = _command(sub, "embed", cmd_embed, "pretrain a backbone on the meta-train classes, write LEO embedding files",
                  shared=["data", "set", "device", "threads", "no-progress"])
     s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
-    s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
-                   help="network to pretrain (default: the preset's conv4)")
+    s.add_argument("--backbone", help="network to pretrain: a backbone with a head and batch norm, one that "
+                   "reads them in `fewshot presets --keys` (default: the preset's conv4)")
     s.add_argument("--out", help="folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
     s.add_argument("--steps", type=int, default=2000, help="pretraining steps (default 2000)")
     s.add_argument("--batch-size", type=int, default=64, help="pretraining batch size (default 64)")

@@ -51,7 +51,9 @@ from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
 
-BACKBONES = ("conv4", "resnet12", "wrn28_10")
+# the keys the pretraining network sets (a head over all classes, inductive batch norm): a backbone
+# that reads them (models.BACKBONES, their `reads`) can be pretrained
+PRETRAINING_KEYS = frozenset({"head", "batch_norm"})
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
 
@@ -102,6 +104,11 @@ def _pixels(dataset, rows, rotations):
     return pixels
 
 
+def pretrainable() -> list[str]:
+    """The backbones `fewshot embed` can pretrain."""
+    return [name for name in models.BACKBONES.names() if PRETRAINING_KEYS <= models.BACKBONES.get(name).reads]
+
+
 def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, device="cpu", progress=True,
           stop_after=None, crops=CROPS):
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
@@ -112,8 +119,8 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
     if data.kind(config.dataset).generated or data.kind(config.dataset).features:
         raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config.dataset!r}")
-    if config.model not in BACKBONES:
-        raise FewshotError(f"fewshot embed pretrains one of {', '.join(BACKBONES)}; the preset's model is "
+    if config.model not in pretrainable():
+        raise FewshotError(f"fewshot embed pretrains one of {', '.join(pretrainable())}; the preset's model is "
                            f"{config.model!r} (choose one with --backbone)")
     out = Path(out)
     check_out(out)

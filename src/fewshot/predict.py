@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .config import meta_test
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .errors import FewshotError
@@ -57,6 +58,8 @@ class Learner:
         if classes is not None and not getattr(self.algorithm, "any_number_of_classes", False) and len(classes) != ways:
             raise FewshotError(f"the support set has {len(classes)} classes, but this checkpoint's model is "
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
+        if steps is not None:  # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates)
+            meta_test(self.config, eval_inner_steps=steps)
         adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
 
@@ -89,7 +92,7 @@ class Adapted:
         x = x.to(self.learner.device)
         if transductive or not depends_on_the_batch(algorithm):
             return algorithm.predict(self.state, x)
-        if puts_support_in_the_batch(algorithm):  # its own batch is already the support set plus x
+        if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
             return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
         return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
                           for i in range(len(x))])
@@ -121,14 +124,7 @@ def depends_on_the_batch(algorithm) -> bool:
     """Whether the algorithm's outputs for one input depend on the other inputs of its
     batch: a network with batch norm on batch statistics at test (`batch_norm:
     transductive`), unless the algorithm already classifies each input on its own."""
-    if algorithm.model.batch_norm_mode != "transductive":
-        return False
-    return not (algorithm.config.algorithm == "reptile" and algorithm.config.reptile_eval == "non_transductive")
-
-
-def puts_support_in_the_batch(algorithm) -> bool:
-    """ProtoNets embed the support and query images in one batch already."""
-    return algorithm.config.algorithm == "protonet"
+    return algorithm.model.batch_norm_mode == "transductive" and not algorithm.predicts_each_input_alone
 
 
 def printable(name: str) -> str:

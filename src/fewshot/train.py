@@ -211,7 +211,7 @@ def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, ti
     per_s = "points_per_s" if isinstance(algorithm.family, Regression) else "images_per_s"
     # LEO's reference replaces a non-finite meta-batch's gradient by an L2-only one and
     # counts the step (nonfinite_steps); for every other algorithm a non-finite loss ends the run
-    allow_nonfinite = config.algorithm == "leo"
+    allow_nonfinite = algorithm.skips_nonfinite_steps
     total, meta_batch = config.steps, config.meta_batch
     log_every, val_every, save_every = config.log_every, config.val_every, config.save_every
     window, checked = [], 0  # window: (step, result) since the last log row; checked: its finite prefix

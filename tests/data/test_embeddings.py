@@ -284,3 +284,12 @@ def test_non_finite_embeddings_are_refused_when_read_and_never_written(tmp_path,
                                            r"values \(first row 7\)"):
         emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
     assert not is_prepared(tmp_path / "cache")
+
+
+def test_embed_pretrains_only_backbones_that_read_the_head_and_batch_norm_it_sets(tmp_path):
+    from fewshot.embed import embed, pretrainable
+    assert pretrainable() == ["conv4", "resnet12", "wrn28_10"]  # their `reads`, not a list in embed.py
+    with pytest.raises(FewshotError, match=r"^fewshot embed pretrains one of conv4, resnet12, wrn28_10; the preset's "
+                                           r"model is 'mlp' \(choose one with --backbone\)$"):
+        embed(embed_config(str(tmp_path / "images")).unchecked_replace(model="mlp"), tmp_path / "out", steps=1)
+    assert not (tmp_path / "out").exists()
