@@ -1,10 +1,11 @@
 """`fewshot eval` (evaluate.evaluate_checkpoint): the inner steps asked of a run are checked
-as a preset's are."""
+as a preset's are, and a run is evaluated in the arithmetic it was validated in."""
 import pytest
 import torch
 
-from fewshot import algorithms, checkpoint, evaluate
+from fewshot import algorithms, checkpoint, evaluate, precision
 from fewshot.errors import FewshotError
+from fewshot.train import train
 
 from helpers import tagged_dataset, tiny_config
 
@@ -44,3 +45,44 @@ def test_protonet_runs_take_no_inner_steps_and_are_asked_for_none(tmp_path, data
         with pytest.raises(FewshotError, match="would be ignored: only algorithms anil, leo, maml, mamlpp, metasgd, "
                                                "reptile read it, and this algorithm is protonet"):
             evaluate.evaluate_checkpoint(run, tasks=2, progress=False, **asked)
+
+
+def flags():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def arithmetic_seen(monkeypatch):
+    """The TF32 flags and whether autocast is on, each time MAML predicts (validation and
+    evaluation), with configure() setting the flags as on CUDA: the CPU has no TF32, so
+    there it sets none, and this shows which arithmetic each command asks for."""
+    from fewshot.algorithms.maml import MAML
+    seen = []
+    real_predict, real_configure = MAML.predict, precision.configure
+
+    def spying_predict(self, adapted, x):
+        seen.append((*flags(), torch.is_autocast_enabled("cpu")))
+        return real_predict(self, adapted, x)
+
+    def as_on_cuda(value, device):
+        real_configure(value, torch.device("cuda"))
+
+    monkeypatch.setattr(MAML, "predict", spying_predict)
+    monkeypatch.setattr(precision, "configure", as_on_cuda)
+    saved = flags()
+    yield seen
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("value,arithmetic", [("fp32", (False, False, False)), ("tf32", (True, True, False)),
+                                              ("bf16", (False, False, False))])
+def test_eval_runs_in_the_arithmetic_the_run_validated_in(tmp_path, data, arithmetic_seen, value, arithmetic):
+    """Validation runs between meta-steps under precision.configure's flags and outside
+    autocast; `fewshot eval` runs the same way, and leaves the flags as it found them."""
+    train(tiny_config(data=data, steps=2, val_every=2, precision=value), tmp_path / "run", progress=False)
+    validation = set(arithmetic_seen)
+    arithmetic_seen.clear()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before = (value != "tf32",) * 2
+    evaluate.evaluate_checkpoint(tmp_path / "run", tasks=2, progress=False)
+    assert validation == set(arithmetic_seen) == {arithmetic}
+    assert flags() == before  # a library call: the caller's process is left as it was

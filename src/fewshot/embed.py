@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, models
+from . import checkpoint, data, models, precision
 from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.kinds import SPLITS
@@ -113,7 +113,13 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
           stop_after=None, crops=CROPS):
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
     files under `out` for each of `crops` (multiview costs six forward passes per image);
-    returns {"out", "dim", "steps", "files"}."""
+    returns {"out", "dim", "steps", "files"}. In `config`'s precision, as `fewshot train`:
+    its flags throughout (restored after), a pretraining step's forward under its autocast."""
+    with precision.configured(config.precision, device):
+        return _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops)
+
+
+def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops):
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
@@ -173,8 +179,9 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
                                                                                   replace=len(rows) < batch_size))
         x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
         y = torch.from_numpy(labels[pick]).long().to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with precision.autocast(config.precision, device):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         with loop.signals:  # the weights and the step number change together

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import algorithms, checkpoint, data
+from . import algorithms, checkpoint, data, precision
 from .config import Config, eval_query, eval_ways, meta_test
 from .data.kinds import SPLITS
 from .errors import FewshotError
@@ -80,8 +80,9 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     if n_tasks < 1:
         raise FewshotError(f"--tasks must be at least 1, got {n_tasks}")
     at_steps = config.eval_at_steps or () if at_steps is None else at_steps
-    result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
-                      at_steps=at_steps)
+    with precision.configured(config.precision, device):  # the arithmetic the run validated in
+        result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
+                          at_steps=at_steps)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
         "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,

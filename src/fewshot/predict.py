@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, precision
 from .config import meta_test
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
@@ -60,8 +60,13 @@ class Learner:
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
         if steps is not None:  # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates)
             meta_test(self.config, eval_inner_steps=steps)
-        adapted = self.algorithm.adapt(support, labels, steps, lr)
+        with self.arithmetic():
+            adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
+
+    def arithmetic(self):
+        """The run's precision, as its validation ran (precision.configured)."""
+        return precision.configured(self.config.precision, self.device)
 
     def read_support(self, folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         folder = Path(folder)
@@ -90,12 +95,13 @@ class Adapted:
         see the module docstring for `transductive`."""
         algorithm = self.learner.algorithm
         x = x.to(self.learner.device)
-        if transductive or not depends_on_the_batch(algorithm):
-            return algorithm.predict(self.state, x)
-        if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
-            return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
-        return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
-                          for i in range(len(x))])
+        with self.learner.arithmetic():
+            if transductive or not depends_on_the_batch(algorithm):
+                return algorithm.predict(self.state, x)
+            if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
+                return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
+            return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
+                              for i in range(len(x))])
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),
