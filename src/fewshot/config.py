@@ -134,6 +134,8 @@ class Config:
     inner_optimizer: Literal["sgd", "adam"] = key("sgd", "the inner loop's optimizer", read_by=("algorithm",))
     inner_batch: int | None = key(None, "inner mini-batch size (null: the whole task)", low=1,
                                   read_by=("algorithm",))
+    eval_inner_batch: int | None = key(None, "inner mini-batch size at meta-test (null: inner_batch; the "
+                                             "reference's --eval-batch)", low=1, read_by=("algorithm",))
     reptile_eval: Literal["transductive", "non_transductive"] = key(
         "transductive", "test-time batch norm over all queries | one query at a time", read_by=("algorithm",))
     num_latents: int = key(64, "dimension of the latent code z", low=1, read_by=("algorithm",))
