@@ -423,8 +423,8 @@ def parser():
     s = _command(sub, "embed", cmd_embed, "pretrain a backbone on the meta-train classes, write LEO embedding files",
                  shared=["--data", "--set", "--device", "--threads", "--no-progress"])
     s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
-    s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
-                   help="network to pretrain (default: the preset's conv4)")
+    s.add_argument("--backbone", help="network to pretrain: a backbone with a head and batch norm, one that "
+                   "reads them in `fewshot presets --keys` (default: the preset's conv4)")
     _shared(s, "--out", ": the folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
     s.add_argument("--pretrain-steps", type=int, default=2000, metavar="N",
                    help="supervised pretraining steps (default 2000)")

@@ -93,6 +93,9 @@ class Backbone(nn.Module):
 
     # Whether `batched_forward` runs many tasks in one pass exactly as each task's own forward
     can_batch_tasks = False
+    # the config keys read_by the model (config.Config) that this backbone reads: set away from
+    # their defaults under a backbone that does not list them, they are refused (or not: refuse_ignored)
+    reads: frozenset[str] = frozenset()
 
     def parameter_roles(self) -> dict[str, Role]:
         """Every parameter's role, by name: "batch_norm" (a batch-norm layer's weight or

@@ -39,6 +39,8 @@ class Block(nn.Module):
 
 @BACKBONES.register("conv4")
 class Conv4(Backbone):
+    reads = frozenset({"filters", "downsample", "batch_norm", "head", "per_step_bn"})
+
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
                  batch_norm="transductive", bn_steps=1):
         super().__init__()
