@@ -123,3 +123,25 @@ def test_an_unknown_precision_is_refused_in_one_line():
         with pytest.raises(FewshotError, match="precision must be one of"):
             function("fp16", CPU)
     validate(tiny_config(precision="bf16"))  # the known values pass
+
+
+@pytest.mark.parametrize("value,inside", [("tf32", (True, True)), ("fp32", (False, False)), ("bf16", (False, False))])
+def test_configured_sets_the_flags_for_a_block_and_puts_the_callers_back(value, inside):
+    """What eval, predict and embed run in: a library call leaves a Python caller's flags as
+    they were, also when the block fails."""
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    saved = flags()
+    try:
+        for before in ((True, False), (False, True)):
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+            with precision.configured(value, torch.device("cuda")):
+                assert flags() == inside and not torch.is_autocast_enabled("cpu")
+            assert flags() == before
+            with pytest.raises(KeyboardInterrupt):
+                with precision.configured(value, torch.device("cuda")):
+                    raise KeyboardInterrupt
+            assert flags() == before
+            with precision.configured(value, CPU):  # the CPU has no TF32: nothing is set
+                assert flags() == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -203,8 +203,8 @@ def test_python_api_gives_the_clis_probabilities(run_dir, sample, capsys):
     from_tensors = learner.adapt(support, labels)
     assert from_tensors.classes == ["0", "1", "2", "3", "4"]
     torch.testing.assert_close(from_tensors.predict(x), expected, rtol=0, atol=1e-6)
-    # --steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
-    _, zero = predict_json(capsys, run_dir, sample, "--steps", "0")
+    # --inner-steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
+    _, zero = predict_json(capsys, run_dir, sample, "--inner-steps", "0")
     without = torch.tensor([list(p["probabilities"].values()) for p in zero["predictions"]])
     torch.testing.assert_close(learner.adapt(sample[0], steps=0).predict(x), without, rtol=0, atol=1e-6)
     assert (without - expected).abs().max() > 1e-3
@@ -470,8 +470,8 @@ def test_csv_naming_a_folder_gets_one_line(run_dir, sample, tmp_path, capsys):
 
 
 def test_negative_steps_get_one_line(run_dir, sample, capsys):
-    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--steps", "-2")
-    assert code == 2 and "--steps" in one_error_line(err)
+    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--inner-steps", "-2")
+    assert code == 2 and "--inner-steps must be at least 0, got -2" in one_error_line(err)
 
 
 @pytest.mark.parametrize("algorithm,overrides", [
@@ -520,3 +520,62 @@ def test_the_cli_transductive_flag_gives_the_apis_transductive_answers(run_dir, 
     torch.testing.assert_close(printed, adapted.predict(x, transductive=True), rtol=0, atol=1e-6)
     _, default = predict_json(capsys, run_dir, sample)
     assert (printed - torch.tensor([list(p["probabilities"].values()) for p in default["predictions"]])).abs().max() > 1e-3
+
+
+def fresh_learner(**overrides):
+    """A Learner on a freshly built checkpoint (no shared data), and a 3-way support set."""
+    from fewshot import algorithms
+    from fewshot.predict import Learner
+    from helpers import tiny_config
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    state = {"config": config, "algorithm": algorithms.build(config).state_dict(), "step": 0, "preprocessing": None}
+    generator = torch.Generator().manual_seed(1)
+    return Learner(state), torch.rand(3, 1, 16, 16, generator=generator), torch.arange(3)
+
+
+def test_inner_steps_asked_of_a_learner_are_checked_as_a_presets():
+    """`predict --steps` and `fewshot.load(...).adapt(steps=...)`: what eval_inner_steps may
+    not be in a preset, they may not ask (config.meta_test)."""
+    learner, support, labels = fresh_learner(algorithm="mamlpp", per_step_bn=True, inner_steps=2, eval_inner_steps=2)
+    learner.adapt(support, labels, steps=2)
+    with pytest.raises(fewshot.FewshotError, match=r"eval_inner_steps \(3\) > inner_steps \(2\) would adapt with "
+                                                   r"untrained ones; ask this run for at most 2 inner steps$"):
+        learner.adapt(support, labels, steps=3)
+    learner, support, labels = fresh_learner(algorithm="protonet", head=False, inner_steps=5, inner_lr=0.4,
+                                             eval_inner_steps=10)
+    learner.adapt(support, labels)
+    with pytest.raises(fewshot.FewshotError, match="eval_inner_steps: 1 would be ignored"):
+        learner.adapt(support, labels, steps=1)
+
+
+@pytest.mark.parametrize("value,tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_a_learner_adapts_and_predicts_in_the_runs_precision(monkeypatch, value, tf32):
+    """As `fewshot eval` and the run's validation: precision.configure's flags (set here as
+    on CUDA, the CPU having no TF32), no autocast, and the caller's flags back afterwards."""
+    from fewshot import precision
+    from fewshot.algorithms.maml import MAML
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    real_configure, real_adapt, real_predict = precision.configure, MAML.adapt, MAML.predict
+    seen = []
+
+    def spying(real):
+        def call(self, *args, **kwargs):
+            seen.append((*flags(), torch.is_autocast_enabled("cpu")))
+            return real(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(precision, "configure", lambda v, device: real_configure(v, torch.device("cuda")))
+    monkeypatch.setattr(MAML, "adapt", spying(real_adapt))
+    monkeypatch.setattr(MAML, "predict", spying(real_predict))
+    saved = flags()
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before = (not tf32,) * 2
+        learner, support, labels = fresh_learner(precision=value)
+        adapted = learner.adapt(support, labels)
+        adapted.predict(support)
+        adapted.predict(support, transductive=True)
+        assert seen and set(seen) == {(tf32, tf32, False)}
+        assert flags() == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
