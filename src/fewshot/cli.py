@@ -337,6 +337,17 @@ def cmd_predict(args):
         write_text(args.csv, buffer.getvalue())
 
 
+def cmd_models(args):
+    from . import zoo
+    if args.name:
+        card = zoo.card(args.name)
+        print(json.dumps(card.to_dict(), indent=1) if args.json else "\n".join(zoo.card_lines(card)))
+    elif args.json:
+        print(json.dumps([card.to_dict() for card in zoo.cards()], indent=1))
+    else:
+        print("\n".join(zoo.listing()))
+
+
 def _config(args, **options):
     """The preset with --set, --data, --init and `options` (those not None) applied, checked."""
     from .config import apply_overrides, load_preset, parse_overrides
@@ -462,6 +473,10 @@ def parser():
     output = s.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document")
     output.add_argument("--csv", metavar="FILE", help="also write the predictions to a CSV file")
+
+    s = _command(sub, "models", cmd_models, "list the trained models shipped with fewshot, with their cards; "
+                 "a model's name works wherever a run folder does", shared=["json"])
+    s.add_argument("name", nargs="?", help="show this model's card only")
     return p
 
 
