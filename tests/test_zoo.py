@@ -3,6 +3,7 @@ folder by scripts/ship_model.py, then used by name wherever a run folder goes; a
 package's own folder: its size, its cards, the wheel that carries it, and the table of
 docs/results.md made from its cards."""
 import hashlib
+import os
 import importlib.util
 import json
 import shlex
@@ -318,3 +319,12 @@ def test_the_wheel_holds_the_cards_and_weights(tmp_path, shipped):
     assert wanted <= held
     with zipfile.ZipFile(wheel) as archive:
         assert hashlib.sha256(archive.read(f"fewshot/pretrained/{NAME}.pt")).hexdigest() == shipped[2].sha256
+
+
+def test_fewshot_models_answers_without_importing_torch(shipped):
+    """Listing reads the cards and hashes the weights; torch is loaded only to use a model."""
+    code = ("import sys\nfrom fewshot.cli import main\nmain(['models'])\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, zoo.FOLDER_VARIABLE: str(shipped[0])})
+    assert done.returncode == 0 and done.stdout.startswith(f"{NAME}: ") and done.stderr.split() == ["False"]

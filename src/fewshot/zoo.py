@@ -377,7 +377,7 @@ def card_lines(card: Card, where: Path | None = None) -> list[str]:
     problem = weights_problem(card, where)
     lines = [f"{card.name}: {card.description} [preset {card.preset}]",
              f"  test {card.metric} {score_text(card.metric, card.test_mean, card.test_ci95)} (95% interval, "
-             f"{card.test_tasks} fixed {card.split}-split test tasks, seed {card.test_seed}, "
+             f"{card.test_tasks} fixed test tasks, seed {card.test_seed}, "
              f"{card.test_inner_steps} inner steps, {card.test_device})",
              f"  paper {card.paper_figure} ({card.paper_source})",
              f"  {card.steps} meta-steps of the paper's {card.paper_steps}; {hours:.2f} h of training in "
