@@ -32,6 +32,9 @@ from .base import Algorithm
 
 @ALGORITHMS.register("maml")
 class MAML(Algorithm):
+    reads = frozenset({"inner_steps", "inner_lr", "eval_inner_steps", "eval_inner_lr", "eval_at_steps", "first_order",
+                       "batch_tasks", "tasks_per_pass"})
+
     # hooks ------------------------------------------------------------------
     def adapts(self, name):
         """Whether the inner loop adapts parameter `name`."""
