@@ -4,7 +4,7 @@ gives exactly), written with a card into src/fewshot/pretrained/ ($FEWSHOT_PRETR
 if set). Then regenerate the table of docs/results.md.
 
     python scripts/ship_model.py RUN NAME [--data DATA] [--paper FIGURE --source SOURCE]
-        [--machine TEXT] [--train-command CMD ...] [--note TEXT] [--threads N] [--force]
+        [--machine TEXT] [--train-command CMD ...] [--set eval_ways=20 ...] [--note TEXT] [--threads N] [--force]
     python scripts/results_table.py --shipped --write docs/results.md
 
 RUN is a run folder (its best.pt, else last.pt) or a .pt file. Bad input is one
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", help="where it trained, e.g. 'the shared 2-core CPU machine' (default: this CPU)")
     p.add_argument("--train-command", action="append", metavar="CMD",
                    help="a command that trained the run, in order (default: one rebuilt from its config.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="test it with this evaluation setting "
+                   "instead of the run's: eval_ways, eval_query, eval_inner_steps, eval_inner_lr, eval_inner_batch "
+                   "(e.g. eval_ways=20 for ProtoNets' 20-way cell); repeat for several")
     p.add_argument("--note", default="", help="why the cell differs from its paper, or how the run went")
     p.add_argument("--threads", type=int, help="torch threads for the evaluation")
     p.add_argument("--force", action="store_true", help="replace a model already shipped under NAME")
@@ -41,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise FewshotError(f"--threads must be at least 1, got {args.threads}")
             import torch
             torch.set_num_threads(args.threads)
+        from fewshot.config import parse_overrides
         card = zoo.ship(args.run, args.name, data=args.data, paper_figure=args.paper, paper_source=args.source,
-                        machine=args.machine, train_commands=args.train_command, notes=args.note, force=args.force,
+                        machine=args.machine, train_commands=args.train_command,
+                        evaluation=parse_overrides(args.set), notes=args.note, force=args.force,
                         ship_command=shlex.join(["python", "scripts/ship_model.py",
                                                  *[zoo.relative_path(a) if a == args.run else a
                                                    for a in (sys.argv[1:] if argv is None else argv)]]),

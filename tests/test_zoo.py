@@ -90,6 +90,7 @@ def test_the_card_describes_the_run_and_the_file(using):
     assert (card.steps, card.run_steps, card.paper_steps) == (4, 4, 60000)
     assert (card.paper_figure, card.paper_source) == ("98.7 +- 0.4%", "Finn et al. 2017")
     assert card.machine == "the test machine" and card.metric == "accuracy"
+    assert (card.test_ways, card.test_shots, card.evaluation_changes) == (3, 1, [])
     weights = (models / card.weights).read_bytes()
     assert card.sha256 == hashlib.sha256(weights).hexdigest() and card.weights_bytes == len(weights)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -167,7 +168,7 @@ def test_fewshot_models_lists_the_cards(using, capsys):
     assert out.splitlines()[0].startswith(f"{NAME}: MAML, Omniglot 5-way 1-shot")
     assert f"test accuracy {100 * card.test_mean:.2f}% +- {100 * card.test_ci95:.2f}%" in out
     assert f"sha256 {card.sha256}" in out and "DAMAGED" not in out
-    assert "4 meta-steps of the paper's 60000" in out and f"reproduce: fewshot eval {NAME}" in out
+    assert "5 fixed 3-way 1-shot test tasks" in out and "4 meta-steps of the paper's 60000" in out and f"reproduce: fewshot eval {NAME}" in out
     code, out, err = run(capsys, "models", "--json")
     assert json.loads(out) == [card.to_dict()]
     code, out, err = run(capsys, "models", NAME, "--json")
@@ -184,7 +185,7 @@ def test_no_shipped_model_is_said_plainly(tmp_path, monkeypatch, capsys):
     code, out, err = run(capsys, "eval", "maml-omniglot-5w1s")
     assert code == 2 and "does not exist; give a run folder, a .pt file or the name of a shipped model" in \
         one_error_line(err)
-    assert zoo.results_table([]).splitlines()[2] == "| no model shipped yet | - | - | - | - | - | - | - |"
+    assert zoo.results_table([]).splitlines()[2] == "| no model shipped yet | - | - | - | - | - | - | - | - |"
 
 
 @pytest.fixture
@@ -253,6 +254,25 @@ def test_ship_refuses_what_it_cannot_ship_and_writes_nothing(using, tmp_path, mo
     assert "not one of fewshot's presets" in one_error_line(capsys.readouterr().err)
 
 
+def test_one_run_ships_as_several_cells_with_other_evaluation_settings(using, tmp_path, monkeypatch, capsys):
+    """As ProtoNets: trained once, tested 5- and 20-way; here the 3-way run tested 2-way."""
+    models, run_dir, card, _ = using
+    monkeypatch.setenv(zoo.FOLDER_VARIABLE, str(tmp_path / "models"))
+    ship = script("ship_model").main
+    assert ship(["run", "two-way", "--set", "eval_ways=2", "--paper", "-", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    assert capsys.readouterr().out.startswith("two-way: ")
+    two_way = zoo.card("two-way")
+    assert (two_way.test_ways, two_way.evaluation_changes, two_way.paper_figure) == (2, ["eval_ways=2"], "-")
+    assert two_way.train_commands == card.train_commands  # the run's own training, not the new evaluation
+    result = json.loads(run(capsys, "eval", "two-way", "--json")[1])
+    assert (result["ways"], result["mean"], result["ci95"]) == (2, two_way.test_mean, two_way.test_ci95)
+    assert "| `two-way` | `omniglot-5w1s` | 2-way 1-shot, eval_ways=2 |" in zoo.results_table([two_way])
+    assert "tested with eval_ways=2" in run(capsys, "models", "two-way")[1]
+    assert ship(["run", "other", "--set", "steps=5"]) == 2
+    assert "may change only how it is evaluated" in one_error_line(capsys.readouterr().err)
+
+
 def test_training_time_sums_each_process_clock():
     rows = [{"step": 2, "elapsed_s": 1.0}, {"step": 4, "elapsed_s": 2.0, "val_metric": 0.5},
             {"step": 6, "elapsed_s": 0.5}, {"step": 8, "elapsed_s": 1.5, "val_metric": 0.6}]
@@ -264,7 +284,7 @@ def test_the_table_is_made_from_the_cards(using, tmp_path, monkeypatch, capsys):
     models, run_dir, card, _ = using
     table = zoo.results_table([card])
     assert table.splitlines()[2] == (
-        f"| `{NAME}` | `omniglot-5w1s` | 98.7 +- 0.4% (Finn et al. 2017) | {100 * card.test_mean:.2f}% +- "
+        f"| `{NAME}` | `omniglot-5w1s` | 3-way 1-shot | 98.7 +- 0.4% (Finn et al. 2017) | {100 * card.test_mean:.2f}% +- "
         f"{100 * card.test_ci95:.2f}% (5) | 4 / 60000 | {card.training_seconds / 3600:.2f} | the test machine | - |")
     document = tmp_path / "results.md"
     document.write_text(f"# Results\n\n{zoo.TABLE_START}\nold\n{zoo.TABLE_END}\n\nafter\n")

@@ -37,6 +37,9 @@ PACKAGE_FOLDER = Path(__file__).resolve().parent / "pretrained"
 TOTAL_LIMIT_BYTES = 20_000_000
 # a name is never a path: no separator, no dot (so `x.pt` or `runs/x` is always a file or folder)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# what a shipped model may be evaluated with other than its run: one run, several cells
+# (ProtoNets train 60-way and are tested 5- and 20-way); never the number or seed of the tasks
+EVALUATION_KEYS = ("eval_ways", "eval_query", "eval_inner_steps", "eval_inner_lr", "eval_inner_batch")
 TABLE_START = "<!-- shipped-models table: generated from the cards by `python scripts/results_table.py --shipped " \
               "--write docs/results.md`; do not edit by hand -->"
 TABLE_END = "<!-- end of the shipped-models table -->"
@@ -57,7 +60,10 @@ class Card:
     training_seconds: float  # wall clock up to `steps`, summed over the processes (resumes) of the run
     training_processes: int
     machine: str
+    evaluation_changes: list[str]  # KEY=VALUE of the evaluation settings changed from the run's (ship --set)
     metric: str  # accuracy or mse
+    test_ways: int  # the test tasks: ways (1 for regression) and shots
+    test_shots: int
     test_mean: float
     test_ci95: float  # 95% half-width, 1.96 std / sqrt(tasks)
     test_tasks: int
@@ -202,8 +208,8 @@ def folder_bytes(where: Path | None = None) -> int:
 
 def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: str | None = None,
          paper_source: str | None = None, machine: str | None = None, train_commands: list[str] | None = None,
-         notes: str = "", ship_command: str | None = None, force: bool = False, where: Path | None = None,
-         progress: bool = True) -> Card:
+         evaluation: dict | None = None, notes: str = "", ship_command: str | None = None, force: bool = False,
+         where: Path | None = None, progress: bool = True) -> Card:
     """Make run `run` (its best.pt, else last.pt; or a .pt file) shipped model `name`: the
     weights without the meta-training state, evaluated on the preset's fixed test tasks
     exactly as `fewshot eval NAME` will, then written atomically with their card.
@@ -211,7 +217,8 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
     `data`: the dataset the model names (default: the run's `data`; a name under
     FEWSHOT_HOME or a relative path, never an absolute path of this machine).
     `paper_figure`, `paper_source`: default from the preset's description ("...(Finn et
-    al. 2017); paper 98.7 +- 0.4%"). `train_commands`: the commands that trained the run
+    al. 2017); paper 98.7 +- 0.4%"). `evaluation`: settings of EVALUATION_KEYS the model
+    is tested with instead of the run's (e.g. {"eval_ways": 20}). `train_commands`: the commands that trained the run
     (default: one rebuilt from its config.yaml, which trains the same config, and a
     `--resume` line when the run took several processes)."""
     import torch
@@ -246,8 +253,14 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
     if not figure or not cited:
         raise FewshotError(f"the description of preset {config.preset} ({preset.description!r}) names no "
                            f"{'paper figure' if not figure else 'source'}; give --paper and --source")
+    evaluation = dict(evaluation or {})
+    other = sorted(set(evaluation) - set(EVALUATION_KEYS))
+    if other:
+        raise FewshotError(f"a shipped model may change only how it is evaluated ({', '.join(EVALUATION_KEYS)}), "
+                           f"not {', '.join(other)}; train a run with that setting instead")
+    trained_config = config.unchecked_replace(data=spec)
     # init: the weights already hold it, and its path is of the machine that trained
-    shipped_config = config.unchecked_replace(data=spec, init=None)
+    shipped_config = trained_config.replace(init=None, **evaluation)
     buffer = io.BytesIO()
     torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": shipped_config.to_dict(),
                 "algorithm": state["algorithm"], "step": state["step"],
@@ -271,11 +284,12 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         name=name, preset=config.preset, description=preset.description, algorithm=config.algorithm, data=spec,
         split=config.split, steps=state["step"], run_steps=run_steps, paper_steps=preset.steps,
         training_seconds=round(seconds, 1), training_processes=processes, machine=machine or this_machine(),
-        metric=result["metric"], test_mean=result["mean"], test_ci95=result["ci95"], test_tasks=result["tasks"],
+        evaluation_changes=[f"{key}={_yaml_value(value)}" for key, value in evaluation.items()],
+        metric=result["metric"], test_ways=result["ways"], test_shots=result["shots"], test_mean=result["mean"], test_ci95=result["ci95"], test_tasks=result["tasks"],
         test_seed=result["seed"], test_inner_steps=result["inner_steps"], test_device="cpu",
         paper_figure=figure, paper_source=cited, weights=f"{name}.pt", weights_bytes=len(weights),
         sha256=hashlib.sha256(weights).hexdigest(),
-        train_commands=train_commands or rebuilt_commands(shipped_config, config.init, run_folder, processes),
+        train_commands=train_commands or rebuilt_commands(trained_config, config.init, run_folder, processes),
         eval_command=f"fewshot eval {name} --device cpu",
         ship_command=ship_command or shlex.join(["python", "scripts/ship_model.py", relative_path(run), name]),
         notes=notes, shipped=date.today().isoformat(), fewshot_version=_version(), torch_version=str(torch.__version__),
@@ -371,18 +385,24 @@ def score_text(metric: str, mean: float, ci95: float) -> str:
     return f"{metric} {mean:.4f} +- {ci95:.4f}"
 
 
+def task_text(card: Card) -> str:
+    return f"{card.test_ways}-way {card.test_shots}-shot" if card.metric == "accuracy" else f"{card.test_shots}-shot"
+
+
 def card_lines(card: Card, where: Path | None = None) -> list[str]:
     """`fewshot models`: one model's card in a few lines."""
     hours = card.training_seconds / 3600
     problem = weights_problem(card, where)
     lines = [f"{card.name}: {card.description} [preset {card.preset}]",
              f"  test {card.metric} {score_text(card.metric, card.test_mean, card.test_ci95)} (95% interval, "
-             f"{card.test_tasks} fixed test tasks, seed {card.test_seed}, "
+             f"{card.test_tasks} fixed {task_text(card)} test tasks, seed {card.test_seed}, "
              f"{card.test_inner_steps} inner steps, {card.test_device})",
              f"  paper {card.paper_figure} ({card.paper_source})",
              f"  {card.steps} meta-steps of the paper's {card.paper_steps}; {hours:.2f} h of training in "
              f"{card.training_processes} process{'es' if card.training_processes > 1 else ''} on {card.machine}",
-             f"  data {card.data if card.data is not None else '(generated)'}, split {card.split}",
+             f"  data {card.data if card.data is not None else '(generated)'}, split {card.split}"
+             + (f"; tested with {', '.join(card.evaluation_changes)} (the run: its preset's)"
+                if card.evaluation_changes else ""),
              f"  weights {card.weights}, {card.weights_bytes / 1e6:.2f} MB, sha256 {card.sha256}"
              + (f": DAMAGED, {problem}" if problem else ""),
              *[f"  trained with: {command}" for command in card.train_commands],
@@ -404,18 +424,19 @@ def listing(where: Path | None = None) -> list[str]:
     return lines[:-1]
 
 
-TABLE_HEADER = ["| model | preset | paper (figure, source) | ours, test (95% interval, tasks) | meta-steps ours / paper "
-                "| hours | machine | notes |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+TABLE_HEADER = ["| model | preset | test tasks | paper (figure, source) | ours, test (95% interval, tasks) | "
+                "meta-steps ours / paper | hours | machine | notes |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
 
 def results_table(found: list[Card]) -> str:
     """The markdown table of shipped models that docs/results.md shows, made from their cards."""
-    rows = [f"| `{c.name}` | `{c.preset}` | {c.paper_figure} ({c.paper_source}) | "
+    rows = [f"| `{c.name}` | `{c.preset}` | {task_text(c)}"
+            f"{''.join(f', {change}' for change in c.evaluation_changes)} | {c.paper_figure} ({c.paper_source}) | "
             f"{score_text(c.metric, c.test_mean, c.test_ci95)} ({c.test_tasks}) | {c.steps} / {c.paper_steps} | "
             f"{c.training_seconds / 3600:.2f} | {c.machine} | {c.notes or '-'} |" for c in found]
     if not rows:
-        rows = ["| no model shipped yet | - | - | - | - | - | - | - |"]
+        rows = ["| no model shipped yet | - | - | - | - | - | - | - | - |"]
     return "\n".join(TABLE_HEADER + rows)
 
 
