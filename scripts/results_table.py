@@ -35,7 +35,8 @@ def row(run):
 
 
 def runs_table(runs):
-    lines = ["| preset | meta-steps run | minutes (last process) | evaluated checkpoint step | test accuracy % (600 tasks, 95% CI) | paper |",
+    lines = ["| preset | meta-steps run | minutes (last process) | evaluated checkpoint step | "
+             "test accuracy % (600 tasks, 95% CI) | paper |",
              "| --- | --- | --- | --- | --- | --- |"]
     return "\n".join(lines + [row(run) for run in runs if (Path(run) / "eval.json").exists()])
 

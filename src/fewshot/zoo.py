@@ -218,9 +218,9 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
     FEWSHOT_HOME or a relative path, never an absolute path of this machine).
     `paper_figure`, `paper_source`: default from the preset's description ("...(Finn et
     al. 2017); paper 98.7 +- 0.4%"). `evaluation`: settings of EVALUATION_KEYS the model
-    is tested with instead of the run's (e.g. {"eval_ways": 20}). `train_commands`: the commands that trained the run
-    (default: one rebuilt from its config.yaml, which trains the same config, and a
-    `--resume` line when the run took several processes)."""
+    is tested with instead of the run's (e.g. {"eval_ways": 20}). `train_commands`: the
+    commands that trained the run (default: one rebuilt from its config.yaml, which trains
+    the same config, and a `--resume` line when the run took several processes)."""
     import torch
 
     from . import checkpoint
@@ -277,7 +277,7 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         result = evaluate_checkpoint(scratch_file, device="cpu", progress=progress)
     run_folder = source.parent
     rows = read_metrics(run_folder)
-    seconds, processes, curve = training_time(rows, state["step"], result["metric"])
+    seconds, processes, curve = training_time(rows, state["step"])
     last = run_folder / "last.pt"
     run_steps = checkpoint.load(last)["step"] if last.is_file() and last != source else state["step"]
     made = Card(
@@ -285,7 +285,8 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         split=config.split, steps=state["step"], run_steps=run_steps, paper_steps=preset.steps,
         training_seconds=round(seconds, 1), training_processes=processes, machine=machine or this_machine(),
         evaluation_changes=[f"{key}={_yaml_value(value)}" for key, value in evaluation.items()],
-        metric=result["metric"], test_ways=result["ways"], test_shots=result["shots"], test_mean=result["mean"], test_ci95=result["ci95"], test_tasks=result["tasks"],
+        metric=result["metric"], test_ways=result["ways"], test_shots=result["shots"], test_mean=result["mean"],
+        test_ci95=result["ci95"], test_tasks=result["tasks"],
         test_seed=result["seed"], test_inner_steps=result["inner_steps"], test_device="cpu",
         paper_figure=figure, paper_source=cited, weights=f"{name}.pt", weights_bytes=len(weights),
         sha256=hashlib.sha256(weights).hexdigest(),
@@ -313,7 +314,7 @@ def _paper(description: str) -> tuple[str | None, str | None]:
     return (figure.group(1).strip() if figure else None), (source.group(1) if source else None)
 
 
-def training_time(rows: list[dict], until_step: int, metric: str) -> tuple[float, int, list[list[float]]]:
+def training_time(rows: list[dict], until_step: int) -> tuple[float, int, list[list[float]]]:
     """(seconds, processes, validation curve) of a run's metrics rows up to `until_step`.
     Each process's clock (`elapsed_s`) starts at 0, so a clock that goes back marks a
     resume; the time is each process's clock at its last row, summed (a process's time
