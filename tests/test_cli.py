@@ -193,7 +193,7 @@ def test_train_help_says_set_repeats_and_where_the_keys_are(capsys):
     (["train", "--resume", "X", "--steps", "0"], "--steps must be at least 1, got 0"),
     (["train", "omniglot-5w1s", "--out", "X", "--set", "msl_epochs=2"], "msl_epochs: 2 would be ignored"),
     (["train", "mamlpp-omniglot-5w1s", "--out", "X", "--set", "model=resnet12"], "per_step_bn: true would be ignored"),
-    (["train", "omniglot-5w1s", "--out", "X", "--set", "algorithm=protonet"], "has no head"),
+    (["train", "omniglot-5w1s-pytorch", "--out", "X", "--set", "algorithm=protonet"], "has no head"),
 ])
 def test_steps_without_resume_and_ignored_settings_are_one_line(tmp_path, capsys, argv, message):
     argv = [str(tmp_path / "out") if a == "X" else a for a in argv]

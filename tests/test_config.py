@@ -116,7 +116,8 @@ def test_defaults_are_the_schemas():
 @pytest.mark.parametrize("preset,pairs,message", [
     ("mamlpp-omniglot-5w1s", ["model=resnet12"], "per_step_bn: true would be ignored: only model conv4 reads it"),
     ("omniglot-5w1s", ["per_step_bn=true", "model=wrn28_10"], "per_step_bn: true would be ignored"),
-    ("omniglot-5w1s", ["algorithm=protonet"], "protonet classifies by the distance"),
+    ("omniglot-5w1s-pytorch", ["algorithm=protonet"], "protonet classifies by the distance"),
+    ("omniglot-5w1s", ["algorithm=protonet"], "loss_reduction: sum_div_shots would be ignored"),
     ("omniglot-5w1s", ["inner_optimizer=adam"], "inner_optimizer: adam would be ignored: only algorithm reptile"),
     ("omniglot-5w1s", ["msl_epochs=3"], "msl_epochs: 3 would be ignored: only algorithm mamlpp reads it"),
     ("reptile-omniglot-5w1s", ["algorithm=maml"], "inner_optimizer: adam would be ignored"),

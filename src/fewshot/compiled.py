@@ -55,8 +55,8 @@ from .config import Config
 
 # MAML's hooks that a compiled step reproduces; a subclass that overrides any of
 # them (Meta-SGD, MAML++) changes the objective in ways this rewrite does not follow.
-_HOOKS = ("step_size", "forward", "second_order", "loss_weights", "objective", "task_objective", "inner_step",
-          "meta_parameters", "meta_gradient", "batched_meta_gradient")
+_HOOKS = ("step_size", "forward", "second_order", "loss_weights", "loss_scale", "objective",
+          "task_objective", "inner_step", "meta_parameters", "meta_gradient", "batched_meta_gradient")
 
 
 def unsupported(algorithm) -> str | None:
@@ -84,7 +84,8 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
     adapted_names = [n for n in algorithm.meta_parameters() if algorithm.adapts(n)]
 
     def support_loss(adapted, frozen, support_x, support_y, k):
-        return family.loss(algorithm.forward({**frozen, **adapted}, support_x, k), support_y)
+        scale = algorithm.loss_scale(1, 1)  # the support set's own
+        return family.loss(algorithm.forward({**frozen, **adapted}, support_x, k), support_y) * scale
 
     def query_loss(meta_params, support_x, support_y, query_x, query_y):
         adapted = {n: meta_params[n] for n in adapted_names}
@@ -95,7 +96,7 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
                 grads = {n: g.detach() for n, g in grads.items()}
             adapted = {n: p - algorithm.step_size(n, k) * grads[n] for n, p in adapted.items()}
         query_out = algorithm.forward({**frozen, **adapted}, query_x, inner_steps)
-        return family.loss(query_out, query_y), query_out
+        return family.loss(query_out, query_y) * algorithm.loss_scale(len(query_y), len(support_y)), query_out
 
     def task_meta_gradient(meta_params, support_x, support_y, query_x, query_y):
         grads, (loss, query_out) = torch.func.grad_and_value(query_loss, has_aux=True)(
@@ -103,12 +104,6 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
         return grads, loss, query_out
 
     return task_meta_gradient
-
-
-def _metric(family, query_out, query_y):
-    if hasattr(family, "metric_tensor"):
-        return family.metric_tensor(query_out, query_y)
-    return torch.tensor(family.metric(query_out, query_y), dtype=torch.float64)
 
 
 def compile_step(algorithm, config: Config, backend: str | None = None) -> Callable[[list, int], dict]:
@@ -162,13 +157,13 @@ def compile_step(algorithm, config: Config, backend: str | None = None) -> Calla
                 grads, losses, query_out = function(meta_params, *stacked)
                 grads = {n: g.sum(0) for n, g in grads.items()}
                 loss_sum = loss_sum + losses.sum()
-                metric_sum = metric_sum + _metric(algorithm.family, query_out, stacked[3]) * len(part)
+                metric_sum = metric_sum + algorithm.family.metric_tensor(query_out, stacked[3]) * len(part)
             else:
                 task = part[0]
                 grads, loss, query_out = function(meta_params, task.support_x, task.support_y, task.query_x,
                                                   task.query_y)
                 loss_sum = loss_sum + loss
-                metric_sum = metric_sum + _metric(algorithm.family, query_out, task.query_y)
+                metric_sum = metric_sum + algorithm.family.metric_tensor(query_out, task.query_y)
             # a fresh sum, never the compiled call's own output buffers (CUDA graphs reuse them)
             grad_sum = {n: g.clone() for n, g in grads.items()} if grad_sum is None else \
                 {n: grad_sum[n] + g for n, g in grads.items()}

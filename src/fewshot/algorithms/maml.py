@@ -34,8 +34,8 @@ from .base import Algorithm
 class MAML(Algorithm):
     # hooks ------------------------------------------------------------------
     def adapts(self, name):
-        """Whether the inner loop adapts parameter `name`."""
-        return True
+        """Whether the inner loop adapts parameter `name` (batch norm's only with `adapt_bn`)."""
+        return self.config.adapt_bn or self.parameter_roles[name] != "batch_norm"
 
     def step_size(self, name, k, training=True):
         return self.config.inner_lr if training else eval_inner_lr(self.config)
@@ -55,6 +55,16 @@ class MAML(Algorithm):
         meta-objective; MAML counts the last only."""
         return [0.0] * (self.config.inner_steps - 1) + [1.0]
 
+    def loss_scale(self, examples, support_examples):
+        """The task's loss on a set of `examples` over their mean per-example loss.
+        `loss_reduction: sum_div_shots` is cbfinn/maml's xent: each example's loss / shots,
+        summed (tf.gradients of the vector in the inner loop, reduce_sum in the
+        meta-objective), shots being the support set's examples per class; the support
+        loss is then `ways` x the mean."""
+        if self.config.loss_reduction == "mean":
+            return 1.0
+        return examples * self.config.ways / support_examples
+
     # the inner loop ---------------------------------------------------------
     def inner_step(self, params, x, y, k, lr, create_graph, training=True, tasks=False):
         out = self.forward(params, x, k, bn_training=training, tasks=tasks)
@@ -64,17 +74,13 @@ class MAML(Algorithm):
             loss = self.family.loss(out.flatten(0, 1), y.flatten(0, 1)) * len(x)
         else:
             loss = self.family.loss(out, y)
+        loss = loss * self.loss_scale(1, 1)  # the support set's own: ways x the mean, or 1
         names = [n for n in params if self.adapts(n)]
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
         new = dict(params)
         for name, grad in zip(names, grads):
             new[name] = params[name] - (self.step_size(name, k, training) if lr is None else lr) * grad
         return new
-
-    def inner_loop(self, params, x, y, steps, lr=None, create_graph=True):
-        for k in range(steps):
-            params = self.inner_step(params, x, y, k, lr, create_graph)
-        return params
 
     def meta_parameters(self):
         return dict(self.model.named_parameters())
@@ -87,8 +93,9 @@ class MAML(Algorithm):
         if tasks:  # adapted parameters get a view per task; the others stay shared
             params = {n: p.unsqueeze(0).expand(len(support_x), *p.shape) if self.adapts(n) else p
                       for n, p in params.items()}
-        query_loss = ((lambda out: self.family.loss(out.flatten(0, 1), query_y.flatten(0, 1))) if tasks else
-                      (lambda out: self.family.loss(out, query_y)))
+        scale = self.loss_scale(query_y.shape[int(tasks)], support_y.shape[int(tasks)])
+        query_loss = ((lambda out: self.family.loss(out.flatten(0, 1), query_y.flatten(0, 1)) * scale) if tasks else
+                      (lambda out: self.family.loss(out, query_y) * scale))
         steps = self.config.inner_steps
         if steps == 0:
             query_out = self.forward(params, query_x, 0, tasks=tasks)

@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Batch-norm momentum of every backbone: running = (1 - m) * running + m * batch
-# statistic, torch's default and the papers' code's (cbfinn/maml: decay 0.9).
+# statistic, torch's default. (cbfinn/maml's tf.contrib.layers.batch_norm has decay 0.999,
+# but it never uses running statistics: batch statistics at meta-train and meta-test.)
 BN_MOMENTUM = 0.1
 
 Role = Literal["batch_norm", "head", "body"]
@@ -51,14 +52,19 @@ class BatchNorm(nn.BatchNorm2d):
                     rows of `steps x C` tensors; step k uses row min(k, steps - 1)
 
     An nn.BatchNorm2d underneath, so the parameter and buffer names, and checkpoints,
-    are those of torch's layer."""
+    are those of torch's layer. Without `scale` the layer has no weight parameter at all
+    (a learned shift only, as TensorFlow's batch_norm with scale=False)."""
 
-    def __init__(self, channels: int, transductive: bool, steps: int = 1):
-        super().__init__(channels, momentum=BN_MOMENTUM)
+    def __init__(self, channels: int, transductive: bool, steps: int = 1, scale: bool = True,
+                 eps: float = 1e-5):
+        super().__init__(channels, eps=eps, momentum=BN_MOMENTUM)
         self.transductive = transductive
         self.steps = steps
+        if not scale:
+            self.register_parameter("weight", None)
         if steps > 1:
-            self.weight = nn.Parameter(torch.ones(steps, channels))
+            if scale:
+                self.weight = nn.Parameter(torch.ones(steps, channels))
             self.bias = nn.Parameter(torch.zeros(steps, channels))
             self.running_mean = torch.zeros(steps, channels)
             self.running_var = torch.ones(steps, channels)
@@ -72,14 +78,14 @@ class BatchNorm(nn.BatchNorm2d):
         mean, var = (None, None) if self.transductive else (self.running_mean, self.running_var)
         if self.steps > 1:  # per-step weights and statistics
             k = min(bn_step, self.steps - 1)
-            weight, bias = weight[..., k, :], bias[..., k, :]
+            weight, bias = weight[..., k, :] if weight is not None else None, bias[..., k, :]
             mean, var = (mean[k], var[k]) if mean is not None else (None, None)
         return weight, bias, mean, var
 
     def forward(self, x: torch.Tensor, bn_training: bool = True, bn_step: int = 0) -> torch.Tensor:
         weight, bias, mean, var = self.step_tensors(bn_step)
         return F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive,
-                            momentum=self.momentum)
+                            momentum=self.momentum, eps=self.eps)
 
 
 def parameter_count(module: nn.Module) -> int:
