@@ -81,17 +81,18 @@ def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps, shared)
     params = {n: p + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64) if shared not in n else p
               for n, p in model.named_parameters()}
     for step in range(bn_steps):
-        batched = model.batched_forward(params, x, bn_step=step)
+        batched = model.functional_forward(params, x, tasks=True, bn_step=step)
         for t in range(3):
             own = {n: p[t] if shared not in n else p for n, p in params.items()}
             torch.testing.assert_close(batched[t], model.functional_forward(own, x[t], bn_step=step),
                                        rtol=1e-12, atol=1e-12)
     if bn_steps > 1:  # each step uses its own batch-norm weights
-        before = [model.batched_forward(params, x, bn_step=step) for step in (1, 2)]
+        before = [model.functional_forward(params, x, tasks=True, bn_step=step) for step in (1, 2)]
         with torch.no_grad():
             model.blocks[0].norm.weight[1] += 1
-        assert not torch.allclose(model.batched_forward(params, x, bn_step=1), before[0])
-        torch.testing.assert_close(model.batched_forward(params, x, bn_step=2), before[1], rtol=0, atol=0)
+        assert not torch.allclose(model.functional_forward(params, x, tasks=True, bn_step=1), before[0])
+        torch.testing.assert_close(model.functional_forward(params, x, tasks=True, bn_step=2), before[1], rtol=0,
+                                   atol=0)
 
 
 def test_batched_forward_is_the_vmap_of_the_functional_forward():
@@ -102,7 +103,7 @@ def test_batched_forward_is_the_vmap_of_the_functional_forward():
         params = {n: p + 0.1 * torch.randn(4, *p.shape, dtype=torch.float64) for n, p in model.named_parameters()}
         x = torch.rand(4, 6, 1, 16, 16, dtype=torch.float64)
         vmapped = torch.func.vmap(model.functional_forward)(params, x)
-        torch.testing.assert_close(model.batched_forward(params, x), vmapped, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(model.functional_forward(params, x, tasks=True), vmapped, rtol=1e-12, atol=1e-12)
 
 
 def test_batched_inductive_forward_at_test_uses_the_running_statistics():
@@ -114,7 +115,7 @@ def test_batched_inductive_forward_at_test_uses_the_running_statistics():
                 buffer.uniform_(0.5, 1.5)
         params = {n: p + 0.1 * torch.randn(2, *p.shape, dtype=torch.float64) for n, p in model.named_parameters()}
         x = torch.rand(2, 5, 1, 16, 16, dtype=torch.float64)
-        out = model.batched_forward(params, x, bn_training=False, bn_step=1)
+        out = model.functional_forward(params, x, tasks=True, bn_training=False, bn_step=1)
         for t in range(2):
             own = {n: p[t] for n, p in params.items()}
             torch.testing.assert_close(out[t], model.functional_forward(own, x[t], bn_training=False, bn_step=1),
@@ -133,7 +134,7 @@ def test_batched_inductive_forward_normalizes_by_batch_and_queues_the_statistics
     model = models.build(tiny_config(batch_norm="inductive")).double()
     params = {n: p.expand(2, *p.shape) for n, p in model.named_parameters()}
     x = torch.rand(2, 5, 1, 16, 16, dtype=torch.float64)
-    out = model.batched_forward(params, x)
+    out = model.functional_forward(params, x, tasks=True)
     assert model.blocks[0].norm.running_mean.abs().sum() == 0  # nothing updated yet ...
     assert len(model.queued_statistics) == 1 and model.queued_statistics[0][1][0].shape == (2, 2, 4)
     model.update_running_statistics()  # ... until the queue is applied, task after task
@@ -189,7 +190,7 @@ def test_without_bn_scale_batch_norm_has_a_shift_and_no_scale_parameter():
     params = {n: p + 0.1 * torch.randn(2, *p.shape, dtype=torch.float64) for n, p in names.items()}
     xs = torch.rand(2, 5, 1, 16, 16, dtype=torch.float64)
     for t in range(2):
-        torch.testing.assert_close(model.batched_forward(params, xs)[t],
+        torch.testing.assert_close(model.functional_forward(params, xs, tasks=True)[t],
                                    model.functional_forward({n: p[t] for n, p in params.items()}, xs[t]),
                                    rtol=1e-12, atol=1e-12)
     per_step = models.build(tiny_config(bn_scale=False, per_step_bn=True, inner_steps=2, eval_inner_steps=2))

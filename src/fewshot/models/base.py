@@ -15,10 +15,10 @@ vmap carry them through:
                  (`fewshot summary`)
   features_only  stop before the head (LEO's embeddings, `fewshot embed`)
 
-`batched_forward` runs many tasks in one pass the same way: the tensors, with a
-leading task dimension where they are per task, stand in for the module's, and the
-backbone's `tasks_forward` reads them from its own layers. No code walks parameters
-by name.
+`functional_forward(..., tasks=True)` runs many tasks in one pass the same way: the
+tensors, with a leading task dimension where they are per task, stand in for the
+module's, and the backbone's `tasks_forward` reads them from its own layers. No code
+walks parameters by name.
 
 Inside `forward`, backbones run their layers with `layer.forward(x)` rather than
 `layer(x)`: nn.Module.__call__ (its hook dispatch) costs about 4 us a layer, 5% of
@@ -97,7 +97,7 @@ class Backbone(nn.Module):
     output layer, an nn.Module; None or absent for a feature extractor). No class-level
     default for `head`: it would hide the submodule nn.Module keeps in `_modules`."""
 
-    # Whether `batched_forward` runs many tasks in one pass exactly as each task's own forward
+    # Whether `tasks_forward` runs many tasks in one pass exactly as each task's own forward
     can_batch_tasks = False
 
     def parameter_roles(self) -> dict[str, Role]:
@@ -123,12 +123,17 @@ class Backbone(nn.Module):
             return None
         return "transductive" if modes == {True} else "inductive"
 
-    def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
+    def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True, tasks: bool = False,
                            **options) -> torch.Tensor:
         """`forward` with `params` (name -> tensor) in place of the module's parameters
         (and buffers, if named), as torch.func.functional_call(self, params, (x,), options)
         computes it; the module is as it was afterwards. Buffers not in `params` are the
         module's own, so an inductive forward updates its running statistics.
+
+        With `tasks`, many tasks in one pass: x is T x n x ...; a tensor of `params` with a
+        leading task dimension T is per task, one without it is shared by the tasks (ANIL's
+        body, MAML++'s batch-norm weights); the backbone's `tasks_forward` runs them, reading
+        its layers' tensors as `forward` does; T x n x outputs.
 
         Eagerly the tensors go into their modules' instance `__dict__`, where attribute
         lookup finds them before nn.Module.__getattr__ (a Python call per read) looks in
@@ -137,36 +142,24 @@ class Backbone(nn.Module):
         second-order MAML step on conv4 3-5% more CPU time than the hand-written
         functional forward this replaces (docs/benchmarks.md, "One forward per
         backbone"). Under torch.compile it is functional_call itself."""
-        options["bn_training"] = bn_training
-        if torch.compiler.is_compiling():
-            return torch.func.functional_call(self, params, (x,), options, tie_weights=False)
-        placed = self._put(params)
-        try:
-            return self(x, **options)
-        finally:
-            self._take_out(placed)
-
-    def _put(self, params: dict) -> list:
-        """Put `params` in place of the module's tensors (see functional_forward); returns
-        what `_take_out` removes. Every name must be one of the module's."""
+        if torch.compiler.is_compiling() and not tasks:
+            return torch.func.functional_call(self, params, (x,), {**options, "bn_training": bn_training},
+                                              tie_weights=False)
         owners = self.__dict__.get("_tensor_owners")
         if owners is None:
             owners = self.__dict__["_tensor_owners"] = self._find_tensor_owners()
-        placed = []
+        placed = []  # every name must be one of the module's
         try:
             for name, tensor in params.items():
                 owner, attribute = owners[name]
                 owner[attribute] = tensor
                 placed.append((owner, attribute))
-        except BaseException:
-            self._take_out(placed)
-            raise
-        return placed
-
-    @staticmethod
-    def _take_out(placed: list) -> None:
-        for owner, attribute in placed:
-            del owner[attribute]
+            if tasks:
+                return self.tasks_forward(x, bn_training, options.get("bn_step", 0))
+            return self(x, bn_training=bn_training, **options)
+        finally:
+            for owner, attribute in placed:
+                del owner[attribute]
 
     def _find_tensor_owners(self) -> dict:
         """name -> (the owning module's instance __dict__, attribute), for every parameter
@@ -188,21 +181,10 @@ class Backbone(nn.Module):
         many torch threads (measured per backbone)."""
         return False
 
-    def batched_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
-                        bn_step: int = 0) -> torch.Tensor:
-        """Many tasks in one pass: x is T x n x ...; a tensor of `params` with a leading
-        task dimension T is per task, one without it is shared by the tasks (ANIL's body,
-        MAML++'s batch-norm weights). Runs `tasks_forward` with `params` in place of the
-        module's tensors, as functional_forward runs `forward`; T x n x outputs."""
-        placed = self._put(params)
-        try:
-            return self.tasks_forward(x, bn_training, bn_step)
-        finally:
-            self._take_out(placed)
-
     def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
-        """The batched pass itself, reading the layers' tensors (each with or without a
-        leading task dimension); backbones that can batch tasks write it."""
+        """Many tasks in one pass (`functional_forward(..., tasks=True)`), reading the layers'
+        tensors (each with or without a leading task dimension); backbones that can batch
+        tasks write it."""
         raise NotImplementedError(f"{type(self).__name__} runs tasks one at a time (can_batch_tasks is False)")
 
     @staticmethod

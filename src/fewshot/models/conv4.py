@@ -17,10 +17,11 @@ xavier_initializer_conv2d of a [3, 3, in, out] kernel has fan_in 9 * in and fan_
 9 * out, as torch's xavier_uniform_ of [out, in, 3, 3].
 
 `forward` is the one per-task forward; inner loops run it with explicit parameters
-(`functional_forward`, torch.func.functional_call). `batched_forward` runs many tasks
-side by side as grouped convolutions: a second, hand-written form of the same layers,
-kept because it is faster on the CPU than torch.func.vmap of `forward` (see its
-docstring); it reads the strides, paddings and batch-norm rows from the same layers.
+(`functional_forward`, torch.func.functional_call). `tasks_forward` (what
+`functional_forward(..., tasks=True)` runs) takes many tasks side by side as grouped
+convolutions: a second, hand-written form of the same layers, kept because it is
+faster on the CPU than torch.func.vmap of `forward` (see its docstring); it reads the
+strides, paddings and batch-norm rows from the same layers.
 """
 import torch
 import torch.nn as nn
@@ -72,7 +73,7 @@ class Conv4(Backbone):
         super().__init__()
         self.downsample = downsample
         self.transductive = batch_norm == "transductive"
-        self.queued_statistics = []  # inductive batch norm: see batched_forward
+        self.queued_statistics = []  # inductive batch norm: see tasks_forward
         stride = 2 if downsample == "stride" else 1
         # bn_steps > 1: MAML++'s batch-norm weights and statistics per inner step
         self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters, stride, self.transductive,
@@ -123,7 +124,7 @@ class Conv4(Backbone):
 
     @property
     def can_batch_tasks(self):
-        """`batched_forward` gives each task exactly its own forward, running statistics
+        """`tasks_forward` gives each task exactly its own forward, running statistics
         included (inductive batch norm), for a network with a head to adapt."""
         return self.head is not None
 
@@ -135,7 +136,7 @@ class Conv4(Backbone):
         return task.images <= CPU_BATCHING_MAX_IMAGES
 
     def tasks_forward(self, x, bn_training, bn_step):
-        """Many tasks at once (`batched_forward`): x is T x n x C x H x W. The tasks become
+        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x C x H x W. The tasks become
         the groups of grouped convolutions (side by side along channels), so batch-norm
         statistics stay per task. Why a second form of `forward`: torch.func.vmap of
         `forward` gives the same with 4-30% more CPU time per meta-step (it splits batch
