@@ -302,3 +302,11 @@ def test_every_preset_citing_cbfinn_maml_is_checked_above():
     folder = resources.files("fewshot") / "presets"
     citing = {name for name in preset_names() if "cbfinn" in (folder / f"{name}.yaml").read_text()}
     assert citing <= set(CBFINN_PRESETS) | set(MEAN_PRESETS)
+
+
+def test_no_algorithm_of_the_family_overrides_nn_modules_forward():
+    """nn.Module.forward means `module(x)`; the family's forward at inner step k has its own name."""
+    for name in ("maml", "anil", "metasgd", "mamlpp"):
+        algorithm = build(algorithm=name, per_step_bn=name == "mamlpp")
+        assert type(algorithm).forward is torch.nn.Module.forward, name
+        assert callable(algorithm.forward_at)
