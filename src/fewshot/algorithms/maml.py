@@ -36,6 +36,9 @@ from .base import Algorithm
 
 @ALGORITHMS.register("maml")
 class MAML(Algorithm):
+    reads = frozenset({"inner_steps", "inner_lr", "eval_inner_steps", "eval_inner_lr", "eval_at_steps", "first_order",
+                       "batch_tasks", "tasks_per_pass", "loss_reduction", "adapt_bn"})
+
     # the meta-step ------------------------------------------------------------
     def meta_gradient(self, tasks, step=0):
         """Add the mean meta-gradient over `tasks` to .grad. The tasks run one at a time, or

@@ -27,6 +27,9 @@ def layer_of(name):
 
 @ALGORITHMS.register("mamlpp")
 class MAMLPlusPlus(MAML):
+    # the learned rates serve at meta-test too
+    reads = MAML.reads - {"eval_inner_lr"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
+
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
         steps = max(config.inner_steps, config.eval_inner_steps)

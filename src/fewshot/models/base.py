@@ -21,8 +21,8 @@ module's, and the backbone's `tasks_forward` reads them from its own layers. No 
 walks parameters by name.
 
 Inside `forward`, backbones run their layers with `layer.forward(x)` rather than
-`layer(x)`: nn.Module.__call__ (its hook dispatch) costs about 4 us a layer, 5% of
-a 5-image conv4 forward (docs/benchmarks.md, "One forward per backbone"). Hooks on
+`layer(x)`: nn.Module.__call__ (its hook dispatch) costs a measurable share of a
+small conv4 forward (docs/benchmarks.md, "One forward per backbone"). Hooks on
 the layers therefore do not fire; hooks on the backbone do.
 
 Algorithms never read parameter names: `parameter_roles()` says which parameters are
@@ -99,6 +99,9 @@ class Backbone(nn.Module):
 
     # Whether `tasks_forward` runs many tasks in one pass exactly as each task's own forward
     can_batch_tasks = False
+    # the config keys read_by the model (config.Config) that this backbone reads: set away from
+    # their defaults under a backbone that does not list them, they are refused (or not: refuse_ignored)
+    reads: frozenset[str] = frozenset()
 
     def parameter_roles(self) -> dict[str, Role]:
         """Every parameter's role, by name: "batch_norm" (a batch-norm layer's weight or
@@ -139,9 +142,9 @@ class Backbone(nn.Module):
         lookup finds them before nn.Module.__getattr__ (a Python call per read) looks in
         `_parameters`; taking them out uncovers the module's own again. functional_call
         resolves every name and checks every tensor on each call, which cost a
-        second-order MAML step on conv4 3-5% more CPU time than the hand-written
-        functional forward this replaces (docs/benchmarks.md, "One forward per
-        backbone"). Under torch.compile it is functional_call itself."""
+        second-order MAML step on conv4 more CPU time than the hand-written
+        functional forward this replaces (measured in docs/benchmarks.md, "One forward
+        per backbone"). Under torch.compile it is functional_call itself."""
         if torch.compiler.is_compiling() and not tasks:
             return torch.func.functional_call(self, params, (x,), {**options, "bn_training": bn_training},
                                               tie_weights=False)

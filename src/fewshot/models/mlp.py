@@ -10,6 +10,8 @@ from .base import Backbone
 
 @BACKBONES.register("mlp")
 class MLP(Backbone):
+    reads = frozenset({"in_features", "hidden", "out_features"})
+
     def __init__(self, in_features=1, hidden=(40, 40), out_features=1):
         super().__init__()
         sizes = [in_features, *hidden, out_features]
