@@ -96,6 +96,21 @@ class Config:
     head: bool = key(True, "a linear output layer of `ways` units (false: features only, e.g. ProtoNets)",
                      read_by=("model",))
     per_step_bn: bool = key(False, "batch-norm weights and statistics per inner step (MAML++)", read_by=("model",))
+    # cbfinn/maml's network (tf.contrib.layers.batch_norm's defaults, TensorFlow's 'SAME' padding, its
+    # Omniglot output layer; docs/faithfulness.md, "MAML"): conv4's, not refused under other models for
+    # the reason given below for the shape keys (MAML's presets carry them)
+    bn_scale: bool = key(True, "conv4's batch norm learns a scale (false: a shift only, no scale parameter; "
+                               "tf.contrib.layers.batch_norm's default, as cbfinn/maml)", read_by=("model",),
+                         refuse_ignored=False)
+    bn_eps: float = key(1e-5, "conv4's batch-norm epsilon, added to the variance (torch: 1e-5; TensorFlow and "
+                              "cbfinn/maml: 0.001)", above=0, read_by=("model",), refuse_ignored=False)
+    conv_padding: Literal["symmetric", "tf_same"] = key(
+        "symmetric", "conv4's 3x3 padding: symmetric (1 pixel each side) | tf_same (TensorFlow's 'SAME': "
+        "with stride 2 the odd pixel goes at the bottom and right only, as cbfinn/maml)", read_by=("model",),
+        refuse_ignored=False)
+    head_init: Literal["xavier", "normal"] = key(
+        "xavier", "conv4's output layer's initial weights: xavier (Glorot uniform) | normal (standard normal, "
+        "cbfinn/maml's Omniglot network)", read_by=("model",), refuse_ignored=False)
     # the shape keys of conv4 and the MLP are not refused under other models: presets carry them, and
     # `--set model=resnet12` on any preset is a documented use (tests/test_config.py sets hidden on conv4)
     in_features: int = key(1, "input size", low=1, read_by=("model",), refuse_ignored=False)
@@ -109,6 +124,13 @@ class Config:
                                          "on the CPU where measured faster)", read_by=("algorithm",))
     tasks_per_pass: int | None = key(None, "batched: at most this many tasks per pass, same gradient "
                                            "(null: the whole meta-batch)", low=1, read_by=("algorithm",))
+    loss_reduction: Literal["mean", "sum_div_shots"] = key(
+        "mean", "a task's loss in the inner loop and the meta-objective: mean of the per-example losses | "
+        "sum_div_shots: their sum / shots, shots the support set's examples per class (cbfinn/maml's xent; "
+        "the support loss is then ways x the mean)", read_by=("algorithm",))
+    adapt_bn: bool = key(True, "the inner loop adapts batch norm's parameters (false: only the outer loop learns "
+                               "them, as in cbfinn/maml, where they are no fast weights; ANIL and MAML++ never "
+                               "adapt them)", read_by=("algorithm",))
     compile: bool = key(False, "capture the fixed-shape meta-step as a graph (MAML, FOMAML, ANIL; "
                                "others run eager with a notice)", readers=("trainer",))
     precision: Literal["fp32", "tf32", "bf16"] = key(
