@@ -71,8 +71,8 @@ def test_too_small_images_are_refused():
 @pytest.mark.parametrize("bn_steps", [1, 3])
 def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps, shared):
     torch.manual_seed(0)
-    model = models.build(tiny_config(downsample=downsample, per_step_bn=bn_steps > 1, inner_steps=2,
-                                     eval_inner_steps=2)).double()
+    model = models.build(tiny_config(downsample=downsample, per_step_bn=bn_steps > 1, inner_steps=3,
+                                     eval_inner_steps=3)).double()  # per_step_bn: a row per inner step
     assert model.can_batch_tasks
     x = torch.rand(3, 5, 1, 16, 16, dtype=torch.float64)
     # per-task weights, except the batch-norm weights (MAML++) or the whole body (ANIL): shared by the tasks
@@ -143,3 +143,23 @@ def test_batched_inductive_forward_normalizes_by_batch_and_queues_the_statistics
     for name, buffer in loop.named_buffers():
         torch.testing.assert_close(dict(model.named_buffers())[name], buffer, rtol=1e-12, atol=1e-14)
     assert model.queued_statistics == []
+
+
+@pytest.mark.parametrize("activation,negative_slope", [("relu", 0.0), ("leaky_relu", 0.01)])
+def test_the_activation_is_the_one_configured(activation, negative_slope):
+    # MAML++'s authors' VGGReLUNormNetwork: conv, batch norm, F.leaky_relu (slope 0.01), max-pool
+    torch.manual_seed(0)
+    model = models.build(tiny_config(activation=activation)).double()
+    x = torch.randn(5, 1, 16, 16, dtype=torch.float64)
+
+    def written_out(slope):
+        h = x
+        for block in model.blocks:
+            h = torch.nn.functional.batch_norm(block.conv(h), None, None, block.norm.weight, block.norm.bias,
+                                               training=True)
+            h = torch.nn.functional.max_pool2d(torch.where(h > 0, h, slope * h), 2)
+        return model.head(h.flatten(1))
+
+    out = model(x, bn_training=True)
+    torch.testing.assert_close(out, written_out(negative_slope), rtol=1e-12, atol=1e-12)
+    assert (out - written_out(0.01 - negative_slope)).abs().max() > 1e-4  # the other one is not it

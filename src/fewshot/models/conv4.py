@@ -5,7 +5,8 @@ Two standard forms:
            MAML on miniImageNet)
   stride:  4 x [conv3x3 stride 2 (pad 1), BN, ReLU], averaged over space (MAML's
            original Omniglot network, cbfinn/maml `forward_conv` without max-pool)
-then a linear layer to `ways` outputs.
+then a linear layer to `ways` outputs. `activation: leaky_relu` puts a leaky ReLU
+(slope 0.01) where the ReLU is, as MAML++'s authors' VGGReLUNormNetwork does.
 
 `forward` is the one per-task forward; inner loops run it with explicit parameters
 (`functional_forward`, torch.func.functional_call). `batched_forward` runs many tasks
@@ -29,6 +30,8 @@ CPU_BATCHING_MAX_IMAGES = 10
 # faster with 5 and 20 support images of 28 x 28, slower with 25 and 100, and with 5 or 25 of 84 x 84
 # (miniImageNet), where the per-task convolutions are already large enough to use both threads.
 CPU_BATCHING_MAX_SUPPORT_PIXELS = 20 * 28 * 28
+# `activation: leaky_relu`: torch's default slope, which MAML++'s authors' F.leaky_relu(out) uses
+LEAKY_SLOPE = 0.01
 
 
 class Block(nn.Module):
@@ -41,9 +44,10 @@ class Block(nn.Module):
 @BACKBONES.register("conv4")
 class Conv4(Backbone):
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
-                 batch_norm="transductive", bn_steps=1):
+                 batch_norm="transductive", bn_steps=1, activation="relu"):
         super().__init__()
         self.downsample = downsample
+        self.leaky = activation == "leaky_relu"
         self.transductive = batch_norm == "transductive"
         self.queued_statistics = []  # inductive batch norm: see batched_forward
         stride = 2 if downsample == "stride" else 1
@@ -65,10 +69,16 @@ class Conv4(Backbone):
 
     @classmethod
     def from_config(cls, config):
-        steps = max(config.inner_steps, config.eval_inner_steps) + 1
+        # one row per inner step, as the authors' MetaBatchNormLayer (number_of_training_steps_per_iter
+        # rows): step k's support pass and the query pass after its update share row k
+        steps = max(config.inner_steps, config.eval_inner_steps, 1)
         return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
                    filters=config.filters, downsample=config.downsample, image_size=config.image_size,
-                   batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1)
+                   batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1,
+                   activation=config.activation)
+
+    def activate(self, x):
+        return F.leaky_relu(x, LEAKY_SLOPE) if self.leaky else F.relu(x)
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py. Transductive batch norm: batch statistics always, no
@@ -78,9 +88,9 @@ class Conv4(Backbone):
             x = block.conv.forward(x)
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
-            x = F.relu(block.norm.forward(x, bn_training, bn_step))
+            x = self.activate(block.norm.forward(x, bn_training, bn_step))
             if trace is not None:
-                self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
+                self.trace_row(trace, f"blocks.{i}.norm  BN+{'LeakyReLU' if self.leaky else 'ReLU'}", x, block.norm)
             if self.downsample == "maxpool":
                 x = F.max_pool2d(x, 2)
                 if trace is not None:
@@ -143,7 +153,7 @@ class Conv4(Backbone):
                                       .transpose(0, 1))
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
                              norm_weight.reshape(-1), norm_bias.reshape(-1), training=not use_running)
-            h = F.relu(h)
+            h = self.activate(h)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         if record:
