@@ -33,5 +33,5 @@ def test_cells_come_from_the_config_keys():
     config = load_preset("protonet-omniglot-5w1s")
     assert task(config) == "60 / 1 / 5; 5 / 1 / 15"  # 60-way training episodes, 5-way tests
     assert network(load_preset("omniglot-5w1s")) == "conv4 (filters 64, downsample stride)"
-    assert network(load_preset("mamlpp-omniglot-5w1s")) == "conv4 (filters 64, downsample maxpool, per_step_bn)"
+    assert network(load_preset("mamlpp-omniglot-5w1s")) == "conv4 (filters 64, downsample maxpool, per_step_bn, leaky_relu)"
     assert network(load_preset("sinusoid-5shot")) == "mlp (in_features 1, hidden [40, 40], out_features 1)"

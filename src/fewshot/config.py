@@ -89,9 +89,8 @@ class Config:
     head: bool = key(True, "a linear output layer of `ways` units (false: features only, e.g. ProtoNets)",
                      models=BACKBONES_WITH_BN)
     per_step_bn: bool = key(False, "batch-norm weights and statistics per inner step (MAML++)", models=("conv4",))
-    activation: Literal["relu", "leaky_relu"] = key(
-        "relu", "conv4's nonlinearity: relu | leaky_relu (negative slope 0.01, as MAML++'s authors' network)",
-        models=("conv4",))
+    leaky_relu: bool = key(False, "conv4: a leaky ReLU (negative slope 0.01) for the ReLU, as MAML++'s authors' "
+                           "network", models=("conv4",))
     # the shape keys of conv4 and the MLP are not refused under other models: presets carry them, and
     # `--set model=resnet12` on any preset is a documented use (tests/test_config.py sets hidden on conv4)
     in_features: int = key(1, "input size", low=1, models=("mlp",), refuse_ignored=False)

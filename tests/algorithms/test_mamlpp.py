@@ -174,13 +174,13 @@ def test_a_resumed_per_epoch_cosine_extended_follows_the_longer_schedule():
 AUTHORS_FILES = {
     "mamlpp-omniglot-5w1s": ("omniglot_maml++-omniglot_1_8_0.1_64_5_0.json", dict(
         image_size=28, channels=1, eval_tasks=600, val_tasks=600, val_every=500, ways=5, shots=1, query=1,
-        filters=64, downsample="maxpool", activation="leaky_relu", per_step_bn=True, inner_steps=5,
+        filters=64, downsample="maxpool", leaky_relu=True, per_step_bn=True, inner_steps=5,
         inner_lr=0.1, eval_inner_steps=5, msl_epochs=10, first_order_epochs=0, first_order=False,
         steps_per_epoch=500, meta_batch=8, meta_lr=0.001, meta_optimizer="adam", lr_schedule="cosine",
         min_meta_lr=1e-5, steps=50000, grad_clip_value=None, batch_norm="transductive")),
     "mamlpp-miniimagenet-5w1s": ("mini-imagenet_maml++-mini-imagenet_1_2_0.01_48_5_0.json", dict(
         image_size=84, channels=3, eval_tasks=600, val_tasks=600, val_every=500, ways=5, shots=1, query=15,
-        filters=48, downsample="maxpool", activation="leaky_relu", per_step_bn=True, inner_steps=5,
+        filters=48, downsample="maxpool", leaky_relu=True, per_step_bn=True, inner_steps=5,
         inner_lr=0.01, eval_inner_steps=5, msl_epochs=15, first_order_epochs=0, first_order=False,
         steps_per_epoch=500, meta_batch=2, meta_lr=0.001, meta_optimizer="adam", lr_schedule="cosine",
         min_meta_lr=0.001, steps=50000, grad_clip_value=10, batch_norm="transductive")),

@@ -145,11 +145,11 @@ def test_batched_inductive_forward_normalizes_by_batch_and_queues_the_statistics
     assert model.queued_statistics == []
 
 
-@pytest.mark.parametrize("activation,negative_slope", [("relu", 0.0), ("leaky_relu", 0.01)])
-def test_the_activation_is_the_one_configured(activation, negative_slope):
+@pytest.mark.parametrize("leaky_relu,negative_slope", [(False, 0.0), (True, 0.01)])
+def test_the_activation_is_the_one_configured(leaky_relu, negative_slope):
     # MAML++'s authors' VGGReLUNormNetwork: conv, batch norm, F.leaky_relu (slope 0.01), max-pool
     torch.manual_seed(0)
-    model = models.build(tiny_config(activation=activation)).double()
+    model = models.build(tiny_config(leaky_relu=leaky_relu)).double()
     x = torch.randn(5, 1, 16, 16, dtype=torch.float64)
 
     def written_out(slope):

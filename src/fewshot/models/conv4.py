@@ -5,7 +5,7 @@ Two standard forms:
            MAML on miniImageNet)
   stride:  4 x [conv3x3 stride 2 (pad 1), BN, ReLU], averaged over space (MAML's
            original Omniglot network, cbfinn/maml `forward_conv` without max-pool)
-then a linear layer to `ways` outputs. `activation: leaky_relu` puts a leaky ReLU
+then a linear layer to `ways` outputs. `leaky_relu: true` puts a leaky ReLU
 (slope 0.01) where the ReLU is, as MAML++'s authors' VGGReLUNormNetwork does.
 
 `forward` is the one per-task forward; inner loops run it with explicit parameters
@@ -29,7 +29,7 @@ CPU_BATCHING_MAX_IMAGES = 10
 # Two or more threads: support sets of at most this many pixels (20 Omniglot images of 28 x 28; every
 # Omniglot 1-shot preset). Larger ones, miniImageNet's 84 x 84 included, keep both threads busy per task.
 CPU_BATCHING_MAX_SUPPORT_PIXELS = 20 * 28 * 28
-# `activation: leaky_relu`: torch's default slope, which MAML++'s authors' F.leaky_relu(out) uses
+# `leaky_relu: true`: torch's default slope, which MAML++'s authors' F.leaky_relu(out) uses
 LEAKY_SLOPE = 0.01
 
 
@@ -43,10 +43,10 @@ class Block(nn.Module):
 @BACKBONES.register("conv4")
 class Conv4(Backbone):
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
-                 batch_norm="transductive", bn_steps=1, activation="relu"):
+                 batch_norm="transductive", bn_steps=1, leaky_relu=False):
         super().__init__()
         self.downsample = downsample
-        self.leaky = activation == "leaky_relu"
+        self.leaky = leaky_relu
         self.transductive = batch_norm == "transductive"
         self.queued_statistics = []  # inductive batch norm: see batched_forward
         stride = 2 if downsample == "stride" else 1
@@ -74,7 +74,7 @@ class Conv4(Backbone):
         return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
                    filters=config.filters, downsample=config.downsample, image_size=config.image_size,
                    batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1,
-                   activation=config.activation)
+                   leaky_relu=config.leaky_relu)
 
     def activate(self, x):
         return F.leaky_relu(x, LEAKY_SLOPE) if self.leaky else F.relu(x)
