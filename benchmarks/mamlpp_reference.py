@@ -174,6 +174,28 @@ def compare(reference, config, tasks, epoch, first_order_epochs):
             "gradients": rows, "meta-test logits": logits}
 
 
+def markdown(results, config):
+    """One table: a row per parameter, per case the largest |ours - theirs| of the per-task loop and of
+    the batched pass, with the largest |their gradient| for scale."""
+    def case(result):
+        order = "second" if result["second_order"] else "first"
+        msl = "multi-step loss" if result["loss_weights"][0] > 0 else "last step only"
+        return f"epoch {result['epoch']}: {order} order, {msl}"
+    lines = ["| parameter | " + " | ".join(f"{case(r)}: largest \\|their grad\\| | \\|ours - theirs\\| "
+                                           f"(loop / batched)" for r in results) + " |",
+             "| --- |" + " --- | --- |" * len(results)]
+    for name in results[0]["gradients"]:
+        cells = []
+        for result in results:
+            row = result["gradients"][name]
+            scale = f"{row['largest |grad|']:.2e}" if "largest |grad|" in row else "-"
+            cells += [scale, f"{row['per-task']:.1e} / {row['batched']:.1e}"]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines.append(f"| meta-test logits after {config.eval_inner_steps} steps | " + " | ".join(
+        f"- | {r['meta-test logits']:.1e}" for r in results) + " |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="a checkout of AntreasAntoniou/HowToTrainYourMAMLPytorch")
@@ -182,6 +204,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=None, help="in place of the preset's (small: faster)")
     parser.add_argument("--tasks", type=int, default=2, help="tasks in the meta-batch")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--markdown", action="store_true", help="also print one table of all cases")
     args = parser.parse_args()
     # their zero_grad reads .grad of non-leaf tensors, which torch warns about at every inner step
     warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
@@ -208,6 +231,8 @@ def main():
                   f"{row['batched']:9.1e}")
         print(f"  meta-test logits after {config.eval_inner_steps} steps: largest |ours - theirs| "
               f"{result['meta-test logits']:.1e}")
+    if args.markdown:
+        print(markdown(results, config))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"preset": args.preset, "image_size": config.image_size, "tasks": args.tasks,
