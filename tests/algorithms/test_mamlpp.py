@@ -28,14 +28,14 @@ def build(**overrides):
 
 
 def record_bn_steps(algorithm, monkeypatch):
-    """The (input size, bn_step) of every forward the algorithm runs."""
+    """The (images per task, bn_step) of every forward the algorithm runs."""
     calls = []
     model = algorithm.model
     original = model.functional_forward
 
-    def spy(params, x, bn_training=True, **options):
-        calls.append((len(x), options.get("bn_step", 0)))
-        return original(params, x, bn_training, **options)
+    def spy(params, x, bn_training=True, tasks=False, **options):
+        calls.append((x.shape[1] if tasks else len(x), options.get("bn_step", 0)))
+        return original(params, x, bn_training, tasks=tasks, **options)
 
     monkeypatch.setattr(model, "functional_forward", spy)
     return calls
@@ -58,16 +58,9 @@ def test_the_query_pass_after_inner_step_k_uses_the_support_passs_batch_norm_row
 
 def test_the_batched_pass_uses_the_same_rows(monkeypatch):
     algorithm = build(batch_tasks=True)
-    rows = []
-    original = algorithm.model.batched_forward
-
-    def spy(params, x, bn_training=True, bn_step=0):
-        rows.append((x.shape[1], bn_step))
-        return original(params, x, bn_training, bn_step)
-
-    monkeypatch.setattr(algorithm.model, "batched_forward", spy)
+    calls = record_bn_steps(algorithm, monkeypatch)
     algorithm.meta_gradient(make_tasks(2, shots=2, query=3), step=0)
-    assert rows == [(6, 0), (9, 0), (6, 1), (9, 1), (6, 2), (9, 2)]
+    assert calls == [(6, 0), (9, 0), (6, 1), (9, 1), (6, 2), (9, 2)]
 
 
 def test_meta_test_predicts_with_the_row_of_the_last_inner_step(monkeypatch):
