@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FewshotError
-from .files import check_output, holds_run
+from .files import check_output, holds_run, is_predictions, is_scores
 
 
 def cmd_presets(args):
@@ -204,7 +204,7 @@ def cmd_eval(args):
         raise FewshotError(f"--seed must be at least 0, got {args.seed}")
     at_steps = None if args.at_steps is None else _at_steps(args.at_steps)
     if args.scores:
-        check_output(args.scores, "--scores", "scores.txt")
+        check_output(args.scores, "--scores", "scores.txt", ours=is_scores)
     from .evaluate import describe, evaluate_checkpoint
     _threads(args)
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
@@ -306,7 +306,7 @@ def cmd_predict(args):
     if args.steps is not None and args.steps < 0:
         raise FewshotError(f"--steps must be at least 0, got {args.steps}")
     if args.csv:
-        check_output(args.csv, "--csv", "predictions.csv")
+        check_output(args.csv, "--csv", "predictions.csv", ours=is_predictions)
     _check_threads(args)
     _device(args.device)
     from .predict import load
