@@ -136,7 +136,7 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, state_path = 0, out / "pretrain.pt"
     if state_path.exists():
-        state = checkpoint.load(state_path)
+        state = checkpoint.load(state_path, pretraining=True)
         saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
         changed = sorted(k for k in options if saved.get(k) != options[k])
         if changed:

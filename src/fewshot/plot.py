@@ -1,4 +1,5 @@
 """Learning curves from a run's metrics.jsonl."""
+import math
 from pathlib import Path
 
 import matplotlib
@@ -51,12 +52,12 @@ def plot_run(run, out=None):
     steps = [r["step"] for r in rows]
     val = [(r["step"], r["val_metric"], r["val_ci95"]) for r in rows if "val_metric" in r]
     figure, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(steps, [r["loss"] for r in rows], label="meta-train query loss")
+    ax_loss.plot(steps, [r.get("loss", math.nan) for r in rows], label="meta-train query loss")
     ax_loss.set_xlabel("meta-step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
-    ax_metric.plot(steps, [r["metric"] for r in rows],
+    ax_metric.plot(steps, [r.get("metric", math.nan) for r in rows],
                    label=f"meta-train query, {after_steps(config, True)}" if config else "meta-train query")
     if not family(config).higher_is_better if config else False:
         ax_metric.set_yscale("log")

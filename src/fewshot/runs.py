@@ -13,11 +13,10 @@ import resource
 import sys
 from pathlib import Path
 
-import yaml
-
 from .config import complete, validate
 from .errors import FewshotError
 from .files import write_text
+from .reading import parse_yaml
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
                "tasks_per_s", "images_per_s", "points_per_s", "elapsed_s", "nonfinite_steps", "peak_rss_mb",
@@ -125,12 +124,12 @@ def read_config(out):
     """A run folder's config.yaml, checked."""
     path = Path(out) / "config.yaml"
     try:
-        config = yaml.safe_load(path.read_text())
+        config = parse_yaml(path.read_text())
         if not isinstance(config, dict):
             raise ValueError("not a mapping of keys to values")
         config = complete(config)
         validate(config)
-    except (yaml.YAMLError, ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise FewshotError(f"{path} is damaged ({reason}); restore it from a copy, or start a new run "
                            f"in another folder (with --init {Path(out) / 'last.pt'} to keep the weights)") from None
@@ -173,15 +172,25 @@ def _read_rows(path):
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if not _is_row(row):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             torn += 1
             print(f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped",
                   file=sys.stderr)
             continue
         rows.append(row)
     return rows, torn
+
+
+def _is_row(row):
+    """Whether a parsed line is a metrics row: a step, numbers only (NaN included: a diverged
+    step is logged as one) in the fields fewshot writes, a validation's mean with its interval."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool)
+            and ("val_metric" in row) == ("val_ci95" in row)
+            and all(number(value) for name, value in row.items() if name in CSV_COLUMNS))
 
 
 def read_metrics(folder):
