@@ -208,7 +208,7 @@ def cmd_eval(args):
     from .evaluate import describe, evaluate_checkpoint
     _threads(args)
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
-                                 data_spec=args.data, seed=args.seed, device=args.device,
+                                 data_spec=args.data, seed=args.seed, device=args.device, any_kind=args.any_kind,
                                  progress=not args.no_progress and not args.json, at_steps=at_steps)
     scores = result.pop("scores")
     if args.json:
@@ -438,6 +438,8 @@ def parser():
     s.add_argument("--split", default="test", help="test (default), val or train")
     s.add_argument("--steps", type=int, help="inner steps (default: the preset's eval_inner_steps)")
     s.add_argument("--data", help="dataset to evaluate on (default: the one it was trained on)")
+    s.add_argument("--any-kind", action="store_true",
+                   help="with --data: also data of another kind than the run's (e.g. your folder for an Omniglot run)")
     s.add_argument("--seed", type=int, help="seed of the task set (default: the preset's eval_seed)")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")

@@ -258,8 +258,8 @@ def _check_value(name: str, value: Any) -> None:
         high = HIGH.get(name, WHOLE_MAX)
         if not _is_int(value) or value < low or value > high:
             example = f"; e.g. --set {name}={max(low, 1)}" if not optional else ""
-            raise FewshotError(f"{name} must be a whole number >= {low}{null}{_at_most(name)}, got {brief(value)}"
-                               f"{example}")
+            most = f" and <= {high}" if name in HIGH or (_is_int(value) and value > high) else ""
+            raise FewshotError(f"{name} must be a whole number >= {low}{most}{null}, got {brief(value)}{example}")
     elif base is float:
         out_of_range = _is_number(value) and ((low is not None and value < low) or
                                               (above is not None and value <= above))

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, models
+from . import checkpoint, data, memory, models
 from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.kinds import SPLITS
@@ -117,8 +117,11 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
                            f"{config.model!r} (choose one with --backbone)")
     out = Path(out)
     check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    if not 1 <= batch_size <= 10 ** 9:
+        raise FewshotError(f"--batch-size must be a whole number from 1 to {10 ** 9:,}, got {batch_size}")
+    memory.check_batch(config, batch_size, device)  # before the folder or the data
+    out.mkdir(parents=True, exist_ok=True)
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
     train_refs = refs["train"]

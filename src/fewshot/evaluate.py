@@ -51,13 +51,17 @@ def load_algorithm(state, device="cpu"):
 
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
-                        device: str = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
-    """Everything `fewshot eval` does, as a dict."""
+                        device: str = "cpu", progress: bool = True, at_steps: list[int] | None = None,
+                        any_kind: bool = False) -> dict:
+    """Everything `fewshot eval` does, as a dict. `data_spec`: other data to evaluate on, of
+    the kind the run was trained on unless `any_kind`."""
     state = checkpoint.load(target)
     config = state["config"]
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
+    if data_spec is not None:
+        check_data_kind(config, any_kind)
     if split not in SPLITS:
         raise FewshotError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     dataset, refs = data.load(config, progress)
@@ -80,6 +84,32 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
         "seed": config.eval_seed if seed is None else seed,
     })
     return result
+
+
+def check_data_kind(config, any_kind: bool = False) -> None:
+    """Refuse a prepared dataset (`config.data`) whose images the run's network cannot take
+    (another number of channels), or of another kind than the run's unless `any_kind`: an
+    Omniglot model scored on miniImageNet gives chance, not an answer. Raw copies are
+    decoded by the run's own kind, which refuses another layout itself."""
+    from .data.images import home, is_prepared, read_dataset
+    path = Path(config.data).expanduser()
+    if not path.exists():
+        path = home() / str(config.data)
+    path = data.kind(config.dataset).locate(path, config)
+    if not is_prepared(path):
+        return
+    meta = read_dataset(path, None).meta
+    theirs, channels = meta.get("dataset"), meta.get("channels")
+    trained = f"{config.dataset} data, {config.image_size}x{config.image_size}, {config.channels} channel" + \
+        ("s" if config.channels > 1 else "")
+    if channels is not None and channels != config.channels and not data.kind(config.dataset).features:
+        raise FewshotError(f"{path} holds {channels}-channel images, but the run was trained on {trained}: its "
+                           f"network takes {config.channels}; give {config.channels}-channel data (`fewshot data "
+                           f"folder --channels {config.channels}`)")
+    if theirs != config.dataset and not any_kind:
+        raise FewshotError(f"{path} holds {theirs} data, but the run was trained on {trained}; give data of that "
+                           f"kind, or pass --any-kind to evaluate it on these (converted to "
+                           f"{config.image_size}x{config.image_size})")
 
 
 def describe(result):

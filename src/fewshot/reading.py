@@ -176,15 +176,17 @@ def decode_image(source, where):
     with failure(where, "image", fix):
         try:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        except Image.DecompressionBombError:
-            raise FewshotError(f"image {shown(where)} has more than twice {limit:,} pixels, the most fewshot "
-                               f"decodes (a decompression bomb?); it was not decoded: shrink it or remove it") from None
+        except Image.DecompressionBombError as error:  # Pillow's own refusal, at twice the limit
+            found = re.search(r"\((\d+) pixels\)", str(error))
+            pixels = f"{int(found.group(1)):,} pixels" if found else f"more than {2 * limit:,} pixels"
+            raise FewshotError(f"image {shown(where)} has {pixels}, more than {limit:,}, the most fewshot decodes "
+                               f"(a decompression bomb?); it was not decoded: shrink it or remove it") from None
         width, height = image.size
         if width * height > limit:
             image.close()
-            raise FewshotError(f"image {shown(where)} is {width}x{height} pixels, more than {limit:,}, the most "
-                               f"fewshot decodes (a decompression bomb?); it was not decoded: shrink it or "
-                               f"remove it")
+            raise FewshotError(f"image {shown(where)} has {width}x{height} = {width * height:,} pixels, more than "
+                               f"{limit:,}, the most fewshot decodes (a decompression bomb?); it was not decoded: "
+                               f"shrink it or remove it")
         image.load()
         return image
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import algorithms, checkpoint, data, distributed, precision
+from . import algorithms, checkpoint, data, distributed, memory, precision
 from .compiled import compile_step
 from .config import Config, dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
@@ -119,7 +119,7 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
                            "to continue the run in `out`")
     config = validate(config)
     _check_procs(procs, config)
-    device_of(device)
+    memory.check_training(config, device_of(device))
     out = Path(out)
     # loaded (and a checkpoint that does not fit refused) before the run folder exists; a resumed
     # run that was killed before its first checkpoint starts from the same --init weights again

@@ -216,7 +216,9 @@ def test_a_dataset_prepared_at_another_size_is_decoded_again_with_its_split(tmp_
     assert dataset.images.shape == (40, 1, 28, 28)
     assert {c.name: c.group for c in dataset.classes} == before
     assert {s: len(r) for s, r in refs.items()} == {"train": 10, "val": 5, "test": 5}
-    assert read_dataset(fewshot_home / "sized", None).meta["sizes"] == [20, 28]
+    # issue 23: the other size is decoded into a cache; nothing but `fewshot data` writes into a dataset
+    assert read_dataset(fewshot_home / "sized", None).meta["sizes"] == [20]
+    assert dataset.root.parent == fewshot_home / "cache"
 
 
 def corrupt_tree(root):
