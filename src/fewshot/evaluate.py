@@ -61,7 +61,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
     if data_spec is not None:
-        check_data_kind(config, any_kind)
+        check_data_kind(config, trained_kind(state), any_kind)
     if split not in SPLITS:
         raise FewshotError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     dataset, refs = data.load(config, progress)
@@ -86,30 +86,37 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     return result
 
 
-def check_data_kind(config, any_kind: bool = False) -> None:
-    """Refuse a prepared dataset (`config.data`) whose images the run's network cannot take
-    (another number of channels), or of another kind than the run's unless `any_kind`: an
-    Omniglot model scored on miniImageNet gives chance, not an answer. Raw copies are
-    decoded by the run's own kind, which refuses another layout itself."""
+def trained_kind(state: dict) -> str | None:
+    """The kind of data a checkpoint was trained on (a prepared folder's own kind, which a
+    preset's `dataset` need not be); None where nothing says."""
+    from .data.images import is_prepared, read_dataset
+    recorded = (state.get("preprocessing") or {}).get("dataset")
+    if recorded:
+        return recorded
+    location = state.get("data_location")  # checkpoints from before the kind was recorded
+    if isinstance(location, dict) and isinstance(location.get("path"), str):
+        path = Path(location["path"])
+        return read_dataset(path, None).meta.get("dataset") if is_prepared(path) else state["config"].dataset
+    return None
+
+
+def check_data_kind(config, trained: str | None, any_kind: bool = False) -> None:
+    """Refuse a prepared dataset (`config.data`) of another kind than `trained`, the run's,
+    unless `any_kind`: an Omniglot model scored on miniImageNet gives chance, not an answer.
+    A raw copy is decoded by the run's own kind, which refuses another layout itself."""
     from .data.images import home, is_prepared, read_dataset
     path = Path(config.data).expanduser()
     if not path.exists():
         path = home() / str(config.data)
     path = data.kind(config.dataset).locate(path, config)
-    if not is_prepared(path):
+    if trained is None or any_kind or not is_prepared(path):
         return
-    meta = read_dataset(path, None).meta
-    theirs, channels = meta.get("dataset"), meta.get("channels")
-    trained = f"{config.dataset} data, {config.image_size}x{config.image_size}, {config.channels} channel" + \
-        ("s" if config.channels > 1 else "")
-    if channels is not None and channels != config.channels and not data.kind(config.dataset).features:
-        raise FewshotError(f"{path} holds {channels}-channel images, but the run was trained on {trained}: its "
-                           f"network takes {config.channels}; give {config.channels}-channel data (`fewshot data "
-                           f"folder --channels {config.channels}`)")
-    if theirs != config.dataset and not any_kind:
-        raise FewshotError(f"{path} holds {theirs} data, but the run was trained on {trained}; give data of that "
-                           f"kind, or pass --any-kind to evaluate it on these (converted to "
-                           f"{config.image_size}x{config.image_size})")
+    theirs = read_dataset(path, None).meta.get("dataset")
+    if theirs != trained:
+        raise FewshotError(f"{path} holds {theirs} data, but the run was trained on {trained} data "
+                           f"({config.image_size}x{config.image_size}, {config.channels} channel"
+                           f"{'s' if config.channels > 1 else ''}); give data of that kind, or pass --any-kind to "
+                           f"evaluate it on these anyway (converted to that size and those channels)")
 
 
 def describe(result):

@@ -131,6 +131,13 @@ def write_text(path, text):
         Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
+def write_bytes(path, data):
+    """`data` written as write_text writes text: in one stream, so a pipe takes it as well."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
 def holds_run(folder):
     """Whether `folder` holds a training run or a pretraining (its own files would be at stake)."""
     folder = Path(folder)

@@ -37,9 +37,10 @@ def sizes(config: Config) -> tuple[int, int]:
     from .summary import example_input
     with torch.device("meta"):
         algorithm = algorithms.build(config)
-        one = example_input(config)[:1]
-        rows = algorithm.model.summary_rows(one)
-    return sum(p.numel() for p in algorithm.parameters()), sum(math.prod(shape) for _, shape, _ in rows)
+        two = example_input(config)[:2]  # two: batch norm in training mode needs more than one value
+        rows = algorithm.model.summary_rows(two)
+    return (sum(p.numel() for p in algorithm.parameters()),
+            -(-sum(math.prod(shape) for _, shape, _ in rows) // len(two)))
 
 
 def check(needed: int, device, what: str, fix: str) -> None:

@@ -108,7 +108,7 @@ def parse_yaml(text: str):
     the safe loader), and at most YAML_VALUES values; else a YAMLProblem."""
     try:
         value = yaml.load(text, Loader=Loader)
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: e.g. a number of more than 4300 digits
         raise YAMLProblem(reason(error).split(' in "<unicode string>"')[0], syntax=True) from None
     except RecursionError:
         raise YAMLProblem("it nests deeper than Python can follow", syntax=True) from None

@@ -162,11 +162,12 @@ class MetricsLog:
             csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
 
 
-def _read_rows(path):
-    """(rows, number of unreadable lines) of a metrics.jsonl; a line torn by a crash is skipped with a warning."""
+def _read_rows(path, warn=True):
+    """(rows, numbers of the unreadable lines) of a metrics.jsonl; a line torn by a crash, or
+    one that is not a metrics row, is skipped, with a warning when `warn`."""
     if not path.exists():
-        return [], 0
-    rows, torn = [], 0
+        return [], []
+    rows, torn = [], []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -175,12 +176,16 @@ def _read_rows(path):
             if not _is_row(row):
                 raise ValueError
         except (ValueError, RecursionError):
-            torn += 1
-            print(f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped",
-                  file=sys.stderr)
+            torn.append(number)
+            if warn:
+                print(torn_warning(path, number), file=sys.stderr)
             continue
         rows.append(row)
     return rows, torn
+
+
+def torn_warning(path, number):
+    return f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped"
 
 
 def _is_row(row):
@@ -193,8 +198,13 @@ def _is_row(row):
             and all(number(value) for name, value in row.items() if name in CSV_COLUMNS))
 
 
-def read_metrics(folder):
-    return _read_rows(Path(folder) / "metrics.jsonl")[0]
+def read_metrics(folder, torn=None):
+    """The rows of a run's metrics.jsonl; the numbers of lines that are not rows go into
+    `torn` (a list) when given, else each is warned about."""
+    rows, skipped = _read_rows(Path(folder) / "metrics.jsonl", warn=torn is None)
+    if torn is not None:
+        torn += skipped
+    return rows
 
 
 def peak_rss_mb():

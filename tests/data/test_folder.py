@@ -324,7 +324,8 @@ def test_train_and_eval_a_preset_on_a_colour_folder_dataset(tmp_path, capsys):
     assert code == 0, err
     assert "done: 2 steps" in out
     state = checkpoint.load(out_dir)
-    assert state["preprocessing"] == {"invert": False, "size": 28, "channels": 1, "mean": None, "std": None}
+    assert state["preprocessing"] == {"dataset": "folder", "invert": False, "size": 28, "channels": 1, "mean": None,
+                                      "std": None}  # the kind of data: recorded since issue 23
     code, out, err = run(capsys, "eval", out_dir, "--tasks", "5", "--no-progress")
     assert code == 0, err
     assert "test split: accuracy" in out and "5 tasks" in out

@@ -213,12 +213,13 @@ def check_tasks_fit(refs: dict[str, list[ImageClass]], shots: int, checks: list[
 
 def preprocessing(dataset: ImageDataset | None, config: Config) -> dict | None:
     """How stored pixels become the model's input (also saved with checkpoints, for predict):
-    channels, Omniglot's inversion, and the meta-train split's per-channel mean and std."""
+    channels, Omniglot's inversion, and the meta-train split's per-channel mean and std; and
+    the kind of data they are (so that `fewshot eval --data` knows what the run was trained on)."""
     if dataset is None:
         return None
     meta = dataset.meta
     normalize = meta.get("mean") is not None and len(meta["mean"]) == config.channels
-    return {"invert": bool(meta.get("invert", False)), "size": config.image_size,
+    return {"dataset": meta.get("dataset"), "invert": bool(meta.get("invert", False)), "size": config.image_size,
             "channels": config.channels, "mean": meta["mean"] if normalize else None,
             "std": meta["std"] if normalize else None}
 
