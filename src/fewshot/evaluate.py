@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import algorithms, checkpoint, data
-from .config import eval_query, eval_ways
+from . import algorithms, checkpoint, data, precision
+from .algorithms.base import inner_loop_words
+from .config import Config, eval_query, eval_ways, meta_test
 from .data.kinds import SPLITS
-from .errors import FewshotError
+from .device import choose_device
+from .errors import FewshotError, whole_number
 from .runs import recorded_data
 
 
@@ -19,6 +21,13 @@ def confidence(values):
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
 
 
+def meta_test_steps(algorithm, config: Config | None = None) -> int:
+    """The inner steps `algorithm` takes at meta-test under `config` (its own by default):
+    eval_inner_steps where it reads that key, else none (ProtoNets)."""
+    config = algorithm.config if config is None else config
+    return config.eval_inner_steps if "eval_inner_steps" in algorithm.reads else 0
+
+
 def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", progress=False, desc="eval",
              at_steps=()):
     """Adapt on each task's support set and score its query set; task i is the same
@@ -26,7 +35,7 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
     numbers of inner steps (e.g. 0, 1) under "by_steps"."""
     was_training = algorithm.training
     algorithm.eval()
-    main = steps if steps is not None else algorithm.config.eval_inner_steps
+    main = steps if steps is not None else meta_test_steps(algorithm)
     counts = sorted({main, *at_steps})
     outputs = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
@@ -51,12 +60,23 @@ def load_algorithm(state, device="cpu"):
 
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
-                        device: str = "cpu", progress: bool = True, at_steps: list[int] | None = None,
+                        device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None,
                         any_kind: bool = False) -> dict:
-    """Everything `fewshot eval` does, as a dict. `data_spec`: other data to evaluate on, of
-    the kind the run was trained on unless `any_kind`."""
+    """Everything `fewshot eval` does, as a dict. `device` None: the best device present.
+    `data_spec`: other data to evaluate on, of the kind the run was trained on unless `any_kind`.
+    Other inner `steps` or `at_steps` than the run's are refused where a preset's
+    eval_inner_steps or eval_at_steps would be (e.g. more steps than MAML++ learned rates
+    for, any steps for ProtoNets)."""
+    for value, low, flag in ((steps, 0, "--inner-steps"), (tasks, 1, "--tasks"), (seed, 0, "--seed")):
+        if value is not None:
+            whole_number(value, low, flag)
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise FewshotError(f"--inner-lr must be a finite number >= 0, got {lr}")
+    device = choose_device(device)[0]
     state = checkpoint.load(target)
     config = state["config"]
+    config = meta_test(config, **({"eval_inner_steps": steps} if steps is not None else {}),
+                       **({"eval_at_steps": list(at_steps)} if at_steps else {}))
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
@@ -68,18 +88,18 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
-    steps = config.eval_inner_steps if steps is None else steps
+    steps = meta_test_steps(algorithm, config)
     n_tasks = config.eval_tasks if tasks is None else tasks
-    if n_tasks < 1:
-        raise FewshotError(f"--tasks must be at least 1, got {n_tasks}")
     at_steps = config.eval_at_steps or () if at_steps is None else at_steps
-    result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
-                      at_steps=at_steps)
+    with precision.configured(config.precision, device):  # the arithmetic the run validated in
+        result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
+                          at_steps=at_steps)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
         "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,
         "ways": eval_ways(config), "query": eval_query(config), "inner_steps": steps,
         "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
+        "adaptation": algorithm.describe_adaptation(steps, lr), "device": str(device),
         "metric": algorithm.family.metric_name,
         "seed": config.eval_seed if seed is None else seed,
     })
@@ -127,14 +147,14 @@ def describe(result):
 
     task = (f"{result['ways']}-way {result['shots']}-shot" if percent else f"{result['shots']}-shot")
     queries = f"{result['query']} {'query' if result['query'] == 1 else 'queries'} per {'class' if percent else 'task'}"
-    steps = f"{result['inner_steps']} inner step{'' if result['inner_steps'] == 1 else 's'}"
+    adaptation = result.get("adaptation") or inner_loop_words(result["inner_steps"], result["inner_lr"])
     lines = [f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
              f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, {queries}, "
-             f"{steps} at lr {result['inner_lr']})"]
+             f"{adaptation})"]
     if len(result["by_steps"]) > 1:
         lines += [f"  after {count:>3} steps: {result['metric']} {value(r['mean'], r['ci95'])}"
                   for count, r in sorted(result["by_steps"].items(), key=lambda item: int(item[0]))]
     return "\n".join(lines)
 
 
-__all__ = ["confidence", "evaluate", "evaluate_checkpoint", "describe", "load_algorithm"]
+__all__ = ["confidence", "evaluate", "evaluate_checkpoint", "describe", "load_algorithm", "meta_test_steps"]

@@ -20,20 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, precision
+from .config import meta_test
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
-from .errors import FewshotError
-from .evaluate import confidence, load_algorithm
+from .device import choose_device
+from .errors import FewshotError, whole_number
+from .evaluate import load_algorithm
 
 
 class Learner:
     """A trained checkpoint, ready to adapt to new tasks."""
 
-    def __init__(self, state: dict, device: str | torch.device = "cpu"):
+    def __init__(self, state: dict, device: str | torch.device | None = "cpu"):
         self.config = state["config"]
         self.preprocessing = state.get("preprocessing")
-        self.device = torch.device(device)
+        self.device = device if isinstance(device, torch.device) else choose_device(device)[0]
         self.algorithm = load_algorithm(state, self.device).eval()
         self.step = state["step"]
 
@@ -47,7 +49,10 @@ class Learner:
 
     def adapt(self, support: str | Path | torch.Tensor, labels: torch.Tensor | None = None,
               classes: list[str] | None = None, steps: int | None = None, lr: float | None = None) -> "Adapted":
-        """`support` is a folder of class folders, or a tensor of inputs with `labels`."""
+        """`support` is a folder of class folders, or a tensor of inputs with `labels`; `steps`
+        and `lr` replace the checkpoint's meta-test inner steps and rate."""
+        if steps is not None:
+            whole_number(steps, 0, "--inner-steps")
         if isinstance(support, (str, Path)):
             support, labels, classes = self.read_support(support)
         support, labels = support.to(self.device), labels.to(self.device)
@@ -57,8 +62,15 @@ class Learner:
         if classes is not None and not getattr(self.algorithm, "any_number_of_classes", False) and len(classes) != ways:
             raise FewshotError(f"the support set has {len(classes)} classes, but this checkpoint's model is "
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
-        adapted = self.algorithm.adapt(support, labels, steps, lr)
+        if steps is not None:  # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates)
+            meta_test(self.config, eval_inner_steps=steps)
+        with self.arithmetic():
+            adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
+
+    def arithmetic(self):
+        """The run's precision, as its validation ran (precision.configured)."""
+        return precision.configured(self.config.precision, self.device)
 
     def read_support(self, folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         folder = Path(folder)
@@ -87,12 +99,13 @@ class Adapted:
         see the module docstring for `transductive`."""
         algorithm = self.learner.algorithm
         x = x.to(self.learner.device)
-        if transductive or not depends_on_the_batch(algorithm):
-            return algorithm.predict(self.state, x)
-        if puts_support_in_the_batch(algorithm):  # its own batch is already the support set plus x
-            return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
-        return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
-                          for i in range(len(x))])
+        with self.learner.arithmetic():
+            if transductive or not depends_on_the_batch(algorithm):
+                return algorithm.predict(self.state, x)
+            if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
+                return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
+            return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
+                              for i in range(len(x))])
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),
@@ -121,14 +134,7 @@ def depends_on_the_batch(algorithm) -> bool:
     """Whether the algorithm's outputs for one input depend on the other inputs of its
     batch: a network with batch norm on batch statistics at test (`batch_norm:
     transductive`), unless the algorithm already classifies each input on its own."""
-    if algorithm.model.batch_norm_mode != "transductive":
-        return False
-    return not (algorithm.config.algorithm == "reptile" and algorithm.config.reptile_eval == "non_transductive")
-
-
-def puts_support_in_the_batch(algorithm) -> bool:
-    """ProtoNets embed the support and query images in one batch already."""
-    return algorithm.config.algorithm == "protonet"
+    return algorithm.model.batch_norm_mode == "transductive" and not algorithm.predicts_each_input_alone
 
 
 def printable(name: str) -> str:
@@ -152,30 +158,6 @@ def query_files(queries):
     return files
 
 
-def load(target: str | Path, device: str | torch.device = "cpu") -> Learner:
-    """A checkpoint file or run folder -> a Learner."""
+def load(target: str | Path, device: str | torch.device | None = "cpu") -> Learner:
+    """A checkpoint file or run folder -> a Learner on `device` (None: the best present)."""
     return Learner(checkpoint.load(target), device)
-
-
-def evaluate_predict(target, tasks: int | None = None, split: str = "test", transductive: bool = False,
-                     seed: int | None = None, device: str = "cpu") -> dict:
-    """The score of `predict`'s answers on the fixed, seeded tasks `fewshot eval` draws:
-    each task's support set adapted as Learner.adapt does, its query set given in one
-    call. With `transductive=True` this is `fewshot eval`'s protocol and figure.
-    Returns {"mean", "ci95", "tasks", "transductive"}."""
-    from . import data
-    from .config import eval_query, eval_ways
-    state = checkpoint.load(target)
-    config = state["config"]
-    dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
-                           query=eval_query(config), ways=eval_ways(config))
-    learner = Learner(state, device)
-    count = config.eval_tasks if tasks is None else tasks
-    scores = []
-    for index in range(count):
-        task = sampler.batch(index, 1)[0].to(learner.device)
-        adapted = learner.adapt(task.support_x, task.support_y)
-        scores.append(learner.algorithm.family.metric(adapted.outputs(task.query_x, transductive), task.query_y))
-    mean, ci95 = confidence(scores)
-    return {"mean": mean, "ci95": ci95, "tasks": count, "transductive": transductive}

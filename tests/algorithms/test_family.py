@@ -1,8 +1,10 @@
 """Behaviour of each algorithm of the MAML family and of Prototypical Networks."""
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fewshot import algorithms
 from fewshot.config import load_preset
@@ -139,8 +141,19 @@ def test_reptile_moves_toward_the_adapted_weights_by_the_meta_step():
                       lr_schedule="step")
     tasks = make_tasks(2)
     theta = {n: p.detach().clone() for n, p in algorithm.model.named_parameters()}
-    adapted = [algorithm.train_on(torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]),
-                                  3, 0.05, [algorithm.config.seed, 7, i]) for i, t in enumerate(tasks)]
+    # each task's 3 plain SGD steps on the whole task (no inner batch), written out
+    adapted = []
+    for position, task in enumerate(tasks):
+        x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
+        order = np.concatenate([np.random.default_rng([algorithm.config.seed, 7, position]).permutation(len(x))
+                                for _ in range(3)]).reshape(3, len(x))
+        weights = dict(theta)
+        for rows in order:
+            leaves = {n: w.detach().requires_grad_() for n, w in weights.items()}
+            loss = F.cross_entropy(algorithm.model.functional_forward(leaves, x[rows]), y[rows])
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            weights = {n: w.detach() - 0.05 * g for (n, w), g in zip(leaves.items(), grads)}
+        adapted.append(weights)
     optimizer, _ = make_optimizer(algorithm, algorithm.config)
     algorithm.meta_gradient(tasks, step=7)
     optimizer.step()
@@ -177,9 +190,9 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
 def test_each_omniglot_preset_trains_and_evaluates(tmp_path, omniglot_cache, preset):
     from fewshot.evaluate import evaluate_checkpoint
     config = load_preset(preset)
+    inner = {"eval_inner_steps": 3} if config.eval_inner_steps > 3 and config.algorithm != "protonet" else {}
     config = config.replace(data=str(omniglot_cache), steps=2, filters=8, val_every=2, val_tasks=2, log_every=1,
-                            eval_inner_steps=min(config.eval_inner_steps, 3), meta_batch=min(config.meta_batch, 2),
-                            ways=min(config.ways, 10))
+                            meta_batch=min(config.meta_batch, 2), ways=min(config.ways, 10), **inner)
     result = train(config, tmp_path / "run", progress=False)
     assert result["step"] == 2
     evaluated = evaluate_checkpoint(tmp_path / "run", tasks=3, progress=False)

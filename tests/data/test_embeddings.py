@@ -212,7 +212,7 @@ def test_embed_command_writes_center_embeddings_of_the_pretrained_backbone(tmp_p
     data_dir = image_dataset(tmp_path / "images")
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump({"dataset": "folder", "image_size": 16, "channels": 1, "filters": 4}))
-    assert main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+    assert main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
                  "--batch-size", "8", "--no-progress"]) == 0
     assert "--set embedding_dim=4" in capsys.readouterr().out
     state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
@@ -235,7 +235,7 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     preset = tmp_path / "tiny.yaml"
     preset.write_text("dataset: folder\nimage_size: 16\nchannels: 1\nwidths: [4, 4, 6, 8]\n")
     assert main(["embed", str(preset), "--backbone", "resnet12", "--data", data_dir, "--out", str(tmp_path / "out"),
-                 "--steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
+                 "--pretrain-steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
     assert "--set embedding_dim=8" in capsys.readouterr().out  # the last width: global average pool
     state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
     assert state["config"].model == "resnet12" and isinstance(models.build(state["config"]),
@@ -243,7 +243,7 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     with open(tmp_path / "out" / "multiview" / "test_embeddings.pkl", "rb") as f:
         assert pickle.load(f, encoding="latin1")["embeddings"].shape == (16, 8)
     # a second run with another backbone in the same folder is refused, not mixed
-    code = main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+    code = main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
                  "--batch-size", "8", "--no-progress"])
     assert code == 2 and "model" in capsys.readouterr().err
 
@@ -255,7 +255,7 @@ def test_embed_writes_only_the_crops_asked_for_and_adds_the_others_later(tmp_pat
     data_dir = image_dataset(tmp_path / "images")
     preset = tmp_path / "tiny.yaml"
     preset.write_text("dataset: folder\nimage_size: 16\nchannels: 1\nfilters: 4\n")
-    argv = ["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+    argv = ["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
             "--batch-size", "8", "--no-progress"]
     assert main(argv + ["--crops", "center"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["center"]
@@ -284,3 +284,34 @@ def test_non_finite_embeddings_are_refused_when_read_and_never_written(tmp_path,
                                            r"values \(first row 7\)"):
         emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
     assert not is_prepared(tmp_path / "cache")
+
+
+def test_embed_pretrains_only_backbones_that_read_the_head_and_batch_norm_it_sets(tmp_path):
+    from fewshot.embed import embed, pretrainable
+    assert pretrainable() == ["conv4", "resnet12", "wrn28_10"]  # their `reads`, not a list in embed.py
+    with pytest.raises(FewshotError, match=r"^fewshot embed pretrains one of conv4, resnet12, wrn28_10; the preset's "
+                                           r"model is 'mlp' \(choose one with --backbone\)$"):
+        embed(embed_config(str(tmp_path / "images")).unchecked_replace(model="mlp"), tmp_path / "out", steps=1)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["fp32", "tf32", "bf16"])
+def test_embed_runs_in_the_presets_precision_as_training_does(tmp_path, monkeypatch, value):
+    """Pretraining steps as `fewshot train`'s meta-steps (the flags, and bf16's autocast),
+    the embedding pass as validation (the flags only); the caller's flags back afterwards."""
+    from fewshot.embed import embed
+    from fewshot.models.conv4 import Conv4
+    from helpers import configure_as_on_cuda, tf32_flags
+    seen, real_forward = set(), Conv4.forward
+
+    def spying_forward(self, *args, **kwargs):
+        seen.add((*tf32_flags(), torch.is_autocast_enabled("cpu"), "pretraining" if self.training else "embedding"))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Conv4, "forward", spying_forward)
+    tf32 = value == "tf32"
+    with configure_as_on_cuda(monkeypatch, (not tf32,) * 2):
+        config = embed_config(image_dataset(tmp_path / "images")).unchecked_replace(precision=value)
+        embed(config, tmp_path / "out", steps=2, batch_size=8, progress=False, crops=("center",))
+        assert seen == {(tf32, tf32, value == "bf16", "pretraining"), (tf32, tf32, False, "embedding")}
+        assert tf32_flags() == (not tf32,) * 2

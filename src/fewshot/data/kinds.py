@@ -46,6 +46,9 @@ class DatasetKind:
     locate: Callable = same_path
     # generated kinds: (config, split, seed, query, dtype) -> a sampler with .batch(index, size, part)
     sampler: Callable | None = None
+    # the config keys read_by the dataset (config.Config) that this kind reads: set away from
+    # their defaults for a kind that does not list them, they are refused
+    reads: frozenset = frozenset()
 
     @property
     def generated(self) -> bool:
