@@ -41,7 +41,8 @@ def record_rows(algorithm, examples):
 
 
 def test_every_support_image_is_used_at_meta_test_with_5_images_and_batches_of_3():
-    # reptile-miniimagenet-5w1s at meta-test: 5 support images, inner batch 3. The old
+    # reptile-miniimagenet-5w1s at meta-test when it took the README's March 2018 command
+    # (--eval-batch 3): 5 support images, inner batch 3. The old
     # fixed permutation restarted at 0 and never trained on 2 of them (2 classes).
     algorithm = build(ways=5, shots=1, inner_batch=3, eval_inner_steps=86)
     task = make_tasks(1, ways=5, shots=1, query=1)[0]
@@ -275,14 +276,129 @@ def test_meta_test_starts_from_the_trained_adam_state_and_restores_it(monkeypatc
                if not n.endswith("conv.bias"))
 
 
-@pytest.mark.parametrize("preset,inner,evaluation", [
-    ("reptile-omniglot-5w1s", 5, 5), ("reptile-omniglot-5w5s", 10, 6), ("reptile-miniimagenet-5w1s", 3, 3),
-    ("reptile-miniimagenet-5w5s", 10, 15)])
-def test_reptile_presets_take_the_references_inner_batch_at_meta_train_and_meta_test(preset, inner, evaluation):
-    """--inner-batch and --eval-batch of the README commands each preset quotes."""
+# The command each reptile-* preset takes, whole, from openai/supervised-reptile's README at commit
+# 6003aaa (2018-11-02; unchanged through 8f2b71c), whose commands are the hyperparameters of the
+# paper's v3 (arXiv 1803.02999v3, Appendix A), and the v3 figure the preset's description quotes.
+README_COMMANDS = {
+    "reptile-omniglot-5w1s": (
+        "--shots 1 --inner-batch 10 --inner-iters 5 --meta-step 1 --meta-batch 5 --meta-iters 100000 "
+        "--eval-batch 5 --eval-iters 50 --learning-rate 0.001 --meta-step-final 0 --train-shots 10 "
+        "--checkpoint ckpt_o15", "95.39 +- 0.09%"),
+    "reptile-omniglot-5w5s": (
+        "--train-shots 10 --inner-batch 10 --inner-iters 5 --learning-rate 0.001 --meta-step 1 "
+        "--meta-step-final 0 --meta-batch 5 --meta-iters 100000 --eval-batch 5 --eval-iters 50 "
+        "--checkpoint ckpt_o55", "98.90 +- 0.10%"),
+    "reptile-miniimagenet-5w1s": (
+        "--shots 1 --inner-batch 10 --inner-iters 8 --meta-step 1 --meta-batch 5 --meta-iters 100000 "
+        "--eval-batch 5 --eval-iters 50 --learning-rate 0.001 --meta-step-final 0 --train-shots 15 "
+        "--checkpoint ckpt_m15", "47.07 +- 0.26%"),
+    "reptile-miniimagenet-5w5s": (
+        "--inner-batch 10 --inner-iters 8 --meta-step 1 --meta-batch 5 --meta-iters 100000 --eval-batch 15 "
+        "--eval-iters 50 --learning-rate 0.001 --meta-step-final 0 --train-shots 15 --checkpoint ckpt_m55",
+        "62.74 +- 0.37%"),
+}
+# supervised_reptile/args.py: every flag and its default (true/false: a store_true switch)
+ARGS_DEFAULTS = {
+    "--pretrained": False, "--seed": 0, "--checkpoint": "model_checkpoint", "--classes": 5, "--shots": 5,
+    "--train-shots": 0, "--inner-batch": 5, "--inner-iters": 20, "--replacement": False, "--learning-rate": 1e-3,
+    "--meta-step": 0.1, "--meta-step-final": 0.1, "--meta-batch": 1, "--meta-iters": 400000, "--eval-batch": 5,
+    "--eval-iters": 50, "--eval-samples": 10000, "--eval-interval": 10, "--weight-decay": 1.0,
+    "--transductive": False, "--foml": False, "--foml-tail": None, "--sgd": False}
+# flags that set no key: where the run writes, and how often the reference logs a one-task accuracy
+NOT_A_SETTING = {"--checkpoint", "--eval-interval"}
+
+
+def reference_arguments(command: str) -> dict:
+    """The command's flags over args.py's defaults, typed as args.py types them."""
+    arguments, tokens = dict(ARGS_DEFAULTS), command.split()
+    while tokens:
+        flag = tokens.pop(0)
+        assert flag in ARGS_DEFAULTS, f"{flag} is no flag of args.py"
+        default = ARGS_DEFAULTS[flag]
+        if isinstance(default, bool):
+            arguments[flag] = True
+        else:
+            kind = type(default) if default is not None else int
+            arguments[flag] = tokens.pop(0) if kind is str else kind(float(tokens.pop(0)))
+    return arguments
+
+
+class Reading(dict):
+    """A mapping that notes which keys were read."""
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+
+def keys_of(arguments: dict) -> dict:
+    """Our config keys for the reference's flags, one flag at a time."""
+    train_shots = arguments["--train-shots"] or arguments["--shots"]  # train.py: train_shots or num_shots
+    # behaviours fewshot's Reptile has no key for, being the only one it implements
+    assert not arguments["--replacement"]  # _mini_batches without replacement
+    assert arguments["--weight-decay"] == 1  # no weight decay
+    assert not arguments["--foml"] and arguments["--foml-tail"] is None  # Reptile, not the reference's FOML
+    assert not arguments["--pretrained"]  # a mode (evaluate a checkpoint: `fewshot eval`), no setting
+    return {
+        "seed": arguments["--seed"],
+        "ways": arguments["--classes"], "eval_ways": None,
+        "shots": arguments["--shots"],
+        "query": train_shots - arguments["--shots"],  # a task's training examples: support and query
+        "eval_query": 1,  # reptile.py _split_train_test: one test image per class
+        "inner_batch": arguments["--inner-batch"],
+        "inner_steps": arguments["--inner-iters"],
+        "inner_lr": arguments["--learning-rate"],
+        "inner_optimizer": "sgd" if arguments["--sgd"] else "adam",
+        "algorithm": "reptile",
+        "meta_optimizer": "sgd", "lr_schedule": "linear",
+        "meta_lr": arguments["--meta-step"],
+        "min_meta_lr": arguments["--meta-step-final"],
+        "meta_batch": arguments["--meta-batch"],
+        "steps": arguments["--meta-iters"],
+        "eval_inner_batch": arguments["--eval-batch"],
+        "eval_inner_steps": arguments["--eval-iters"],
+        "eval_inner_lr": None,  # evaluate() adapts with the same --learning-rate
+        "eval_tasks": arguments["--eval-samples"],
+        "reptile_eval": "transductive" if arguments["--transductive"] else "non_transductive",
+        "batch_norm": "transductive",  # models.py: batch_normalization(training=True) always
+    }
+
+
+@pytest.mark.parametrize("preset", sorted(README_COMMANDS))
+def test_each_reptile_preset_is_its_readme_command_whole(preset):
+    """Every flag of the README command (args.py's default where it gives none) is one key's value."""
+    from fewshot.config import load_preset
+    command, paper = README_COMMANDS[preset]
+    arguments = Reading(reference_arguments(command))
+    expected = keys_of(arguments)
+    config = load_preset(preset)
+    assert {key: getattr(config, key) for key in expected} == expected
+    assert paper in config.description
+    # every flag of args.py was read into a key or checked, but the two that change no result
+    assert arguments.read == set(ARGS_DEFAULTS) - NOT_A_SETTING
+
+
+@pytest.mark.parametrize("preset", sorted(README_COMMANDS))
+def test_each_reptile_preset_takes_the_references_network_where_conv4_has_a_key(preset):
+    """models.py: tf.layers.batch_normalization (epsilon 0.001); Omniglot's stride-2 'same' convolutions."""
     from fewshot.config import load_preset
     config = load_preset(preset)
-    assert (config.inner_batch, config.eval_inner_batch) == (inner, evaluation)
+    omniglot = config.dataset == "omniglot"
+    assert (config.bn_eps, config.bn_scale, config.head_init) == (0.001, True, "xavier")  # dense: Glorot uniform
+    assert (config.filters, config.downsample) == ((64, "stride") if omniglot else (32, "maxpool"))
+    assert config.conv_padding == ("tf_same" if omniglot else "symmetric")  # stride 1: 'same' pads 1 each side
+
+
+def test_the_readme_command_parser_reads_flags_and_defaults():
+    arguments = reference_arguments("--shots 1 --meta-step 0.235 --transductive --checkpoint ckpt_x")
+    assert (arguments["--shots"], arguments["--meta-step"], arguments["--transductive"]) == (1, 0.235, True)
+    assert (arguments["--checkpoint"], arguments["--classes"], arguments["--meta-iters"]) == ("ckpt_x", 5, 400000)
+    assert keys_of(arguments)["query"] == 0  # --train-shots 0: train_shots = shots
+    with pytest.raises(AssertionError):
+        reference_arguments("--inner-batches 10")
 
 
 def test_meta_test_adapts_on_mini_batches_of_eval_inner_batch():
