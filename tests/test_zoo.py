@@ -53,7 +53,7 @@ def shipped(tmp_path_factory):
         patch.setenv(zoo.FOLDER_VARIABLE, str(base / "models"))
         patch.chdir(base)
         config = tiny_config(preset="omniglot-5w1s", description=load_preset("omniglot-5w1s").description,
-                             data="tagged", steps=4)
+                             data="tagged", steps=4, bn_scale=load_preset("omniglot-5w1s").bn_scale)
         train(config, "run", progress=False, stop_after=2)
         train(out="run", resume=True, progress=False)
         assert script("ship_model").main(["run", NAME, "--machine", "the test machine", "--no-progress"]) == 0
@@ -146,7 +146,8 @@ def test_a_name_works_wherever_a_run_folder_does(using, capsys, tmp_path):
     code, from_run, err = run(capsys, "predict", run_dir, "--support", tmp_path / "support", "--query", *queries)
     assert named == from_run and len(named.splitlines()) == 3
     # fewshot train PRESET --init NAME starts from the shipped weights
-    weights = initial_weights(tiny_config(preset="omniglot-5w1s", data="tagged", init=NAME))
+    weights = initial_weights(tiny_config(preset="omniglot-5w1s", data="tagged", init=NAME,
+                                          bn_scale=load_preset("omniglot-5w1s").bn_scale))
     shipped_weights = checkpoint.load(models / card.weights)["algorithm"]
     assert all(torch.equal(weights[k], shipped_weights[k]) for k in shipped_weights)
     code, out, err = run(capsys, "train", "omniglot-5w1s", "--data", "tagged", "--out", tmp_path / "from-model",
