@@ -97,6 +97,8 @@ class Config:
     head: bool = key(True, "a linear output layer of `ways` units (false: features only, e.g. ProtoNets)",
                      read_by=("model",))
     per_step_bn: bool = key(False, "batch-norm weights and statistics per inner step (MAML++)", read_by=("model",))
+    leaky_relu: bool = key(False, "conv4: a leaky ReLU (negative slope 0.01) for the ReLU, as MAML++'s authors' "
+                           "network", read_by=("model",))
     # cbfinn/maml's network (tf.contrib.layers.batch_norm's defaults, TensorFlow's 'SAME' padding, its
     # Omniglot output layer; docs/faithfulness.md, "MAML"): conv4's, not refused under other models for
     # the reason given below for the shape keys (MAML's presets carry them)
