@@ -61,10 +61,10 @@ def find(target):
     return target
 
 
-def load(target, pretraining: bool = False):
-    """The checked state of a run's checkpoint (a file, or a run folder's best.pt / last.pt):
-    its config goes through the checks a preset does. `pretraining`: `fewshot embed`'s
-    pretrain.pt (a backbone, no meta-trained algorithm), which everything else refuses."""
+def load(target, run: bool = False):
+    """The checked state of a checkpoint (a file, or a run folder's best.pt / last.pt): a
+    run's config goes through the checks a preset does. `run`: refuse `fewshot embed`'s
+    pretrain.pt (a backbone, no meta-trained algorithm), as what evaluates or adapts must."""
     path = find(target)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -87,13 +87,11 @@ def load(target, pretraining: bool = False):
     version = state.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
         raise FewshotError(f"{path} was written by a newer fewshot (format {version!r}); upgrade fewshot")
-    if pretraining != ("algorithm" not in state and "options" in state):
-        if pretraining:
-            raise FewshotError(f"{path} is not a pretraining of `fewshot embed` (pretrain.pt); give another --out")
-        if "options" in state:
-            raise FewshotError(f"{path} is `fewshot embed`'s pretraining (a backbone for LEO's embedding files), "
-                               f"not a meta-trained run; give a run folder or its best.pt or last.pt (`fewshot "
-                               f"train`), e.g. LEO trained on the embeddings it wrote")
+    pretraining = "algorithm" not in state and "options" in state
+    if pretraining and run:
+        raise FewshotError(f"{path} is `fewshot embed`'s pretraining (a backbone for LEO's embedding files), not a "
+                           f"meta-trained run; give a run folder or its best.pt or last.pt (`fewshot train`), e.g. "
+                           f"of LEO trained on the embeddings it wrote")
     weights = state.get("algorithm", state.get("model"))
     if not isinstance(state.get("config"), dict) or not isinstance(weights, dict) or \
             not isinstance(state.get("step"), int):

@@ -293,8 +293,8 @@ def _check_value(name: str, value: Any) -> None:
         high = HIGH.get(name, WHOLE_MAX)
         if not _is_int(value) or value < low or value > high:
             example = f"; e.g. --set {name}={max(low, 1)}" if not optional else ""
-            most = f" and <= {high}" if name in HIGH or (_is_int(value) and value > high) else ""
-            raise FewshotError(f"{name} must be a whole number >= {low}{most}{null}, got {brief(value)}{example}")
+            most = f" (at most {high})" if name in HIGH or (_is_int(value) and value > high) else ""
+            raise FewshotError(f"{name} must be a whole number >= {low}{null}{most}, got {brief(value)}{example}")
     elif base is float:
         out_of_range = _is_number(value) and ((low is not None and value < low) or
                                               (above is not None and value <= above))
@@ -314,12 +314,12 @@ def _check_value(name: str, value: Any) -> None:
         what = "positive integers" if low == 1 else f"whole numbers >= {low}"
         if not isinstance(value, list) or (meta["nonempty"] and not value) or len(value) > 1000 or \
                 not all(_is_int(v) and low <= v <= HIGH.get(name, WHOLE_MAX) for v in value):
-            raise FewshotError(f"{name} must be a list of {what}{_at_most(name)}{null}, e.g. {meta['example']}, "
+            raise FewshotError(f"{name} must be a list of {what}{null}{_at_most(name)}, e.g. {meta['example']}, "
                                f"got {brief(value)}")
 
 
 def _at_most(name: str) -> str:
-    return f" and <= {HIGH[name]}" if name in HIGH else ""
+    return f" (each at most {HIGH[name]}, 1000 at most)" if name in HIGH else " (1000 at most)"
 
 
 def _registries() -> dict:

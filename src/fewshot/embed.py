@@ -158,7 +158,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, state_path = 0, out / "pretrain.pt"
     if state_path.exists():
-        state = checkpoint.load(state_path, pretraining=True)
+        state = checkpoint.load(state_path)
         saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
         changed = sorted(k for k in options if saved.get(k) != options[k])
         if changed:

@@ -73,7 +73,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
         raise FewshotError(f"--inner-lr must be a finite number >= 0, got {lr}")
     device = choose_device(device)[0]
-    state = checkpoint.load(target)
+    state = checkpoint.load(target, run=True)
     config = state["config"]
     config = meta_test(config, **({"eval_inner_steps": steps} if steps is not None else {}),
                        **({"eval_at_steps": list(at_steps)} if at_steps else {}))

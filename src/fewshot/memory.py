@@ -36,7 +36,7 @@ def sizes(config: Config) -> tuple[int, int]:
     """(parameters of the algorithm, values each input leaves in the network's layers)."""
     from .summary import example_input
     with torch.device("meta"):
-        algorithm = algorithms.build(config)
+        algorithm = algorithms.build(config).eval()  # the shapes are the same in either mode
         two = example_input(config)[:2]  # two: batch norm in training mode needs more than one value
         rows = algorithm.model.summary_rows(two)
     return (sum(p.numel() for p in algorithm.parameters()),

@@ -160,4 +160,4 @@ def query_files(queries):
 
 def load(target: str | Path, device: str | torch.device | None = "cpu") -> Learner:
     """A checkpoint file or run folder -> a Learner on `device` (None: the best present)."""
-    return Learner(checkpoint.load(target), device)
+    return Learner(checkpoint.load(target, run=True), device)

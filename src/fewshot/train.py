@@ -434,7 +434,7 @@ def _row(step, losses, metrics, elapsed, since_start, lr, meta_batch, inputs_per
 
 def initial_weights(config):
     """The weights of checkpoint `config.init`, checked to fit `config`'s model and algorithm."""
-    state = checkpoint.load(config.init)
+    state = checkpoint.load(config.init, run=True)
     weights = state.get("algorithm")
     if not isinstance(weights, dict):
         raise FewshotError(f"{config.init} holds no trained weights; give a best.pt or last.pt of `fewshot train`")

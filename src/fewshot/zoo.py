@@ -236,7 +236,7 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         raise FewshotError(f"a model named {name} is already shipped in {where}; choose another name, or "
                            f"replace it with --force")
     source = checkpoint.find(run)
-    state = checkpoint.load(source)
+    state = checkpoint.load(source, run=True)
     config = state["config"]
     try:
         preset = load_preset(config.preset or "")
