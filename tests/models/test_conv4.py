@@ -230,3 +230,45 @@ def test_head_init_normal_draws_the_output_layer_from_a_standard_normal():
     # the convolutions keep Glorot's uniform bound, TensorFlow's fan_in 9 * in and fan_out 9 * out
     conv = normal.blocks[1].conv.weight
     assert conv.abs().max().item() <= (6 / (9 * 64 + 9 * 64)) ** 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_without_bn_scale_second_order_maml_differentiates_an_adapted_shift(dtype):
+    """torch's batch norm given no weight has no double backward ("Expected a proper Tensor but
+    got None"): without a scale, a shift adapted in the inner loop (adapt_bn) must still give
+    the second-order meta-gradient, the same per task as batched, and the one finite
+    differences give."""
+    from fewshot import algorithms
+    from fewshot.data.episodes import Task
+    generator = torch.Generator().manual_seed(0)
+    tasks = [Task(torch.rand(3, 1, 16, 16, generator=generator, dtype=dtype), torch.arange(3),
+                  torch.rand(6, 1, 16, 16, generator=generator, dtype=dtype), torch.arange(3).repeat(2))
+             for _ in range(2)]
+    gradients = []
+    for batched in (False, True):
+        torch.manual_seed(0)
+        algorithm = algorithms.build(tiny_config(bn_scale=False, adapt_bn=True, first_order=False,
+                                                 batch_tasks=batched)).to(dtype)
+        algorithm.meta_gradient(tasks, 0)
+        gradients.append({n: p.grad.clone() for n, p in algorithm.named_parameters()})
+    assert gradients[0].keys() == gradients[1].keys() and "model.blocks.0.norm.bias" in gradients[0]
+    tolerance = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-12)
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[0][name], gradients[1][name], **tolerance)
+    if dtype == torch.float64:  # the shift's meta-gradient against central differences of the objective
+        bias = dict(algorithm.named_parameters())["model.blocks.1.norm.bias"]
+        h, entry = 1e-6, 2
+
+        def objective():
+            return sum(float(algorithm.objective(task.support_x, task.support_y, task.query_x, task.query_y, 0)[0].detach())
+                       for task in tasks) / len(tasks)
+
+        with torch.no_grad():
+            bias[entry] += h
+        up = objective()
+        with torch.no_grad():
+            bias[entry] -= 2 * h
+        down = objective()
+        with torch.no_grad():
+            bias[entry] += h
+        assert abs((up - down) / (2 * h) - float(gradients[0]["model.blocks.1.norm.bias"][entry])) < 1e-6

@@ -84,8 +84,16 @@ class BatchNorm(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor, bn_training: bool = True, bn_step: int = 0) -> torch.Tensor:
         weight, bias, mean, var = self.step_tensors(bn_step)
-        return F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive,
+        return F.batch_norm(x, mean, var, scale_or_ones(weight, x), bias, training=bn_training or self.transductive,
                             momentum=self.momentum, eps=self.eps)
+
+
+def scale_or_ones(weight: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Batch norm's scale: `weight`, or constant ones for a layer without a learned scale.
+    torch's batch norm given no weight has no second derivative with respect to its input
+    and bias (its double backward expects a weight tensor: "Expected a proper Tensor but got
+    None"), which second-order MAML needs when the shift is adapted."""
+    return weight if weight is not None else x.new_ones(x.shape[1])
 
 
 def parameter_count(module: nn.Module) -> int:

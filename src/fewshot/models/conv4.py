@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import FewshotError
 from . import BACKBONES
-from .base import Backbone, BatchNorm
+from .base import Backbone, BatchNorm, scale_or_ones
 
 # Where the batched pass pays on the CPU, as measured in docs/benchmarks.md ("Making the meta-step
 # faster: all tasks in one pass", the timings per preset and thread count); on CUDA it always runs
@@ -187,7 +187,8 @@ class Conv4(Backbone):
                     statistics.append(torch.stack([h.mean((0, 2, 3)), h.var((0, 2, 3))]).view(2, tasks, -1)
                                       .transpose(0, 1))
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
-                             norm_weight.reshape(-1) if norm_weight is not None else None, norm_bias.reshape(-1),
+                             scale_or_ones(norm_weight.reshape(-1) if norm_weight is not None else None, h),
+                             norm_bias.reshape(-1),
                              training=not use_running, eps=norm.eps)
             h = self.activate(h)
             if self.downsample == "maxpool":
