@@ -3,11 +3,11 @@ as a preset's are, and a run is evaluated in the arithmetic it was validated in.
 import pytest
 import torch
 
-from fewshot import algorithms, checkpoint, evaluate, precision
+from fewshot import algorithms, checkpoint, evaluate
 from fewshot.errors import FewshotError
 from fewshot.train import train
 
-from helpers import tagged_dataset, tiny_config
+from helpers import configure_as_on_cuda, tagged_dataset, tf32_flags, tiny_config
 
 
 @pytest.fixture
@@ -47,42 +47,26 @@ def test_protonet_runs_take_no_inner_steps_and_are_asked_for_none(tmp_path, data
             evaluate.evaluate_checkpoint(run, tasks=2, progress=False, **asked)
 
 
-def flags():
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-
-
-@pytest.fixture
-def arithmetic_seen(monkeypatch):
-    """The TF32 flags and whether autocast is on, each time MAML predicts (validation and
-    evaluation), with configure() setting the flags as on CUDA: the CPU has no TF32, so
-    there it sets none, and this shows which arithmetic each command asks for."""
-    from fewshot.algorithms.maml import MAML
-    seen = []
-    real_predict, real_configure = MAML.predict, precision.configure
-
-    def spying_predict(self, adapted, x):
-        seen.append((*flags(), torch.is_autocast_enabled("cpu")))
-        return real_predict(self, adapted, x)
-
-    def as_on_cuda(value, device):
-        real_configure(value, torch.device("cuda"))
-
-    monkeypatch.setattr(MAML, "predict", spying_predict)
-    monkeypatch.setattr(precision, "configure", as_on_cuda)
-    saved = flags()
-    yield seen
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 @pytest.mark.parametrize("value,arithmetic", [("fp32", (False, False, False)), ("tf32", (True, True, False)),
                                               ("bf16", (False, False, False))])
-def test_eval_runs_in_the_arithmetic_the_run_validated_in(tmp_path, data, arithmetic_seen, value, arithmetic):
+def test_eval_runs_in_the_arithmetic_the_run_validated_in(tmp_path, data, monkeypatch, value, arithmetic):
     """Validation runs between meta-steps under precision.configure's flags and outside
-    autocast; `fewshot eval` runs the same way, and leaves the flags as it found them."""
-    train(tiny_config(data=data, steps=2, val_every=2, precision=value), tmp_path / "run", progress=False)
-    validation = set(arithmetic_seen)
-    arithmetic_seen.clear()
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before = (value != "tf32",) * 2
-    evaluate.evaluate_checkpoint(tmp_path / "run", tasks=2, progress=False)
-    assert validation == set(arithmetic_seen) == {arithmetic}
-    assert flags() == before  # a library call: the caller's process is left as it was
+    autocast; `fewshot eval` runs the same way, and leaves the flags as it found them.
+    Seen: the TF32 flags and whether autocast is on, each time MAML predicts."""
+    from fewshot.algorithms.maml import MAML
+    seen, real_predict = [], MAML.predict
+
+    def spying_predict(self, adapted, x):
+        seen.append((*tf32_flags(), torch.is_autocast_enabled("cpu")))
+        return real_predict(self, adapted, x)
+
+    monkeypatch.setattr(MAML, "predict", spying_predict)
+    before = (value != "tf32",) * 2
+    with configure_as_on_cuda(monkeypatch, before):
+        train(tiny_config(data=data, steps=2, val_every=2, precision=value), tmp_path / "run", progress=False)
+        validation = set(seen)
+        seen.clear()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before  # train leaves its own
+        evaluate.evaluate_checkpoint(tmp_path / "run", tasks=2, progress=False)
+        assert validation == set(seen) == {arithmetic}
+        assert tf32_flags() == before  # a library call: the caller's process is left as it was

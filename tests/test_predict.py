@@ -320,7 +320,8 @@ def test_a_users_png_becomes_exactly_what_training_saw(run_dir, sample, omniglot
     that meta-training made of the same drawing in the 28x28 sprites (gray, LANCZOS,
     inverted so that ink is 1)."""
     learner = fewshot.load(run_dir)
-    assert learner.preprocessing == {"invert": True, "size": 28, "channels": 1, "mean": None, "std": None}
+    assert learner.preprocessing == {"dataset": "omniglot", "invert": True, "size": 28, "channels": 1, "mean": None,
+                                     "std": None}  # the kind of data: recorded since issue 23
     dataset = read_dataset(omniglot_cache, 28)
     classes = {c.name: c for c in dataset.classes}
     files = expected_files(sample)
@@ -551,31 +552,24 @@ def test_inner_steps_asked_of_a_learner_are_checked_as_a_presets():
 
 @pytest.mark.parametrize("value,tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
 def test_a_learner_adapts_and_predicts_in_the_runs_precision(monkeypatch, value, tf32):
-    """As `fewshot eval` and the run's validation: precision.configure's flags (set here as
-    on CUDA, the CPU having no TF32), no autocast, and the caller's flags back afterwards."""
-    from fewshot import precision
+    """As `fewshot eval` and the run's validation: precision.configure's flags, no autocast,
+    and the caller's flags back afterwards."""
     from fewshot.algorithms.maml import MAML
-    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    real_configure, real_adapt, real_predict = precision.configure, MAML.adapt, MAML.predict
+    from helpers import configure_as_on_cuda, tf32_flags
     seen = []
 
     def spying(real):
         def call(self, *args, **kwargs):
-            seen.append((*flags(), torch.is_autocast_enabled("cpu")))
+            seen.append((*tf32_flags(), torch.is_autocast_enabled("cpu")))
             return real(self, *args, **kwargs)
         return call
 
-    monkeypatch.setattr(precision, "configure", lambda v, device: real_configure(v, torch.device("cuda")))
-    monkeypatch.setattr(MAML, "adapt", spying(real_adapt))
-    monkeypatch.setattr(MAML, "predict", spying(real_predict))
-    saved = flags()
-    try:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before = (not tf32,) * 2
+    monkeypatch.setattr(MAML, "adapt", spying(MAML.adapt))
+    monkeypatch.setattr(MAML, "predict", spying(MAML.predict))
+    with configure_as_on_cuda(monkeypatch, (not tf32,) * 2):
         learner, support, labels = fresh_learner(precision=value)
         adapted = learner.adapt(support, labels)
         adapted.predict(support)
         adapted.predict(support, transductive=True)
         assert seen and set(seen) == {(tf32, tf32, False)}
-        assert flags() == before
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        assert tf32_flags() == (not tf32,) * 2

@@ -298,28 +298,20 @@ def test_embed_pretrains_only_backbones_that_read_the_head_and_batch_norm_it_set
 @pytest.mark.parametrize("value", ["fp32", "tf32", "bf16"])
 def test_embed_runs_in_the_presets_precision_as_training_does(tmp_path, monkeypatch, value):
     """Pretraining steps as `fewshot train`'s meta-steps (the flags, and bf16's autocast),
-    the embedding pass as validation (the flags only); the caller's flags back afterwards.
-    configure() sets the flags as on CUDA here: the CPU has no TF32."""
-    from fewshot import precision
+    the embedding pass as validation (the flags only); the caller's flags back afterwards."""
     from fewshot.embed import embed
     from fewshot.models.conv4 import Conv4
-    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    real_configure, real_forward = precision.configure, Conv4.forward
-    seen = set()
+    from helpers import configure_as_on_cuda, tf32_flags
+    seen, real_forward = set(), Conv4.forward
 
     def spying_forward(self, *args, **kwargs):
-        seen.add((*flags(), torch.is_autocast_enabled("cpu"), "pretraining" if self.training else "embedding"))
+        seen.add((*tf32_flags(), torch.is_autocast_enabled("cpu"), "pretraining" if self.training else "embedding"))
         return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(precision, "configure", lambda v, device: real_configure(v, torch.device("cuda")))
     monkeypatch.setattr(Conv4, "forward", spying_forward)
-    saved = flags()
-    try:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before = (value != "tf32",) * 2
+    tf32 = value == "tf32"
+    with configure_as_on_cuda(monkeypatch, (not tf32,) * 2):
         config = embed_config(image_dataset(tmp_path / "images")).unchecked_replace(precision=value)
         embed(config, tmp_path / "out", steps=2, batch_size=8, progress=False, crops=("center",))
-        tf32 = value == "tf32"
         assert seen == {(tf32, tf32, value == "bf16", "pretraining"), (tf32, tf32, False, "embedding")}
-        assert flags() == before
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        assert tf32_flags() == (not tf32,) * 2
