@@ -153,8 +153,7 @@ def test_a_name_works_wherever_a_run_folder_does(using, capsys, tmp_path):
     code, out, err = run(capsys, "train", "omniglot-5w1s", "--data", "tagged", "--out", tmp_path / "from-model",
                          "--init", NAME, *[f"--set={k}={v}" for k, v in
                                            dict(ways=3, shots=1, query=2, filters=4, image_size=16, meta_batch=2,
-                                                steps=1, val_every=1, val_tasks=2, eval_tasks=2,
-                                                bn_scale="true").items()])  # the shipped tiny network's
+                                                steps=1, val_every=1, val_tasks=2, eval_tasks=2).items()])
     assert code == 0, err
     assert checkpoint.load(tmp_path / "from-model" / "last.pt")["config"].init == NAME
     # a file or folder of that name comes first
