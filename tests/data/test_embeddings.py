@@ -178,8 +178,8 @@ def test_embed_pretrains_on_train_classes_only_resumes_and_writes_leos_files(tmp
     part = embed(config, tmp_path / "part", steps=3, batch_size=8, progress=False, stop_after=2)
     assert part["stopped"] and part["steps"] == 2
     embed(config, tmp_path / "part", steps=3, batch_size=8, progress=False)
-    a = checkpoint.load(tmp_path / "full" / "pretrain.pt", pretraining=True)["model"]
-    b = checkpoint.load(tmp_path / "part" / "pretrain.pt", pretraining=True)["model"]
+    a = checkpoint.load(tmp_path / "full" / "pretrain.pt")["model"]
+    b = checkpoint.load(tmp_path / "part" / "pretrain.pt")["model"]
     assert a["head.weight"].shape[0] == 4  # one output per meta-train class
     from fewshot.runs import read_metrics
     for run in ("full", "part"):  # a pretraining log row at the last step, none repeated by the resume
@@ -190,7 +190,7 @@ def test_embed_pretrains_on_train_classes_only_resumes_and_writes_leos_files(tmp
     # val and test images never reach pretraining: other pixels there, the same backbone
     other = embed(embed_config(image_dataset(tmp_path / "other", test_value=7)), tmp_path / "other-out", steps=3,
                   batch_size=8, progress=False)
-    c = checkpoint.load(tmp_path / "other-out" / "pretrain.pt", pretraining=True)["model"]
+    c = checkpoint.load(tmp_path / "other-out" / "pretrain.pt")["model"]
     assert all(torch.equal(a[n], c[n]) for n in a) and other["dim"] == 4
     # the files are LEO's format, and fewshot reads them as the `embeddings` dataset
     for crop in ("center", "multiview"):
@@ -215,7 +215,7 @@ def test_embed_command_writes_center_embeddings_of_the_pretrained_backbone(tmp_p
     assert main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
                  "--batch-size", "8", "--no-progress"]) == 0
     assert "--set embedding_dim=4" in capsys.readouterr().out
-    state = checkpoint.load(tmp_path / "out" / "pretrain.pt", pretraining=True)
+    state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
     model = models.build(state["config"])
     model.load_state_dict(state["model"])
     model.eval()
@@ -237,7 +237,7 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     assert main(["embed", str(preset), "--backbone", "resnet12", "--data", data_dir, "--out", str(tmp_path / "out"),
                  "--pretrain-steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
     assert "--set embedding_dim=8" in capsys.readouterr().out  # the last width: global average pool
-    state = checkpoint.load(tmp_path / "out" / "pretrain.pt", pretraining=True)
+    state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
     assert state["config"].model == "resnet12" and isinstance(models.build(state["config"]),
                                                                    models.resnet.ResNet12)
     with open(tmp_path / "out" / "multiview" / "test_embeddings.pkl", "rb") as f:
