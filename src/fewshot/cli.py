@@ -205,6 +205,17 @@ def cmd_eval(args):
     at_steps = None if args.at_steps is None else _at_steps(args.at_steps)
     if args.scores:
         check_output(args.scores, "--scores", "scores.txt")
+    if args.lake:
+        if any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps)) or \
+                args.split != "test":
+            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --split, --data, --seed, --scores "
+                               "and --at-steps do not apply to it (only --steps, --device, --json)")
+        from .lake import describe_lake, evaluate_lake
+        _threads(args)
+        result = evaluate_lake(args.target, args.lake, steps=args.steps, device=args.device,
+                               progress=not args.no_progress and not args.json)
+        print(json.dumps(result, indent=1) if args.json else describe_lake(result))
+        return
     from .evaluate import describe, evaluate_checkpoint
     _threads(args)
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
@@ -441,6 +452,10 @@ def parser():
     s.add_argument("--seed", type=int, help="seed of the task set (default: the preset's eval_seed)")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")
+    s.add_argument("--lake", metavar="PATH", help="score Lake et al.'s 20 published within-alphabet 20-way one-shot "
+                   "runs instead: all_runs.zip of brendenlake/omniglot (python/one-shot-classification/) or the "
+                   "folder it unzips to; error per run and overall, each trial classified on its own, beside the "
+                   "published figures (people 4.5%%, BPL 3.3%%, siamese 8%%, deep ConvNet 13.5%%)")
 
     s = _command(sub, "plot", cmd_plot, "draw a run's learning curves to a PNG")
     s.add_argument("run_dir", metavar="RUN_DIR")

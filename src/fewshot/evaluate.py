@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data
@@ -19,11 +20,38 @@ def confidence(values):
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
 
 
+def depends_on_the_batch(algorithm) -> bool:
+    """Whether the algorithm's outputs for one input depend on the other inputs of its
+    batch: a network with batch norm on batch statistics at test (`batch_norm:
+    transductive`), unless the algorithm already classifies each input on its own."""
+    if algorithm.model.batch_norm_mode != "transductive":
+        return False
+    return not (algorithm.config.algorithm == "reptile" and algorithm.config.reptile_eval == "non_transductive")
+
+
+def puts_support_in_the_batch(algorithm) -> bool:
+    """ProtoNets embed the support and query images in one batch already."""
+    return algorithm.config.algorithm == "protonet"
+
+
+def predict_alone(algorithm, adapted, support_x, x):
+    """The outputs of each input of `x` as it would get them on its own: where batch
+    statistics would let the inputs see each other, each is run in a batch of the support
+    set and itself (as Reptile's non-transductive evaluation does)."""
+    if not depends_on_the_batch(algorithm):
+        return algorithm.predict(adapted, x)
+    if puts_support_in_the_batch(algorithm):  # its own batch is already the support set plus x
+        return torch.cat([algorithm.predict(adapted, x[i:i + 1]) for i in range(len(x))])
+    return torch.cat([algorithm.predict(adapted, torch.cat([support_x, x[i:i + 1]]))[-1:] for i in range(len(x))])
+
+
 def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", progress=False, desc="eval",
              at_steps=()):
     """Adapt on each task's support set and score its query set; task i is the same
     for every call with the same sampler seed. `at_steps` adds the score after other
-    numbers of inner steps (e.g. 0, 1) under "by_steps"."""
+    numbers of inner steps (e.g. 0, 1) under "by_steps". A sampler of Lake-style runs
+    (`sampler.alone`) has each query classified on its own."""
+    alone = getattr(sampler, "alone", False)  # generated samplers (sinusoid) have no such rule
     was_training = algorithm.training
     algorithm.eval()
     main = steps if steps is not None else algorithm.config.eval_inner_steps
@@ -33,7 +61,9 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
         task = sampler.batch(index, 1)[0].to(device)
         for count in counts:
             adapted = algorithm.adapt(task.support_x, task.support_y, count, lr)
-            outputs[count].append((algorithm.predict(adapted, task.query_x), task.query_y))
+            out = (predict_alone(algorithm, adapted, task.support_x, task.query_x) if alone else
+                   algorithm.predict(adapted, task.query_x))
+            outputs[count].append((out, task.query_y))
     algorithm.train(was_training)
     # scored once every task has run: on an accelerator the tasks queue up without a
     # host synchronisation per task
@@ -100,4 +130,4 @@ def describe(result):
     return "\n".join(lines)
 
 
-__all__ = ["confidence", "evaluate", "evaluate_checkpoint", "describe", "load_algorithm"]
+__all__ = ["confidence", "depends_on_the_batch", "evaluate", "predict_alone", "puts_support_in_the_batch", "evaluate_checkpoint", "describe", "load_algorithm"]

@@ -24,7 +24,7 @@ from . import checkpoint
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .errors import FewshotError
-from .evaluate import confidence, load_algorithm
+from .evaluate import confidence, load_algorithm, predict_alone
 
 
 class Learner:
@@ -87,12 +87,9 @@ class Adapted:
         see the module docstring for `transductive`."""
         algorithm = self.learner.algorithm
         x = x.to(self.learner.device)
-        if transductive or not depends_on_the_batch(algorithm):
+        if transductive:
             return algorithm.predict(self.state, x)
-        if puts_support_in_the_batch(algorithm):  # its own batch is already the support set plus x
-            return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
-        return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
-                          for i in range(len(x))])
+        return predict_alone(algorithm, self.state, self.support_x, x)
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),
@@ -115,20 +112,6 @@ class Adapted:
                          "top": [(self.classes[i], p[i].item()) for i in order[:top_k]],
                          "probabilities": {c: p[i].item() for i, c in enumerate(self.classes)}})
         return rows
-
-
-def depends_on_the_batch(algorithm) -> bool:
-    """Whether the algorithm's outputs for one input depend on the other inputs of its
-    batch: a network with batch norm on batch statistics at test (`batch_norm:
-    transductive`), unless the algorithm already classifies each input on its own."""
-    if algorithm.model.batch_norm_mode != "transductive":
-        return False
-    return not (algorithm.config.algorithm == "reptile" and algorithm.config.reptile_eval == "non_transductive")
-
-
-def puts_support_in_the_batch(algorithm) -> bool:
-    """ProtoNets embed the support and query images in one batch already."""
-    return algorithm.config.algorithm == "protonet"
 
 
 def printable(name: str) -> str:
