@@ -315,7 +315,7 @@ def test_a_fixed_five_way_head_cannot_answer_a_20_way_trial(lake, tmp_path, caps
     model = checkpoint_of(tmp_path, tiny_config(algorithm="maml", ways=5, image_size=16), OMNIGLOT_INPUT)
     code, _, err = run(capsys, "eval", model, "--lake", lake)
     line = one_error_line(err)
-    assert code == 2 and "fixed 5-way output layer" in line and "20-way" in line and "lake-maml" in line
+    assert code == 2 and "fixed 5-way output layer" in line and "20-way" in line and "lake-anil" in line
 
 
 def test_a_model_not_of_images_gets_one_line(lake, tmp_path, capsys):

@@ -204,7 +204,7 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     if not algorithm.any_number_of_classes and config.ways != WAYS:
         raise FewshotError(f"{target} is a {config.algorithm} network with a fixed {config.ways}-way output layer, "
                            f"and a Lake trial is {WAYS}-way; train a {WAYS}-way model instead (e.g. `fewshot train "
-                           f"lake-maml`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
+                           f"lake-anil`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
     size, inputs = model_inputs(state, device)
     runs = read_runs(lake, size)
     results, errors = [], []
