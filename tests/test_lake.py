@@ -388,3 +388,21 @@ def test_validation_on_lake_runs_classifies_each_query_on_its_own():
         by_hand.append(network.family.metric(outputs, task.query_y))
     assert alone["scores"] == pytest.approx(by_hand, abs=1e-12)
     assert alone["scores"] != together["scores"]  # the batch of all queries would have mattered
+
+
+@pytest.mark.parametrize("preset,extra", [("lake-protonet", ["--set", "ways=10", "--set", "query=2"]),
+                                          ("lake-anil", ["--set", "meta_batch=2", "--set", "inner_steps=1",
+                                                         "--set", "eval_inner_steps=1"])])
+def test_the_lake_presets_train_validate_on_runs_and_answer_lakes_trials(pngs, lake, tmp_path, capsys, preset, extra):
+    """Each lake-* preset end to end on the small official-layout copy: meta-training on
+    background alphabets, validation on Lake-style runs in a held-out one, `fewshot eval
+    --split val` on those runs, and `--lake`."""
+    code, out, err = run(capsys, "train", preset, "--data", pngs[0], "--out", tmp_path / "run", "--no-progress",
+                         "--set", "image_size=16", "--set", "filters=4", "--set", "steps=2", "--set", "val_every=2",
+                         "--set", "val_tasks=3", "--set", "log_every=1", *extra)
+    assert code == 0, err
+    assert "val accuracy" in out
+    code, out, err = run(capsys, "eval", tmp_path / "run", "--split", "val", "--tasks", "4", "--no-progress")
+    assert code == 0 and "val split" in out and "20-way 1-shot, 1 query per class" in out, err
+    code, out, err = run(capsys, "eval", tmp_path / "run", "--lake", lake, "--json")
+    assert code == 0 and json.loads(out)["trials"] == 40, err
