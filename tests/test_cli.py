@@ -2,6 +2,7 @@
 inputs on a small dataset built here, so they run without the shared data)."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -189,7 +190,7 @@ def test_train_help_says_set_repeats_and_where_the_keys_are(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "omniglot-5w1s", "--out", "X", "--steps", "6"], "--steps extends a run with --resume RUN_DIR"),
+    (["train", "omniglot-5w1s", "--out", "X", "--steps", "6"], "--steps goes with --resume (it extends a run)"),
     (["train", "--resume", "X", "--steps", "0"], "--steps must be at least 1, got 0"),
     (["train", "omniglot-5w1s", "--out", "X", "--set", "msl_epochs=2"], "msl_epochs: 2 would be ignored"),
     (["train", "mamlpp-omniglot-5w1s", "--out", "X", "--set", "model=resnet12"], "per_step_bn: true would be ignored"),
@@ -230,3 +231,200 @@ def test_embed_given_a_leo_preset_uses_its_image_preset_and_says_so(capsys):
     # LEO's published features have no image preset here: one line naming what to give instead
     code, _, err = run(capsys, "embed", "leo-miniimagenet-5w1s", "--out", "unused")
     assert code == 2 and "give fewshot embed an image preset" in one_error_line(err)
+
+
+# --- the device: the best one present, said; checked once, in the library ------------------------------
+
+@pytest.fixture
+def stand_in_gpu(monkeypatch):
+    """torch sees one CUDA device (a stand-in: only the device check is replaced)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Stand-in GPU")
+
+
+@pytest.fixture
+def calls_to_train(monkeypatch):
+    """fewshot.train.train replaced by a recorder: what the CLI asks of the library."""
+    import fewshot.train
+    calls = []
+
+    def recorder(config=None, out=None, **options):
+        calls.append(options)
+        return {"out": str(out), "step": 4, "best": None, "stopped": False, "reason": None, "signal": None}
+    monkeypatch.setattr(fewshot.train, "train", recorder)
+    return calls
+
+
+def test_train_uses_the_gpu_torch_sees_without_a_flag_and_says_so(tmp_path, stand_in_gpu, calls_to_train, capsys):
+    code, out, _ = run(capsys, "train", "omniglot-5w1s", "--out", tmp_path / "run", "--no-progress")
+    assert code == 0 and calls_to_train[0]["device"] == "cuda"
+    assert out.splitlines()[0].startswith("device: cuda (Stand-in GPU), the best present")
+    code, out, _ = run(capsys, "train", "omniglot-5w1s", "--out", tmp_path / "run", "--device", "cpu", "--no-progress")
+    assert code == 0 and calls_to_train[1]["device"] == "cpu" and "device:" not in out  # asked for: nothing to say
+
+
+def test_without_cuda_mps_is_chosen_where_it_runs_a_meta_step_else_the_cpu(monkeypatch):
+    from fewshot import device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device.choose_device() == (torch.device("cpu"), None)  # a CPU machine: nothing to say
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(device, "mps_runs_meta_steps", lambda: None)
+    chosen, line = device.choose_device()
+    assert chosen == torch.device("mps") and line.startswith("device: mps")
+    monkeypatch.setattr(device, "mps_runs_meta_steps", lambda: "aten::foo is not implemented for MPS")
+    chosen, line = device.choose_device()
+    assert chosen == torch.device("cpu") and "MPS is present" in line and "aten::foo" in line
+
+
+def test_the_mps_check_runs_the_operations_of_a_meta_step():
+    """Here there is no MPS: the check's second-order convolution fails, and it says why."""
+    from fewshot.device import mps_runs_meta_steps
+    if torch.backends.mps.is_available():
+        assert mps_runs_meta_steps() is None
+    else:
+        assert mps_runs_meta_steps()
+
+
+@pytest.mark.parametrize("name,message", [
+    ("gpu0", "--device 'gpu0' is not a device; use cpu, cuda, cuda:N or mps"),
+    ("cuda:1", "--device cuda:1: this machine has 1 CUDA device(s); use cuda:0 to cuda:0"),
+])
+def test_a_device_this_machine_lacks_is_one_line_from_the_library(tmp_path, stand_in_gpu, capsys, name, message):
+    from fewshot.device import choose_device
+    from fewshot.errors import FewshotError
+    with pytest.raises(FewshotError) as refused:
+        choose_device(name)
+    assert str(refused.value) == message
+    for argv in (["train", "omniglot-5w1s", "--out", tmp_path / "run"], ["eval", tmp_path / "run"],
+                 ["predict", tmp_path / "run", "--support", tmp_path, "--query", tmp_path]):
+        code, _, err = run(capsys, *argv, "--device", name)
+        assert code == 2 and one_error_line(err) == f"fewshot: error: {message}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_device_help_lists_the_accepted_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "cpu, cuda, cuda:N or mps (default: the best device present: CUDA, then MPS, then the CPU" in text
+
+
+@pytest.mark.parametrize("call,message", [
+    ("train", "--procs must be at least 1, got 0"),
+    ("threads", "--threads must be at least 1, got 0"),
+    ("resume-steps", "--steps must be at least 1, got 0"),
+    ("eval", "--inner-steps must be at least 0, got -1"),
+    ("eval-tasks", "--tasks must be at least 1, got 0"),
+    ("eval-seed", "--seed must be at least 0, got -5"),
+    ("embed", "--pretrain-steps must be at least 1, got 0"),
+])
+def test_the_library_checks_the_numbers_the_cli_passes_in_the_clis_words(tmp_path, call, message):
+    """The CLI checks none of these itself: the library's line is the one a user sees."""
+    from fewshot.embed import embed
+    from fewshot.errors import FewshotError
+    from fewshot.evaluate import evaluate_checkpoint
+    from fewshot.train import train
+    from helpers import tiny_config
+    calls = {"train": lambda: train(tiny_config(), tmp_path / "run", procs=0),
+             "threads": lambda: train(tiny_config(), tmp_path / "run", threads=0),
+             "resume-steps": lambda: train(out=tmp_path / "run", resume=True, steps=0),
+             "eval": lambda: evaluate_checkpoint(tmp_path / "run", steps=-1),
+             "eval-tasks": lambda: evaluate_checkpoint(tmp_path / "run", tasks=0),
+             "eval-seed": lambda: evaluate_checkpoint(tmp_path / "run", seed=-5),
+             "embed": lambda: embed(tiny_config(), tmp_path / "run", steps=0)}
+    with pytest.raises(FewshotError, match=re.escape(message)):
+        calls[call]()
+    assert not (tmp_path / "run").exists()
+
+
+# --- one meaning per flag name ----------------------------------------------------------------------------
+
+def commands():
+    """{command: its argparse parser}, every subcommand of `fewshot`."""
+    import argparse
+    from fewshot.cli import parser
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_each_flag_name_has_one_meaning_across_commands():
+    """A flag several commands take is defined once (cli.SHARED): its help begins with that one
+    meaning, and a command may only say what it names there. A flag one command takes is its own."""
+    import argparse
+    from fewshot.cli import SHARED
+    helps = {}
+    for name, command in commands().items():
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            for flag in action.option_strings:
+                helps.setdefault(flag, {})[name] = action.help
+    shared = {flag: by_command for flag, by_command in helps.items() if len(by_command) > 1}
+    assert {"--data", "--device", "--threads", "--out", "--seed", "--inner-steps"} <= set(shared)
+    for flag, by_command in shared.items():
+        assert flag in SHARED, f"{flag} is defined separately by {sorted(by_command)}"
+        for name, text in by_command.items():
+            assert text.startswith(SHARED[flag]["help"]), (flag, name, text)
+            rest = text[len(SHARED[flag]["help"]):]
+            assert rest == "" or rest[0] in ":;( ", (flag, name, rest)  # details, never a new meaning
+    # the meanings that used to share a name have names of their own
+    assert helps["--steps"].keys() == {"train"} and "meta-step" in helps["--steps"]["train"]
+    assert helps["--pretrain-steps"].keys() == {"embed"} and helps["--lr"].keys() == {"embed"}
+    assert helps["--ratios"].keys() == {"data"} and helps["--classes"].keys() == {"eval"}
+    assert "--split" not in helps  # the config key `split` (maml | lake) keeps the word to itself
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["eval", "RUN", "--steps", "3"], "eval --steps is now --inner-steps"),
+    (["predict", "RUN", "--support", "S", "--query", "Q", "--steps", "0"], "predict --steps is now --inner-steps"),
+    (["embed", "omniglot-5w1s", "--out", "E", "--steps", "5"], "embed --steps is now --pretrain-steps"),
+    (["eval", "RUN", "--split", "val"], "eval --split is now --classes (test, val or train)"),
+    (["data", "folder", "--from", "D", "--name", "x", "--split", "0.5,0.25,0.25"],
+     "data --split is now --ratios (the share of the classes in train, val and test)"),
+])
+def test_an_old_spelling_whose_meaning_moved_gets_one_line_naming_the_new_flag(tmp_path, capsys, argv, line):
+    argv = [str(tmp_path / a) if a in ("RUN", "S", "Q", "E", "D") else a for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and one_error_line(err) == f"fewshot: error: {line}"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- eval: the inner learning rate, and what adapting did ---------------------------------------------------
+
+def test_eval_inner_lr_reaches_the_inner_loop(small_run, capsys):
+    def score(*options):
+        code, out, _ = run(capsys, "eval", small_run, "--tasks", "6", "--json", "--device", "cpu", *options)
+        assert code == 0
+        return json.loads(out)
+    without = score("--inner-steps", "0")
+    still = score("--inner-steps", "3", "--inner-lr", "0")  # steps of size 0 change nothing
+    moved = score("--inner-steps", "3", "--inner-lr", "0.5")
+    assert still["mean"] == without["mean"] and still["inner_lr"] == 0
+    assert moved["inner_lr"] == 0.5 and moved["adaptation"] == "3 inner steps at lr 0.5" and moved["device"] == "cpu"
+    code, out, _ = run(capsys, "eval", small_run, "--tasks", "6", "--inner-steps", "2", "--inner-lr", "0.25",
+                       "--device", "cpu")
+    assert code == 0 and "2 inner steps at lr 0.25)" in out
+
+
+def test_eval_of_protonets_says_what_was_done_instead_of_an_inner_loop(tmp_path, small_data, capsys):
+    code, _, _ = run(capsys, "train", "protonet-omniglot-5w1s", "--data", small_data, "--out", tmp_path / "proto",
+                     "--set", "ways=5", "--set", "eval_query=3", *FAST)
+    assert code == 0
+    code, out, _ = run(capsys, "eval", tmp_path / "proto", "--tasks", "4", "--no-progress", "--device", "cpu")
+    assert code == 0 and "no inner loop: each query takes the class of the nearest prototype" in out
+    assert "inner steps" not in out and "lr none" not in out
+
+
+# --- embed names the LEO preset for the files it wrote ----------------------------------------------------
+
+@pytest.mark.parametrize("dataset,dim,presets,set_dim", [
+    ("omniglot", 64, ["leo-omniglot-5w1s"], False),
+    ("miniimagenet", 800, ["leo-miniimagenet-conv4-5w1s", "leo-miniimagenet-conv4-5w5s"], False),
+    ("miniimagenet", 640, ["leo-miniimagenet-conv4-5w1s", "leo-miniimagenet-conv4-5w5s"], True),  # --backbone
+    ("folder", 64, ["leo-omniglot-5w1s"], False),  # a user's images through omniglot-5w1s's conv4
+])
+def test_the_leo_preset_for_embeddings_follows_from_the_presets(dataset, dim, presets, set_dim):
+    from fewshot.embed import leo_presets
+    assert leo_presets(dataset, dim) == {"presets": presets, "set_dim": set_dim}

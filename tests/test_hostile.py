@@ -273,16 +273,16 @@ CASES = [
     Case("eval-at-steps-empty", "eval run --at-steps ,", 2, "--at-steps takes"),
     Case("eval-tasks-0", "eval run --tasks 0", 2, "--tasks must be at least 1"),
     Case("eval-tasks-letters", "eval run --tasks many", 2, "invalid int value", one_line=False),
-    Case("eval-steps-negative", "eval run --steps -1", 2, "--steps must be at least 0"),
+    Case("eval-steps-negative", "eval run --inner-steps -1", 2, "--inner-steps must be at least 0"),
     Case("eval-seed-negative", "eval run --seed -5", 2, "--seed must be at least 0"),
-    Case("eval-split-bogus", "eval run --split holdout --tasks 2 --no-progress", 2, "unknown split 'holdout'"),
+    Case("eval-split-bogus", "eval run --classes holdout --tasks 2 --no-progress", 2, "unknown split 'holdout'"),
     Case("train-time-limit-nan", f"{TRAIN} --time-limit nan", 2, "--time-limit takes"),
     Case("train-time-limit-negative", f"{TRAIN} --time-limit -1", 2, "--time-limit takes"),
     Case("train-procs-0", f"{TRAIN} --procs 0", 2, "--procs must be at least 1"),
     Case("data-size-negative", "data folder --from imgs --name sized --size -5", 2, "--size takes"),
     Case("data-size-0", "data folder --from imgs --name sized --size 0", 2, "--size takes", sub=True),
     Case("data-size-huge", "data folder --from imgs --name sized --size 100000", 2, "--size takes"),
-    Case("data-split-nan", "data folder --from imgs --name x --split nan,0.5,0.5", 2, "finite ratios"),
+    Case("data-split-nan", "data folder --from imgs --name x --ratios nan,0.5,0.5", 2, "finite ratios"),
     Case("data-seed-negative", "data folder --from imgs --name x --seed -1", 2, "--seed must be at least 0"),
     Case("data-name-escapes", "data folder --from imgs --name ../escape", 2, "plain folder name"),
     Case("data-miniimagenet-download", "data miniimagenet --download", 2, "takes --from PATH"),
@@ -308,10 +308,10 @@ CASES = [
          "a-file"),
     Case("predict-csv-image", "predict run --support support --query query --csv imgs/train/c00/0.png", 2,
          "is not a text file"),
-    Case("embed-into-run", "embed omniglot-5w1s --data mine --out run --steps 1", 2, "holds a training run"),
-    Case("embed-into-dataset", "embed omniglot-5w1s --data mine --out {home}/mine --steps 1", 2,
+    Case("embed-into-run", "embed omniglot-5w1s --data mine --out run --pretrain-steps 1", 2, "holds a training run"),
+    Case("embed-into-dataset", "embed omniglot-5w1s --data mine --out {home}/mine --pretrain-steps 1", 2,
          "holds a prepared dataset"),
-    Case("embed-into-file", "embed omniglot-5w1s --data mine --out notes.txt --steps 1", 2, "is a file"),
+    Case("embed-into-file", "embed omniglot-5w1s --data mine --out notes.txt --pretrain-steps 1", 2, "is a file"),
     Case("train-into-dataset", "train omniglot-5w1s --data mine --out {home}/mine", 2, "holds a prepared dataset"),
     Case("train-into-file", "train omniglot-5w1s --data mine --out notes.txt", 2, "is a file"),
     Case("train-into-run", f"train omniglot-5w1s --data mine --out run {' '.join(TINY)}", 2, "already holds a run"),
@@ -358,7 +358,7 @@ CASES = [
     Case("ro-plot", "plot run --out ro/curves.png", 2, "read-only", needs="ro"),
     Case("ro-predict-csv", "predict run --support support --query query --csv ro/p.csv", 2, "read-only",
          needs="ro"),
-    Case("ro-embed", "embed omniglot-5w1s --data mine --out ro/emb --steps 1 --no-progress", 2, "read-only",
+    Case("ro-embed", "embed omniglot-5w1s --data mine --out ro/emb --pretrain-steps 1 --no-progress", 2, "read-only",
          needs="ro"),
 ]
 
@@ -541,7 +541,7 @@ def test_another_size_keeps_the_first_arrays_valid_and_a_changed_source_is_refus
 def test_embed_saves_on_sigterm_and_exits_143(world, tmp_path):
     root, home = world["root"], world["home"]
     out = tmp_path / "embed"
-    argv = ["embed", "omniglot-5w1s", "--data", "mine", "--out", str(out), "--steps", "1000000", "--set", "filters=4",
+    argv = ["embed", "omniglot-5w1s", "--data", "mine", "--out", str(out), "--pretrain-steps", "1000000", "--set", "filters=4",
             "--batch-size", "8", "--threads", "1", "--no-progress"]
     process = subprocess.Popen([sys.executable, "-m", "fewshot.cli", *argv], cwd=root, env=environment(home),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)

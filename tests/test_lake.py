@@ -402,7 +402,7 @@ def test_the_lake_presets_train_validate_on_runs_and_answer_lakes_trials(pngs, l
                          "--set", "val_tasks=3", "--set", "log_every=1", *extra)
     assert code == 0, err
     assert "val accuracy" in out
-    code, out, err = run(capsys, "eval", tmp_path / "run", "--split", "val", "--tasks", "4", "--no-progress")
+    code, out, err = run(capsys, "eval", tmp_path / "run", "--classes", "val", "--tasks", "4", "--no-progress")
     assert code == 0 and "val split" in out and "20-way 1-shot, 1 query per class" in out, err
     code, out, err = run(capsys, "eval", tmp_path / "run", "--lake", lake, "--json")
     assert code == 0 and json.loads(out)["trials"] == 40, err

@@ -203,8 +203,8 @@ def test_python_api_gives_the_clis_probabilities(run_dir, sample, capsys):
     from_tensors = learner.adapt(support, labels)
     assert from_tensors.classes == ["0", "1", "2", "3", "4"]
     torch.testing.assert_close(from_tensors.predict(x), expected, rtol=0, atol=1e-6)
-    # --steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
-    _, zero = predict_json(capsys, run_dir, sample, "--steps", "0")
+    # --inner-steps overrides the checkpoint's 10 inner steps, as adapt(steps=...) does
+    _, zero = predict_json(capsys, run_dir, sample, "--inner-steps", "0")
     without = torch.tensor([list(p["probabilities"].values()) for p in zero["predictions"]])
     torch.testing.assert_close(learner.adapt(sample[0], steps=0).predict(x), without, rtol=0, atol=1e-6)
     assert (without - expected).abs().max() > 1e-3
@@ -254,29 +254,32 @@ def test_no_image_changes_class_with_the_image_beside_it(run_dir, sample):
 
 
 def test_predict_on_the_eval_tasks_scores_as_fewshot_eval_under_the_transductive_protocol(run_dir):
-    from fewshot.evaluate import evaluate_checkpoint
-    from fewshot.predict import evaluate_predict
-    evaluated = evaluate_checkpoint(run_dir, tasks=20, progress=False)
-    transductive = evaluate_predict(run_dir, tasks=20, transductive=True)
-    assert (transductive["mean"], transductive["ci95"]) == (evaluated["mean"], evaluated["ci95"])
-    independent = evaluate_predict(run_dir, tasks=20)
-    assert independent["tasks"] == 20 and not independent["transductive"]
-    # the same tasks written out: each query in a batch with the support set only
+    """predict's path (Learner.adapt, Adapted.outputs) on fewshot eval's 20 test tasks: with
+    transductive=True the scores are eval's; by default each query is scored in a batch with the
+    support set only, written out here."""
     from fewshot import data
     from fewshot.config import eval_query
-    from fewshot.evaluate import confidence
+    from fewshot.evaluate import confidence, evaluate_checkpoint
+    evaluated = evaluate_checkpoint(run_dir, tasks=20, progress=False)
     learner = fewshot.load(run_dir)
     config = learner.config
     dataset, refs = data.load(config, progress=False)
     sampler = data.sampler(config, dataset, refs, "test", config.eval_seed, query=eval_query(config))
-    scores = []
+    transductive, independent, written_out = [], [], []
     for index in range(20):
         task = sampler.batch(index, 1)[0]
+        adapted = learner.adapt(task.support_x, task.support_y)
+        metric = learner.algorithm.family.metric
+        transductive.append(metric(adapted.outputs(task.query_x, transductive=True), task.query_y))
+        independent.append(metric(adapted.outputs(task.query_x), task.query_y))
         state = learner.algorithm.adapt(task.support_x, task.support_y)
         right = [int(learner.algorithm.predict(state, torch.cat([task.support_x, q[None]]))[-1].argmax()) == int(y)
                  for q, y in zip(task.query_x, task.query_y)]
-        scores.append(sum(right) / len(right))
-    assert (independent["mean"], independent["ci95"]) == confidence(scores)
+        written_out.append(sum(right) / len(right))
+    assert evaluated["scores"] == transductive
+    assert confidence(transductive) == (evaluated["mean"], evaluated["ci95"])
+    assert independent == written_out
+    assert independent != transductive  # the two protocols differ on these tasks
 
 
 def test_a_class_folder_whose_name_is_not_utf8_is_printed_and_written_to_csv(run_dir, sample, tmp_path, capsys):
@@ -467,8 +470,8 @@ def test_csv_naming_a_folder_gets_one_line(run_dir, sample, tmp_path, capsys):
 
 
 def test_negative_steps_get_one_line(run_dir, sample, capsys):
-    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--steps", "-2")
-    assert code == 2 and "--steps" in one_error_line(err)
+    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--inner-steps", "-2")
+    assert code == 2 and "--inner-steps must be at least 0, got -2" in one_error_line(err)
 
 
 @pytest.mark.parametrize("algorithm,overrides", [

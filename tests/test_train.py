@@ -8,7 +8,7 @@ from fewshot import algorithms, checkpoint
 from fewshot.errors import FewshotError
 from fewshot.optim import clip_gradients
 from fewshot.runs import RunLock
-from fewshot.train import _mean, initial_weights, train
+from fewshot.train import _host, _row, initial_weights, train
 
 from helpers import tagged_dataset, tiny_config
 
@@ -165,10 +165,14 @@ def test_gradients_are_clipped_by_value_then_each_tensor_by_its_own_norm():
 
 
 def test_log_means_leave_out_non_finite_steps():
-    rows = [{"loss": 1.0}, {"loss": float("nan")}, {"loss": 3.0}]
-    assert _mean(rows, "loss") == 2.0
-    assert math.isnan(_mean(rows[1:2], "loss"))  # all non-finite: nan
-    assert _mean([{"loss": torch.tensor(1.0)}, {"loss": 2.0}, {"loss": torch.tensor(float("inf"))}], "loss") == 1.5
+    """The trainer's log row (`_row`, of the values `_host` reads back from the step results)."""
+    row = lambda losses, metrics: _row(10, losses, metrics, 1.0, 1.0, 0.1, 2, 4, torch.device("cpu"))
+    logged = row([1.0, float("nan"), 3.0], [0.5, float("nan"), 0.7])
+    assert (logged["loss"], logged["metric"], logged["nonfinite_steps"]) == (2.0, 0.6, 1)
+    assert math.isnan(row([float("nan")], [float("nan")])["loss"])  # all non-finite: nan
+    read = _host([torch.tensor(1.0), 2.0, torch.tensor(float("inf"))])
+    assert read[:2] == [1.0, 2.0] and math.isinf(read[2])
+    assert row(read, read)["loss"] == 1.5
 
 
 def metric_rows(out):

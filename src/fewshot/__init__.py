@@ -2,8 +2,8 @@
 import os
 
 # Before torch (and its OpenMP runtime) is loaded: idle OpenMP threads sleep instead of
-# spinning. Spinning threads of two processes sharing cores slow both by 10-100x
-# (docs/benchmarks.md, "Two runs on one machine"); a user's own setting wins.
+# spinning. Spinning threads of two processes sharing cores slow both many times over
+# (measured in docs/benchmarks.md, "Two runs on one machine"); a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import FewshotError  # noqa: E402

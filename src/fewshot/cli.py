@@ -13,7 +13,6 @@ import errno
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -28,6 +27,10 @@ def cmd_presets(args):
     from .config import load_preset, preset_names, schema_lines
     if args.keys:
         print("\n".join(schema_lines()))
+        return
+    if args.markdown:
+        from .presets_table import markdown
+        print(markdown())
         return
     for name in preset_names():
         print(f"{name:27} {load_preset(name).description}")
@@ -53,7 +56,7 @@ def cmd_data(args):
         raise FewshotError("fewshot data folder takes --from DIR (a tree of <class>/<image> folders)")
     if args.dataset == "omniglot" and args.download == bool(args.source):
         raise FewshotError("give exactly one of --download or --from PATH")
-    ratios = _ratios(args.split) if args.dataset == "folder" else None
+    ratios = _ratios(args.ratios) if args.dataset == "folder" else None
     from .data import images
     from .data.kinds import DATASETS
     root = Path(args.root) if args.root else images.home()
@@ -110,33 +113,18 @@ def _ratios(text):
     try:
         ratios = tuple(float(r) for r in text.split(","))
     except ValueError:
-        raise FewshotError(f"--split takes three ratios like 0.64,0.16,0.20, got {text!r}") from None
+        raise FewshotError(f"--ratios takes three ratios like 0.64,0.16,0.20, got {text!r}") from None
     if not all(math.isfinite(r) for r in ratios):
-        raise FewshotError(f"--split takes three finite ratios like 0.64,0.16,0.20, got {text!r}")
+        raise FewshotError(f"--ratios takes three finite ratios like 0.64,0.16,0.20, got {text!r}")
     return ratios
 
 
-def _device(name):
-    """Refuse a device that does not exist here (torch is imported only for an accelerator)."""
-    if not re.fullmatch(r"cpu(:\d+)?|cuda(:\d+)?|mps", name or ""):
-        raise FewshotError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N")
-    if name.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise FewshotError(f"--device {name} asked for, but this PyTorch sees no CUDA device; use --device cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise FewshotError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if name == "mps":
-        import torch
-        if not torch.backends.mps.is_available():
-            raise FewshotError("--device mps asked for, but this PyTorch sees no MPS device; use --device cpu")
-
-
-def _check_threads(args):
-    if getattr(args, "threads", None) is not None and args.threads < 1:
-        raise FewshotError(f"--threads must be at least 1, got {args.threads}")
+def _device(args):
+    """(the device the command runs on, the line saying which was chosen or None): the
+    library checks a --device given and chooses the best device present when none is."""
+    from .device import choose_device
+    device, line = choose_device(args.device)
+    return str(device), line
 
 
 def _check_run_out(out):
@@ -151,81 +139,60 @@ def _check_run_out(out):
 
 
 def cmd_train(args):
-    _check_threads(args)
-    _device(args.device)
     time_limit = _minutes(args.time_limit)
-    if args.procs < 1:
-        raise FewshotError(f"--procs must be at least 1, got {args.procs}")
-    if args.steps is not None and not args.resume:
-        raise FewshotError("--steps extends a run with --resume RUN_DIR; for a new run use --set steps=N")
-    if args.steps is not None and args.steps < 1:
-        raise FewshotError(f"--steps must be at least 1, got {args.steps}")
     if args.resume or args.out:
         _check_run_out(args.resume or args.out)
-    if args.resume:
-        if args.preset or args.set or args.data or args.init:
-            raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init "
-                               "(--steps N extends it)")
-        from .train import train
-        result = train(out=args.resume, resume=True, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs, time_limit=time_limit, steps=args.steps)
-    else:
-        if not args.preset:
-            raise FewshotError("name a preset (see `fewshot presets`) or give --resume RUN_DIR")
-        if not args.out:
-            raise FewshotError("give --out RUN_DIR, the folder for logs and checkpoints")
-        config = _config(args)  # every setting checked before train() creates the folder
-        from .train import train
-        result = train(config, args.out, device=args.device, progress=not args.no_progress,
-                       threads=args.threads, procs=args.procs, time_limit=time_limit)
+    if args.resume and (args.preset or args.set or args.data or args.init):
+        raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init "
+                           "(--steps N extends it)")
+    if not args.resume and not args.preset:
+        raise FewshotError("name a preset (see `fewshot presets`) or give --resume RUN_DIR")
+    if not args.resume and not args.out:
+        raise FewshotError("give --out RUN_DIR, the folder for logs and checkpoints")
+    config = None if args.resume else _config(args)  # every setting checked before train() creates the folder
+    device, line = _device(args)
+    leader = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks
+    if line and leader:
+        print(line, flush=True)
+    from .train import train
+    result = train(config, args.resume or args.out, resume=bool(args.resume), device=device,
+                   progress=not args.no_progress, threads=args.threads, procs=args.procs, time_limit=time_limit,
+                   steps=args.steps)
     # train() itself says why a run stopped early (a signal, the time limit) and that it saved
     if result.get("signal"):  # a nonzero status, so that `fewshot train ... && fewshot eval ...` stops here
         return 128 + int(result["signal"])
-    if not result["stopped"] and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+    if not result["stopped"] and leader:
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
     return 0
 
 
-def _threads(args):
-    _check_threads(args)
-    if getattr(args, "threads", None):
-        import torch
-        torch.set_num_threads(args.threads)
-
-
 def cmd_eval(args):
-    _check_threads(args)
-    _device(args.device)
-    if args.steps is not None and args.steps < 0:
-        raise FewshotError(f"--steps must be at least 0, got {args.steps}")
-    if args.tasks is not None and args.tasks < 1:
-        raise FewshotError(f"--tasks must be at least 1, got {args.tasks}")
-    if args.seed is not None and args.seed < 0:
-        raise FewshotError(f"--seed must be at least 0, got {args.seed}")
     at_steps = None if args.at_steps is None else _at_steps(args.at_steps)
     if args.scores:
         check_output(args.scores, "--scores", "scores.txt")
+    device, line = _device(args)
+    from .device import set_threads
     if args.lake:
         if any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps)) or \
-                args.split != "test":
-            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --split, --data, --seed, --scores "
-                               "and --at-steps do not apply to it (only --steps, --device, --json)")
+                args.classes != "test":
+            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --seed, --scores "
+                               "and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, --json)")
         from .lake import describe_lake, evaluate_lake
-        _threads(args)
-        result = evaluate_lake(args.target, args.lake, steps=args.steps, device=args.device,
+        set_threads(args.threads)
+        result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
                                progress=not args.no_progress and not args.json)
-        print(json.dumps(result, indent=1) if args.json else describe_lake(result))
+        print(json.dumps(result, indent=1) if args.json else "\n".join(filter(None, [line, describe_lake(result)])))
         return
     from .evaluate import describe, evaluate_checkpoint
-    _threads(args)
-    result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.split, steps=args.steps,
-                                 data_spec=args.data, seed=args.seed, device=args.device,
+    set_threads(args.threads)
+    result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
+                                 lr=args.inner_lr, data_spec=args.data, seed=args.seed, device=device,
                                  progress=not args.no_progress and not args.json, at_steps=at_steps)
     scores = result.pop("scores")
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(describe(result))
+        print("\n".join(filter(None, [line, describe(result)])))
     if args.scores:
         from .files import write_text
         write_text(args.scores, "".join(f"{s}\n" for s in scores))
@@ -244,27 +211,27 @@ def _at_steps(text):
 def cmd_embed(args):
     if not args.out:
         raise FewshotError("give --out DIR, the folder for the embedding files")
-    if args.steps < 1 or args.batch_size < 1:
-        raise FewshotError(f"--steps and --batch-size must be at least 1, got {args.steps} and {args.batch_size}")
-    if not math.isfinite(args.lr) or args.lr <= 0:
-        raise FewshotError(f"--lr must be a finite number > 0, got {args.lr}")
-    _device(args.device)
-    _check_threads(args)
     args.preset = _image_counterpart(args.preset)
     config = _config(args, model=args.backbone)  # the backbone is checked with the rest of the config
     from .embed import check_out, embed
     check_out(args.out)  # before the data is loaded
-    _threads(args)
-    result = embed(config, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   device=args.device, progress=not args.no_progress,
-                   crops=tuple(c for c in args.crops.split(",") if c))
+    device, line = _device(args)
+    from .device import set_threads
+    set_threads(args.threads)
+    if line:
+        print(line, flush=True)
+    result = embed(config, args.out, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
+                   device=device, progress=not args.no_progress, crops=tuple(c for c in args.crops.split(",") if c))
     if result["stopped"]:
         print(f"stopped at pretraining step {result['steps']}, saved; run the same command again to continue",
               file=sys.stderr if result.get("signal") else sys.stdout)
         return 128 + int(result["signal"]) if result.get("signal") else 0
-    else:
-        print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}; train "
-              f"LEO on them with `fewshot train PRESET --data {result['out']} --set embedding_dim={result['dim']}`")
+    leo = result["leo_presets"]
+    presets = leo["presets"] or ["LEO_PRESET"]
+    dim = f" --set embedding_dim={result['dim']}" if leo["set_dim"] else ""
+    others = f" (or {', '.join(presets[1:])})" if len(presets) > 1 else ""
+    print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}; train LEO on "
+          f"them with `fewshot train {presets[0]} --data {result['out']} --out RUN_DIR{dim}`{others}")
 
 
 def _image_counterpart(preset):
@@ -314,27 +281,27 @@ def prediction_lines(rows: list[dict], header: bool = True) -> list[str]:
 def cmd_predict(args):
     if args.top_k < 1:
         raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.steps is not None and args.steps < 0:
-        raise FewshotError(f"--steps must be at least 0, got {args.steps}")
     if args.csv:
         check_output(args.csv, "--csv", "predictions.csv")
-    _check_threads(args)
-    _device(args.device)
+    device, line = _device(args)
+    from .device import set_threads
     from .predict import load
-    _threads(args)
-    learner = load(args.checkpoint, device=args.device)
-    adapted = learner.adapt(args.support, steps=args.steps)
+    set_threads(args.threads)
+    learner = load(args.checkpoint, device=device)
+    adapted = learner.adapt(args.support, steps=args.inner_steps, lr=args.inner_lr)
     rows = adapted.classify(args.query, top_k=args.top_k, transductive=args.transductive)
     classes = [_shown(c) for c in adapted.classes]
     rows = [{**r, "file": _shown(r["file"]), "label": _shown(r["label"]),
              "top": [(_shown(c), p) for c, p in r["top"]],
              "probabilities": {_shown(c): p for c, p in r["probabilities"].items()}} for r in rows]
     if args.json:
-        print(json.dumps({"checkpoint": _shown(args.checkpoint), "classes": classes,
+        print(json.dumps({"checkpoint": _shown(args.checkpoint), "device": device, "classes": classes,
                           "predictions": [{k: r[k] for k in ("file", "label", "probabilities")} for r in rows]},
                          indent=1))
     else:
         print("\n".join(prediction_lines(rows)))
+        if line:  # stdout is the table: the device chosen is said beside it
+            print(line, file=sys.stderr)
     if args.csv:
         import csv
         import io
@@ -363,24 +330,56 @@ def _config(args, **options):
 
 SET_HELP = ("override a preset key; repeat it for several keys (--set steps=600 --set inner_lr=0.1); "
             "`fewshot presets --keys` lists every key with its type, default and range")
-# options several commands share, each written once: name -> (flags, argparse settings)
+# Every flag that several commands take, written once: flag -> argparse settings. Its help is
+# its one meaning; a command may add what the flag names there (`_shared(s, "--out", ": ...")`),
+# never another meaning (tests/test_cli.py walks every command to check).
 SHARED = {
-    "data": (("--data",), dict(help="prepared dataset folder, raw copy, or name")),
-    "set": (("--set",), dict(action="append", metavar="KEY=VALUE", help=SET_HELP)),
-    "device": (("--device",), dict(default="cpu", help="cpu or cuda[:N] (default cpu)")),
-    "threads": (("--threads",), dict(type=int, help="torch threads (default: one per core)")),
-    "json": (("--json",), dict(action="store_true", help="print one JSON document")),
-    "no-progress": (("--no-progress",), dict(action="store_true", help="no progress bar")),
+    "--data": dict(help="the dataset: a prepared folder, a raw copy, or the name of a folder under $FEWSHOT_HOME"),
+    "--set": dict(action="append", metavar="KEY=VALUE", help=SET_HELP),
+    "--device": dict(help="where to run: cpu, cuda, cuda:N or mps (default: the best device present: CUDA, "
+                          "then MPS, then the CPU; the command says which)"),
+    "--threads": dict(type=int, help="torch threads in this process (default: one per core); use 1 when other "
+                                     "jobs share the cores"),
+    "--json": dict(action="store_true", help="print one JSON document"),
+    "--no-progress": dict(action="store_true", help="no progress bar"),
+    "--out": dict(help="where to write"),
+    "--seed": dict(type=int, help="the seed of what this command draws at random"),
+    "--inner-steps": dict(type=int, metavar="N", help="inner steps at test, adapting to each support set "
+                                                      "(default: the checkpoint's eval_inner_steps)"),
+    "--inner-lr": dict(type=float, metavar="LR", help="inner learning rate at test (default: the checkpoint's "
+                                                      "eval_inner_lr, or its learned rates)"),
 }
 
 
+def _shared(s, flag, detail="", **settings):
+    """Add SHARED flag `flag` to command parser `s`; `detail` says what it names there."""
+    options = {**SHARED[flag], **settings}
+    options["help"] += detail
+    return s.add_argument(flag, **options)
+
+
+class Moved(argparse.Action):
+    """An old spelling whose meaning now has its own flag: the command becomes one error
+    line naming that flag (status 2), instead of being read with another meaning."""
+
+    def __init__(self, option_strings, dest, now, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", help=argparse.SUPPRESS)
+        self.now = now
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        line = f"{parser.prog.split()[-1]} {option_string} is now {self.now}"
+
+        def refuse(args):
+            raise FewshotError(line)
+        namespace.run = refuse
+
+
 def _command(sub, name, run, help, shared=()):
-    """A subcommand, with the shared options named in `shared`."""
+    """A subcommand, with the SHARED flags named in `shared`."""
     s = sub.add_parser(name, help=help, description=help)
     s.set_defaults(run=run)
-    for option in shared:
-        flags, settings = SHARED[option]
-        s.add_argument(*flags, **settings)
+    for flag in shared:
+        _shared(s, flag)
     return s
 
 
@@ -392,12 +391,13 @@ def parser():
     s = _command(sub, "presets", cmd_presets, "list the presets (--keys: every config key)")
     s.add_argument("--keys", action="store_true",
                    help="print every config key: type, default, range, who reads it, meaning")
+    s.add_argument("--markdown", action="store_true", help="print the presets as the README's markdown table")
 
     s = _command(sub, "summary", cmd_summary, "print a preset's network: layers, output shapes, parameters",
-                 shared=["set"])
+                 shared=["--set"])
     s.add_argument("preset", help="a preset (`fewshot presets`) or a .yaml file of keys")
 
-    s = _command(sub, "data", cmd_data, "download or import a dataset into the cache", shared=["no-progress"])
+    s = _command(sub, "data", cmd_data, "download or import a dataset into the cache", shared=["--no-progress"])
     s.add_argument("dataset", choices=["omniglot", "miniimagenet", "folder"])
     s.add_argument("--from", dest="source", metavar="PATH", help="import a copy you have")
     s.add_argument("--download", action="store_true", help="fetch the official files")
@@ -410,48 +410,53 @@ def parser():
                    help="miniimagenet: import the images present when the CSVs name missing ones")
     s.add_argument("--url", help="base URL to download from (default: the official repository)")
     s.add_argument("--channels", type=int, choices=[1, 3], help="folder: 1 (gray) or 3 (RGB); default: as the images")
-    s.add_argument("--split", default="0.64,0.16,0.20", help="folder without train/val/test: class ratios")
-    s.add_argument("--seed", type=int, default=0, help="folder: seed of the class split")
+    s.add_argument("--ratios", default="0.64,0.16,0.20", metavar="TRAIN,VAL,TEST",
+                   help="folder without train/val/test: the share of the classes in each (default 0.64,0.16,0.20)")
+    _shared(s, "--seed", ": folder, the class split (default 0)", default=0)
     s.add_argument("--force", action="store_true", help="replace a dataset already prepared under that name")
+    s.add_argument("--split", action=Moved, now="--ratios (the share of the classes in train, val and test)")
 
     s = _command(sub, "train", cmd_train, "meta-train a preset, or continue a run with --resume",
-                 shared=["data", "set", "device", "no-progress"])
+                 shared=["--data", "--set", "--device", "--no-progress"])
     s.add_argument("preset", nargs="?", help="a preset (`fewshot presets`) or a .yaml file of keys")
-    s.add_argument("--out", help="run folder for config, logs and checkpoints")
+    _shared(s, "--out", ": the run folder, for config, logs and checkpoints")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    s.add_argument("--steps", type=int, metavar="N", help="with --resume: train until step N (extends a finished "
-                   "or stopped run; the schedule follows the new length)")
+    s.add_argument("--steps", type=int, metavar="N", help="with --resume: train until meta-step N (extends a "
+                   "finished or stopped run; the schedule follows the new length)")
     s.add_argument("--init", metavar="CHECKPOINT", help="start from another run's weights (a run folder: its "
                    "best.pt; or a .pt file), with a fresh optimizer and step 0: transfer learning")
-    s.add_argument("--threads", type=int, help="torch threads for this process (overrides the preset's "
-                   "`threads`; use 1 when other jobs share the cores)")
+    _shared(s, "--threads", "; overrides the preset's `threads`")
     s.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop cleanly after this many minutes (continue later with --resume)")
     s.add_argument("--procs", type=int, default=1, help="split each meta-batch across N local processes "
                    "(torch.distributed; for several machines launch with torchrun instead)")
 
     s = _command(sub, "embed", cmd_embed, "pretrain a backbone on the meta-train classes, write LEO embedding files",
-                 shared=["data", "set", "device", "threads", "no-progress"])
+                 shared=["--data", "--set", "--device", "--threads", "--no-progress"])
     s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
     s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
                    help="network to pretrain (default: the preset's conv4)")
-    s.add_argument("--out", help="folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
-    s.add_argument("--steps", type=int, default=2000, help="pretraining steps (default 2000)")
+    _shared(s, "--out", ": the folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
+    s.add_argument("--pretrain-steps", type=int, default=2000, metavar="N",
+                   help="supervised pretraining steps (default 2000)")
     s.add_argument("--batch-size", type=int, default=64, help="pretraining batch size (default 64)")
     s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
     s.add_argument("--crops", default="center,multiview",
                    help="embeddings to write: center, multiview or both (default; multiview is 6 passes per image)")
+    s.add_argument("--steps", action=Moved, now="--pretrain-steps")
 
     s = _command(sub, "eval", cmd_eval, "evaluate a checkpoint on a fixed set of test tasks",
-                 shared=["device", "json", "threads", "no-progress"])
+                 shared=["--device", "--json", "--threads", "--no-progress", "--inner-steps", "--inner-lr"])
     s.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
     s.add_argument("--tasks", type=int, help="number of tasks (default: the preset's eval_tasks, 600)")
-    s.add_argument("--split", default="test", help="test (default), val or train")
-    s.add_argument("--steps", type=int, help="inner steps (default: the preset's eval_inner_steps)")
-    s.add_argument("--data", help="dataset to evaluate on (default: the one it was trained on)")
-    s.add_argument("--seed", type=int, help="seed of the task set (default: the preset's eval_seed)")
+    s.add_argument("--classes", default="test", metavar="test|val|train",
+                   help="draw the tasks from the dataset's test classes (default), its val or its train classes")
+    _shared(s, "--data", " (default: the one the run was trained on)")
+    _shared(s, "--seed", ": the task set (default: the preset's eval_seed)")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")
+    s.add_argument("--steps", action=Moved, now="--inner-steps")
+    s.add_argument("--split", action=Moved, now="--classes (test, val or train)")
     s.add_argument("--lake", metavar="PATH", help="score Lake et al.'s 20 published within-alphabet 20-way one-shot "
                    "runs instead: all_runs.zip of brendenlake/omniglot (python/one-shot-classification/) or the "
                    "folder it unzips to; error per run and overall, each trial classified on its own, beside the "
@@ -459,24 +464,24 @@ def parser():
 
     s = _command(sub, "plot", cmd_plot, "draw a run's learning curves to a PNG")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or adaptation.png)")
+    _shared(s, "--out", ": the PNG (default RUN_DIR/curves.png, or adaptation.png)")
     s.add_argument("--adaptation", action="store_true",
                    help="regression: the true curve, the K points, and predictions before and after adapting")
 
     s = _command(sub, "predict", cmd_predict, "adapt a checkpoint to a labelled support set and classify new images",
-                 shared=["threads", "device"])
+                 shared=["--threads", "--device", "--inner-steps", "--inner-lr"])
     s.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or .pt file")
     s.add_argument("--support", required=True, metavar="SUPPORT_DIR", help="<class>/<image> folders")
     s.add_argument("--query", required=True, nargs="+", metavar="QUERY", help="image files or folders")
-    s.add_argument("--steps", type=int, help="inner steps (default: the checkpoint's meta-test setting)")
     s.add_argument("--top-k", type=int, default=1, help="also show the K most likely classes")
     s.add_argument("--transductive", action="store_true",
                    help="normalize all query images of this call together, as `fewshot eval` does at meta-test "
                         "(more accurate on a task's queries, but each answer then depends on the other images); "
                         "default: each image on its own, normalized with the support set")
     output = s.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print one JSON document")
+    _shared(output, "--json")
     output.add_argument("--csv", metavar="FILE", help="also write the predictions to a CSV file")
+    s.add_argument("--steps", action=Moved, now="--inner-steps")
     return p
 
 

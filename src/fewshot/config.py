@@ -130,6 +130,8 @@ class Config:
     inner_optimizer: Literal["sgd", "adam"] = key("sgd", "the inner loop's optimizer", algorithms=("reptile",))
     inner_batch: int | None = key(None, "inner mini-batch size (null: the whole task)", low=1,
                                   algorithms=("reptile",))
+    eval_inner_batch: int | None = key(None, "inner mini-batch size at meta-test (null: inner_batch; the "
+                                             "reference's --eval-batch)", low=1, algorithms=("reptile",))
     reptile_eval: Literal["transductive", "non_transductive"] = key(
         "transductive", "test-time batch norm over all queries | one query at a time", algorithms=("reptile",))
     num_latents: int = key(64, "dimension of the latent code z", low=1, algorithms=("leo",))

@@ -19,9 +19,9 @@ Output: OUT/center/{train,val,test}_embeddings.pkl and OUT/multiview/... (or onl
 the crops asked for: `--crops center` skips the six-view pass), in
 LEO's format (see data/embeddings.py), keys `<row>-<class>-<class>_<index>`
 with class names made key-safe ("-", "_", "/" and spaces become "."), labels
-the class index within the split. Train LEO on them with
-`fewshot train leo-... --data OUT --set embedding_dim=<dim>` (the dimension is
-printed, and recorded in OUT/embed.json).
+the class index within the split. Train LEO on them with the LEO preset made for
+them (`leo_presets`: by the image dataset and the dimension, which `fewshot embed`
+prints and OUT/embed.json records).
 
 Pretraining writes OUT/metrics.jsonl and metrics.csv (loss and batch accuracy every
 100 steps; `fewshot plot OUT` draws them).
@@ -32,6 +32,7 @@ log lines), and OUT/pretrain.pt holds the backbone, optimizer, RNG and step ever
 continues from it, and keeps the embedding files already written.
 """
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -46,7 +47,8 @@ from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.kinds import SPLITS
 from .data.episodes import to_float
-from .errors import FewshotError
+from .device import choose_device
+from .errors import FewshotError, whole_number
 from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
@@ -102,11 +104,17 @@ def _pixels(dataset, rows, rotations):
     return pixels
 
 
-def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=500, device="cpu", progress=True,
-          stop_after=None, crops=CROPS):
+def embed(config: Config, out: str | Path, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
+          save_every: int = 500, device: str | None = "cpu", progress: bool = True, stop_after: int | None = None,
+          crops: tuple[str, ...] = CROPS) -> dict:
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
     files under `out` for each of `crops` (multiview costs six forward passes per image);
-    returns {"out", "dim", "steps", "files"}."""
+    returns {"out", "dim", "steps", "files", "leo_presets"} ("leo_presets": leo_presets()).
+    `device` None: the best device present."""
+    whole_number(steps, 1, "--pretrain-steps")
+    whole_number(batch_size, 1, "--batch-size")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise FewshotError(f"--lr must be a finite number > 0, got {lr}")
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
@@ -117,8 +125,8 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
                            f"{config.model!r} (choose one with --backbone)")
     out = Path(out)
     check_out(out)
+    device = choose_device(device)[0]
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
     train_refs = refs["train"]
@@ -226,4 +234,23 @@ def embed(config: Config, out, steps=2000, batch_size=64, lr=1e-3, save_every=50
                "classes": {s: len(refs[s]) for s in SPLITS},
                "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
     write_text(out / "embed.json", json.dumps(summary, indent=1))
-    return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files}
+    return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files,
+            "leo_presets": leo_presets(config.dataset, model.features_size)}
+
+
+def leo_presets(dataset: str, dim: int) -> dict:
+    """The LEO presets made for `fewshot embed`'s files (those with an `image_preset`) that fit
+    embeddings of `dim` features made from `dataset` images: {"presets": names, "set_dim":
+    whether they need `embedding_dim` set to `dim`}. Best first: the presets of that dimension
+    and an image preset on that dataset, then of that dimension, then of that dataset."""
+    from .config import load_preset, preset_names
+    made_here = [(name, load_preset(name)) for name in preset_names()]
+    made_here = [(name, config) for name, config in made_here
+                 if config.dataset == "embeddings" and config.image_preset is not None]
+
+    def fit(config):
+        return config.embedding_dim == dim, load_preset(config.image_preset).dataset == dataset
+
+    best = max((fit(config) for _, config in made_here), default=None)
+    return {"presets": [name for name, config in made_here if fit(config) == best],
+            "set_dim": best is not None and not best[0]}

@@ -8,9 +8,11 @@ import torch
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data
+from .algorithms.base import inner_loop_words
 from .config import eval_query, eval_ways
 from .data.kinds import SPLITS
-from .errors import FewshotError
+from .device import choose_device
+from .errors import FewshotError, whole_number
 from .runs import recorded_data
 
 
@@ -81,8 +83,14 @@ def load_algorithm(state, device="cpu"):
 
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
-                        device: str = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
-    """Everything `fewshot eval` does, as a dict."""
+                        device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
+    """Everything `fewshot eval` does, as a dict. `device` None: the best device present."""
+    for value, low, flag in ((steps, 0, "--inner-steps"), (tasks, 1, "--tasks"), (seed, 0, "--seed")):
+        if value is not None:
+            whole_number(value, low, flag)
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise FewshotError(f"--inner-lr must be a finite number >= 0, got {lr}")
+    device = choose_device(device)[0]
     state = checkpoint.load(target)
     config = state["config"]
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
@@ -96,8 +104,6 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     algorithm = load_algorithm(state, device)
     steps = config.eval_inner_steps if steps is None else steps
     n_tasks = config.eval_tasks if tasks is None else tasks
-    if n_tasks < 1:
-        raise FewshotError(f"--tasks must be at least 1, got {n_tasks}")
     at_steps = config.eval_at_steps or () if at_steps is None else at_steps
     result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
                       at_steps=at_steps)
@@ -106,6 +112,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
         "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,
         "ways": eval_ways(config), "query": eval_query(config), "inner_steps": steps,
         "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
+        "adaptation": algorithm.describe_adaptation(steps, lr), "device": str(device),
         "metric": algorithm.family.metric_name,
         "seed": config.eval_seed if seed is None else seed,
     })
@@ -120,10 +127,10 @@ def describe(result):
 
     task = (f"{result['ways']}-way {result['shots']}-shot" if percent else f"{result['shots']}-shot")
     queries = f"{result['query']} {'query' if result['query'] == 1 else 'queries'} per {'class' if percent else 'task'}"
-    steps = f"{result['inner_steps']} inner step{'' if result['inner_steps'] == 1 else 's'}"
+    adaptation = result.get("adaptation") or inner_loop_words(result["inner_steps"], result["inner_lr"])
     lines = [f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
              f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, {queries}, "
-             f"{steps} at lr {result['inner_lr']})"]
+             f"{adaptation})"]
     if len(result["by_steps"]) > 1:
         lines += [f"  after {count:>3} steps: {result['metric']} {value(r['mean'], r['ci95'])}"
                   for count, r in sorted(result["by_steps"].items(), key=lambda item: int(item[0]))]

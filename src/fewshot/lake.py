@@ -182,17 +182,17 @@ def model_inputs(state: dict, device: str | torch.device = "cpu"):
     return preprocessing["size"], lambda pixels: to_float(pixels, preprocessing).to(device)
 
 
-def classify_run(algorithm, inputs, run: LakeRun, steps: int | None = None) -> torch.Tensor:
+def classify_run(algorithm, inputs, run: LakeRun, steps: int | None = None, lr: float | None = None) -> torch.Tensor:
     """The outputs (test image x training image) of one run: adapted once on the training
     images as a 20-way 1-shot support set, each test image classified on its own."""
     support_x = inputs(np.stack(run.training)[:, None])
     support_y = torch.arange(len(run.training), device=support_x.device)
-    adapted = algorithm.adapt(support_x, support_y, steps)
+    adapted = algorithm.adapt(support_x, support_y, steps, lr)
     return predict_alone(algorithm, adapted, support_x, inputs(np.stack(run.test)[:, None]))
 
 
-def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, device: str = "cpu",
-                  progress: bool = True) -> dict:
+def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, lr: float | None = None,
+                  device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Error of a trained run (folder or checkpoint) on Lake's runs at `lake` (a zip or a
     folder): per run and overall with a 95% interval, each trial classified on its own."""
     state = checkpoint.load(target)
@@ -209,7 +209,7 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     runs = read_runs(lake, size)
     results, errors = [], []
     for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
-        predicted = classify_run(algorithm, inputs, run, steps).argmax(1).cpu().tolist()
+        predicted = classify_run(algorithm, inputs, run, steps, lr).argmax(1).cpu().tolist()
         wrong = [p != a for p, a in zip(predicted, run.answers)]
         errors += wrong
         results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong), "error": sum(wrong) / len(wrong),
@@ -218,6 +218,7 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     return {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
             "algorithm": config.algorithm, "lake": str(lake),
             "inner_steps": config.eval_inner_steps if steps is None else steps,
+            "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
             "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
             "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
 

@@ -23,17 +23,18 @@ import torch
 from . import checkpoint
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
-from .errors import FewshotError
-from .evaluate import confidence, load_algorithm, predict_alone
+from .device import choose_device
+from .errors import FewshotError, whole_number
+from .evaluate import load_algorithm, predict_alone
 
 
 class Learner:
     """A trained checkpoint, ready to adapt to new tasks."""
 
-    def __init__(self, state: dict, device: str | torch.device = "cpu"):
+    def __init__(self, state: dict, device: str | torch.device | None = "cpu"):
         self.config = state["config"]
         self.preprocessing = state.get("preprocessing")
-        self.device = torch.device(device)
+        self.device = device if isinstance(device, torch.device) else choose_device(device)[0]
         self.algorithm = load_algorithm(state, self.device).eval()
         self.step = state["step"]
 
@@ -47,7 +48,10 @@ class Learner:
 
     def adapt(self, support: str | Path | torch.Tensor, labels: torch.Tensor | None = None,
               classes: list[str] | None = None, steps: int | None = None, lr: float | None = None) -> "Adapted":
-        """`support` is a folder of class folders, or a tensor of inputs with `labels`."""
+        """`support` is a folder of class folders, or a tensor of inputs with `labels`; `steps`
+        and `lr` replace the checkpoint's meta-test inner steps and rate."""
+        if steps is not None:
+            whole_number(steps, 0, "--inner-steps")
         if isinstance(support, (str, Path)):
             support, labels, classes = self.read_support(support)
         support, labels = support.to(self.device), labels.to(self.device)
@@ -135,30 +139,6 @@ def query_files(queries):
     return files
 
 
-def load(target: str | Path, device: str | torch.device = "cpu") -> Learner:
-    """A checkpoint file or run folder -> a Learner."""
+def load(target: str | Path, device: str | torch.device | None = "cpu") -> Learner:
+    """A checkpoint file or run folder -> a Learner on `device` (None: the best present)."""
     return Learner(checkpoint.load(target), device)
-
-
-def evaluate_predict(target, tasks: int | None = None, split: str = "test", transductive: bool = False,
-                     seed: int | None = None, device: str = "cpu") -> dict:
-    """The score of `predict`'s answers on the fixed, seeded tasks `fewshot eval` draws:
-    each task's support set adapted as Learner.adapt does, its query set given in one
-    call. With `transductive=True` this is `fewshot eval`'s protocol and figure.
-    Returns {"mean", "ci95", "tasks", "transductive"}."""
-    from . import data
-    from .config import eval_query, eval_ways
-    state = checkpoint.load(target)
-    config = state["config"]
-    dataset, refs = data.load(config, progress=False)
-    sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
-                           query=eval_query(config), ways=eval_ways(config))
-    learner = Learner(state, device)
-    count = config.eval_tasks if tasks is None else tasks
-    scores = []
-    for index in range(count):
-        task = sampler.batch(index, 1)[0].to(learner.device)
-        adapted = learner.adapt(task.support_x, task.support_y)
-        scores.append(learner.algorithm.family.metric(adapted.outputs(task.query_x, transductive), task.query_y))
-    mean, ci95 = confidence(scores)
-    return {"mean": mean, "ci95": ci95, "tasks": count, "transductive": transductive}

@@ -1,6 +1,9 @@
-"""Meta-training, shared by every algorithm: `train` builds the run (folder, lock, data,
-algorithm, optimizer, checkpoint to resume from) and runs meta-steps through the
-resumable loop of loop.py.
+"""Meta-training, shared by every algorithm: `train` opens the run (folder, lock, the
+processes of `--procs`); in each process a `Trainer` builds the data, algorithm, optimizer
+and the checkpoint to resume from, and loop.py's resumable loop calls its `meta_step` until
+the run ends. Read `Trainer.meta_step` top to bottom for a step: a meta-batch's gradient,
+the optimizer step, then the log row, validation and checkpoints due. What the trainer
+carries from step to step, besides the checkpoint's contents, is `Carried`.
 
 Every task is a pure function of (seed, step, position) and the checkpoint carries weights,
 optimizer, schedule, RNG and step, so a resumed run ends with the same weights
@@ -19,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +31,8 @@ from . import algorithms, checkpoint, data, distributed, precision
 from .compiled import compile_step
 from .config import Config, dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
-from .errors import FewshotError
+from .device import choose_device, set_threads
+from .errors import FewshotError, whole_number
 from .evaluate import evaluate
 from .files import write_text
 from .loop import Loop, on_terminal
@@ -43,20 +48,7 @@ IDENTITY_KEYS = ("preset", "algorithm", "model", "dataset")
 # the settings `train(out=RUN, resume=True, ...)` may change: the length of the schedule
 RESUME_KEYS = ("steps",)
 
-__all__ = ["train", "initial_weights", "device_of", "default_threads", "RESUME_KEYS"]
-
-
-def device_of(name):
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise FewshotError(f"unknown --device {name!r}; use cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FewshotError(f"--device {name} asked for, but this PyTorch sees no CUDA device; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise FewshotError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices "
-                           f"(cuda:0 ...); choose one of them")
-    return device
+__all__ = ["train", "initial_weights", "default_threads", "RESUME_KEYS"]
 
 
 def default_threads():
@@ -73,8 +65,6 @@ def _extended(config, out, steps):
     refuses a length the run has already passed."""
     if steps is None or steps == config.steps:
         return config, None
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise FewshotError(f"--steps must be a whole number >= 1, got {steps!r}")
     done = 0
     if (out / "last.pt").exists():
         done = checkpoint.load(out / "last.pt").get("step", 0)
@@ -90,25 +80,28 @@ def _extended(config, out, steps):
 
 
 def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False,
-          device: str = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None,
+          device: str | None = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None,
           procs: int = 1, time_limit: float | None = None, steps: int | None = None) -> dict:
     """Meta-train into run folder `out`; with `resume`, continue the run there.
     `steps` (with `resume` only) extends or shortens the run to that many steps in all:
     the one setting a resume may change (RESUME_KEYS).
     `procs` > 1 splits each meta-batch across that many local processes.
     `threads` overrides the config's torch thread count (per process).
+    `device`: cpu, cuda, cuda:N or mps; None, the best device present (device.choose_device).
     `time_limit` (seconds) stops the run cleanly, resumable, once that much time has passed.
     `stop_after` ends the run after that step as an interruption would (for tests).
     Returns {"out", "step", "best", "stopped", "reason", "signal", "algorithm"}: "reason"
     says why a run ended early ("signal", "time_limit", "target", "stop_after"), and
     "signal" is the number of the signal that stopped it (the CLI exits 128 + it)."""
-    if not isinstance(procs, int) or procs < 1:
-        raise FewshotError(f"--procs must be a whole number >= 1, got {procs}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise FewshotError(f"--threads must be a whole number >= 1, got {threads}")
+    whole_number(procs, 1, "--procs")
+    if threads is not None:
+        whole_number(threads, 1, "--threads")
     if steps is not None and not resume:
         raise FewshotError("--steps goes with --resume (it extends a run); a new run takes its length from "
                            "the config: --set steps=N")
+    if steps is not None:
+        whole_number(steps, 1, "--steps")
+    device = str(choose_device(device)[0])  # checked before any folder exists; processes get the name
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
     created, extension = None, None
     if resume:
@@ -118,7 +111,6 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
         raise FewshotError("train() needs a config (fewshot.load_preset(NAME), or a dict of keys), or resume=True "
                            "to continue the run in `out`")
     config = validate(config)
-    device_of(device)
     out = Path(out)
     # loaded (and a checkpoint that does not fit refused) before the run folder exists; a resumed
     # run that was killed before its first checkpoint starts from the same --init weights again
@@ -161,9 +153,8 @@ def _trained(out):
 
 
 def _train_process(config, out, resume, device, progress, stop_after, threads, time_limit=None, initial=None):
-    if threads:
-        torch.set_num_threads(threads)
-    device = device_of(device)
+    set_threads(threads)
+    device = choose_device(device)[0]
     distributed.init_from_env(device)
     rank, size = distributed.world()
     if device.type == "cuda" and size > 1:
@@ -185,148 +176,191 @@ def _samplers(config, device, terminal):
     return dataset, train_sampler, val_sampler
 
 
-def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None, initial=None):
-    leader = rank == 0
-    terminal = on_terminal(progress)
-    dataset, train_sampler, val_sampler = _samplers(config, device, terminal)
-    preprocessing = data.preprocessing(dataset, config)
-    where = data_location(config)  # in every checkpoint: `fewshot eval` finds the data from anywhere
-    torch.manual_seed(config.seed)
-    algorithm = algorithms.build(config).to(device)
-    optimizer, schedule = make_optimizer(algorithm, config)
-    precision.configure(config.precision, device)
-    meta_gradient = compile_step(algorithm, config)  # algorithm.meta_gradient itself unless `compile: true`
-    step, best, saved_step = 0, None, None
-    fresh = not (resume and (out / "last.pt").exists())
-    if not fresh:
-        state = checkpoint.load(out / "last.pt")
-        _load_state(state, config, out, algorithm, optimizer, schedule)
-        step, best, saved_step = state["step"], state["best"], state["step"]
-        if state["config"].steps != config.steps:  # a resume that extends (or shortens) the run
-            set_schedule_length(optimizer, schedule, config.steps, step)
-    elif initial is not None:
-        algorithm.load_state_dict(initial)
-    metric = algorithm.family.metric_name
-    # sinusoid tasks hold points, not images: their rows count points per second
-    per_s = "points_per_s" if isinstance(algorithm.family, Regression) else "images_per_s"
-    # LEO's reference replaces a non-finite meta-batch's gradient by an L2-only one and
-    # counts the step (nonfinite_steps); for every other algorithm a non-finite loss ends the run
-    allow_nonfinite = config.algorithm == "leo"
-    total, meta_batch = config.steps, config.meta_batch
-    log_every, val_every, save_every = config.log_every, config.val_every, config.save_every
-    window, checked = [], 0  # window: (step, result) since the last log row; checked: its finite prefix
-    logs = []  # the metrics log, opened in the loop's first critical section
+@dataclass
+class Carried:
+    """What meta-training carries from one step to the next, besides what a checkpoint holds
+    (weights, optimizer, schedule, RNG, the step number)."""
+    best: float | None  # the best validation metric so far; best.pt holds its weights
+    saved_step: int | None  # the step last.pt holds (None: none written yet), named by a non-finite stop
+    # the steps since the last log row, (step, result) with results as they came (floats or
+    # 0-dim tensors): read from the device once per row
+    window: list = field(default_factory=list)
+    checked: int = 0  # how many of the window's losses are known to be finite
+    window_start: float = 0.0  # when the window began (time.perf_counter)
+    log: MetricsLog | None = None  # opened when the loop starts (rank 0)
 
-    def nonfinite(at, what):
-        kept = (f"{out / 'last.pt'} still holds step {saved_step}, the last good checkpoint" if saved_step is not None
+
+def _train(config, out, resume, device, progress, stop_after, rank=0, size=1, time_limit=None, initial=None):
+    return Trainer(config, out, resume, device, progress, stop_after, rank, size, time_limit, initial).run()
+
+
+class Trainer:
+    """One process's meta-training: built from the config (and from last.pt when resuming),
+    then run by loop.Loop, which calls `start` once and `meta_step` until the run ends."""
+
+    def __init__(self, config, out, resume, device, progress, stop_after, rank, size, time_limit, initial):
+        self.config, self.out, self.device, self.rank, self.size = config, out, device, rank, size
+        self.leader = rank == 0
+        # the data: train and validation tasks (on CUDA built on the device)
+        dataset, self.train_sampler, self.val_sampler = _samplers(config, device, on_terminal(progress))
+        self.preprocessing = data.preprocessing(dataset, config)
+        self.where = data_location(config)  # in every checkpoint: `fewshot eval` finds the data from anywhere
+        # the algorithm, its optimizer, and the meta-step (algorithm.meta_gradient unless `compile: true`)
+        torch.manual_seed(config.seed)
+        self.algorithm = algorithms.build(config).to(device)
+        self.optimizer, self.schedule = make_optimizer(self.algorithm, config)
+        precision.configure(config.precision, device)
+        self.compute_meta_gradient = compile_step(self.algorithm, config)
+        # where the run stands: a fresh start, or last.pt's step
+        self.fresh = not (resume and (out / "last.pt").exists())
+        step, self.carried = 0, Carried(best=None, saved_step=None)
+        if not self.fresh:
+            state = checkpoint.load(out / "last.pt")
+            _load_state(state, config, out, self.algorithm, self.optimizer, self.schedule)
+            step, self.carried = state["step"], Carried(best=state["best"], saved_step=state["step"])
+            if state["config"].steps != config.steps:  # a resume that extends (or shortens) the run
+                set_schedule_length(self.optimizer, self.schedule, config.steps, step)
+        elif initial is not None:
+            self.algorithm.load_state_dict(initial)
+        self.first_step = step
+        self.metric = self.algorithm.family.metric_name
+        # sinusoid tasks hold points, not images: their rows count points per second
+        self.per_s = "points_per_s" if isinstance(self.algorithm.family, Regression) else "images_per_s"
+        # LEO's reference replaces a non-finite meta-batch's gradient by an L2-only one and
+        # counts the step (nonfinite_steps); for every other algorithm a non-finite loss ends the run
+        self.allow_nonfinite = config.algorithm == "leo"
+        part = distributed.share(config.meta_batch, rank, size) if size > 1 else None
+        self.batches = data.Prefetcher(self.train_sampler, step, config.steps, config.meta_batch, part,
+                                       pin=device.type == "cuda" and not isinstance(self.train_sampler,
+                                                                                    DeviceEpisodes))
+        # several processes agree on the clock at log rows only (an all-reduce is a host sync)
+        self.loop = Loop(step, config.steps, self.save, desc=f"train {config.preset or ''}",
+                         progress=progress, leader=self.leader, saved=out / "last.pt",
+                         resume=f"fewshot train --resume {out}", time_limit=time_limit, stop_after=stop_after,
+                         agree=distributed.agree, clock_due=lambda at: size == 1 or at % config.log_every == 0)
+
+    def run(self) -> dict:
+        self.carried.window_start = time.perf_counter()
+        try:
+            ended = self.loop.run(self.meta_step, self.start)
+        finally:
+            self.batches.close()
+        return {"out": str(self.out), "step": self.loop.step, "best": self.carried.best,
+                "stopped": ended["stopped"], "reason": ended["reason"], "signal": ended["signal"],
+                "algorithm": self.algorithm}
+
+    def start(self) -> None:
+        if self.leader:
+            if self.fresh and not (self.out / "config.yaml").exists():
+                write_text(self.out / "config.yaml", dump(self.config))
+            self.carried.log = MetricsLog(self.out, self.loop.step)
+        if self.fresh:
+            self.save()  # step 0: a run killed before its first periodic save resumes from here
+
+    def meta_step(self) -> str | None:
+        """One meta-step, then the log row, validation and checkpoints due at the new step.
+        Returns None, or "target" where validation reached `stop_at_val` (saved and said)."""
+        config, loop, carried = self.config, self.loop, self.carried
+        tasks = [t.to(self.device) for t in next(self.batches)]
+        result = self.meta_gradient(tasks)
+        with loop.signals:  # the weights and the step number change together
+            self.optimizer.step()
+            self.schedule.step()
+            loop.advance()
+            at = loop.step
+            # detached, so that no graph outlives its step
+            carried.window.append((at, {k: v.detach() if isinstance(v, torch.Tensor) else v
+                                        for k, v in result.items()}))
+            validate_now = at % config.val_every == 0 or at == config.steps
+            if at % config.log_every == 0 or validate_now:
+                self.log_row(at, tasks, validate_now)
+            reached = self.leader and validate_now and _reached(self.algorithm.family, carried.best,
+                                                                 config.stop_at_val)
+            if validate_now and distributed.agree(reached):  # every rank knows validate_now: no sync otherwise
+                self.save()
+                loop.say(f"stopped at step {at}: validation {self.metric} reached {config.stop_at_val} "
+                         f"{time.perf_counter() - loop.started:.0f} s after start (stop_at_val); saved "
+                         f"{self.out / 'last.pt'}")
+                return "target"
+            if at % config.save_every == 0 or at == config.steps:
+                self.save()
+        return None
+
+    def meta_gradient(self, tasks) -> dict:
+        """The meta-batch's gradient in .grad, summed over processes, finished and clipped;
+        returns what the algorithm reports of the step (loss, metric)."""
+        self.algorithm.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with precision.autocast(self.config.precision, self.device):
+                result = self.compute_meta_gradient(tasks, self.loop.step)
+        except torch.OutOfMemoryError:
+            if self.loop.step != self.first_step:
+                raise
+            raise FewshotError(_out_of_memory(self.config, self.device, len(tasks))) from None
+        if self.size > 1:
+            result = distributed.reduce_meta_gradient(self.algorithm.parameters(), result, len(tasks),
+                                                      self.config.meta_batch)
+        result = self.algorithm.finish_meta_gradient(result)
+        clip_gradients(self.algorithm.parameters(), self.config.grad_clip_value, self.config.grad_clip_norm)
+        return result
+
+    def log_row(self, at, tasks, validate_now) -> None:
+        """The window's metrics, read in one host sync, as a log line and a metrics row (with a
+        validation, and best.pt when it improved, where due); then a new window."""
+        carried, loop = self.carried, self.loop
+        values = _host([r[key] for _, r in carried.window for key in ("loss", self.metric)])  # the one sync
+        elapsed = time.perf_counter() - carried.window_start  # after it: the device's work is done
+        self.check_window(values[0::2])
+        if self.leader:
+            row = _row(at, values[0::2], values[1::2], elapsed, time.perf_counter() - loop.started,
+                       self.optimizer.param_groups[0]["lr"], self.config.meta_batch,
+                       sum(t.images for t in tasks) * self.size, self.device, self.per_s)
+            if validate_now:
+                val = evaluate(self.algorithm, self.val_sampler, self.config.val_tasks, device=self.device)
+                row.update(val_metric=val["mean"], val_ci95=val["ci95"])
+                if better(self.algorithm.family, val["mean"], carried.best):
+                    carried.best = val["mean"]
+                    self.save("best.pt")
+            carried.log.write(row)
+            loop.say(_format_row(row, self.metric))
+            if loop.terminal:
+                loop.bar.set_postfix(loss=f"{row['loss']:.3f}", **{self.metric[:3]: f"{row['metric']:.3f}"})
+        carried.window, carried.checked, carried.window_start = [], 0, time.perf_counter()
+
+    def check_window(self, losses=None) -> None:
+        """Stop on a non-finite loss in the window; `losses`: its values already read, else
+        they are read here (one host transfer)."""
+        carried = self.carried
+        if not self.allow_nonfinite and carried.checked < len(carried.window):
+            if losses is None:
+                losses = [None] * carried.checked + _host([r["loss"] for _, r in carried.window[carried.checked:]])
+            for (at, _), loss in zip(carried.window[carried.checked:], losses[carried.checked:]):
+                if not math.isfinite(loss):
+                    raise self.nonfinite(at, "the meta-loss")
+        carried.checked = len(carried.window)
+
+    def save(self, name="last.pt") -> None:
+        """Write checkpoint `name` of the current step (rank 0), once the window's losses and
+        the weights are known to be finite."""
+        self.check_window()
+        if not self.leader:
+            return
+        if not bool(torch.stack([p.detach().isfinite().all() for p in self.algorithm.parameters()]).all()):
+            raise self.nonfinite(self.loop.step, "the weights")
+        checkpoint.save(self.out / name, config=self.config, algorithm=self.algorithm.state_dict(),
+                        optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+                        rng=torch.get_rng_state(), step=self.loop.step, best=self.carried.best,
+                        preprocessing=self.preprocessing, data_location=self.where)
+        if name == "last.pt":
+            self.carried.saved_step = self.loop.step
+
+    def nonfinite(self, at, what) -> FewshotError:
+        saved = self.carried.saved_step
+        kept = (f"{self.out / 'last.pt'} still holds step {saved}, the last good checkpoint" if saved is not None
                 else "no checkpoint was written")
         return FewshotError(f"{what} became non-finite at step {at}; stopped without saving, so {kept}; lower "
                             f"meta_lr or inner_lr, or set grad_clip_norm (--set), and train again")
-
-    def check_window(losses=None):
-        """Stop on a non-finite loss in the window; `losses`: its values already read, else
-        they are read here (one host transfer)."""
-        nonlocal checked
-        if not allow_nonfinite and checked < len(window):
-            if losses is None:
-                losses = [None] * checked + _host([r["loss"] for _, r in window[checked:]])
-            for (at, _), loss in zip(window[checked:], losses[checked:]):
-                if not math.isfinite(loss):
-                    raise nonfinite(at, "the meta-loss")
-        checked = len(window)
-
-    def save(name="last.pt"):
-        nonlocal saved_step
-        check_window()
-        if leader:
-            if not bool(torch.stack([p.detach().isfinite().all() for p in algorithm.parameters()]).all()):
-                raise nonfinite(loop.step, "the weights")
-            checkpoint.save(out / name, config=config, algorithm=algorithm.state_dict(),
-                            optimizer=optimizer.state_dict(), schedule=schedule.state_dict(),
-                            rng=torch.get_rng_state(), step=loop.step, best=best, preprocessing=preprocessing,
-                            data_location=where)
-            if name == "last.pt":
-                saved_step = loop.step
-
-    part = distributed.share(meta_batch, rank, size) if size > 1 else None
-    batches = data.Prefetcher(train_sampler, step, total, meta_batch, part,
-                              pin=device.type == "cuda" and not isinstance(train_sampler, DeviceEpisodes))
-    # several processes agree on the clock at log rows only (an all-reduce is a host sync)
-    loop = Loop(step, total, save, desc=f"train {config.preset or ''}", progress=progress, leader=leader,
-                saved=out / "last.pt", resume=f"fewshot train --resume {out}", time_limit=time_limit,
-                stop_after=stop_after, agree=distributed.agree,
-                clock_due=lambda at: size == 1 or at % log_every == 0)
-    first_step = step
-
-    def start():
-        if leader:
-            if fresh and not (out / "config.yaml").exists():
-                write_text(out / "config.yaml", dump(config))
-            logs.append(MetricsLog(out, loop.step))
-        if fresh:
-            save()  # step 0: a run killed before its first periodic save resumes from here
-
-    def meta_step():
-        nonlocal window, checked, best
-        tasks = [t.to(device) for t in next(batches)]
-        algorithm.train()
-        optimizer.zero_grad(set_to_none=True)
-        try:
-            with precision.autocast(config.precision, device):
-                result = meta_gradient(tasks, loop.step)
-        except torch.OutOfMemoryError:
-            if loop.step != first_step:
-                raise
-            raise FewshotError(_out_of_memory(config, device, len(tasks))) from None
-        if size > 1:
-            result = distributed.reduce_meta_gradient(algorithm.parameters(), result, len(tasks), meta_batch)
-        result = algorithm.finish_meta_gradient(result)
-        clip_gradients(algorithm.parameters(), config.grad_clip_value, config.grad_clip_norm)
-        with loop.signals:  # the weights and the step number change together
-            optimizer.step()
-            schedule.step()
-            loop.advance()
-            at = loop.step
-            # kept as they are (floats or 0-dim tensors) until the log row; detached, so no graph outlives its step
-            window.append((at, {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in result.items()}))
-            validate_now = at % val_every == 0 or at == total
-            if at % log_every == 0 or validate_now:
-                values = _host([r[key] for _, r in window for key in ("loss", metric)])  # the one sync
-                elapsed = time.perf_counter() - window_start[0]  # after it: the device's work is done
-                check_window(values[0::2])
-                if leader:
-                    row = _row(at, values[0::2], values[1::2], elapsed, time.perf_counter() - loop.started,
-                               optimizer.param_groups[0]["lr"], meta_batch,
-                               sum(t.images for t in tasks) * size, device, per_s)
-                    if validate_now:
-                        val = evaluate(algorithm, val_sampler, config.val_tasks, device=device)
-                        row.update(val_metric=val["mean"], val_ci95=val["ci95"])
-                        if better(algorithm.family, val["mean"], best):
-                            best = val["mean"]
-                            save("best.pt")
-                    logs[0].write(row)
-                    loop.say(_format_row(row, metric))
-                    if loop.terminal:
-                        loop.bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric[:3]: f"{row['metric']:.3f}"})
-                window, checked, window_start[0] = [], 0, time.perf_counter()
-            reached = leader and validate_now and _reached(algorithm.family, best, config.stop_at_val)
-            if validate_now and distributed.agree(reached):  # every rank knows validate_now: no sync otherwise
-                save()
-                loop.say(f"stopped at step {at}: validation {metric} reached {config.stop_at_val} "
-                         f"{time.perf_counter() - loop.started:.0f} s after start (stop_at_val); saved "
-                         f"{out / 'last.pt'}")
-                return "target"
-            if at % save_every == 0 or at == total:
-                save()
-        return None
-
-    window_start = [time.perf_counter()]
-    try:
-        ended = loop.run(meta_step, start)
-    finally:
-        batches.close()
-    return {"out": str(out), "step": loop.step, "best": best, "stopped": ended["stopped"],
-            "reason": ended["reason"], "signal": ended["signal"], "algorithm": algorithm}
 
 
 def _load_state(state, config, out, algorithm, optimizer, schedule):
@@ -362,7 +396,8 @@ def _host(values):
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     if not tensors:
         return [float(v) for v in values]
-    read = iter(torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors]).tolist())
+    exact = torch.float32 if tensors[0].device.type == "mps" else torch.float64  # MPS has no float64
+    read = iter(torch.stack([t.detach().reshape(()).to(exact) for t in tensors]).tolist())
     return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
@@ -402,11 +437,6 @@ def initial_weights(config):
 
 def _reached(family, best, target):
     return target is not None and best is not None and (best >= target if family.higher_is_better else best <= target)
-
-
-def _mean(rows, key):
-    """The mean over the steps with a finite value (LEO skips non-finite meta-batches)."""
-    return _finite_mean(_host([r[key] for r in rows]))
 
 
 def _finite_mean(values):

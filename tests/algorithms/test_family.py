@@ -1,8 +1,10 @@
 """Behaviour of each algorithm of the MAML family and of Prototypical Networks."""
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fewshot import algorithms
 from fewshot.config import load_preset
@@ -139,8 +141,19 @@ def test_reptile_moves_toward_the_adapted_weights_by_the_meta_step():
                       lr_schedule="step")
     tasks = make_tasks(2)
     theta = {n: p.detach().clone() for n, p in algorithm.model.named_parameters()}
-    adapted = [algorithm.train_on(torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]),
-                                  3, 0.05, [algorithm.config.seed, 7, i]) for i, t in enumerate(tasks)]
+    # each task's 3 plain SGD steps on the whole task (no inner batch), written out
+    adapted = []
+    for position, task in enumerate(tasks):
+        x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
+        order = np.concatenate([np.random.default_rng([algorithm.config.seed, 7, position]).permutation(len(x))
+                                for _ in range(3)]).reshape(3, len(x))
+        weights = dict(theta)
+        for rows in order:
+            leaves = {n: w.detach().requires_grad_() for n, w in weights.items()}
+            loss = F.cross_entropy(algorithm.model.functional_forward(leaves, x[rows]), y[rows])
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            weights = {n: w.detach() - 0.05 * g for (n, w), g in zip(leaves.items(), grads)}
+        adapted.append(weights)
     optimizer, _ = make_optimizer(algorithm, algorithm.config)
     algorithm.meta_gradient(tasks, step=7)
     optimizer.step()

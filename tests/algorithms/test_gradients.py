@@ -257,40 +257,78 @@ def leo_tasks(count=2):
 
 def leo_terms(algorithm, tasks, adapted_latents):
     """[query CE, beta * KL, gamma * mean(stop_gradient(z') - z)^2, lambda_1 * sum w^2 / 2, lambda_2 *
-    orthogonality], the adapted latents z', the query logits; z' held at `adapted_latents` (the stop-gradient), the draws of
-    each task from its own seed in the algorithm's order: dropout and latent sample in the encoder, a
-    weight sample per decode, a dropout mask per classifier call."""
+    orthogonality], the adapted latents z' (T x N x K x L), the query logits (T x M x N); z' held at
+    `adapted_latents` (the stop-gradient). Written out task by task from deepmind/leo model.py
+    (`encoder`, `relation_network`, `average_codes_per_class`, `possibly_sample`, `decoder`,
+    `predict`, `leo_inner_loop`, `finetuning_inner_loop`), with torch.distributions for the
+    Gaussians: only the weights and each task's random generator (seeded from the task's seed, as
+    fewshot seeds it) come from the algorithm. A task's draws, in the reference graph's order:
+    the encoder's dropout mask and the latent sample, then per decode a weight sample and per
+    classifier call a dropout mask."""
     config = algorithm.config
-    support = torch.stack([algorithm.group(t.support_x, t.support_y) for t in tasks])
-    query = F.normalize(torch.stack([t.query_x for t in tasks]), dim=-1)
-    query_y = torch.stack([t.query_y for t in tasks])
-    noise = Noise([t.seed for t in tasks])
-    with torch.enable_grad():
-        start, kl = algorithm.encode(support, noise)
-        latents = start
-        weights = algorithm.decode(latents, noise)
-        loss = algorithm.support_loss(support, weights, noise)
-        for _ in range(config.inner_unroll_length):
-            grad, = torch.autograd.grad(loss, latents, create_graph=True)
-            latents = latents - algorithm.inner_lr * grad
-            weights = algorithm.decode(latents, noise)
-            loss = algorithm.support_loss(support, weights, noise)
-        for _ in range(config.finetuning_unroll_length):
-            grad, = torch.autograd.grad(loss, weights, create_graph=True)
-            weights = weights - algorithm.finetuning_lr * grad
-            loss = algorithm.support_loss(support, weights, noise)
-        logits = algorithm.logits(query, weights, noise)
-    query_ce = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
-    target = latents.detach() if adapted_latents is None else adapted_latents
-    penalty = ((target - start) ** 2).mean()
+    rate, latent_units = config.dropout_rate, config.num_latents
+    generators = Noise([t.seed for t in tasks]).generators
+    per_task, all_latents, all_logits = [], [], []
+    for index, (task, generator) in enumerate(zip(tasks, generators)):
+        def dropout(x):  # tf.nn.dropout(x, rate): keep with probability 1 - rate, scaled by 1 / (1 - rate)
+            return x * (torch.rand(x.shape, generator=generator, dtype=x.dtype) >= rate) / (1 - rate)
+
+        def sample(params, stddev_offset):  # possibly_sample: (sample, Normal) of [means, unnormalized std]
+            mean, unnormalized = params.chunk(2, dim=-1)
+            std = torch.clamp(torch.exp(unnormalized) - (1.0 - stddev_offset), min=1e-10)
+            return mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype), \
+                torch.distributions.Normal(mean, std)
+
+        ways = int(task.support_y.max()) + 1
+        support = torch.stack([F.normalize(task.support_x[task.support_y == c], dim=-1) for c in range(ways)])
+        n, k, dim = support.shape
+        labels = torch.arange(n).repeat_interleave(k)
+
+        def predict(inputs, weights):  # einsum("ijk,lmk->ijlm") of dropped-out inputs, mean over the K weights
+            return torch.einsum("md,nkd->mnk", dropout(inputs), weights).mean(-1)
+
+        def decode(latents):  # decoder (no bias), sampled with the Glorot offset sqrt(2 / (N + D))
+            return sample(latents @ algorithm.decoder, math.sqrt(2.0 / (n + dim)))[0]
+
+        def support_loss(weights):  # the per-example cross-entropy of the support set, summed by tf.gradients
+            return F.cross_entropy(predict(support.reshape(n * k, dim), weights), labels, reduction="sum")
+
+        with torch.enable_grad():
+            codes = (dropout(support) @ algorithm.encoder).reshape(n * k, latent_units)
+            pairs = torch.cat([codes[:, None].expand(n * k, n * k, latent_units),
+                               codes[None, :].expand(n * k, n * k, latent_units)], dim=-1)  # (left i, right j)
+            first, second, third = algorithm.relation  # snt.nets.MLP([2L] * 3, use_bias=False): ReLU between
+            relation = (F.relu(F.relu(pairs @ first) @ second) @ third).mean(1)  # mean over j
+            class_params = relation.reshape(n, k, 2 * latent_units).mean(1, keepdim=True).expand(n, k, -1)
+            start, posterior = sample(class_params, 0.0)
+            prior = torch.distributions.Normal(torch.zeros_like(start), torch.ones_like(start))
+            kl = (posterior.log_prob(start) - prior.log_prob(start)).mean()
+            latents = start
+            weights = decode(latents)
+            loss = support_loss(weights)
+            for _ in range(config.inner_unroll_length):
+                grad, = torch.autograd.grad(loss, latents, create_graph=True)
+                latents = latents - algorithm.inner_lr * grad
+                weights = decode(latents)
+                loss = support_loss(weights)
+            for _ in range(config.finetuning_unroll_length):
+                grad, = torch.autograd.grad(loss, weights, create_graph=True)
+                weights = weights - algorithm.finetuning_lr * grad
+                loss = support_loss(weights)
+            logits = predict(F.normalize(task.query_x, dim=-1), weights)
+        target = latents.detach() if adapted_latents is None else adapted_latents[index]
+        per_task.append((F.cross_entropy(logits, task.query_y), kl, ((target - start) ** 2).mean()))
+        all_latents.append(latents.detach())
+        all_logits.append(logits.detach())
+    query_ce, kl, penalty = (sum(values) / len(tasks) for values in zip(*per_task))
     l2 = sum((w ** 2).sum() for w in [algorithm.encoder, *algorithm.relation, algorithm.decoder]) / 2
-    rows, latent_units = algorithm.decoder, algorithm.decoder.shape[0]
+    rows, latent_rows = algorithm.decoder, algorithm.decoder.shape[0]
     correlation = torch.stack([torch.stack([rows[i] @ rows[j] / (rows[i].norm() * rows[j].norm())
-                                            for j in range(latent_units)]) for i in range(latent_units)])
-    orthogonality = ((correlation - torch.eye(latent_units, dtype=rows.dtype)) ** 2).mean()
+                                            for j in range(latent_rows)]) for i in range(latent_rows)])
+    orthogonality = ((correlation - torch.eye(latent_rows, dtype=rows.dtype)) ** 2).mean()
     terms = [query_ce, config.kl_weight * kl, config.encoder_penalty_weight * penalty,
              config.l2_penalty_weight * l2, config.orthogonality_penalty_weight * orthogonality]
-    return [t.item() for t in terms], latents.detach(), logits.detach()
+    return [t.item() for t in terms], torch.stack(all_latents), torch.stack(all_logits)
 
 
 def test_leo_meta_gradient_of_its_whole_outer_objective_matches_finite_differences():

@@ -2,6 +2,7 @@
 meta-gradient reaching the learned rates, and training and evaluation on small
 embedding files written here."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -160,12 +161,26 @@ def test_a_non_finite_loss_falls_back_to_the_l2_gradient():
     assert math.isnan(result["loss"]) and math.isnan(result["accuracy"])  # the trainer counts it, skips it in means
 
 
-def test_meta_test_adaptation_is_deterministic_and_uses_no_dropout():
-    algorithm = build(dropout_rate=0.9)
+def test_meta_test_adaptation_uses_no_dropout_and_no_sampling():
+    """The same weights with dropout 0.9 and 0: at meta-test the rate cannot matter (the reference's
+    dropout_rate is 0 outside meta-training), nor the random state (means, not samples)."""
     task = make_tasks(1)[0]
-    a = algorithm.adapt(task.support_x, task.support_y)["weights"]
-    b = algorithm.adapt(task.support_x, task.support_y)["weights"]
-    assert torch.equal(a, b)
+    adapted = {}
+    for rate, seed in ((0.9, 1), (0.0, 2)):
+        algorithm = build(dropout_rate=rate)  # seeded: the same weights
+        torch.manual_seed(seed)
+        adapted[rate] = algorithm.adapt(task.support_x, task.support_y)["weights"]
+        logits = algorithm.predict({"weights": adapted[rate]}, task.query_x)
+        adapted[rate, "logits"] = logits
+    assert torch.equal(adapted[0.9], adapted[0.0])
+    assert torch.equal(adapted[0.9, "logits"], adapted[0.0, "logits"])
+    # and the rate does matter at meta-train, where the same draws are made at both rates
+    gradients = {}
+    for rate in (0.9, 0.0):
+        algorithm = build(dropout_rate=rate)
+        algorithm.meta_gradient([replace(task, seed=(1, 0, 0))])
+        gradients[rate] = algorithm.encoder.grad
+    assert not torch.allclose(gradients[0.9], gradients[0.0])
 
 
 def test_leo_refuses_a_backbone_and_support_sets_of_unequal_classes():
@@ -251,3 +266,43 @@ def test_an_interrupted_and_resumed_leo_run_equals_an_uninterrupted_one(tmp_path
     full = checkpoint.load(tmp_path / "full" / "last.pt")["algorithm"]
     resumed = checkpoint.load(tmp_path / "part" / "last.pt")["algorithm"]
     assert all(torch.equal(full[n], resumed[n]) for n in full)
+
+
+# deepmind/leo README.md (commit de9a0c2), "The hyperparameters we found working best":
+# outer_lr, l2_penalty_weight, orthogonality_penalty_weight, dropout_rate, kl_weight, encoder_penalty_weight
+DEEPMIND_TABLE = {
+    "miniimagenet-5w1s": (2.739071e-4, 3.623413e-10, 0.188103, 0.307651, 0.756143, 5.756821e-6),
+    "miniimagenet-5w5s": (4.102361e-4, 8.540338e-9, 1.523998e-3, 0.300299, 0.466387, 2.661608e-7),
+    "tieredimagenet-5w1s": (8.659053e-4, 4.148858e-10, 5.451078e-3, 0.475126, 2.034189e-3, 8.302962e-5),
+    "tieredimagenet-5w5s": (6.110314e-4, 1.690399e-10, 2.481216e-2, 0.415158, 1.622811, 2.672450e-5),
+}
+# the MindSpore port's README (../shared/seeds/mindspore-leo.md), its per-experiment table, same order
+MINDSPORE_TABLE = {
+    "miniimagenet-5w1s": (0.005, 0.0001, 303.0, 0.3, 0.001, 1e-9),
+    "miniimagenet-5w5s": (0.005, 8.5e-6, 0.00152, 0.3, 0.001, 2.66e-7),
+    "tieredimagenet-5w1s": (0.005, 5.10e-6, 4.88e-1, 0.2, 0.0, 5.7e-1),
+    "tieredimagenet-5w5s": (0.0025, 3.6e-10, 0.188, 0.3, 0.001, 5.7e-6),
+}
+PAPER = {"miniimagenet-5w1s": "61.76", "miniimagenet-5w5s": "77.59", "tieredimagenet-5w1s": "66.33",
+         "tieredimagenet-5w5s": "81.44"}
+MINDSPORE = {"miniimagenet-5w1s": "59.59", "miniimagenet-5w5s": "75.60", "tieredimagenet-5w1s": "66.44",
+             "tieredimagenet-5w5s": "80.94"}
+
+
+@pytest.mark.parametrize("experiment", sorted(DEEPMIND_TABLE))
+def test_leo_presets_take_the_values_of_the_source_they_quote(experiment):
+    """leo-<experiment> quotes the paper and takes deepmind/leo's values; leo-mindspore-<experiment>
+    quotes the MindSpore port and takes its table. The settings both share are deepmind/leo config.py's."""
+    from fewshot.config import load_preset
+    keys = ("meta_lr", "l2_penalty_weight", "orthogonality_penalty_weight", "dropout_rate", "kl_weight",
+            "encoder_penalty_weight")
+    for preset, table, number in ((f"leo-{experiment}", DEEPMIND_TABLE, PAPER),
+                                  (f"leo-mindspore-{experiment}", MINDSPORE_TABLE, MINDSPORE)):
+        config = load_preset(preset)
+        assert tuple(getattr(config, key) for key in keys) == table[experiment], preset
+        assert number[experiment] in config.description, preset
+        assert (config.ways, config.shots, config.query) == (5, int(experiment[-2]), 15)
+        assert (config.num_latents, config.inner_unroll_length, config.finetuning_unroll_length,
+                config.inner_lr_init, config.finetuning_lr_init) == (64, 5, 5, 1.0, 0.001)
+        assert (config.meta_batch, config.grad_clip_value, config.grad_clip_norm, config.steps) == \
+            (12, 0.1, 0.1, 100000)

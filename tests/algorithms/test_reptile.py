@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fewshot import algorithms, checkpoint
 from fewshot.algorithms import reptile
@@ -136,42 +137,122 @@ def test_transductive_batch_norm_keeps_reptile_eval_meaning():
     torch.testing.assert_close(algorithm.predict(adapted, task.query_x), expected, rtol=0, atol=0)
 
 
-def chained_adaptations(algorithm, tasks, step, adam):
-    """The reference's meta-batch: each task from theta, the Adam state handed on."""
-    return [algorithm.train_on(torch.cat([t.support_x, t.query_x]), torch.cat([t.support_y, t.query_y]),
-                               algorithm.config.inner_steps, algorithm.config.inner_lr,
-                               [algorithm.config.seed, step, i], adam=adam(i)) for i, t in enumerate(tasks)]
+# openai/supervised-reptile written out (reptile.py `Reptile.train_step` and `evaluate`, `_mini_batches`;
+# models.py: `optimizer.minimize(loss)` of the per-example cross-entropy vector, so its gradient is
+# the sum over the mini-batch; tf.train.AdamOptimizer(beta1=0), whose epsilon is added to sqrt(v)
+# before the bias correction). Only the backbone's forward is fewshot's; the mini-batch order is
+# drawn from fewshot's seeds, (seed, step, position) at meta-train and eval_seed at meta-test.
+
+def reference_batches(count, batch_size, batches, seed):
+    """_mini_batches without replacement: reshuffle at every pass, carry a partial batch over."""
+    rng, rows, current = np.random.default_rng(seed), [], []
+    while len(rows) < batches:
+        for index in rng.permutation(count):
+            current.append(int(index))
+            if len(current) == batch_size:
+                rows.append(current)
+                current = []
+                if len(rows) == batches:
+                    break
+    return rows
 
 
-def test_inner_adam_moments_carry_over_from_task_to_task_during_meta_training():
-    algorithm = build(inner_steps=3, inner_batch=4)
-    tasks = make_tasks(2)
-    theta = {n: p.detach().clone() for n, p in algorithm.model.named_parameters()}
-    shared = algorithm.inner_adam.read()
-    carried = chained_adaptations(algorithm, tasks, 0, lambda i: shared)
-    fresh = chained_adaptations(algorithm, tasks, 0, lambda i: None)
-    assert shared["step"] == 6
-    algorithm.meta_gradient(tasks, step=0)
-    for name, p in algorithm.model.named_parameters():
-        expected = (theta[name] - carried[0][name]) / 2 + (theta[name] - carried[1][name]) / 2  # its order of sums
-        torch.testing.assert_close(p.grad, expected, rtol=0, atol=0)
-        # the second task's moments matter: a fresh Adam per task gives another gradient
-        # (conv biases before batch norm get gradients of rounding size only: left out)
-        assert name.endswith("conv.bias") or not torch.allclose(p.grad, theta[name] - (fresh[0][name] + fresh[1][name]) / 2, rtol=0, atol=1e-9)
-    state = algorithm.inner_adam.read()
-    assert state["step"] == 6
-    for name in shared["exp_avg_sq"]:
-        assert torch.equal(state["exp_avg_sq"][name], shared["exp_avg_sq"][name])
-    # and from meta-step to meta-step
+def reference_inner_loop(model, params, x, y, steps, lr, batch_size, seed, slots, optimizer="adam",
+                         epsilon=1e-8, bn_training=True):
+    """`steps` minimize steps from `params` on (x, y); `slots` ({"t": steps so far, "v": second moments})
+    is the Adam state, updated in place."""
+    params = {name: p.detach().clone() for name, p in params.items()}
+    for rows in reference_batches(len(x), batch_size or len(x), steps, seed):
+        leaves = {name: p.requires_grad_() for name, p in params.items()}
+        with torch.enable_grad():
+            loss = F.cross_entropy(model.functional_forward(leaves, x[rows], bn_training), y[rows], reduction="sum")
+            grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+        with torch.no_grad():
+            if optimizer == "sgd":
+                params = {name: p - lr * grads[name] for name, p in leaves.items()}
+                continue
+            slots["t"] += 1
+            rate = lr * (1 - 0.999 ** slots["t"]) ** 0.5  # / (1 - beta1 ** t) = 1 with beta1 = 0
+            for name, p in leaves.items():
+                slots["v"][name] = 0.999 * slots["v"][name] + 0.001 * grads[name] ** 2
+                params[name] = p - rate * grads[name] / (slots["v"][name].sqrt() + epsilon)
+    return params
+
+
+def fresh_slots(model):
+    return {"t": 0, "v": {name: torch.zeros_like(p) for name, p in model.named_parameters()}}
+
+
+def reference_meta_step(algorithm, tasks, step, slots, per_task_slots=False, lr=None, **inner):
+    """train_step: each task from theta (only the trainable variables restored between tasks, so the
+    Adam slots carry on), then theta + meta_step * (mean of the tasks' final weights - theta)."""
+    config, model = algorithm.config, algorithm.model
+    theta = {name: p.detach().clone() for name, p in model.named_parameters()}
+    finals = []
+    for position, task in enumerate(tasks):
+        x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
+        finals.append(reference_inner_loop(model, theta, x, y, config.inner_steps, lr or config.inner_lr,
+                                           config.inner_batch, [config.seed, step, position],
+                                           fresh_slots(model) if per_task_slots else slots, **inner))
+    return {name: theta[name] + config.meta_lr * (sum(f[name] for f in finals) / len(finals) - theta[name])
+            for name in theta}
+
+
+def our_meta_step(algorithm, tasks, step):
     optimizer, _ = make_optimizer(algorithm, algorithm.config)
-    optimizer.step()
     algorithm.zero_grad()
-    algorithm.meta_gradient(make_tasks(2, seed=1), step=1)
-    assert int(algorithm.inner_adam.step) == 12
+    algorithm.meta_gradient(tasks, step)
+    optimizer.step()
+    return {name: p.detach().clone() for name, p in algorithm.model.named_parameters()}
 
 
-def test_meta_test_starts_from_the_trained_adam_state_and_restores_it():
+def assert_same_weights(ours, reference, **tolerance):
+    # a conv bias before batch norm changes no output and gets a gradient of rounding size only,
+    # which Adam with epsilon 0 turns into steps of order lr: it is left out
+    for name in ours:
+        if not name.endswith("conv.bias"):
+            torch.testing.assert_close(ours[name], reference[name], **tolerance)
+
+
+def test_two_meta_steps_are_the_references_with_the_adam_state_carried_across_tasks_and_steps(monkeypatch):
+    """With epsilon 0 Adam is invariant to the scale of the gradient, so the reference's summed loss
+    and fewshot's mean give the same steps; the epsilon (1e-8, added where each optimizer adds it)
+    is the only difference, and docs/faithfulness.md states it."""
+    monkeypatch.setattr(reptile, "ADAM_EPS", 0.0)
+    algorithm = build(inner_steps=3, inner_batch=4, meta_lr=0.7, lr_schedule="step")
+    slots = fresh_slots(algorithm.model)
+    for step, seed in ((0, 0), (1, 1)):
+        tasks = make_tasks(2, seed=seed)
+        reference = reference_meta_step(algorithm, tasks, step, slots, epsilon=0.0)
+        ours = our_meta_step(algorithm, tasks, step)
+        assert_same_weights(ours, reference, rtol=1e-9, atol=1e-12)
+        with torch.no_grad():  # both go on from the same weights
+            for name, p in algorithm.model.named_parameters():
+                p.copy_(reference[name])
+    assert slots["t"] == int(algorithm.inner_adam.step) == 2 * 2 * 3  # meta-steps x tasks x inner steps
+    # the state carried from task to task matters: a fresh Adam per task is another step
+    tasks = make_tasks(2, seed=2)
+    per_task = reference_meta_step(algorithm, tasks, 2, None, per_task_slots=True, epsilon=0.0)
+    ours = our_meta_step(algorithm, tasks, 2)
+    assert any(not torch.allclose(ours[n], per_task[n], rtol=0, atol=1e-6) for n in ours
+               if not n.endswith("conv.bias"))
+
+
+def test_reptile_with_inner_sgd_takes_the_references_step_with_the_rate_divided_by_the_batch():
+    """The reference's --sgd minimizes the summed loss of a mini-batch of B; fewshot's inner SGD the
+    mean, so inner_lr here is the reference's --learning-rate times B."""
+    algorithm = build(inner_optimizer="sgd", inner_steps=3, inner_batch=4, inner_lr=0.05, meta_lr=0.3,
+                      lr_schedule="step")
+    tasks = make_tasks(2)
+    reference = reference_meta_step(algorithm, tasks, 7, None, lr=0.05 / 4, optimizer="sgd")
+    assert_same_weights(our_meta_step(algorithm, tasks, 7), reference, rtol=1e-10, atol=1e-12)
+
+
+def test_meta_test_starts_from_the_trained_adam_state_and_restores_it(monkeypatch):
+    monkeypatch.setattr(reptile, "ADAM_EPS", 0.0)
     algorithm = build(inner_steps=3, inner_batch=4, eval_inner_steps=5)
+    slots = fresh_slots(algorithm.model)
+    reference_meta_step(algorithm, make_tasks(2), 0, slots, epsilon=0.0)  # the reference's slots after it
     algorithm.meta_gradient(make_tasks(2), step=0)
     before = algorithm.inner_adam.read()
     task = make_tasks(1, seed=2)[0]
@@ -180,13 +261,40 @@ def test_meta_test_starts_from_the_trained_adam_state_and_restores_it():
     after = algorithm.inner_adam.read()
     assert after["step"] == before["step"] == 6
     assert all(torch.equal(after["exp_avg_sq"][n], before["exp_avg_sq"][n]) for n in before["exp_avg_sq"])
-    expected = algorithm.train_on(task.support_x, task.support_y, 5, 0.01, [algorithm.config.eval_seed],
-                                  adam=algorithm.inner_adam.read(), bn_training=False)
-    from_fresh = algorithm.train_on(task.support_x, task.support_y, 5, 0.01, [algorithm.config.eval_seed],
-                                    bn_training=False)
-    for name in first:
-        assert torch.equal(first[name], second[name]) and torch.equal(first[name], expected[name])
-    assert any(not torch.allclose(first[n], from_fresh[n], rtol=0, atol=1e-9) for n in first)
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    # the reference's evaluate saves and restores its whole state around the task, so the task starts
+    # from the slots meta-training left
+    theta = dict(algorithm.model.named_parameters())
+    expected = reference_inner_loop(algorithm.model, theta, task.support_x, task.support_y, 5, 0.01, 4,
+                                    [algorithm.config.eval_seed], slots, epsilon=0.0, bn_training=False)
+    from_fresh = reference_inner_loop(algorithm.model, theta, task.support_x, task.support_y, 5, 0.01, 4,
+                                      [algorithm.config.eval_seed], fresh_slots(algorithm.model), epsilon=0.0,
+                                      bn_training=False)
+    assert_same_weights(first, expected, rtol=1e-9, atol=1e-12)
+    assert any(not torch.allclose(first[n], from_fresh[n], rtol=0, atol=1e-9) for n in first
+               if not n.endswith("conv.bias"))
+
+
+@pytest.mark.parametrize("preset,inner,evaluation", [
+    ("reptile-omniglot-5w1s", 5, 5), ("reptile-omniglot-5w5s", 10, 6), ("reptile-miniimagenet-5w1s", 3, 3),
+    ("reptile-miniimagenet-5w5s", 10, 15)])
+def test_reptile_presets_take_the_references_inner_batch_at_meta_train_and_meta_test(preset, inner, evaluation):
+    """--inner-batch and --eval-batch of the README commands each preset quotes."""
+    from fewshot.config import load_preset
+    config = load_preset(preset)
+    assert (config.inner_batch, config.eval_inner_batch) == (inner, evaluation)
+
+
+def test_meta_test_adapts_on_mini_batches_of_eval_inner_batch():
+    algorithm = build(ways=5, shots=5, query=1, inner_batch=10, eval_inner_batch=6, eval_inner_steps=7)
+    task = make_tasks(1, ways=5, shots=5, query=1)[0]
+    seen = record_rows(algorithm, task.support_x)
+    algorithm.adapt(task.support_x, task.support_y)
+    assert seen == reference_batches(25, 6, 7, [algorithm.config.eval_seed])
+    algorithm.config.eval_inner_batch = None  # null: inner_batch at meta-test too
+    seen.clear()
+    algorithm.adapt(task.support_x, task.support_y)
+    assert seen == reference_batches(25, 10, 7, [algorithm.config.eval_seed])
 
 
 def test_adam_step_is_torch_adam_with_beta1_zero():

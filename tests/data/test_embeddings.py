@@ -212,7 +212,7 @@ def test_embed_command_writes_center_embeddings_of_the_pretrained_backbone(tmp_p
     data_dir = image_dataset(tmp_path / "images")
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump({"dataset": "folder", "image_size": 16, "channels": 1, "filters": 4}))
-    assert main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+    assert main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
                  "--batch-size", "8", "--no-progress"]) == 0
     assert "--set embedding_dim=4" in capsys.readouterr().out
     state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
@@ -235,7 +235,7 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     preset = tmp_path / "tiny.yaml"
     preset.write_text("dataset: folder\nimage_size: 16\nchannels: 1\nwidths: [4, 4, 6, 8]\n")
     assert main(["embed", str(preset), "--backbone", "resnet12", "--data", data_dir, "--out", str(tmp_path / "out"),
-                 "--steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
+                 "--pretrain-steps", "2", "--batch-size", "8", "--threads", "1", "--no-progress"]) == 0
     assert "--set embedding_dim=8" in capsys.readouterr().out  # the last width: global average pool
     state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
     assert state["config"].model == "resnet12" and isinstance(models.build(state["config"]),
@@ -243,7 +243,7 @@ def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     with open(tmp_path / "out" / "multiview" / "test_embeddings.pkl", "rb") as f:
         assert pickle.load(f, encoding="latin1")["embeddings"].shape == (16, 8)
     # a second run with another backbone in the same folder is refused, not mixed
-    code = main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+    code = main(["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
                  "--batch-size", "8", "--no-progress"])
     assert code == 2 and "model" in capsys.readouterr().err
 
@@ -255,7 +255,7 @@ def test_embed_writes_only_the_crops_asked_for_and_adds_the_others_later(tmp_pat
     data_dir = image_dataset(tmp_path / "images")
     preset = tmp_path / "tiny.yaml"
     preset.write_text("dataset: folder\nimage_size: 16\nchannels: 1\nfilters: 4\n")
-    argv = ["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--steps", "2",
+    argv = ["embed", str(preset), "--data", data_dir, "--out", str(tmp_path / "out"), "--pretrain-steps", "2",
             "--batch-size", "8", "--no-progress"]
     assert main(argv + ["--crops", "center"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["center"]

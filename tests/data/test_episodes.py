@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.data.episodes import EpisodeSampler, Prefetcher, sample_batch
+from fewshot.data.episodes import EpisodeSampler, Prefetcher
 from fewshot.data.images import ImageClass
 from fewshot.errors import FewshotError
 
@@ -90,9 +90,20 @@ def test_prefetcher_yields_the_same_batches_in_order():
     prefetch.close()
 
 
+def written_out(sampler, plan, mean, std):
+    """The task of `plan` built here from the uint8 array: class i's rows turned rotations[i] quarter
+    turns, pixels / 255, inverted, normalized; labels[i] for class i; the first `shots` per class support."""
+    pixels = sampler.images[plan.rows.reshape(-1)].reshape(*plan.rows.shape, *sampler.images.shape[1:])
+    pixels = np.stack([np.rot90(pixels[i], turns, axes=(-2, -1)) for i, turns in enumerate(plan.rotations)])
+    x = torch.from_numpy((1.0 - pixels.astype(np.float64) / 255.0 - mean) / std)
+    y = torch.from_numpy(plan.labels)[:, None].expand(*plan.rows.shape)
+    shots = sampler.shots
+    return (x[:, :shots].flatten(0, 1), y[:, :shots].flatten(), x[:, shots:].flatten(0, 1), y[:, shots:].flatten())
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device here"))])
-def test_tasks_built_from_a_device_copy_equal_the_host_tasks(device):
+def test_batches_built_on_the_host_and_on_a_device_are_the_plans_tasks(device):
     from fewshot.data.episodes import DeviceEpisodes
     images, refs = tagged(classes=12, per_class=6)
     images[:, 0, 2:, :] = np.arange(8, dtype=np.uint8).reshape(2, 4) * 30  # asymmetric, so turns show
@@ -101,15 +112,19 @@ def test_tasks_built_from_a_device_copy_equal_the_host_tasks(device):
     sampler = EpisodeSampler(images, refs, ways=4, shots=2, query=1, seed=5, preprocessing=preprocessing)
     on_device = DeviceEpisodes(sampler, device)
     for index in range(6):
-        # one task at a time on the host (EpisodeSampler.task) against whole batches (EpisodeSampler.batch, DeviceEpisodes)
-        host = sample_batch(sampler, index, 3, part=[0, 2])
-        built = [t.to("cpu") for t in on_device.batch(index, 3, part=[0, 2])] + sampler.batch(index, 3, part=[0, 2])
-        assert len(host) == 2 and len(built) == 4
-        for h, d in zip(host * 2, built):
-            assert h.seed == d.seed
-            for name in ("support_x", "support_y", "query_x", "query_y"):
+        plans = sampler.plans(index, 3, part=[0, 2])
+        assert [p.seed for p in plans] == [(5, index, 0), (5, index, 2)]
+        host = sampler.batch(index, 3, part=[0, 2])
+        built = [t.to("cpu") for t in on_device.batch(index, 3, part=[0, 2])]
+        assert len(host) == len(built) == 2
+        for plan, h, d in zip(plans, host, built):
+            assert h.seed == d.seed == plan.seed
+            expected = written_out(sampler, plan, 0.3, 0.2)
+            for name, want in zip(("support_x", "support_y", "query_x", "query_y"), expected):
                 a, b = getattr(h, name), getattr(d, name)
-                assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), name
+                assert a.dtype == b.dtype and a.shape == b.shape == want.shape, name
+                assert torch.equal(a, b), name  # the same elementwise float32 operations on both devices
+                torch.testing.assert_close(a.double(), want.to(torch.float64), rtol=1e-6, atol=1e-6)
     prefetch = Prefetcher(on_device, start=2, stop=4, size=3)
     for index in (2, 3):
         assert all(torch.equal(g.query_x.cpu(), w.query_x) for g, w in zip(next(prefetch), sampler.batch(index, 3)))

@@ -101,7 +101,7 @@ def test_left_stays_left_and_size_is_an_option(tmp_path, fewshot_home, capsys):
     for i in range(3):
         halves(root / "c" / f"{i}.png", (41, 23), (255, 0, 0), (0, 0, 255))
     code, out, err = run(capsys, "data", "folder", "--from", root, "--name", "h", "--size", "20",
-                         "--split", "1,0,0", "--no-progress")
+                         "--ratios", "1,0,0", "--no-progress")
     assert code == 0, err
     assert "3 images at 20x20" in out
     images = read_dataset(fewshot_home / "h", 20).images
@@ -182,9 +182,9 @@ def counts_in(out):
 def test_unsplit_tree_is_split_by_seeded_ratios(tmp_path, fewshot_home, capsys):
     root = unsplit_tree(tmp_path / "flat")
     outputs = {}
-    for name, extra in (("a", ["--split", "0.6,0.2,0.2", "--seed", "3"]),
-                        ("b", ["--split", "0.6,0.2,0.2", "--seed", "3"]),
-                        ("c", ["--split", "0.6,0.2,0.2", "--seed", "4"]),
+    for name, extra in (("a", ["--ratios", "0.6,0.2,0.2", "--seed", "3"]),
+                        ("b", ["--ratios", "0.6,0.2,0.2", "--seed", "3"]),
+                        ("c", ["--ratios", "0.6,0.2,0.2", "--seed", "4"]),
                         ("d", [])):
         code, outputs[name], err = run(capsys, "data", "folder", "--from", root, "--name", name, *extra,
                                        "--no-progress")
@@ -207,7 +207,7 @@ def test_unsplit_tree_is_split_by_seeded_ratios(tmp_path, fewshot_home, capsys):
 def test_a_dataset_prepared_at_another_size_is_decoded_again_with_its_split(tmp_path, fewshot_home, capsys):
     root = unsplit_tree(tmp_path / "flat", classes=20)
     code, _, err = run(capsys, "data", "folder", "--from", root, "--name", "sized", "--size", "20",
-                       "--split", "0.5,0.25,0.25", "--seed", "9", "--no-progress")
+                       "--ratios", "0.5,0.25,0.25", "--seed", "9", "--no-progress")
     assert code == 0, err
     before = {c.name: c.group for c in read_dataset(fewshot_home / "sized", 20).classes}
     assert not is_prepared(fewshot_home / "sized", 28)
@@ -258,9 +258,9 @@ def test_an_empty_or_missing_tree_gets_one_line(tmp_path, capsys, make, message)
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--split", "0.5,0.5"], "three ratios that sum to 1"),
-    (["--split", "0.5,0.4,0.4"], "three ratios that sum to 1"),
-    (["--split", "a,b,c"], "--split takes three ratios"),
+    (["--ratios", "0.5,0.5"], "three ratios that sum to 1"),
+    (["--ratios", "0.5,0.4,0.4"], "three ratios that sum to 1"),
+    (["--ratios", "a,b,c"], "--ratios takes three ratios"),
     ([], "takes --from DIR"),
 ])
 def test_bad_options_get_one_line(tmp_path, capsys, argv, message):

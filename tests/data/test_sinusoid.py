@@ -76,11 +76,26 @@ def test_a_batch_is_a_function_of_seed_and_index():
     assert not waves(7, 5) & waves(8, 5)  # another seed: other waves
 
 
-def test_train_val_and_test_splits_draw_from_different_seeds():
+def waves_of(config, split, seed, batches=4):
+    sampler = data.sampler(config, None, None, split, seed=seed)
+    return {(t.amplitude, t.phase) for i in range(batches) for t in sampler.batch(i, 25)}
+
+
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1, 2, 2 ** 64])
+def test_no_choice_of_seeds_trains_on_the_validation_or_test_waves(offset):
+    """The split is the spawn key of each task's SeedSequence, not a number added to the seed: a run
+    whose seed is eval_seed + 1 or + 2 (or any other) draws other waves than the evaluation's splits.
+    (With the split added to the seed, seed = eval_seed + 2 trained on the test waves.)"""
+    config = load_preset("sinusoid-10shot")
+    evaluation = {split: waves_of(config, split, config.eval_seed) for split in ("val", "test")}
+    train = waves_of(config, "train", config.eval_seed + offset)
+    assert len(train) == 100 and not train & evaluation["val"] and not train & evaluation["test"]
+
+
+def test_train_val_and_test_splits_draw_different_waves():
     config = load_preset("sinusoid-10shot")
     assert data.load(config) == (None, None)  # generated: no data to load
     samplers = {split: data.sampler(config, None, None, split, seed=0) for split in ("train", "val", "test")}
-    assert len({s.seed for s in samplers.values()}) == 3
     waves = {split: {(t.amplitude, t.phase) for i in range(4) for t in s.batch(i, 25)}
              for split, s in samplers.items()}
     assert not waves["train"] & waves["val"] and not waves["train"] & waves["test"]

@@ -61,3 +61,11 @@ class Algorithm(nn.Module):
     def describe_inner_lr(self):
         """The meta-test inner learning rate, for reports."""
         return eval_inner_lr(self.config)
+
+    def describe_adaptation(self, steps: int, lr: float | None = None) -> str:
+        """What adapting to a support set does at meta-test, in words (`fewshot eval`'s line)."""
+        return inner_loop_words(steps, self.describe_inner_lr() if lr is None else lr)
+
+
+def inner_loop_words(steps: int, lr) -> str:
+    return f"{steps} inner step{'' if steps == 1 else 's'} at lr {lr}"

@@ -46,3 +46,6 @@ class ProtoNet(Algorithm):
 
     def describe_inner_lr(self):
         return "none (no inner loop)"
+
+    def describe_adaptation(self, steps, lr=None):
+        return "no inner loop: each query takes the class of the nearest prototype (its support mean embedding)"

@@ -2,7 +2,9 @@
 
 Inner loop: `inner_steps` steps of SGD or Adam (betas 0, 0.999, as in the authors'
 code) on mini-batches of `inner_batch` of the task's examples; at meta-train a
-task's examples are its support and query sets together ("train shots").
+task's examples are its support and query sets together ("train shots"). At
+meta-test, `eval_inner_steps` steps on mini-batches of `eval_inner_batch` support
+examples (the reference's --eval-iters and --eval-batch; null: `inner_batch`).
 Meta-update: theta <- theta + epsilon * (mean adapted weights - theta). It is handed
 to the trainer's optimizer as the gradient (theta - mean adapted weights), so SGD
 with lr = epsilon (`meta_optimizer: sgd`, `meta_lr`, linearly annealed) takes
@@ -103,15 +105,15 @@ class Reptile(Algorithm):
         if config.inner_optimizer == "adam":
             self.inner_adam = InnerAdamState(dict(model.named_parameters()))
 
-    def train_on(self, x, y, steps, lr, seed, adam=None, bn_training=True):
-        """Adapted weights after `steps` inner steps on (x, y); no graph is kept.
+    def train_on(self, x, y, steps, lr, seed, batch_size=None, adam=None, bn_training=True):
+        """Adapted weights after `steps` inner steps on mini-batches of `batch_size` rows of
+        (x, y) (None: all of them); no graph is kept.
         `adam` is the inner Adam state to start from, a dict as InnerAdamState.read()
         gives, updated in place (None: a fresh one)."""
         params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         if self.config.inner_optimizer == "adam" and adam is None:
             adam = {"step": 0, "exp_avg_sq": {n: torch.zeros_like(p) for n, p in params.items()}}
-        batch = self.config.inner_batch or len(x)
-        for rows in mini_batches(len(x), batch, steps, np.random.default_rng(seed)):
+        for rows in mini_batches(len(x), batch_size or len(x), steps, np.random.default_rng(seed)):
             rows = torch.from_numpy(rows).to(x.device)
             params = {n: p.requires_grad_() for n, p in params.items()}
             with torch.enable_grad():
@@ -133,7 +135,8 @@ class Reptile(Algorithm):
             x = torch.cat([task.support_x, task.query_x])
             y = torch.cat([task.support_y, task.query_y])
             adapted = self.train_on(x, y, self.config.inner_steps, self.config.inner_lr,
-                                    [self.config.seed, step, position], adam=adam, bn_training=True)
+                                    [self.config.seed, step, position], self.config.inner_batch, adam=adam,
+                                    bn_training=True)
             for name, p in meta.items():
                 delta = (p.detach() - adapted[name]) / len(tasks)
                 p.grad = delta if p.grad is None else p.grad + delta
@@ -150,7 +153,8 @@ class Reptile(Algorithm):
         lr = self.describe_inner_lr() if lr is None else lr
         # a copy of the meta-trained Adam state: evaluation leaves it as it was
         adam = self.inner_adam.read() if self.config.inner_optimizer == "adam" else None
-        params = self.train_on(support_x, support_y, steps, lr, [self.config.eval_seed], adam=adam,
+        batch_size = self.config.eval_inner_batch or self.config.inner_batch
+        params = self.train_on(support_x, support_y, steps, lr, [self.config.eval_seed], batch_size, adam=adam,
                                bn_training=False)
         return {"params": params, "support_x": support_x}
 

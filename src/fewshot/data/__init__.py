@@ -122,7 +122,7 @@ def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[I
     for needed in [split] + (["val"] if training else []):  # training validates on val
         if not refs[needed]:
             raise FewshotError(f"the {needed} split of {dataset.root} has no classes; give that split classes "
-                               f"(a {needed}/ folder, or --split ratios that leave it some)")
+                               f"(a {needed}/ folder, or --ratios that leave it some)")
     if training:
         checks = [("train", "ways", ways, "query", query)]
         ways_key, query_key = _eval_key(config, "ways"), _eval_key(config, "query")

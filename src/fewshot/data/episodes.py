@@ -5,9 +5,9 @@ exactly the tasks an uninterrupted one would, and evaluation sees a fixed set.
 
 Sampling is split in two: a task's *plan* (which classes, which rows, which
 rotations, which labels) is drawn on the host by that task's own numpy generator,
-and the pixels are built from the plan, on the host (`EpisodeSampler.task`) or on an
-accelerator that holds the whole dataset as uint8 (`DeviceEpisodes`). Both build
-the same tasks from the same plans.
+and the pixels of a whole batch are built from the plans in one pass
+(`DeviceEpisodes`), on the host or on an accelerator that holds the whole dataset
+as uint8: the same tasks from the same plans.
 """
 import queue
 import threading
@@ -157,44 +157,17 @@ class EpisodeSampler:
             rotations.append(image_class.rotation)
         return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed)
 
-    def task(self, rng):
-        return self.build(self.plan(rng))
-
-    def build(self, plan):
-        """The task of `plan`, on the host."""
-        pixels = self.images[plan.rows.reshape(-1)]  # ways*per_class x C x H x W
-        pixels = pixels.reshape(*plan.rows.shape, *pixels.shape[1:])
-        for i, rotation in enumerate(plan.rotations):
-            if rotation:
-                pixels[i] = np.rot90(pixels[i], rotation, axes=(-2, -1)).copy()
-        x = to_float(np.ascontiguousarray(pixels), self.preprocessing, self.dtype)
-        y = torch.from_numpy(plan.labels).long()[:, None].expand(*plan.rows.shape)
-        return Task(x[:, :self.shots].flatten(0, 1), y[:, :self.shots].flatten(),
-                    x[:, self.shots:].flatten(0, 1), y[:, self.shots:].flatten(), seed=plan.seed)
-
     def plans(self, index, size, part=None):
         positions = range(size) if part is None else part
         return [self.plan(np.random.default_rng([self.seed, index, j]), (self.seed, index, j)) for j in positions]
 
     def batch(self, index, size, part=None):
-        """Tasks `part` (default: all) of batch `index`, built together: the same tasks
-        as `task` builds one at a time (tested), at a fraction of the host time."""
+        """Tasks `part` (default: all) of batch `index`, built together on the host. Task j
+        of a batch has its own generator, seeded by (seed, index, j), so a process that
+        samples only its share of the batch gets the very tasks a single process would."""
         if self.host is None:
             self.host = DeviceEpisodes(self, "cpu")
         return self.host.batch(index, size, part)
-
-
-def sample_batch(sampler, index, size, part=None):
-    """Tasks `part` (default: all) of batch `index`. Task j of a batch has its own
-    generator, seeded by (seed, index, j), so a process that samples only its share
-    of the batch gets the very tasks a single process would."""
-    positions = range(size) if part is None else part
-    tasks = []
-    for j in positions:
-        task = sampler.task(np.random.default_rng([sampler.seed, index, j]))
-        task.seed = (sampler.seed, index, j)
-        tasks.append(task)
-    return tasks
 
 
 class DeviceEpisodes:

@@ -92,7 +92,7 @@ def split_classes(names: list[str], ratios: tuple, seed: int, least: int = LEAST
     holding `least` classes where the others can spare them (0: the ratios alone, as
     imports before that rule were split)."""
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise FewshotError(f"--split takes three ratios that sum to 1 (train,val,test), got {ratios}")
+        raise FewshotError(f"--ratios takes three ratios that sum to 1 (train,val,test), got {ratios}")
     order = np.random.default_rng(seed).permutation(len(names))
     n_train, n_val, _ = split_counts(len(names), ratios, least)
     parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])

@@ -11,15 +11,19 @@ from .kinds import DATASETS, DatasetKind
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
 X_RANGE = (-5.0, 5.0)
-SPLIT_SEED = {"train": 0, "val": 1, "test": 2}  # added to the seed: each split its own stream of waves
+# A split's index is the spawn key of every task's numpy SeedSequence: it is the last word of the
+# seed material, so no choice of seeds gives two splits the same waves (adding it to the seed, as
+# before, made a run with seed = eval_seed + 2 train on the test waves).
+SPLITS = ("train", "val", "test")
 
 
 class SinusoidSampler:
-    """The same interface as EpisodeSampler: batch i is a function of (seed, i)."""
+    """The same interface as EpisodeSampler: batch i is a function of (split, seed, i)."""
 
-    def __init__(self, shots, query, seed, dtype=None):
+    def __init__(self, shots, query, seed, dtype=None, split="train"):
         import torch
         self.shots, self.query, self.seed = shots, query, seed
+        self.split = SPLITS.index(split)
         self.dtype = torch.float32 if dtype is None else dtype
 
     def wave(self, rng):
@@ -38,8 +42,16 @@ class SinusoidSampler:
         return task
 
     def batch(self, index, size, part=None):
-        from .episodes import sample_batch
-        return sample_batch(self, index, size, part)
+        """Tasks `part` (default: all) of batch `index`. Task j has its own generator, seeded by
+        (seed, index, j) with the split as spawn key, so a process that samples only its share
+        of the batch gets the very tasks a single process would."""
+        tasks = []
+        for j in range(size) if part is None else part:
+            sequence = np.random.SeedSequence([self.seed, index, j], spawn_key=(self.split,))
+            task = self.task(np.random.default_rng(sequence))
+            task.seed = (self.seed, index, j)
+            tasks.append(task)
+        return tasks
 
 
 def curve(amplitude, phase, x):
@@ -47,7 +59,7 @@ def curve(amplitude, phase, x):
 
 
 def sampler(config, split, seed, query, dtype=None):
-    return SinusoidSampler(config.shots, query, seed + SPLIT_SEED[split], dtype)
+    return SinusoidSampler(config.shots, query, seed, dtype, split)
 
 
 SINUSOID = DATASETS.register("sinusoid")(DatasetKind("sinusoid", sampler=sampler))

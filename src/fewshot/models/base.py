@@ -21,8 +21,8 @@ backbone's `tasks_forward` reads them from its own layers. No code walks paramet
 by name.
 
 Inside `forward`, backbones run their layers with `layer.forward(x)` rather than
-`layer(x)`: nn.Module.__call__ (its hook dispatch) costs about 4 us a layer, 5% of
-a 5-image conv4 forward (docs/benchmarks.md, "One forward per backbone"). Hooks on
+`layer(x)`: nn.Module.__call__ (its hook dispatch) costs a measurable share of a
+small conv4 forward (docs/benchmarks.md, "One forward per backbone"). Hooks on
 the layers therefore do not fire; hooks on the backbone do.
 
 Algorithms never read parameter names: `parameter_roles()` says which parameters are
@@ -128,9 +128,9 @@ class Backbone(nn.Module):
         lookup finds them before nn.Module.__getattr__ (a Python call per read) looks in
         `_parameters`; taking them out uncovers the module's own again. functional_call
         resolves every name and checks every tensor on each call, which cost a
-        second-order MAML step on conv4 3-5% more CPU time than the hand-written
-        functional forward this replaces (docs/benchmarks.md, "One forward per
-        backbone"). Under torch.compile it is functional_call itself."""
+        second-order MAML step on conv4 more CPU time than the hand-written
+        functional forward this replaces (measured in docs/benchmarks.md, "One forward
+        per backbone"). Under torch.compile it is functional_call itself."""
         options["bn_training"] = bn_training
         if torch.compiler.is_compiling():
             return torch.func.functional_call(self, params, (x,), options, tie_weights=False)

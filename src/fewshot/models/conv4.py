@@ -21,13 +21,12 @@ from ..errors import FewshotError
 from . import BACKBONES
 from .base import Backbone, BatchNorm
 
-# Where the batched pass pays on the CPU (docs/benchmarks.md, "Making the meta-step faster: all tasks
-# in one pass"; on CUDA it always runs batched). One thread: tasks of at most this many images (support +
-# query): 1.2-1.7x faster at 10 (the 5-way 1-shot presets), slower at 40, 50, 80 and 200.
+# Where the batched pass pays on the CPU, as measured in docs/benchmarks.md ("Making the meta-step
+# faster: all tasks in one pass", the timings per preset and thread count); on CUDA it always runs
+# batched. One thread: tasks of at most this many images (support + query; the 5-way 1-shot presets).
 CPU_BATCHING_MAX_IMAGES = 10
-# Two or more threads: support sets of at most this many pixels (20 Omniglot images of 28 x 28): 1.1-2.8x
-# faster with 5 and 20 support images of 28 x 28, slower with 25 and 100, and with 5 or 25 of 84 x 84
-# (miniImageNet), where the per-task convolutions are already large enough to use both threads.
+# Two or more threads: support sets of at most this many pixels (20 Omniglot images of 28 x 28; every
+# Omniglot 1-shot preset). Larger ones, miniImageNet's 84 x 84 included, keep both threads busy per task.
 CPU_BATCHING_MAX_SUPPORT_PIXELS = 20 * 28 * 28
 
 
