@@ -4,10 +4,10 @@ interleaved in one process (loop, vmap, grouped, loop, ...) so that machine nois
 hits every form alike, and the float64 meta-gradient difference to the loop.
 
   loop     the per-task loop (`batch_tasks: false`)
-  grouped  the batched pass (`batch_tasks: true`) through the model's `batched_forward`
-           (its `tasks_forward`: grouped convolutions for conv4, batched matmuls for the MLP)
+  grouped  the batched pass (`batch_tasks: true`) through the model's `tasks_forward`
+           (grouped convolutions for conv4, batched matmuls for the MLP)
   vmap     the same pass with torch.func.vmap of the model's one `forward` (run with
-           explicit parameters by `functional_forward`) in place of its `batched_forward`
+           explicit parameters by `functional_forward`) in place of its `tasks_forward`
 
     python benchmarks/task_batching.py --data ../shared/data/omniglot-28 --threads 1 --steps 5
 
@@ -33,12 +33,15 @@ def build(config, form, dtype):
     if form == "vmap":  # transductive batch norm only (presets): vmap cannot update shared running statistics
         model = algorithm.model
         own = dict(model.named_parameters())
+        functional_forward = model.functional_forward
 
-        def vmapped(params, x, bn_training=True, bn_step=0):
+        def vmapped(params, x, bn_training=True, tasks=False, bn_step=0):
+            if not tasks:
+                return functional_forward(params, x, bn_training, bn_step=bn_step)
             dims = {n: 0 if p.dim() > own[n].dim() else None for n, p in params.items()}
-            run = lambda p, x: model.functional_forward(p, x, bn_training, bn_step=bn_step)
+            run = lambda p, x: functional_forward(p, x, bn_training, bn_step=bn_step)
             return torch.func.vmap(run, in_dims=(dims, 0))(params, x)
-        model.batched_forward = vmapped
+        model.functional_forward = vmapped
     return algorithm
 
 

@@ -1,4 +1,6 @@
 """Small synthetic datasets, configs and CLI helpers shared by the tests."""
+import contextlib
+
 import numpy as np
 
 from fewshot.cli import main
@@ -112,3 +114,25 @@ def scores_by_hand(evaluated, count):
         assert logits.shape == (len(task.query_y), eval_ways(config))
         scores.append((logits.argmax(1) == task.query_y).double().mean().item())
     return scores
+
+
+def tf32_flags():
+    import torch
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@contextlib.contextmanager
+def configure_as_on_cuda(monkeypatch, flags):
+    """precision.configure setting the TF32 flags as it does on CUDA (the CPU has no TF32, so
+    there it sets none): the test sees which arithmetic a command asks for. The flags start
+    at `flags` and are the process's own again afterwards."""
+    import torch
+    from fewshot import precision
+    real = precision.configure
+    monkeypatch.setattr(precision, "configure", lambda value, device: real(value, torch.device("cuda")))
+    saved = tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

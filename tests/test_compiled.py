@@ -78,6 +78,20 @@ def test_compiled_anil_over_batched_tasks_gives_the_eager_meta_gradient(capsys):
     assert capsys.readouterr().err == ""
 
 
+# cbfinn/maml's convention and network (its presets' keys): the loss summed / shots, batch norm
+# with a shift only and outside the inner loop, TensorFlow's 'SAME' padding
+CBFINN = dict(loss_reduction="sum_div_shots", adapt_bn=False, bn_scale=False, bn_eps=1e-3, conv_padding="tf_same",
+              head_init="normal")
+
+
+@pytest.mark.parametrize("first_order,batched", [(False, True), (True, False)], ids=["maml-batched", "fomaml"])
+def test_compiled_step_in_cbfinns_form_gives_the_eager_meta_gradient(capsys, first_order, batched):
+    algorithm, config = build(first_order=first_order, batch_tasks=batched, image_size=14, shots=2, query=3,
+                              **CBFINN)
+    assert_same_meta_gradient(algorithm, config, make_tasks(3, shots=2, query=3, size=14))
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.skipif(os.environ.get("FEWSHOT_TEST_INDUCTOR") != "1",
                     reason="inductor builds C++ kernels with gcc: minutes on a cold cache on 2 cores; the aot_eager "
                            "tests check the graph it compiles; set FEWSHOT_TEST_INDUCTOR=1 to run it")

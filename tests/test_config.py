@@ -117,21 +117,77 @@ def test_defaults_are_the_schemas():
     ("mamlpp-omniglot-5w1s", ["model=resnet12"], "per_step_bn: true would be ignored: only model conv4 reads it"),
     ("omniglot-5w1s", ["per_step_bn=true", "model=wrn28_10"], "per_step_bn: true would be ignored"),
     ("omniglot-5w1s", ["algorithm=protonet"], "protonet classifies by the distance"),
+    ("omniglot-5w1s", ["algorithm=reptile"], "loss_reduction: sum_div_shots would be ignored: only algorithms"),
     ("omniglot-5w1s", ["inner_optimizer=adam"], "inner_optimizer: adam would be ignored: only algorithm reptile"),
     ("omniglot-5w1s", ["msl_epochs=3"], "msl_epochs: 3 would be ignored: only algorithm mamlpp reads it"),
     ("reptile-omniglot-5w1s", ["algorithm=maml"], "inner_optimizer: adam would be ignored"),
     ("omniglot-5w1s", ["kl_weight=0.5"], "kl_weight: 0.5 would be ignored: only algorithm leo reads it"),
     ("protonet-omniglot-5w1s", ["first_order=true"],
-     "first_order: true would be ignored: only algorithms maml, anil, metasgd, mamlpp read it"),
+     "first_order: true would be ignored: only algorithms anil, maml, mamlpp, metasgd read it"),
     ("omniglot-5w1s", ["widths=[8, 8, 8, 8]"], "widths: [8, 8, 8, 8] would be ignored"),
     ("omniglot-5w1s", ["embedding_crop=multiview"], "only dataset embeddings reads it"),
     ("sinusoid-10shot", ["batch_norm=inductive"], "batch_norm: inductive would be ignored"),
+    # the learned rates of Meta-SGD and MAML++ serve at meta-test; ProtoNets and LEO have no such rate
+    ("metasgd-omniglot-5w1s", ["eval_inner_lr=0.1"],
+     "eval_inner_lr: 0.1 would be ignored: only algorithms anil, maml, reptile read it, and this algorithm is metasgd"),
+    ("mamlpp-omniglot-5w1s", ["eval_inner_lr=0.1"], "eval_inner_lr: 0.1 would be ignored"),
+    ("protonet-omniglot-5w1s", ["eval_inner_lr=0.1"], "eval_inner_lr: 0.1 would be ignored"),
+    ("leo-miniimagenet-5w1s", ["eval_inner_lr=0.1"], "eval_inner_lr: 0.1 would be ignored"),
+    # no gradient inner loop on the network's weights: LEO's latent steps have keys of their own
+    ("protonet-omniglot-5w1s", ["inner_steps=3"], "inner_steps: 3 would be ignored"),
+    ("protonet-omniglot-5w1s", ["inner_lr=0.1"], "inner_lr: 0.1 would be ignored"),
+    ("protonet-omniglot-5w1s", ["eval_inner_steps=3"], "eval_inner_steps: 3 would be ignored"),
+    ("protonet-omniglot-5w1s", ["eval_at_steps=[0, 1]"], "eval_at_steps: [0, 1] would be ignored"),
+    ("leo-miniimagenet-5w1s", ["inner_steps=3"],
+     "inner_steps: 3 would be ignored: only algorithms anil, maml, mamlpp, metasgd, reptile read it, and this "
+     "algorithm is leo; remove inner_steps from the preset or --set inner_steps=5"),
+    ("leo-miniimagenet-5w1s", ["inner_lr=0.1"], "inner_lr: 0.1 would be ignored"),
+    # the step schedule's keys under the others, and the others' floor under the step schedule
+    ("mamlpp-omniglot-5w1s", ["lr_decay_every=1000"],
+     "lr_decay_every: 1000 would be ignored: only lr_schedule step reads it, and this lr_schedule is cosine"),
+    ("reptile-omniglot-5w1s", ["lr_decay_every=1000"], "and this lr_schedule is linear"),
+    ("reptile-omniglot-5w1s", ["lr_decay_gamma=0.1"], "lr_decay_gamma: 0.1 would be ignored"),
+    ("omniglot-5w1s", ["min_meta_lr=0.0001"],
+     "min_meta_lr: 0.0001 would be ignored: only lr_schedules cosine, linear read it, and this lr_schedule is step"),
 ])
 def test_a_setting_that_would_be_ignored_is_refused_in_one_line(preset, pairs, message):
     with pytest.raises(FewshotError) as error:
         apply_overrides(load_preset(preset), parse_overrides(pairs))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert "--set " in str(error.value) or "remove " in str(error.value)  # and says what to do
+
+
+def test_mamlpp_refuses_more_test_steps_in_eval_at_steps_too():
+    config = load_preset("mamlpp-omniglot-5w1s")
+    config.replace(eval_at_steps=[0, 1, 5])
+    with pytest.raises(FewshotError, match=r"eval_at_steps \(\[0, 6\]\) > inner_steps \(5\).*--set eval_at_steps=\[5\]"):
+        config.replace(eval_at_steps=[0, 6])
+
+
+@pytest.mark.parametrize("preset,asked,message", [
+    ("mamlpp-omniglot-5w1s", {"eval_inner_steps": 6},
+     r"^MAML\+\+ learns a rate and batch-norm weights per inner step, so eval_inner_steps \(6\) > inner_steps "
+     r"\(5\) would adapt with untrained ones; ask this run for at most 5 inner steps$"),
+    ("mamlpp-omniglot-5w1s", {"eval_at_steps": [0, 1, 8]}, r"eval_at_steps \(\[0, 1, 8\]\) > inner_steps \(5\)"),
+    # asked of a run, a key its algorithm does not read is refused even at the default's value
+    ("protonet-omniglot-5w1s", {"eval_inner_steps": 10},
+     r"^eval_inner_steps: 10 would be ignored: only algorithms anil, leo, maml, mamlpp, metasgd, reptile read it, "
+     r"and this algorithm is protonet; ask this run for no eval_inner_steps: its algorithm has no use for it$"),
+    ("protonet-omniglot-5w1s", {"eval_at_steps": [0]}, r"eval_at_steps: \[0\] would be ignored"),
+    ("omniglot-5w1s", {"eval_inner_steps": -1}, "eval_inner_steps must be a whole number >= 0"),
+])
+def test_meta_test_settings_asked_of_a_run_are_checked_as_a_presets(preset, asked, message):
+    """`fewshot eval` and `predict` ask a trained run for other inner steps: what a preset may
+    not set, they may not ask (config.meta_test)."""
+    with pytest.raises(FewshotError, match=message):
+        config_module.meta_test(load_preset(preset), **asked)
+
+
+def test_meta_test_settings_a_run_can_take_change_a_copy():
+    config = load_preset("mamlpp-omniglot-5w1s")
+    asked = config_module.meta_test(config, eval_inner_steps=3, eval_at_steps=[0, 5])
+    assert (asked.eval_inner_steps, asked.eval_at_steps) == (3, [0, 5]) and config.eval_inner_steps == 5
+    assert config_module.meta_test(load_preset("omniglot-5w1s"), eval_inner_steps=50).eval_inner_steps == 50
 
 
 def test_a_key_at_its_default_is_never_refused_under_another_algorithm():
@@ -203,6 +259,62 @@ def test_a_saved_config_with_a_setting_its_algorithm_ignored_still_loads():
     assert complete(mamlpp).to_dict() == mamlpp  # a key the algorithm reads is never touched
 
 
+def test_saved_configs_with_keys_now_refused_still_load():
+    """ProtoNets presets once set inner_steps: 0 and eval_inner_steps: 0, and a cosine run could
+    carry lr_decay_every: such runs resume and evaluate as before, those keys back at their
+    defaults (they changed nothing)."""
+    protonet = {**load_preset("protonet-omniglot-5w1s").to_dict(), "inner_steps": 0, "eval_inner_steps": 0,
+                "eval_inner_lr": 0.1}
+    cosine = {**load_preset("mamlpp-omniglot-5w1s").to_dict(), "lr_decay_every": 2000, "eval_inner_lr": 0.5}
+    for saved in (protonet, cosine):
+        with pytest.raises(FewshotError, match="would be ignored"):
+            validate(saved)
+        assert validate(complete(saved)).eval_inner_lr is None
+    assert (complete(protonet).inner_steps, complete(protonet).eval_inner_steps) == (5, 10)
+    assert complete(protonet).lr_decay_every == 2000 and complete(cosine).lr_decay_every == 0  # step: read
+
+
+def test_which_keys_an_algorithm_reads_is_its_own_declaration(monkeypatch):
+    """Adding an algorithm is one file: a class registered with its `reads` is all the config
+    checks and `fewshot presets --keys` need."""
+    from fewshot.algorithms import ALGORITHMS
+    from fewshot.algorithms.base import Algorithm
+    ALGORITHMS.names()  # loaded before the entry is added, so the new one stays
+    monkeypatch.setitem(ALGORITHMS.entries, "steps_only", type("StepsOnly", (Algorithm,), {
+        "reads": frozenset({"inner_steps", "eval_inner_steps"})}))
+    base = load_preset("omniglot-5w1s-pytorch").to_dict()  # no key only the MAML family reads
+    assert validate({**base, "algorithm": "steps_only", "inner_steps": 3}).inner_steps == 3
+    with pytest.raises(FewshotError, match="inner_lr: 0.1 would be ignored: only algorithms anil, maml, mamlpp, "
+                                           "metasgd, reptile read it, and this algorithm is steps_only"):
+        validate({**base, "algorithm": "steps_only", "inner_lr": 0.1})
+    assert config_module.readers("inner_steps") == ("anil", "maml", "mamlpp", "metasgd", "reptile", "steps_only")
+    rows = {line.split()[0]: line for line in config_module.schema_lines()[1:]}
+    assert "steps_only" in rows["eval_inner_steps"] and "steps_only" not in rows["inner_lr"]
+
+
+@pytest.mark.parametrize("reads,message", [
+    ({"inner_stepz"}, "algorithm 'bad' declares that it reads 'inner_stepz', which config.Config has no key named"),
+    ({"meta_lr"}, "declares that it reads 'meta_lr', which config.Config has no key read_by 'algorithm'"),
+])
+def test_a_declaration_the_schema_does_not_expect_is_a_bug(monkeypatch, reads, message):
+    """A misspelt key, or one the trainer reads for every algorithm (declaring it would refuse
+    it under all the others), fails loudly at the first check instead of refusing quietly."""
+    from fewshot.algorithms import ALGORITHMS
+    from fewshot.algorithms.base import Algorithm
+    ALGORITHMS.names()
+    monkeypatch.setitem(ALGORITHMS.entries, "bad", type("Bad", (Algorithm,), {"reads": frozenset(reads)}))
+    with pytest.raises(ValueError, match=message):
+        validate(load_preset("omniglot-5w1s"))
+
+
+def test_a_key_read_by_the_model_that_no_backbone_declares_is_a_bug(monkeypatch):
+    from fewshot.models import BACKBONES
+    conv4 = BACKBONES.get("conv4")
+    monkeypatch.setattr(conv4, "reads", conv4.reads - {"per_step_bn"})
+    with pytest.raises(ValueError, match="config key 'per_step_bn' is read_by the model, but no model declares it"):
+        validate(load_preset("omniglot-5w1s"))
+
+
 def test_the_schema_lists_every_key_with_type_default_range_and_readers():
     lines = config_module.schema_lines()
     assert lines[0].split() == ["key", "type", "default", "range", "read", "by", "meaning"]
@@ -212,3 +324,9 @@ def test_the_schema_lists_every_key_with_type_default_range_and_readers():
     assert rows["msl_epochs"].split()[:6] == ["msl_epochs", "int", "0", ">=", "0", "mamlpp"]
     assert rows["eval_query"].split()[:7] == ["eval_query", "int", "|", "null", "null", ">=", "1"]
     assert "sgd | adam" in rows["inner_optimizer"] and "reptile" in rows["inner_optimizer"]
+    # the readers of a key are the classes that declare it
+    for name, reading in [("eval_inner_lr", "anil,maml,reptile"), ("inner_steps", "anil,maml,mamlpp,metasgd,reptile"),
+                          ("batch_norm", "conv4,resnet12,wrn28_10"), ("embedding_crop", "embeddings"),
+                          ("eval_at_steps", "anil,leo,maml,mamlpp,metasgd,reptile,evaluator"),
+                          ("lr_decay_every", "lr_schedule=step,trainer")]:
+        assert f" {reading} " in rows[name], rows[name]

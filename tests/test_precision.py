@@ -1,6 +1,6 @@
-"""The `precision` key: fp32 leaves the step bitwise as it was, bf16 autocast gives a
-meta-gradient within bfloat16's rounding of float32's, tf32 sets CUDA's flags only,
-and unknown values are refused."""
+"""The `precision` key: bf16 autocast gives a meta-gradient within bfloat16's rounding of
+float32's, fp32 and tf32 decide CUDA's matmul and convolution arithmetic (float32 or
+TensorFloat-32), and unknown values are refused."""
 import pytest
 import torch
 
@@ -50,19 +50,6 @@ def meta_gradient(algorithm, tasks, value=None):
     return torch.cat([p.grad.flatten() for p in algorithm.parameters()])
 
 
-def test_fp32_and_tf32_leave_the_cpu_meta_gradient_bitwise_unchanged():
-    torch.manual_seed(0)
-    algorithm = algorithms.build(tiny_config(inner_steps=2, inner_lr=0.3))
-    tasks = conv4_tasks()
-    plain = meta_gradient(algorithm, tasks)
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    for value in ("fp32", "tf32"):
-        precision.configure(value, CPU)
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
-        assert torch.equal(meta_gradient(algorithm, tasks, value), plain), value
-    assert not torch.is_autocast_enabled("cpu")
-
-
 @pytest.mark.parametrize("first_order", [False, True])
 def test_bf16_meta_gradient_is_within_bfloat16_rounding_of_fp32s(first_order):
     """Tolerance: under autocast, each of the MLP's 3 linear layers rounds its input,
@@ -97,17 +84,33 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_on_the_cpu():
         assert algorithm.model.functional_forward(dict(algorithm.model.named_parameters()), x).dtype == torch.float32
 
 
-def test_configure_sets_tf32_on_cuda_only_for_tf32():
-    """The flags are plain process-wide settings, settable without a GPU."""
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_fp32_computes_in_float32_and_tf32_in_tensorfloat32_on_cuda():
+    """configure() decides the arithmetic of CUDA matmuls and convolutions. Under fp32 and bf16
+    (outside autocast) a float32 product is within float32 rounding of the float64 one, even
+    from PyTorch's default, which leaves cuDNN's TF32 on; under tf32 the inputs are rounded to
+    TensorFloat-32's 10-bit mantissa, errors a thousand times larger. (On the CPU there is no
+    TF32: the key changes nothing there, so no CPU test could tell fp32 from tf32.)"""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    cuda = torch.device("cuda")
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(512, 512, generator=generator, dtype=torch.float64) for _ in range(2))
+    x = torch.randn(8, 64, 16, 16, generator=generator, dtype=torch.float64)
+    w = torch.randn(64, 64, 3, 3, generator=generator, dtype=torch.float64)
+    exact = (a @ b, torch.nn.functional.conv2d(x, w, padding=1))
+
+    def relative_errors():
+        got = ((a.float().to(cuda) @ b.float().to(cuda)),
+               torch.nn.functional.conv2d(x.float().to(cuda), w.float().to(cuda), padding=1))
+        return [((g.double().cpu() - e).abs().max() / e.abs().max()).item() for g, e in zip(got, exact)]
+
     try:
-        cuda = torch.device("cuda")
-        precision.configure("tf32", cuda)
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
-        for value in ("fp32", "bf16"):  # PyTorch's default leaves cudnn's on: fp32 turns it off
-            precision.configure("tf32", cuda)
+        for value in ("fp32", "bf16"):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
             precision.configure(value, cuda)
-            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+            assert max(relative_errors()) < 1e-5, value
+        precision.configure("tf32", cuda)
+        assert min(relative_errors()) > 1e-4
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
@@ -120,3 +123,25 @@ def test_an_unknown_precision_is_refused_in_one_line():
         with pytest.raises(FewshotError, match="precision must be one of"):
             function("fp16", CPU)
     validate(tiny_config(precision="bf16"))  # the known values pass
+
+
+@pytest.mark.parametrize("value,inside", [("tf32", (True, True)), ("fp32", (False, False)), ("bf16", (False, False))])
+def test_configured_sets_the_flags_for_a_block_and_puts_the_callers_back(value, inside):
+    """What eval, predict and embed run in: a library call leaves a Python caller's flags as
+    they were, also when the block fails."""
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    saved = flags()
+    try:
+        for before in ((True, False), (False, True)):
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+            with precision.configured(value, torch.device("cuda")):
+                assert flags() == inside and not torch.is_autocast_enabled("cpu")
+            assert flags() == before
+            with pytest.raises(KeyboardInterrupt):
+                with precision.configured(value, torch.device("cuda")):
+                    raise KeyboardInterrupt
+            assert flags() == before
+            with precision.configured(value, CPU):  # the CPU has no TF32: nothing is set
+                assert flags() == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -256,15 +256,14 @@ def test_the_trainer_runs_the_compiled_step_when_asked(tmp_path, data, monkeypat
         torch.testing.assert_close(weights(tmp_path / "compiled")[name], value, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16_precision_trains_close_to_fp32_and_fp32_is_the_default_bitwise(tmp_path, data):
+def test_bf16_precision_trains_close_to_fp32(tmp_path, data):
+    # (a comparison of the default with fp32 was dropped: the default is fp32, the same run twice)
     sgd = dict(meta_optimizer="sgd", meta_lr=0.1)  # weights move by the gradient itself
-    train(tiny_config(data=data, steps=2, **sgd), tmp_path / "default", progress=False)
     train(tiny_config(data=data, steps=2, precision="fp32", **sgd), tmp_path / "fp32", progress=False)
     train(tiny_config(data=data, steps=2, precision="bf16", **sgd), tmp_path / "bf16", progress=False)
-    default, fp32, bf16 = (weights(tmp_path / name) for name in ("default", "fp32", "bf16"))
+    fp32, bf16 = (weights(tmp_path / name) for name in ("fp32", "bf16"))
     torch.manual_seed(0)  # the trainer seeds with the config's seed (0) before building
     start = algorithms.build(tiny_config(data=data)).state_dict()
-    assert all(torch.equal(default[n], fp32[n]) for n in default)
     moved = [n for n in fp32 if not torch.equal(fp32[n], bf16[n])]
     assert moved  # autocast reached the step
     # bf16 keeps 8 significant bits; through this 4-filter net's second-order step (batch

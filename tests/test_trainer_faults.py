@@ -179,8 +179,9 @@ def test_a_damaged_config_yaml_is_one_error_and_changes_nothing(tmp_path, data):
 
 def test_another_presets_checkpoint_in_the_run_folder_is_refused(tmp_path, data):
     train(tiny_config(data=data, steps=2), tmp_path / "ours", progress=False)
-    train(tiny_config(data=data, steps=2, algorithm="protonet", head=False, preset="other"), tmp_path / "theirs",
-          progress=False)
+    protonet = tiny_config(data=data, steps=2, algorithm="protonet", head=False, preset="other", inner_steps=5,
+                           inner_lr=0.4, eval_inner_steps=10)  # the defaults: ProtoNets read no inner steps
+    train(protonet, tmp_path / "theirs", progress=False)
     (tmp_path / "ours" / "last.pt").write_bytes((tmp_path / "theirs" / "last.pt").read_bytes())
     before = snapshot(tmp_path / "ours")
     with pytest.raises(FewshotError, match=r"another run's checkpoint \(preset 'other', algorithm 'protonet'"):

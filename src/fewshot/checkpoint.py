@@ -39,8 +39,15 @@ def refused_reason(error):
 
 
 def find(target):
-    """A checkpoint file, or a run folder's best.pt (else last.pt)."""
+    """A checkpoint file, a run folder's best.pt (else last.pt), or the weights of the
+    shipped model of that name (`fewshot models`), checked against its card's sha256; a
+    file or folder of that name comes first."""
     target = Path(target)
+    if not target.exists():
+        from . import zoo
+        shipped = zoo.weights_file(str(target))
+        if shipped is not None:
+            return shipped
     if target.is_dir():
         for name in ("best.pt", "last.pt"):
             if (target / name).is_file():
@@ -48,7 +55,8 @@ def find(target):
         raise FewshotError(f"{target} holds no checkpoint (best.pt or last.pt); train into it first "
                            f"with `fewshot train PRESET --out {target}`")
     if not target.is_file():
-        raise FewshotError(f"checkpoint {target} does not exist; give a run folder or a .pt file")
+        raise FewshotError(f"checkpoint {target} does not exist; give a run folder, a .pt file or the name of "
+                           f"a shipped model (`fewshot models`)")
     return target
 
 

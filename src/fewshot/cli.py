@@ -315,6 +315,17 @@ def cmd_predict(args):
         write_text(args.csv, buffer.getvalue())
 
 
+def cmd_models(args):
+    from . import zoo
+    if args.name:
+        card = zoo.card(args.name)
+        print(json.dumps(card.to_dict(), indent=1) if args.json else "\n".join(zoo.card_lines(card)))
+    elif args.json:
+        print(json.dumps([card.to_dict() for card in zoo.cards()], indent=1))
+    else:
+        print("\n".join(zoo.listing()))
+
+
 def _config(args, **options):
     """The preset with --set, --data, --init and `options` (those not None) applied, checked."""
     from .config import apply_overrides, load_preset, parse_overrides
@@ -434,8 +445,8 @@ def parser():
     s = _command(sub, "embed", cmd_embed, "pretrain a backbone on the meta-train classes, write LEO embedding files",
                  shared=["--data", "--set", "--device", "--threads", "--no-progress"])
     s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
-    s.add_argument("--backbone", choices=["conv4", "resnet12", "wrn28_10"],
-                   help="network to pretrain (default: the preset's conv4)")
+    s.add_argument("--backbone", help="network to pretrain: a backbone with a head and batch norm, one that "
+                   "reads them in `fewshot presets --keys` (default: the preset's conv4)")
     _shared(s, "--out", ": the folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
     s.add_argument("--pretrain-steps", type=int, default=2000, metavar="N",
                    help="supervised pretraining steps (default 2000)")
@@ -482,6 +493,10 @@ def parser():
     _shared(output, "--json")
     output.add_argument("--csv", metavar="FILE", help="also write the predictions to a CSV file")
     s.add_argument("--steps", action=Moved, now="--inner-steps")
+
+    s = _command(sub, "models", cmd_models, "list the trained models shipped with fewshot, with their cards; "
+                 "a model's name works wherever a run folder does", shared=["--json"])
+    s.add_argument("name", nargs="?", help="show this model's card only")
     return p
 
 

@@ -55,8 +55,8 @@ from .config import Config
 
 # MAML's hooks that a compiled step reproduces; a subclass that overrides any of
 # them (Meta-SGD, MAML++) changes the objective in ways this rewrite does not follow.
-_HOOKS = ("step_size", "forward", "second_order", "loss_weights", "objective", "task_objective", "inner_step",
-          "meta_parameters", "meta_gradient", "batched_meta_gradient")
+_HOOKS = ("step_size", "forward_at", "second_order", "loss_weights", "loss_scale", "objective", "inner_step",
+          "meta_parameters", "meta_gradient")
 
 
 def unsupported(algorithm) -> str | None:
@@ -77,14 +77,15 @@ def _notice(message: str) -> None:
 
 def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
     """The meta-gradient of one task as a pure function of (meta_params, support_x,
-    support_y, query_x, query_y) -> (meta_gradient dict, query loss, query outputs)."""
+    support_y, query_x, query_y) -> (meta_gradient dict, (query loss, query outputs))."""
     family = algorithm.family
     inner_steps = algorithm.config.inner_steps
     second_order = algorithm.second_order(step_index)
     adapted_names = [n for n in algorithm.meta_parameters() if algorithm.adapts(n)]
 
     def support_loss(adapted, frozen, support_x, support_y, k):
-        return family.loss(algorithm.forward({**frozen, **adapted}, support_x, k), support_y)
+        scale = algorithm.loss_scale(1, 1)  # the support set's own
+        return family.loss(algorithm.forward_at({**frozen, **adapted}, support_x, k), support_y) * scale
 
     def query_loss(meta_params, support_x, support_y, query_x, query_y):
         adapted = {n: meta_params[n] for n in adapted_names}
@@ -94,21 +95,10 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
             if not second_order:  # FOMAML: the inner gradients are constants
                 grads = {n: g.detach() for n, g in grads.items()}
             adapted = {n: p - algorithm.step_size(n, k) * grads[n] for n, p in adapted.items()}
-        query_out = algorithm.forward({**frozen, **adapted}, query_x, inner_steps)
-        return family.loss(query_out, query_y), query_out
+        query_out = algorithm.forward_at({**frozen, **adapted}, query_x, inner_steps)
+        return family.loss(query_out, query_y) * algorithm.loss_scale(len(query_y), len(support_y)), query_out
 
-    def task_meta_gradient(meta_params, support_x, support_y, query_x, query_y):
-        grads, (loss, query_out) = torch.func.grad_and_value(query_loss, has_aux=True)(
-            meta_params, support_x, support_y, query_x, query_y)
-        return grads, loss, query_out
-
-    return task_meta_gradient
-
-
-def _metric(family, query_out, query_y):
-    if hasattr(family, "metric_tensor"):
-        return family.metric_tensor(query_out, query_y)
-    return torch.tensor(family.metric(query_out, query_y), dtype=torch.float64)
+    return torch.func.grad_and_value(query_loss, has_aux=True)
 
 
 def compile_step(algorithm, config: Config, backend: str | None = None) -> Callable[[list, int], dict]:
@@ -125,53 +115,46 @@ def compile_step(algorithm, config: Config, backend: str | None = None) -> Calla
     compiled = {}  # (second_order, batched) -> compiled function; dynamo caches shapes itself
     failed = []
 
-    def compiled_function(step_index, batched):
-        second_order = algorithm.second_order(step_index)
-        key = (second_order, batched)
-        if key not in compiled:
-            function = _functional_meta_gradient(algorithm, step_index)
-            if batched:
-                function = torch.func.vmap(function, in_dims=(None, 0, 0, 0, 0))
-            on_cuda = next(algorithm.parameters()).device.type == "cuda"
-            mode = "reduce-overhead" if on_cuda and backend == "inductor" else None
-            compiled[key] = torch.compile(function, fullgraph=True, dynamic=False, backend=backend, mode=mode)
-        return compiled[key]
-
     def step(tasks: list, step_index: int = 0) -> dict:
         if failed:
             return algorithm.meta_gradient(tasks, step_index)
-        try:
-            return _compiled_meta_gradient(tasks, step_index)
-        except Exception as error:  # nothing was added to .grad yet: the eager step starts clean
+        try:  # nothing is added to .grad before the last lines: a failure leaves the eager step a clean start
+            batched = algorithm.batches_tasks(tasks)
+            key = (algorithm.second_order(step_index), batched)
+            if key not in compiled:
+                function = _functional_meta_gradient(algorithm, step_index)
+                if batched:
+                    function = torch.func.vmap(function, in_dims=(None, 0, 0, 0, 0))
+                on_cuda = next(algorithm.parameters()).device.type == "cuda"
+                mode = "reduce-overhead" if on_cuda and backend == "inductor" else None
+                compiled[key] = torch.compile(function, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+            function = compiled[key]
+            meta_params = {n: p.detach() for n, p in algorithm.meta_parameters().items()}
+            per_pass = (config.tasks_per_pass or len(tasks)) if batched else 1
+            grad_sum, loss_sum, metric_sum = None, 0.0, 0.0
+            for start in range(0, len(tasks), per_pass):
+                part = tasks[start:start + per_pass]
+                if batched:
+                    stacked = [torch.stack([getattr(t, name) for t in part])
+                               for name in ("support_x", "support_y", "query_x", "query_y")]
+                    grads, (losses, query_out) = function(meta_params, *stacked)
+                    grads = {n: g.sum(0) for n, g in grads.items()}
+                    loss_sum = loss_sum + losses.sum()
+                    metric_sum = metric_sum + algorithm.family.metric_tensor(query_out, stacked[3]) * len(part)
+                else:
+                    task = part[0]
+                    grads, (loss, query_out) = function(meta_params, task.support_x, task.support_y, task.query_x,
+                                                      task.query_y)
+                    loss_sum = loss_sum + loss
+                    metric_sum = metric_sum + algorithm.family.metric_tensor(query_out, task.query_y)
+                # a fresh sum, never the compiled call's own output buffers (CUDA graphs reuse them)
+                grad_sum = {n: g.clone() for n, g in grads.items()} if grad_sum is None else \
+                    {n: grad_sum[n] + g for n, g in grads.items()}
+        except Exception as error:
             failed.append(error)
             first_line = (str(error).strip().splitlines() or [""])[0][:200]
             _notice(f"compiling the step failed ({type(error).__name__}: {first_line})")
             return algorithm.meta_gradient(tasks, step_index)
-
-    def _compiled_meta_gradient(tasks, step_index):
-        meta_params = {n: p.detach() for n, p in algorithm.meta_parameters().items()}
-        batched = algorithm.batches_tasks(tasks)
-        per_pass = (config.tasks_per_pass or len(tasks)) if batched else 1
-        grad_sum, loss_sum, metric_sum = None, 0.0, 0.0
-        for start in range(0, len(tasks), per_pass):
-            part = tasks[start:start + per_pass]
-            function = compiled_function(step_index, batched)
-            if batched:
-                stacked = [torch.stack([getattr(t, name) for t in part])
-                           for name in ("support_x", "support_y", "query_x", "query_y")]
-                grads, losses, query_out = function(meta_params, *stacked)
-                grads = {n: g.sum(0) for n, g in grads.items()}
-                loss_sum = loss_sum + losses.sum()
-                metric_sum = metric_sum + _metric(algorithm.family, query_out, stacked[3]) * len(part)
-            else:
-                task = part[0]
-                grads, loss, query_out = function(meta_params, task.support_x, task.support_y, task.query_x,
-                                                  task.query_y)
-                loss_sum = loss_sum + loss
-                metric_sum = metric_sum + _metric(algorithm.family, query_out, task.query_y)
-            # a fresh sum, never the compiled call's own output buffers (CUDA graphs reuse them)
-            grad_sum = {n: g.clone() for n, g in grads.items()} if grad_sum is None else \
-                {n: grad_sum[n] + g for n, g in grads.items()}
         parameters = algorithm.meta_parameters()
         for name, grad in grad_sum.items():
             grad = grad / len(tasks)

@@ -7,9 +7,15 @@ are all generated from it, so a key cannot be added without its type and a typo
 is an error, not a silent no-op. A preset is a YAML file in `presets/` whose keys
 override the defaults.
 
-Keys read by one algorithm, model or dataset (MAML++'s schedules, Reptile's inner
-optimizer, LEO's weights, per_step_bn, widths, ...) are refused at a non-default
-value under any other one: they would be silently ignored there.
+Keys read by the algorithm, the model or the dataset (`read_by`: inner_steps,
+MAML++'s schedules, Reptile's inner optimizer, LEO's weights, per_step_bn, widths,
+...) are refused at a non-default value under any algorithm, model or dataset that
+does not read them: they would be silently ignored there. Which ones read a key is
+declared by each of them, never listed here: an algorithm's or backbone's class
+(and a dataset kind) names the keys it reads in `reads`, e.g.
+`reads = frozenset({"inner_steps", "inner_lr"})`, and subclasses extend their
+parent's (`MAML.reads | {...}`). Keys read by the trainer under one learning-rate
+schedule only (`when`) are refused under the others the same way.
 """
 import difflib
 import math
@@ -24,23 +30,24 @@ import yaml
 
 from .errors import FewshotError
 
-MAML_FAMILY = ("maml", "anil", "metasgd", "mamlpp")
-BACKBONES_WITH_BN = ("conv4", "resnet12", "wrn28_10")
+KINDS = ("algorithm", "model", "dataset")  # the config keys naming a registered class, whose `reads` say what it reads
 
 
 def key(default: Any, meaning: str, *, low: float | None = None, above: float | None = None,
         below: float | None = None, must: str | None = None, nonempty: bool = False, example: str = "",
-        algorithms: tuple = (), models: tuple = (), datasets: tuple = (), readers: tuple = (),
-        refuse_ignored: bool = True, user: bool = True):
-    """One config key. `low`/`above`/`below`: value >= low, > above, < below. `algorithms`,
-    `models`, `datasets`: the only ones that read it; under any other, a value other than the
-    default would be ignored and is refused (unless `refuse_ignored` is False). `readers`:
-    who else reads it, for `fewshot presets --keys`. `must`: the phrase of a refusal when the
-    generated one would not say it well; `example`: a good value, for a list's refusal. `user`:
-    settable from a preset or --set."""
+        read_by: tuple = (), when: tuple | None = None, readers: tuple = (), refuse_ignored: bool = True,
+        user: bool = True):
+    """One config key. `low`/`above`/`below`: value >= low, > above, < below. `read_by`: the
+    kinds ("algorithm", "model", "dataset") whose chosen one reads it, if it declares the key
+    in its `reads`; under one that does not, a value other than the default would be ignored
+    and is refused (unless `refuse_ignored` is False). `when`: (key, values): read only while
+    that key has one of these values, refused otherwise. `readers`: who else reads it, for
+    `fewshot presets --keys`. `must`: the phrase of a refusal when the generated one would
+    not say it well; `example`: a good value, for a list's refusal. `user`: settable from a
+    preset or --set."""
     spec = dict(meaning=meaning, low=low, above=above, below=below, must=must, nonempty=nonempty,
-                example=example, algorithms=algorithms, models=models, datasets=datasets, readers=readers,
-                refuse_ignored=refuse_ignored, user=user)
+                example=example, read_by=read_by, when=when, readers=readers, refuse_ignored=refuse_ignored,
+                user=user)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=spec)
     return field(default=default, metadata=spec)
@@ -60,18 +67,18 @@ class Config:
     split: str = key("maml", "the class split: omniglot maml | lake (validation: Lake's 20-way runs within "
                      "held-out background alphabets); a folder's own train/val/test", readers=("data",))
     episodes_within_alphabet: bool = key(False, "meta-train tasks drawn from one alphabet each (a turned "
-                                         "alphabet counts as one)", datasets=("omniglot",))
+                                         "alphabet counts as one)", read_by=("dataset",))
     image_size: int = key(28, "image side in pixels the network sees", low=1, readers=("data", "models"))
     channels: Literal[1, 3] = key(1, "1 (gray) or 3 (colour)", must="1 (gray) or 3 (colour)",
                                   readers=("data", "models"))
     embedding_dim: int = key(640, "the feature dimension the embedding files must have (LEO's WRN-28-10: 640)",
-                             low=1, datasets=("embeddings",), readers=("leo",))
+                             low=1, read_by=("dataset",), readers=("leo",))
     embedding_crop: Literal["center", "multiview"] = key(
-        "center", "the subfolder of --data to read (LEO's layout)", datasets=("embeddings",))
+        "center", "the subfolder of --data to read (LEO's layout)", read_by=("dataset",))
     embedding_dataset: str | None = key(None, "miniImageNet | tieredImageNet: the subfolder of --data above the crop",
-                                        datasets=("embeddings",))
+                                        read_by=("dataset",))
     image_preset: str | None = key(None, "the image preset whose backbone `fewshot embed` pretrains to make these "
-                                   "embeddings (`fewshot embed LEO-PRESET` uses it)", datasets=("embeddings",),
+                                   "embeddings (`fewshot embed LEO-PRESET` uses it)", read_by=("dataset",),
                                    readers=("embed",))
     # tasks
     ways: int = key(5, "classes per task at meta-train (sinusoid: 1)", low=1, readers=("all",))
@@ -81,74 +88,96 @@ class Config:
                                  readers=("evaluator",))
     # model
     model: str = key("conv4", "the backbone: conv4 | resnet12 | wrn28_10 | mlp | none (LEO)", readers=("models",))
-    filters: int = key(64, "conv4's channels per layer", low=1, models=("conv4",), refuse_ignored=False)
+    filters: int = key(64, "conv4's channels per layer", low=1, read_by=("model",), refuse_ignored=False)
     widths: list[int] | None = key(None, "channel widths of the four stages (null: the papers')", low=1,
-                                   nonempty=True, example="[64, 160, 320, 640]", models=("resnet12", "wrn28_10"))
+                                   nonempty=True, example="[64, 160, 320, 640]", read_by=("model",))
     downsample: Literal["maxpool", "stride"] = key(
-        "maxpool", "maxpool (4 x conv-BN-ReLU-pool) | stride (4 x strided conv-BN-ReLU)", models=("conv4",),
+        "maxpool", "maxpool (4 x conv-BN-ReLU-pool) | stride (4 x strided conv-BN-ReLU)", read_by=("model",),
         refuse_ignored=False)
     batch_norm: Literal["transductive", "inductive"] = key(
-        "transductive", "batch statistics always | running statistics at test", models=BACKBONES_WITH_BN)
+        "transductive", "batch statistics always | running statistics at test", read_by=("model",))
     head: bool = key(True, "a linear output layer of `ways` units (false: features only, e.g. ProtoNets)",
-                     models=BACKBONES_WITH_BN)
-    per_step_bn: bool = key(False, "batch-norm weights and statistics per inner step (MAML++)", models=("conv4",))
+                     read_by=("model",))
+    per_step_bn: bool = key(False, "batch-norm weights and statistics per inner step (MAML++)", read_by=("model",))
+    # cbfinn/maml's network (tf.contrib.layers.batch_norm's defaults, TensorFlow's 'SAME' padding, its
+    # Omniglot output layer; docs/faithfulness.md, "MAML"): conv4's, not refused under other models for
+    # the reason given below for the shape keys (MAML's presets carry them)
+    bn_scale: bool = key(True, "conv4's batch norm learns a scale (false: a shift only, no scale parameter; "
+                               "tf.contrib.layers.batch_norm's default, as cbfinn/maml)", read_by=("model",),
+                         refuse_ignored=False)
+    bn_eps: float = key(1e-5, "conv4's batch-norm epsilon, added to the variance (torch: 1e-5; TensorFlow and "
+                              "cbfinn/maml: 0.001)", above=0, read_by=("model",), refuse_ignored=False)
+    conv_padding: Literal["symmetric", "tf_same"] = key(
+        "symmetric", "conv4's 3x3 padding: symmetric (1 pixel each side) | tf_same (TensorFlow's 'SAME': "
+        "with stride 2 the odd pixel goes at the bottom and right only, as cbfinn/maml)", read_by=("model",),
+        refuse_ignored=False)
+    head_init: Literal["xavier", "normal"] = key(
+        "xavier", "conv4's output layer's initial weights: xavier (Glorot uniform) | normal (standard normal, "
+        "cbfinn/maml's Omniglot network)", read_by=("model",), refuse_ignored=False)
     # the shape keys of conv4 and the MLP are not refused under other models: presets carry them, and
     # `--set model=resnet12` on any preset is a documented use (tests/test_config.py sets hidden on conv4)
-    in_features: int = key(1, "input size", low=1, models=("mlp",), refuse_ignored=False)
-    hidden: list[int] = key([40, 40], "hidden layer sizes", low=1, example="[40, 40]", models=("mlp",),
+    in_features: int = key(1, "input size", low=1, read_by=("model",), refuse_ignored=False)
+    hidden: list[int] = key([40, 40], "hidden layer sizes", low=1, example="[40, 40]", read_by=("model",),
                             refuse_ignored=False)
-    out_features: int | None = key(None, "output size (null: ways)", low=1, models=("mlp",), refuse_ignored=False)
+    out_features: int | None = key(None, "output size (null: ways)", low=1, read_by=("model",), refuse_ignored=False)
     # algorithm
     algorithm: str = key("maml", "maml | anil | metasgd | mamlpp | reptile | protonet | leo", readers=("all",))
-    first_order: bool = key(False, "first-order gradients (FOMAML)", algorithms=MAML_FAMILY)
+    first_order: bool = key(False, "first-order gradients (FOMAML)", read_by=("algorithm",))
     batch_tasks: bool | None = key(None, "all tasks of a meta-batch in one batched pass (null: always on CUDA, "
-                                         "on the CPU where measured faster)", algorithms=MAML_FAMILY)
+                                         "on the CPU where measured faster)", read_by=("algorithm",))
     tasks_per_pass: int | None = key(None, "batched: at most this many tasks per pass, same gradient "
-                                           "(null: the whole meta-batch)", low=1, algorithms=MAML_FAMILY)
+                                           "(null: the whole meta-batch)", low=1, read_by=("algorithm",))
+    loss_reduction: Literal["mean", "sum_div_shots"] = key(
+        "mean", "a task's loss in the inner loop and the meta-objective: mean of the per-example losses | "
+        "sum_div_shots: their sum / shots, shots the support set's examples per class (cbfinn/maml's xent; "
+        "the support loss is then ways x the mean)", read_by=("algorithm",))
+    adapt_bn: bool = key(True, "the inner loop adapts batch norm's parameters (false: only the outer loop learns "
+                               "them, as in cbfinn/maml, where they are no fast weights; ANIL and MAML++ never "
+                               "adapt them)", read_by=("algorithm",))
     compile: bool = key(False, "capture the fixed-shape meta-step as a graph (MAML, FOMAML, ANIL; "
-                               "others run eager with a notice)", readers=("maml", "anil"))
+                               "others run eager with a notice)", readers=("trainer",))
     precision: Literal["fp32", "tf32", "bf16"] = key(
         "fp32", "tf32: CUDA matmuls and convolutions in TF32; bf16: autocast to bfloat16", readers=("trainer",))
-    inner_steps: int = key(5, "inner gradient steps at meta-train", low=0, readers=("maml-family", "reptile"))
+    inner_steps: int = key(5, "inner gradient steps at meta-train", low=0, read_by=("algorithm",))
     inner_lr: float = key(0.4, "inner step size at meta-train (Meta-SGD, MAML++: its initial value)", low=0,
-                          readers=("maml-family", "reptile"))
-    eval_inner_steps: int = key(10, "inner steps at meta-test", low=0, readers=("maml-family", "reptile", "leo"))
+                          read_by=("algorithm",))
+    eval_inner_steps: int = key(10, "inner steps at meta-test", low=0, read_by=("algorithm",))
     eval_inner_lr: float | None = key(None, "inner step size at meta-test (null: inner_lr)", low=0,
-                                      readers=("maml-family", "reptile"))
+                                      read_by=("algorithm",))
     eval_at_steps: list[int] | None = key(None, "also report the metric after these inner-step counts, "
                                                 "e.g. [0, 1, 10]", low=0, example="[0, 1, 10]",
-                                          readers=("evaluator",))
+                                          read_by=("algorithm",), readers=("evaluator",))
     eval_ways: int | None = key(None, "ways at validation and test (null: ways; ProtoNets train with more)", low=1,
                                 readers=("evaluator",))
     # algorithm-specific
     msl_epochs: int = key(0, "epochs of multi-step loss, annealed toward the last step", low=0,
-                          algorithms=("mamlpp",))
+                          read_by=("algorithm",))
     first_order_epochs: int = key(0, "first-order gradients for this many epochs, then second order", low=0,
-                                  algorithms=("mamlpp",))
+                                  read_by=("algorithm",))
     steps_per_epoch: int = key(500, "meta-steps per epoch of the two schedules above", low=1,
-                               algorithms=("mamlpp",))
-    inner_optimizer: Literal["sgd", "adam"] = key("sgd", "the inner loop's optimizer", algorithms=("reptile",))
+                               read_by=("algorithm",))
+    inner_optimizer: Literal["sgd", "adam"] = key("sgd", "the inner loop's optimizer", read_by=("algorithm",))
     inner_batch: int | None = key(None, "inner mini-batch size (null: the whole task)", low=1,
-                                  algorithms=("reptile",))
+                                  read_by=("algorithm",))
     eval_inner_batch: int | None = key(None, "inner mini-batch size at meta-test (null: inner_batch; the "
-                                             "reference's --eval-batch)", low=1, algorithms=("reptile",))
+                                             "reference's --eval-batch)", low=1, read_by=("algorithm",))
     reptile_eval: Literal["transductive", "non_transductive"] = key(
-        "transductive", "test-time batch norm over all queries | one query at a time", algorithms=("reptile",))
-    num_latents: int = key(64, "dimension of the latent code z", low=1, algorithms=("leo",))
+        "transductive", "test-time batch norm over all queries | one query at a time", read_by=("algorithm",))
+    num_latents: int = key(64, "dimension of the latent code z", low=1, read_by=("algorithm",))
     inner_unroll_length: int = key(5, "latent-space adaptation steps at meta-train (test: eval_inner_steps)",
-                                   low=0, algorithms=("leo",))
+                                   low=0, read_by=("algorithm",))
     finetuning_unroll_length: int = key(5, "parameter-space fine-tuning steps after the latent steps", low=0,
-                                        algorithms=("leo",))
-    inner_lr_init: float = key(1.0, "initial value of the learned latent step sizes", algorithms=("leo",))
+                                        read_by=("algorithm",))
+    inner_lr_init: float = key(1.0, "initial value of the learned latent step sizes", read_by=("algorithm",))
     finetuning_lr_init: float = key(0.001, "initial value of the learned fine-tuning step sizes",
-                                    algorithms=("leo",))
-    dropout_rate: float = key(0.5, "dropout on the embeddings at meta-train", low=0, below=1, algorithms=("leo",))
-    kl_weight: float = key(0.001, "beta, weight of the latent code's KL term", low=0, algorithms=("leo",))
-    encoder_penalty_weight: float = key(1e-9, "gamma, weight of ||z' - z||^2", low=0, algorithms=("leo",))
+                                    read_by=("algorithm",))
+    dropout_rate: float = key(0.5, "dropout on the embeddings at meta-train", low=0, below=1, read_by=("algorithm",))
+    kl_weight: float = key(0.001, "beta, weight of the latent code's KL term", low=0, read_by=("algorithm",))
+    encoder_penalty_weight: float = key(1e-9, "gamma, weight of ||z' - z||^2", low=0, read_by=("algorithm",))
     l2_penalty_weight: float = key(1e-8, "lambda_1, L2 penalty on encoder, relation and decoder weights", low=0,
-                                   algorithms=("leo",))
+                                   read_by=("algorithm",))
     orthogonality_penalty_weight: float = key(0.001, "lambda_2, the decoder's orthogonality penalty", low=0,
-                                              algorithms=("leo",))
+                                              read_by=("algorithm",))
     # meta-optimization
     meta_batch: int = key(32, "tasks per meta-step", low=1, readers=("trainer",))
     meta_optimizer: Literal["adam", "sgd"] = key("adam", "the outer optimizer (Reptile: sgd, meta_lr its step)",
@@ -157,10 +186,12 @@ class Config:
     lr_schedule: Literal["step", "cosine", "linear"] = key(
         "step", "step (x lr_decay_gamma every lr_decay_every) | cosine | linear (to min_meta_lr)",
         readers=("trainer",))
-    min_meta_lr: float = key(0.0, "where cosine and linear schedules end", low=0, readers=("trainer",))
+    min_meta_lr: float = key(0.0, "where cosine and linear schedules end", low=0, readers=("trainer",),
+                              when=("lr_schedule", ("cosine", "linear")))
     lr_decay_every: int = key(0, "step schedule: decay every this many steps (0: constant)", low=0,
-                              readers=("trainer",))
-    lr_decay_gamma: float = key(0.5, "step schedule: the decay factor", above=0, readers=("trainer",))
+                              readers=("trainer",), when=("lr_schedule", ("step",)))
+    lr_decay_gamma: float = key(0.5, "step schedule: the decay factor", above=0, readers=("trainer",),
+                                  when=("lr_schedule", ("step",)))
     steps: int = key(60000, "meta-steps to train", low=1, readers=("trainer",))
     grad_clip_value: float | None = key(None, "clip each meta-gradient entry to [-v, v] (null: off)", above=0,
                                         readers=("trainer",))
@@ -274,51 +305,125 @@ def _check_value(name: str, value: Any) -> None:
             raise FewshotError(f"{name} must be a list of {what}{null}, e.g. {meta['example']}, got {value!r}")
 
 
-def _readers(spec) -> tuple:
-    meta = spec.metadata
-    return meta["algorithms"] + meta["models"] + meta["datasets"] + meta["readers"]
+def _registries() -> dict:
+    """{kind: its registry}. Looking them up loads the registered modules (torch), as
+    building the run would a moment later; `fewshot --help` and `presets` never call it."""
+    from .algorithms import ALGORITHMS
+    from .data.kinds import DATASETS
+    from .models import BACKBONES
+    return {"algorithm": ALGORITHMS, "model": BACKBONES, "dataset": DATASETS}
 
 
-def _ignored(config: Config, name: str) -> tuple | None:
+def declared_readers() -> dict[str, dict[str, tuple[str, ...]]]:
+    """{kind: {key: the registered names of that kind that read it}}, from the `reads` each
+    algorithm, backbone and dataset kind declares. A declaration that the schema does not
+    expect (a key that is not `read_by` that kind, e.g. a misspelt one) and a key `read_by`
+    a kind that none of its entries declares are bugs, raised as ValueError."""
+    declared = {}
+    for kind, registry in _registries().items():
+        found: dict[str, list[str]] = {}
+        for name in registry.names():
+            for read in sorted(registry.get(name).reads):
+                if read not in SCHEMA or kind not in SCHEMA[read].metadata["read_by"]:
+                    raise ValueError(f"{kind} {name!r} declares that it reads {read!r}, which config.Config has "
+                                     f"no key {'read_by' if read in SCHEMA else 'named'} {kind!r}")
+                found.setdefault(read, []).append(name)
+        unread = [name for name in USER_KEYS if kind in SCHEMA[name].metadata["read_by"] and name not in found]
+        if unread:
+            raise ValueError(f"config key {unread[0]!r} is read_by the {kind}, but no {kind} declares it in `reads`")
+        declared[kind] = {read: tuple(names) for read, names in found.items()}
+    return declared
+
+
+def readers(name: str, declared: dict | None = None) -> tuple[str, ...]:
+    """Who reads key `name`: the algorithms, models and dataset kinds that declare it, the
+    schedules it is read under (`lr_schedule=step`), and the other readers the schema names."""
+    meta = SCHEMA[name].metadata
+    declared = declared_readers() if declared is None and meta["read_by"] else declared
+    names = [reader for kind in meta["read_by"] for reader in declared[kind].get(name, ())]
+    if meta["when"]:
+        selector, values = meta["when"]
+        names.append(f"{selector}={'|'.join(values)}")
+    return tuple(names) + meta["readers"]
+
+
+def _ignored(config: Config, name: str, declared: dict) -> tuple | None:
     """(kind, its readers) when key `name` is set away from its default but the config's
-    algorithm, model or dataset (the kind) is none of the ones that read it."""
+    algorithm, model or dataset (or lr_schedule: the kind) is none of the ones that read it."""
     meta = SCHEMA[name].metadata
     if not meta["refuse_ignored"] or getattr(config, name) == DEFAULTS[name]:
         return None
-    for kind, readers in (("algorithm", meta["algorithms"]), ("model", meta["models"]),
-                          ("dataset", meta["datasets"])):
-        if readers and getattr(config, kind) not in readers:
-            return kind, readers
+    return _unread(config, name, declared)
+
+
+def _unread(config: Config, name: str, declared: dict) -> tuple | None:
+    """(kind, its readers) when the config's algorithm, model or dataset (or lr_schedule:
+    the kind) is none of the ones that read key `name`, whatever its value."""
+    meta = SCHEMA[name].metadata
+    kinds = [(kind, declared[kind].get(name, ())) for kind in meta["read_by"]]
+    for kind, reading in kinds + ([meta["when"]] if meta["when"] else []):
+        if getattr(config, kind) not in reading:
+            return kind, reading
     return None
+
+
+def _ignored_message(config: Config, name: str, value: Any, kind: str, reading: tuple, fix: str) -> str:
+    several = len(reading) > 1
+    return (f"{name}: {_shown(value)} would be ignored: only {kind}{'s' if several else ''} {', '.join(reading)} "
+            f"read{'' if several else 's'} it, and this {kind} is {getattr(config, kind)}; {fix}")
+
+
+def _check_step_bound(config: Config, fix) -> None:
+    """MAML++ learns its rates and batch-norm weights for `inner_steps` steps; meta-test
+    steps beyond them would adapt with untrained ones. `fix(key)`: what to do."""
+    if config.algorithm != "mamlpp":
+        return
+    for name in ("eval_inner_steps", "eval_at_steps"):
+        value = getattr(config, name)
+        counts = value if isinstance(value, list) else [] if value is None else [value]
+        if any(count > config.inner_steps for count in counts):
+            raise FewshotError(f"MAML++ learns a rate and batch-norm weights per inner step, so {name} "
+                               f"({_shown(value)}) > inner_steps ({config.inner_steps}) would adapt with "
+                               f"untrained ones; {fix(name)}")
 
 
 def _check_combinations(config: Config) -> None:
     """Refuse names no registry holds, settings that cannot work together, and settings that
     would be silently ignored."""
-    # the registries, not lists here, say which names exist: adding one is one file
-    from .algorithms import ALGORITHMS
-    from .data.kinds import DATASETS
-    from .models import BACKBONES
-    for registry, name in ((ALGORITHMS, config.algorithm), (BACKBONES, config.model), (DATASETS, config.dataset)):
-        registry.get(name)  # "unknown algorithm 'x'; choose one of: ..."
+    # the registries, not lists here, say which names exist and which keys each reads: adding one is one file
+    for kind, registry in _registries().items():
+        registry.get(getattr(config, kind))  # "unknown algorithm 'x'; choose one of: ..."
+    declared = declared_readers()
     if config.ways < 2 and config.dataset != "sinusoid":  # regression has no classes
         raise FewshotError(f"ways must be at least 2 for classification, got {config.ways}")
-    for name in USER_KEYS:
-        if ignored := _ignored(config, name):
-            kind, readers = ignored
-            several = len(readers) > 1
-            raise FewshotError(
-                f"{name}: {_shown(getattr(config, name))} would be ignored: only {kind}{'s' if several else ''} "
-                f"{', '.join(readers)} read{'' if several else 's'} it, and this {kind} is {getattr(config, kind)}; "
-                f"remove {name} from the preset or --set {name}={_shown(DEFAULTS[name])}")
     if config.algorithm == "protonet" and config.head:
         raise FewshotError("protonet classifies by the distance to each class's mean embedding and has no head; "
                            "set head: false (--set head=false)")
-    if config.algorithm == "mamlpp" and config.eval_inner_steps > config.inner_steps:
-        raise FewshotError(f"MAML++ learns a rate and batch-norm weights per inner step, so eval_inner_steps "
-                           f"({config.eval_inner_steps}) > inner_steps ({config.inner_steps}) would adapt "
-                           f"with untrained ones; set eval_inner_steps <= inner_steps "
-                           f"(--set eval_inner_steps={config.inner_steps})")
+    for name in USER_KEYS:
+        if ignored := _ignored(config, name, declared):
+            raise FewshotError(_ignored_message(
+                config, name, getattr(config, name), *ignored,
+                f"remove {name} from the preset or --set {name}={_shown(DEFAULTS[name])}"))
+    most = config.inner_steps
+    _check_step_bound(config, lambda name: f"set {name} <= inner_steps (--set {name}="
+                                           f"{most if name == 'eval_inner_steps' else [most]})")
+
+
+def meta_test(config: Config, **asked: Any) -> Config:
+    """`config` with the meta-test settings a command asks of a trained run (`fewshot eval`'s
+    and `predict`'s inner steps: eval_inner_steps, eval_at_steps), checked as a preset's are,
+    except that a key the run's algorithm does not read is refused whatever its value (the
+    run's own value is the default then, and asking for it again changes nothing either)."""
+    _check_keys(asked, "the settings asked of the run")
+    declared = declared_readers()
+    for name, value in asked.items():
+        _check_value(name, value)
+        if unread := _unread(config, name, declared):
+            raise FewshotError(_ignored_message(config, name, value, *unread,
+                                                f"ask this run for no {name}: its {unread[0]} has no use for it"))
+    changed = replace(config, **asked)
+    _check_step_bound(changed, lambda name: f"ask this run for at most {config.inner_steps} inner steps")
+    return changed
 
 
 def _check_keys(values: Mapping, where: str, allowed: tuple = USER_KEYS) -> None:
@@ -409,8 +514,9 @@ def complete(saved: Mapping) -> Config:
     edit) are dropped, and keys the run's algorithm, model or dataset does not read (refused
     in new configs) go back to their defaults. The values are checked by validate()."""
     config = Config(**{name: value for name, value in _values(saved).items() if name in SCHEMA})
+    declared = declared_readers()
     for name in USER_KEYS:
-        if _ignored(config, name):
+        if _ignored(config, name, declared):
             setattr(config, name, DEFAULTS[name])
     return config
 
@@ -455,9 +561,10 @@ def range_text(name: str) -> str:
 def schema_lines() -> list[str]:
     """The schema, one key per line: key, type, default, range, read by, meaning."""
     rows = [("key", "type", "default", "range", "read by", "meaning")]
+    declared = declared_readers()
     for name in USER_KEYS:
-        readers = _readers(SCHEMA[name])
+        reading = readers(name, declared)
         rows.append((name, type_name(name), _shown(DEFAULTS[name]), range_text(name),
-                     ",".join(readers) if readers else "-", SCHEMA[name].metadata["meaning"]))
+                     ",".join(reading) if reading else "-", SCHEMA[name].metadata["meaning"]))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5] for row in rows]

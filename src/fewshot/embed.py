@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, models
+from . import checkpoint, data, models, precision
 from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.kinds import SPLITS
@@ -53,7 +53,9 @@ from .files import write_text
 from .loop import Loop
 from .runs import MetricsLog
 
-BACKBONES = ("conv4", "resnet12", "wrn28_10")
+# the keys the pretraining network sets (a head over all classes, inductive batch norm): a backbone
+# that reads them (models.BACKBONES, their `reads`) can be pretrained
+PRETRAINING_KEYS = frozenset({"head", "batch_norm"})
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
 
@@ -104,28 +106,39 @@ def _pixels(dataset, rows, rotations):
     return pixels
 
 
+def pretrainable() -> list[str]:
+    """The backbones `fewshot embed` can pretrain."""
+    return [name for name in models.BACKBONES.names() if PRETRAINING_KEYS <= models.BACKBONES.get(name).reads]
+
+
 def embed(config: Config, out: str | Path, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
           save_every: int = 500, device: str | None = "cpu", progress: bool = True, stop_after: int | None = None,
           crops: tuple[str, ...] = CROPS) -> dict:
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
     files under `out` for each of `crops` (multiview costs six forward passes per image);
     returns {"out", "dim", "steps", "files", "leo_presets"} ("leo_presets": leo_presets()).
-    `device` None: the best device present."""
+    `device` None: the best device present. In `config`'s precision, as `fewshot train`:
+    its flags throughout (restored after), a pretraining step's forward under its autocast."""
     whole_number(steps, 1, "--pretrain-steps")
     whole_number(batch_size, 1, "--batch-size")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise FewshotError(f"--lr must be a finite number > 0, got {lr}")
+    device = choose_device(device)[0]
+    with precision.configured(config.precision, device):
+        return _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops)
+
+
+def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops):
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
     if data.kind(config.dataset).generated or data.kind(config.dataset).features:
         raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config.dataset!r}")
-    if config.model not in BACKBONES:
-        raise FewshotError(f"fewshot embed pretrains one of {', '.join(BACKBONES)}; the preset's model is "
+    if config.model not in pretrainable():
+        raise FewshotError(f"fewshot embed pretrains one of {', '.join(pretrainable())}; the preset's model is "
                            f"{config.model!r} (choose one with --backbone)")
     out = Path(out)
     check_out(out)
-    device = choose_device(device)[0]
     out.mkdir(parents=True, exist_ok=True)
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
@@ -174,8 +187,9 @@ def embed(config: Config, out: str | Path, steps: int = 2000, batch_size: int = 
                                                                                   replace=len(rows) < batch_size))
         x = to_float(_pixels(dataset, rows[pick], turns[pick]), preprocessing).to(device)
         y = torch.from_numpy(labels[pick]).long().to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with precision.autocast(config.precision, device):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         with loop.signals:  # the weights and the step number change together

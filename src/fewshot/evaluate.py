@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import algorithms, checkpoint, data
+from . import algorithms, checkpoint, data, precision
 from .algorithms.base import inner_loop_words
-from .config import eval_query, eval_ways
+from .config import Config, eval_query, eval_ways, meta_test
 from .data.kinds import SPLITS
 from .device import choose_device
 from .errors import FewshotError, whole_number
@@ -26,14 +26,7 @@ def depends_on_the_batch(algorithm) -> bool:
     """Whether the algorithm's outputs for one input depend on the other inputs of its
     batch: a network with batch norm on batch statistics at test (`batch_norm:
     transductive`), unless the algorithm already classifies each input on its own."""
-    if algorithm.model.batch_norm_mode != "transductive":
-        return False
-    return not (algorithm.config.algorithm == "reptile" and algorithm.config.reptile_eval == "non_transductive")
-
-
-def puts_support_in_the_batch(algorithm) -> bool:
-    """ProtoNets embed the support and query images in one batch already."""
-    return algorithm.config.algorithm == "protonet"
+    return algorithm.model.batch_norm_mode == "transductive" and not algorithm.predicts_each_input_alone
 
 
 def predict_alone(algorithm, adapted, support_x, x):
@@ -42,9 +35,16 @@ def predict_alone(algorithm, adapted, support_x, x):
     set and itself (as Reptile's non-transductive evaluation does)."""
     if not depends_on_the_batch(algorithm):
         return algorithm.predict(adapted, x)
-    if puts_support_in_the_batch(algorithm):  # its own batch is already the support set plus x
+    if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
         return torch.cat([algorithm.predict(adapted, x[i:i + 1]) for i in range(len(x))])
     return torch.cat([algorithm.predict(adapted, torch.cat([support_x, x[i:i + 1]]))[-1:] for i in range(len(x))])
+
+
+def meta_test_steps(algorithm, config: Config | None = None) -> int:
+    """The inner steps `algorithm` takes at meta-test under `config` (its own by default):
+    eval_inner_steps where it reads that key, else none (ProtoNets)."""
+    config = algorithm.config if config is None else config
+    return config.eval_inner_steps if "eval_inner_steps" in algorithm.reads else 0
 
 
 def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", progress=False, desc="eval",
@@ -56,7 +56,7 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
     alone = getattr(sampler, "alone", False)  # generated samplers (sinusoid) have no such rule
     was_training = algorithm.training
     algorithm.eval()
-    main = steps if steps is not None else algorithm.config.eval_inner_steps
+    main = steps if steps is not None else meta_test_steps(algorithm)
     counts = sorted({main, *at_steps})
     outputs = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
@@ -84,7 +84,10 @@ def load_algorithm(state, device="cpu"):
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
                         device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
-    """Everything `fewshot eval` does, as a dict. `device` None: the best device present."""
+    """Everything `fewshot eval` does, as a dict. `device` None: the best device present.
+    Other inner `steps` or `at_steps` than the run's are refused where a preset's
+    eval_inner_steps or eval_at_steps would be (e.g. more steps than MAML++ learned rates
+    for, any steps for ProtoNets)."""
     for value, low, flag in ((steps, 0, "--inner-steps"), (tasks, 1, "--tasks"), (seed, 0, "--seed")):
         if value is not None:
             whole_number(value, low, flag)
@@ -93,6 +96,8 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     device = choose_device(device)[0]
     state = checkpoint.load(target)
     config = state["config"]
+    config = meta_test(config, **({"eval_inner_steps": steps} if steps is not None else {}),
+                       **({"eval_at_steps": list(at_steps)} if at_steps else {}))
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
@@ -102,11 +107,12 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
-    steps = config.eval_inner_steps if steps is None else steps
+    steps = meta_test_steps(algorithm, config)
     n_tasks = config.eval_tasks if tasks is None else tasks
     at_steps = config.eval_at_steps or () if at_steps is None else at_steps
-    result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
-                      at_steps=at_steps)
+    with precision.configured(config.precision, device):  # the arithmetic the run validated in
+        result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
+                          at_steps=at_steps)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
         "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,
@@ -137,4 +143,5 @@ def describe(result):
     return "\n".join(lines)
 
 
-__all__ = ["confidence", "depends_on_the_batch", "evaluate", "predict_alone", "puts_support_in_the_batch", "evaluate_checkpoint", "describe", "load_algorithm"]
+__all__ = ["confidence", "depends_on_the_batch", "describe", "evaluate", "evaluate_checkpoint", "load_algorithm",
+           "meta_test_steps", "predict_alone"]

@@ -4,6 +4,9 @@
         Set the process-wide backend flags for `precision`, once before training.
     autocast(precision: str, device: torch.device) -> ContextManager
         The context a meta-step runs in: bfloat16 autocast for bf16, else a no-op.
+    configured(precision: str, device: torch.device) -> ContextManager
+        configure() for a block, the flags put back as they were after it: what
+        `fewshot eval`, `predict` (fewshot.load) and `embed` run their networks in.
 
 The trainer does, in this order:
 
@@ -14,7 +17,11 @@ The trainer does, in this order:
 
 The whole meta-step goes inside the context, backward calls included: in MAML the
 inner loop's gradients are themselves part of the forward pass of the
-meta-objective, so there is no autocast-free backward to split off.
+meta-objective, so there is no autocast-free backward to split off. Validation
+runs between meta-steps: under the configured flags, outside autocast. Evaluation,
+prediction and embedding do the same (`configured`), so a run is tested in the
+arithmetic it was validated in; as library calls in a caller's process they put the
+flags back afterwards.
 
   fp32  float32 everywhere. On CUDA this also turns TF32 off for convolutions
         (`torch.backends.cudnn.allow_tf32`, which PyTorch leaves on by default) and
@@ -33,7 +40,7 @@ Unknown values are refused by `fewshot.config.validate` before any work starts;
 these functions refuse them too, with the same one line.
 """
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -57,6 +64,22 @@ def configure(precision: str, device: torch.device) -> None:
         use_tf32 = precision == "tf32"
         torch.backends.cuda.matmul.allow_tf32 = use_tf32
         torch.backends.cudnn.allow_tf32 = use_tf32
+
+
+def _flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@contextlib.contextmanager
+def configured(precision: str, device: torch.device) -> Iterator[None]:
+    """configure(precision, device) for the block: the arithmetic of the run's validation
+    (flags, no autocast), with the flags as they were restored on leaving it."""
+    saved = _flags()
+    try:
+        configure(precision, device)
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, precision
+from .config import meta_test
 from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .device import choose_device
@@ -61,8 +62,15 @@ class Learner:
         if classes is not None and not getattr(self.algorithm, "any_number_of_classes", False) and len(classes) != ways:
             raise FewshotError(f"the support set has {len(classes)} classes, but this checkpoint's model is "
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
-        adapted = self.algorithm.adapt(support, labels, steps, lr)
+        if steps is not None:  # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates)
+            meta_test(self.config, eval_inner_steps=steps)
+        with self.arithmetic():
+            adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
+
+    def arithmetic(self):
+        """The run's precision, as its validation ran (precision.configured)."""
+        return precision.configured(self.config.precision, self.device)
 
     def read_support(self, folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         folder = Path(folder)
@@ -91,9 +99,10 @@ class Adapted:
         see the module docstring for `transductive`."""
         algorithm = self.learner.algorithm
         x = x.to(self.learner.device)
-        if transductive:
-            return algorithm.predict(self.state, x)
-        return predict_alone(algorithm, self.state, self.support_x, x)
+        with self.learner.arithmetic():
+            if transductive:
+                return algorithm.predict(self.state, x)
+            return predict_alone(algorithm, self.state, self.support_x, x)
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),

@@ -7,7 +7,7 @@ number), the task, the network (the model and the keys only that model reads), t
 meta-batch and length, and what adaptation does at meta-test in the words `fewshot eval`
 prints (asked of the algorithm built from the preset).
 """
-from .config import SCHEMA, USER_KEYS, Config, eval_query, eval_ways, load_preset, preset_names
+from .config import USER_KEYS, Config, declared_readers, eval_query, eval_ways, load_preset, preset_names
 
 HEADER = ("| preset | what it is (source; the paper's number) | ways / shots / queries (train; test) | network "
           "| meta-batch x steps | adaptation at meta-test |\n| --- | --- | --- | --- | --- | --- |")
@@ -16,7 +16,8 @@ HEADER = ("| preset | what it is (source; the paper's number) | ways / shots / q
 def network(config: Config) -> str:
     """The model and the values of the keys that only it reads (conv4's filters and downsampling,
     the MLP's layers), leaving out those that are off."""
-    own = [name for name in USER_KEYS if SCHEMA[name].metadata["models"] == (config.model,)]
+    declared = declared_readers()["model"]  # each backbone's `reads`
+    own = [name for name in USER_KEYS if declared.get(name) == (config.model,)]
     shown = [name if getattr(config, name) is True else f"{name} {getattr(config, name)}" for name in own
              if getattr(config, name) not in (None, False)]
     if config.dataset == "embeddings":

@@ -228,7 +228,7 @@ class Trainer:
         self.per_s = "points_per_s" if isinstance(self.algorithm.family, Regression) else "images_per_s"
         # LEO's reference replaces a non-finite meta-batch's gradient by an L2-only one and
         # counts the step (nonfinite_steps); for every other algorithm a non-finite loss ends the run
-        self.allow_nonfinite = config.algorithm == "leo"
+        self.allow_nonfinite = self.algorithm.skips_nonfinite_steps
         part = distributed.share(config.meta_batch, rank, size) if size > 1 else None
         self.batches = data.Prefetcher(self.train_sampler, step, config.steps, config.meta_batch, part,
                                        pin=device.type == "cuda" and not isinstance(self.train_sampler,

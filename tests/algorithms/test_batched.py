@@ -181,7 +181,9 @@ def test_the_default_on_a_cpu_is_the_documented_rule(threads):
 
 def test_the_default_on_cuda_is_batched_whatever_the_task_size():
     algorithm = build(None)
-    big = SimpleNamespace(support_x=SimpleNamespace(device=torch.device("cuda")), images=10**6)
-    assert algorithm.batching_pays([big])
-    on_the_cpu = torch.zeros(1, 1, 1, 1).expand(10**3, 1, 28, 28)  # a large task's shape, no memory
-    assert not algorithm.batching_pays([SimpleNamespace(support_x=on_the_cpu, images=2 * 10**3)])
+    shape = (10**3, 1, 28, 28)
+    big = SimpleNamespace(support_x=SimpleNamespace(device=torch.device("cuda"), shape=shape),
+                          query_x=SimpleNamespace(shape=shape), images=10**6)
+    assert algorithm.batches_tasks([big])
+    on_the_cpu = torch.zeros(1, 1, 1, 1).expand(*shape)  # a large task's shape, no memory
+    assert not algorithm.batches_tasks([SimpleNamespace(support_x=on_the_cpu, query_x=on_the_cpu, images=2 * 10**3)])

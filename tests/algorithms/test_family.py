@@ -190,9 +190,9 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
 def test_each_omniglot_preset_trains_and_evaluates(tmp_path, omniglot_cache, preset):
     from fewshot.evaluate import evaluate_checkpoint
     config = load_preset(preset)
+    inner = {"eval_inner_steps": 3} if config.eval_inner_steps > 3 and config.algorithm != "protonet" else {}
     config = config.replace(data=str(omniglot_cache), steps=2, filters=8, val_every=2, val_tasks=2, log_every=1,
-                            eval_inner_steps=min(config.eval_inner_steps, 3), meta_batch=min(config.meta_batch, 2),
-                            ways=min(config.ways, 10))
+                            meta_batch=min(config.meta_batch, 2), ways=min(config.ways, 10), **inner)
     result = train(config, tmp_path / "run", progress=False)
     assert result["step"] == 2
     evaluated = evaluate_checkpoint(tmp_path / "run", tasks=3, progress=False)

@@ -23,7 +23,8 @@ DIM = 16
 
 def leo_config(**overrides):
     values = dict(algorithm="leo", model="none", dataset="embeddings", embedding_dim=DIM, num_latents=4,
-                  ways=3, shots=2, query=3, meta_batch=3, eval_inner_steps=5, dropout_rate=0.3)
+                  ways=3, shots=2, query=3, meta_batch=3, eval_inner_steps=5, dropout_rate=0.3,
+                  inner_steps=5, inner_lr=0.4)  # the defaults, not tiny_config's: LEO reads neither
     values.update(overrides)
     return tiny_config(**values)
 

@@ -3,16 +3,16 @@ is the per-task one, the second-order gradient is the derivative of the MAML
 objective, and a short real run learns to adapt."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fewshot import algorithms, data
-from fewshot.algorithms.maml import MAML
 from fewshot.config import apply_overrides, eval_query, load_preset
 from fewshot.data.sinusoid import SinusoidSampler
 from fewshot.evaluate import evaluate, evaluate_checkpoint
 from fewshot.models.mlp import MLP
 from fewshot.train import train
 
-from algorithms.test_maml import central_difference  # with the family's loss: MSE here
+import helpers
 
 
 class LoopOnlyMLP(MLP):
@@ -44,20 +44,35 @@ def gradient(algorithm, tasks):
     return result, {n: p.grad.clone() for n, p in algorithm.model.named_parameters()}
 
 
+def mlp_written_out(params, x, layers=3):
+    """The paper's regression network: linear layers with ReLU between them."""
+    for i in range(layers):
+        x = F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+        x = F.relu(x) if i < layers - 1 else x
+    return x
+
+
+def central_difference(algorithm, tasks, param, flat, eps):
+    """d(the written-out meta-objective)/d(param.view(-1)[flat]) by central differences."""
+    return helpers.central_difference(lambda: [reference_gradient(algorithm, tasks, True)[0]], param, flat, eps)[0]
+
+
 def reference_gradient(algorithm, tasks, second_order):
-    """The meta-gradient written out: adapt each task on its own, differentiate its query loss."""
+    """The meta-gradient written out (Finn et al. 2017, Algorithm 2 with the MSE of section 3.1):
+    adapt each task on its own with SGD on its support MSE, differentiate its query MSE (first order:
+    with the inner gradients held constant)."""
     config = algorithm.config
-    meta = dict(algorithm.model.named_parameters())
+    meta = {n: p.detach().clone().requires_grad_() for n, p in algorithm.model.named_parameters()}
     total = {n: torch.zeros_like(p) for n, p in meta.items()}
     losses = []
     for task in tasks:
-        fast = algorithm.inner_loop(meta, task.support_x, task.support_y, config.inner_steps,
-                                    config.inner_lr, create_graph=second_order)
-        if not second_order:  # FOMAML: the query gradient at the adapted weights
-            fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
-        loss = torch.nn.functional.mse_loss(algorithm.model.functional_forward(fast, task.query_x), task.query_y)
-        wrt = tuple(meta.values()) if second_order else tuple(fast.values())
-        for n, g in zip(meta, torch.autograd.grad(loss, wrt)):
+        fast = dict(meta)
+        for _ in range(config.inner_steps):
+            support_loss = ((mlp_written_out(fast, task.support_x) - task.support_y) ** 2).mean()
+            grads = torch.autograd.grad(support_loss, list(fast.values()), create_graph=second_order)
+            fast = {n: p - config.inner_lr * (g if second_order else g.detach()) for (n, p), g in zip(fast.items(), grads)}
+        loss = ((mlp_written_out(fast, task.query_x) - task.query_y) ** 2).mean()
+        for n, g in zip(meta, torch.autograd.grad(loss, list(meta.values()))):
             total[n] += g / len(tasks)
         losses.append(loss.item())
     return sum(losses) / len(losses), total
@@ -69,13 +84,13 @@ def test_batched_meta_gradient_equals_the_per_task_loop(monkeypatch, first_order
     config = sine_config(first_order=first_order, inner_steps=inner_steps, inner_lr=0.05)
     tasks = sine_tasks(6)
     calls = []
-    batched_method = MAML.batched_meta_gradient
-    monkeypatch.setattr(MAML, "batched_meta_gradient",
-                        lambda self, *args, **kwargs: calls.append(1) or batched_method(self, *args, **kwargs))
+    batched_pass = MLP.tasks_forward
+    monkeypatch.setattr(MLP, "tasks_forward",
+                        lambda self, *args, **kwargs: calls.append(1) or batched_pass(self, *args, **kwargs))
     batched_result, batched = gradient(build(config), tasks)
-    assert calls == [1]  # the MLP took the batched path ...
+    assert len(calls) == inner_steps + 1  # the MLP took the batched path: one pass per inner step and the query ...
     loop_result, loop = gradient(build(config, loop_only=True), tasks)
-    assert calls == [1]  # ... and the loop-only copy did not
+    assert len(calls) == inner_steps + 1  # ... and the loop-only copy did not
     loss, expected = reference_gradient(build(config), tasks, second_order=not first_order)
     for name in batched:
         assert batched[name].abs().max() > 1e-3  # every tensor gets a real gradient

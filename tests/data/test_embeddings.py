@@ -284,3 +284,34 @@ def test_non_finite_embeddings_are_refused_when_read_and_never_written(tmp_path,
                                            r"values \(first row 7\)"):
         emb.import_embeddings(tmp_path, tmp_path / "cache", size=16, progress=False)
     assert not is_prepared(tmp_path / "cache")
+
+
+def test_embed_pretrains_only_backbones_that_read_the_head_and_batch_norm_it_sets(tmp_path):
+    from fewshot.embed import embed, pretrainable
+    assert pretrainable() == ["conv4", "resnet12", "wrn28_10"]  # their `reads`, not a list in embed.py
+    with pytest.raises(FewshotError, match=r"^fewshot embed pretrains one of conv4, resnet12, wrn28_10; the preset's "
+                                           r"model is 'mlp' \(choose one with --backbone\)$"):
+        embed(embed_config(str(tmp_path / "images")).unchecked_replace(model="mlp"), tmp_path / "out", steps=1)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["fp32", "tf32", "bf16"])
+def test_embed_runs_in_the_presets_precision_as_training_does(tmp_path, monkeypatch, value):
+    """Pretraining steps as `fewshot train`'s meta-steps (the flags, and bf16's autocast),
+    the embedding pass as validation (the flags only); the caller's flags back afterwards."""
+    from fewshot.embed import embed
+    from fewshot.models.conv4 import Conv4
+    from helpers import configure_as_on_cuda, tf32_flags
+    seen, real_forward = set(), Conv4.forward
+
+    def spying_forward(self, *args, **kwargs):
+        seen.add((*tf32_flags(), torch.is_autocast_enabled("cpu"), "pretraining" if self.training else "embedding"))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Conv4, "forward", spying_forward)
+    tf32 = value == "tf32"
+    with configure_as_on_cuda(monkeypatch, (not tf32,) * 2):
+        config = embed_config(image_dataset(tmp_path / "images")).unchecked_replace(precision=value)
+        embed(config, tmp_path / "out", steps=2, batch_size=8, progress=False, crops=("center",))
+        assert seen == {(tf32, tf32, value == "bf16", "pretraining"), (tf32, tf32, False, "embedding")}
+        assert tf32_flags() == (not tf32,) * 2

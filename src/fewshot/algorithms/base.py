@@ -33,6 +33,12 @@ class Algorithm(nn.Module):
         self.parameter_roles = model.parameter_roles()
 
     any_number_of_classes = False  # True for algorithms with no fixed output layer
+    # the config keys read_by the algorithm (config.Config) that this one reads: set away from
+    # their defaults under an algorithm that does not list them, they are refused
+    reads: frozenset[str] = frozenset()
+    embeds_support_with_queries = False  # predict() puts the support set in the batch itself (ProtoNets)
+    predicts_each_input_alone = False  # predict() gives an input's output whatever else is in its batch
+    skips_nonfinite_steps = False  # a non-finite meta-batch is replaced, not fatal (LEO, as its reference)
     # state_dict prefixes that hold an optimizer's state rather than weights (Reptile's inner
     # Adam): a run started from another's weights (--init) starts them afresh
     optimizer_state_prefixes: tuple[str, ...] = ()

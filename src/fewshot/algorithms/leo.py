@@ -116,6 +116,11 @@ def split_gaussian(params, stddev_offset=0.0):
 
 @ALGORITHMS.register("leo")
 class LEO(Algorithm):
+    # eval_inner_steps: the latent steps at meta-test (inner_unroll_length at meta-train)
+    reads = frozenset({"eval_inner_steps", "eval_at_steps", "num_latents", "inner_unroll_length",
+                       "finetuning_unroll_length", "inner_lr_init", "finetuning_lr_init", "dropout_rate", "kl_weight",
+                       "encoder_penalty_weight", "l2_penalty_weight", "orthogonality_penalty_weight"})
+    skips_nonfinite_steps = True
     any_number_of_classes = True  # classifier weights are generated per class, for any N
 
     def __init__(self, model, config, family):

@@ -6,22 +6,26 @@ gradients are taken as constants (no create_graph), which makes the adapted
 weights' Jacobian the identity: FOMAML's meta-gradient is the query-loss
 gradient at the adapted weights, reached by the same backward call.
 
-Two exact ways to run a meta-batch, with the same meta-gradient:
+A meta-step, top to bottom in this file: `meta_gradient` runs the meta-batch in
+passes, `objective` is a pass's meta-objective (the inner loop of `inner_step`s,
+then the query loss), and `forward_at` runs the backbone with the adapted tensors
+(`functional_forward`). Two exact ways to run a meta-batch, with the same
+meta-gradient:
   per-task loop  each task's query loss is backpropagated on its own, so only one
                  task's graph is alive at a time: peak memory does not grow with
                  the meta-batch;
   batched        all tasks (or `tasks_per_pass` at a time) in one pass: every task
                  gets its own view of the meta-parameters (expand) and the model's
-                 `batched_forward` runs the tasks side by side, so a meta-step is a
+                 `tasks_forward` runs the tasks side by side, so a meta-step is a
                  few large operator calls instead of many small ones.
-`batch_tasks` chooses (None: the measured rule in `batching_pays`).
+`batch_tasks` chooses (None: the measured rule in `batches_tasks`).
 
-The MAML family extends this class through five small hooks, which both ways
-call: which parameters the inner loop adapts (ANIL), the step size of each
-parameter at each step (Meta-SGD, MAML++), the forward pass at inner step k
-(MAML++'s per-step batch norm), whether the step is second order (MAML++'s
-derivative-order annealing) and the weights of the query losses along the inner
-trajectory (MAML++'s multi-step loss).
+The MAML family extends this class through small hooks, which both ways call:
+which parameters the inner loop adapts (ANIL), the step size of each parameter at
+each step (Meta-SGD, MAML++), the forward pass at inner step k (MAML++'s per-step
+batch norm), whether the step is second order (MAML++'s derivative-order
+annealing) and the weights of the query losses along the inner trajectory
+(MAML++'s multi-step loss).
 """
 import torch
 
@@ -32,52 +36,45 @@ from .base import Algorithm
 
 @ALGORITHMS.register("maml")
 class MAML(Algorithm):
-    # hooks ------------------------------------------------------------------
-    def adapts(self, name):
-        """Whether the inner loop adapts parameter `name`."""
-        return True
+    reads = frozenset({"inner_steps", "inner_lr", "eval_inner_steps", "eval_inner_lr", "eval_at_steps", "first_order",
+                       "batch_tasks", "tasks_per_pass", "loss_reduction", "adapt_bn"})
 
-    def step_size(self, name, k, training=True):
-        return self.config.inner_lr if training else eval_inner_lr(self.config)
+    # the meta-step ------------------------------------------------------------
+    def meta_gradient(self, tasks, step=0):
+        """Add the mean meta-gradient over `tasks` to .grad. The tasks run one at a time, or
+        stacked in passes of `tasks_per_pass` where `batches_tasks`; each pass's mean
+        objective is weighted by its share of the meta-batch, so the accumulated gradient
+        is the whole meta-batch's mean. Metrics come back as 0-dim detached tensors:
+        reading them (float()) waits for the device, so the trainer does it only when it logs."""
+        batched = self.batches_tasks(tasks)
+        per_pass = (self.config.tasks_per_pass or len(tasks)) if batched else 1
+        loss_sum = metric_sum = 0.0
+        for start in range(0, len(tasks), per_pass):
+            part = tasks[start:start + per_pass]
+            support_x, support_y, query_x, query_y = (
+                torch.stack([getattr(t, name) for t in part]) if batched else getattr(part[0], name)
+                for name in ("support_x", "support_y", "query_x", "query_y"))
+            share = len(part) / len(tasks)
+            objective, query_out = self.objective(support_x, support_y, query_x, query_y, step, tasks=batched)
+            (objective * share).backward()
+            self.model.update_running_statistics()  # batched inductive batch norm, in the loop's order
+            loss_sum = loss_sum + objective.detach() * share
+            metric_sum = metric_sum + self.family.metric_tensor(query_out.detach(), query_y) * share
+        return {"loss": loss_sum, self.family.metric_name: metric_sum}
 
-    def forward(self, params, x, k=0, bn_training=True, tasks=False):
-        """The network at inner step k. With `tasks`, x has a leading task dimension,
-        so do the per-task parameters, and each task is normalized on its own."""
-        if tasks:
-            return self.model.batched_forward(params, x, bn_training)
-        return self.model.functional_forward(params, x, bn_training)
-
-    def second_order(self, step):
-        return not self.config.first_order
-
-    def loss_weights(self, step):
-        """Weight of the query loss after each of the inner steps 1..K in the
-        meta-objective; MAML counts the last only."""
-        return [0.0] * (self.config.inner_steps - 1) + [1.0]
-
-    # the inner loop ---------------------------------------------------------
-    def inner_step(self, params, x, y, k, lr, create_graph, training=True, tasks=False):
-        out = self.forward(params, x, k, bn_training=training, tasks=tasks)
-        if tasks:
-            # a mean over equally sized tasks, times their number: the sum of the per-task
-            # losses, whose gradient with respect to a task's view is that task's own gradient
-            loss = self.family.loss(out.flatten(0, 1), y.flatten(0, 1)) * len(x)
-        else:
-            loss = self.family.loss(out, y)
-        names = [n for n in params if self.adapts(n)]
-        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-        new = dict(params)
-        for name, grad in zip(names, grads):
-            new[name] = params[name] - (self.step_size(name, k, training) if lr is None else lr) * grad
-        return new
-
-    def inner_loop(self, params, x, y, steps, lr=None, create_graph=True):
-        for k in range(steps):
-            params = self.inner_step(params, x, y, k, lr, create_graph)
-        return params
-
-    def meta_parameters(self):
-        return dict(self.model.named_parameters())
+    def batches_tasks(self, tasks):
+        """Whether the tasks run stacked: the model can (`can_batch_tasks`: its
+        `tasks_forward` gives each task its own forward), the tasks have one shape, and
+        `batch_tasks` asks for it. Its default (null), as measured in docs/benchmarks.md
+        ("Making the meta-step faster: all tasks in one pass"): always on CUDA; on the CPU
+        where the model says its batched pass is faster for tasks of this shape at this
+        many threads."""
+        if not self.model.can_batch_tasks or len({(t.support_x.shape, t.query_x.shape) for t in tasks}) != 1:
+            return False
+        if self.config.batch_tasks is not None:
+            return self.config.batch_tasks
+        return (tasks[0].support_x.device.type == "cuda" or
+                self.model.batching_pays_on_cpu(tasks[0], torch.get_num_threads()))
 
     def objective(self, support_x, support_y, query_x, query_y, step, tasks=False):
         """(meta-objective, query outputs after the last inner step), differentiable with
@@ -87,76 +84,73 @@ class MAML(Algorithm):
         if tasks:  # adapted parameters get a view per task; the others stay shared
             params = {n: p.unsqueeze(0).expand(len(support_x), *p.shape) if self.adapts(n) else p
                       for n, p in params.items()}
-        query_loss = ((lambda out: self.family.loss(out.flatten(0, 1), query_y.flatten(0, 1))) if tasks else
-                      (lambda out: self.family.loss(out, query_y)))
+        scale = self.loss_scale(query_y.shape[int(tasks)], support_y.shape[int(tasks)])
+        query_loss = ((lambda out: self.family.loss(out.flatten(0, 1), query_y.flatten(0, 1)) * scale) if tasks else
+                      (lambda out: self.family.loss(out, query_y) * scale))
         steps = self.config.inner_steps
         if steps == 0:
-            query_out = self.forward(params, query_x, 0, tasks=tasks)
+            query_out = self.forward_at(params, query_x, 0, tasks=tasks)
             return query_loss(query_out), query_out
         create_graph = self.second_order(step)
         total = 0.0
         for k, weight in enumerate(self.loss_weights(step)):
             params = self.inner_step(params, support_x, support_y, k, None, create_graph, tasks=tasks)
             if weight > 0:
-                query_out = self.forward(params, query_x, k + 1, tasks=tasks)
+                query_out = self.forward_at(params, query_x, k + 1, tasks=tasks)
                 total = total + weight * query_loss(query_out)
         return total, query_out
 
-    def task_objective(self, task, step):
-        """(meta-objective, query outputs) of one task."""
-        return self.objective(task.support_x, task.support_y, task.query_x, task.query_y, step)
+    def inner_step(self, params, x, y, k, lr, create_graph, training=True, tasks=False):
+        """`params` after inner step k on the support set (x, y): adapted tensors move
+        against their support-loss gradient, the others stay."""
+        out = self.forward_at(params, x, k, bn_training=training, tasks=tasks)
+        if tasks:
+            # a mean over equally sized tasks, times their number: the sum of the per-task
+            # losses, whose gradient with respect to a task's view is that task's own gradient
+            loss = self.family.loss(out.flatten(0, 1), y.flatten(0, 1)) * len(x)
+        else:
+            loss = self.family.loss(out, y)
+        loss = loss * self.loss_scale(1, 1)  # the support set's own: ways x the mean, or 1
+        names = [n for n in params if self.adapts(n)]
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+        new = dict(params)
+        for name, grad in zip(names, grads):
+            new[name] = params[name] - (self.step_size(name, k, training) if lr is None else lr) * grad
+        return new
 
-    # the meta-gradient --------------------------------------------------------
-    def batches_tasks(self, tasks):
-        """Whether to run the tasks in batched passes: the model can (`can_batch_tasks`:
-        its `batched_forward` gives each task its own forward), the tasks have one
-        shape, and `batch_tasks` asks for it (None: `batching_pays`)."""
-        if not self.model.can_batch_tasks:
-            return False
-        if len({(t.support_x.shape, t.query_x.shape) for t in tasks}) != 1:
-            return False
-        wanted = self.config.batch_tasks
-        return self.batching_pays(tasks) if wanted is None else bool(wanted)
+    def meta_parameters(self):
+        return dict(self.model.named_parameters())
 
-    def batching_pays(self, tasks):
-        """The default (`batch_tasks: null`), as measured in docs/benchmarks.md
-        ("Making the meta-step faster: all tasks in one pass"): always on CUDA; on the
-        CPU where the model says its batched pass is faster for tasks of this shape at
-        this many threads."""
-        if tasks[0].support_x.device.type == "cuda":
-            return True
-        return self.model.batching_pays_on_cpu(tasks[0], torch.get_num_threads())
+    # hooks ------------------------------------------------------------------
+    def adapts(self, name):
+        """Whether the inner loop adapts parameter `name` (batch norm's only with `adapt_bn`)."""
+        return self.config.adapt_bn or self.parameter_roles[name] != "batch_norm"
 
-    def meta_gradient(self, tasks, step=0):
-        """Metrics come back as 0-dim detached tensors: reading them (float()) waits for
-        the device, so the trainer does it only when it logs."""
-        if self.batches_tasks(tasks):
-            return self.batched_meta_gradient(tasks, step)
-        loss_sum = metric_sum = 0.0
-        for task in tasks:
-            query_loss, query_out = self.task_objective(task, step)
-            (query_loss / len(tasks)).backward()
-            loss_sum = loss_sum + query_loss.detach()
-            metric_sum = metric_sum + self.family.metric_tensor(query_out.detach(), task.query_y)
-        return {"loss": loss_sum / len(tasks), self.family.metric_name: metric_sum / len(tasks)}
+    def step_size(self, name, k, training=True):
+        return self.config.inner_lr if training else eval_inner_lr(self.config)
 
-    def batched_meta_gradient(self, tasks, step=0):
-        """The meta-batch in passes of at most `tasks_per_pass` tasks; each pass's mean
-        objective is weighted by its share of the meta-batch, so the accumulated
-        gradient is the whole meta-batch's mean."""
-        per_pass = self.config.tasks_per_pass or len(tasks)
-        loss_sum = metric_sum = 0.0
-        for start in range(0, len(tasks), per_pass):
-            part = tasks[start:start + per_pass]
-            share = len(part) / len(tasks)
-            support_x, support_y, query_x, query_y = (torch.stack([getattr(t, name) for t in part]) for name in
-                                                      ("support_x", "support_y", "query_x", "query_y"))
-            objective, query_out = self.objective(support_x, support_y, query_x, query_y, step, tasks=True)
-            (objective * share).backward()
-            self.model.update_running_statistics()  # inductive batch norm, as the loop updates it
-            loss_sum = loss_sum + objective.detach() * share
-            metric_sum = metric_sum + self.family.metric_tensor(query_out.detach(), query_y) * share
-        return {"loss": loss_sum, self.family.metric_name: metric_sum}
+    def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
+        """The network with `params` at inner step k. With `tasks`, x has a leading task
+        dimension, so do the per-task parameters, and each task is normalized on its own."""
+        return self.model.functional_forward(params, x, bn_training, tasks=tasks)
+
+    def second_order(self, step):
+        return not self.config.first_order
+
+    def loss_weights(self, step):
+        """Weight of the query loss after each of the inner steps 1..K in the
+        meta-objective; MAML counts the last only."""
+        return [0.0] * (self.config.inner_steps - 1) + [1.0]
+
+    def loss_scale(self, examples, support_examples):
+        """The task's loss on a set of `examples` over their mean per-example loss.
+        `loss_reduction: sum_div_shots` is cbfinn/maml's xent: each example's loss / shots,
+        summed (tf.gradients of the vector in the inner loop, reduce_sum in the
+        meta-objective), shots being the support set's examples per class; the support
+        loss is then `ways` x the mean."""
+        if self.config.loss_reduction == "mean":
+            return 1.0
+        return examples * self.config.ways / support_examples
 
     # meta-test --------------------------------------------------------------
     def adapt(self, support_x, support_y, steps=None, lr=None):
@@ -170,4 +164,4 @@ class MAML(Algorithm):
 
     @torch.no_grad()
     def predict(self, adapted, x):
-        return self.forward(adapted["params"], x, adapted["steps"], bn_training=False)
+        return self.forward_at(adapted["params"], x, adapted["steps"], bn_training=False)

@@ -27,6 +27,9 @@ def layer_of(name):
 
 @ALGORITHMS.register("mamlpp")
 class MAMLPlusPlus(MAML):
+    # the learned rates serve at meta-test too
+    reads = MAML.reads - {"eval_inner_lr"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
+
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
         steps = max(config.inner_steps, config.eval_inner_steps)
@@ -45,10 +48,8 @@ class MAMLPlusPlus(MAML):
         rates = self.step_sizes[layer_of(name).replace(".", "/")]
         return rates[min(k, len(rates) - 1)]
 
-    def forward(self, params, x, k=0, bn_training=True, tasks=False):
-        if tasks:
-            return self.model.batched_forward(params, x, bn_training, bn_step=k)
-        return self.model.functional_forward(params, x, bn_training, bn_step=k)
+    def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
+        return self.model.functional_forward(params, x, bn_training, tasks=tasks, bn_step=k)
 
     def epoch(self, step):
         return step / self.config.steps_per_epoch

@@ -10,6 +10,8 @@ from .maml import MAML
 
 @ALGORITHMS.register("metasgd")
 class MetaSGD(MAML):
+    reads = MAML.reads - {"eval_inner_lr"}  # the learned rates serve at meta-test too
+
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
         # ParameterDict keys may not contain dots

@@ -19,6 +19,8 @@ def prototype_logits(support_features, support_y, query_features):
 
 @ALGORITHMS.register("protonet")
 class ProtoNet(Algorithm):
+    reads = frozenset()  # no inner loop: no inner steps or rates
+    embeds_support_with_queries = True
     any_number_of_classes = True
 
     def logits(self, params, support_x, support_y, query_x, bn_training=True):

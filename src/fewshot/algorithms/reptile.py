@@ -98,6 +98,12 @@ class InnerAdamState(nn.Module):
 
 @ALGORITHMS.register("reptile")
 class Reptile(Algorithm):
+    reads = frozenset({"inner_steps", "inner_lr", "eval_inner_steps", "eval_inner_lr", "eval_at_steps",
+                       "inner_optimizer", "inner_batch", "eval_inner_batch", "reptile_eval"})
+
+    @property
+    def predicts_each_input_alone(self):  # each query in a batch with the support images only
+        return self.config.reptile_eval == "non_transductive"
     optimizer_state_prefixes = ("inner_adam.",)
 
     def __init__(self, model, config, family):

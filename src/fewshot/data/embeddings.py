@@ -188,4 +188,5 @@ def locate_for(path, config):
 
 
 EMBEDDINGS = DATASETS.register("embeddings")(DatasetKind(
-    "embeddings", prepare=import_embeddings, splits=splits, features=True, locate=locate_for))
+    "embeddings", prepare=import_embeddings, splits=splits, features=True, locate=locate_for,
+    reads=frozenset({"embedding_dim", "embedding_crop", "embedding_dataset", "image_preset"})))

@@ -62,6 +62,9 @@ class DatasetKind:
     alphabet: Callable | None = None
     # (config, split) -> the EpisodeRule of that split's tasks
     episodes: Callable = plain_episodes
+    # the config keys read_by the dataset (config.Config) that this kind reads: set away from
+    # their defaults for a kind that does not list them, they are refused
+    reads: frozenset = frozenset()
 
     @property
     def generated(self) -> bool:

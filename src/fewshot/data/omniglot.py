@@ -216,4 +216,4 @@ def episodes(config, split: str) -> EpisodeRule:
 
 OMNIGLOT = DATASETS.register("omniglot")(DatasetKind(
     "omniglot", prepare=import_omniglot, splits=splits, default_size=IMAGE_SIZE, alphabet=alphabet,
-    episodes=episodes))
+    episodes=episodes, reads=frozenset({"episodes_within_alphabet"})))

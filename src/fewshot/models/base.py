@@ -15,10 +15,10 @@ vmap carry them through:
                  (`fewshot summary`)
   features_only  stop before the head (LEO's embeddings, `fewshot embed`)
 
-`batched_forward` runs many tasks in one pass the same way: the tensors, with a
-leading task dimension where they are per task, stand in for the module's, and the
-backbone's `tasks_forward` reads them from its own layers. No code walks parameters
-by name.
+`functional_forward(..., tasks=True)` runs many tasks in one pass the same way: the
+tensors, with a leading task dimension where they are per task, stand in for the
+module's, and the backbone's `tasks_forward` reads them from its own layers. No code
+walks parameters by name.
 
 Inside `forward`, backbones run their layers with `layer.forward(x)` rather than
 `layer(x)`: nn.Module.__call__ (its hook dispatch) costs a measurable share of a
@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Batch-norm momentum of every backbone: running = (1 - m) * running + m * batch
-# statistic, torch's default and the papers' code's (cbfinn/maml: decay 0.9).
+# statistic, torch's default. (cbfinn/maml's tf.contrib.layers.batch_norm has decay 0.999,
+# but it never uses running statistics: batch statistics at meta-train and meta-test.)
 BN_MOMENTUM = 0.1
 
 Role = Literal["batch_norm", "head", "body"]
@@ -51,14 +52,19 @@ class BatchNorm(nn.BatchNorm2d):
                     rows of `steps x C` tensors; step k uses row min(k, steps - 1)
 
     An nn.BatchNorm2d underneath, so the parameter and buffer names, and checkpoints,
-    are those of torch's layer."""
+    are those of torch's layer. Without `scale` the layer has no weight parameter at all
+    (a learned shift only, as TensorFlow's batch_norm with scale=False)."""
 
-    def __init__(self, channels: int, transductive: bool, steps: int = 1):
-        super().__init__(channels, momentum=BN_MOMENTUM)
+    def __init__(self, channels: int, transductive: bool, steps: int = 1, scale: bool = True,
+                 eps: float = 1e-5):
+        super().__init__(channels, eps=eps, momentum=BN_MOMENTUM)
         self.transductive = transductive
         self.steps = steps
+        if not scale:
+            self.register_parameter("weight", None)
         if steps > 1:
-            self.weight = nn.Parameter(torch.ones(steps, channels))
+            if scale:
+                self.weight = nn.Parameter(torch.ones(steps, channels))
             self.bias = nn.Parameter(torch.zeros(steps, channels))
             self.running_mean = torch.zeros(steps, channels)
             self.running_var = torch.ones(steps, channels)
@@ -72,14 +78,14 @@ class BatchNorm(nn.BatchNorm2d):
         mean, var = (None, None) if self.transductive else (self.running_mean, self.running_var)
         if self.steps > 1:  # per-step weights and statistics
             k = min(bn_step, self.steps - 1)
-            weight, bias = weight[..., k, :], bias[..., k, :]
+            weight, bias = weight[..., k, :] if weight is not None else None, bias[..., k, :]
             mean, var = (mean[k], var[k]) if mean is not None else (None, None)
         return weight, bias, mean, var
 
     def forward(self, x: torch.Tensor, bn_training: bool = True, bn_step: int = 0) -> torch.Tensor:
         weight, bias, mean, var = self.step_tensors(bn_step)
         return F.batch_norm(x, mean, var, weight, bias, training=bn_training or self.transductive,
-                            momentum=self.momentum)
+                            momentum=self.momentum, eps=self.eps)
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -91,8 +97,11 @@ class Backbone(nn.Module):
     output layer, an nn.Module; None or absent for a feature extractor). No class-level
     default for `head`: it would hide the submodule nn.Module keeps in `_modules`."""
 
-    # Whether `batched_forward` runs many tasks in one pass exactly as each task's own forward
+    # Whether `tasks_forward` runs many tasks in one pass exactly as each task's own forward
     can_batch_tasks = False
+    # the config keys read_by the model (config.Config) that this backbone reads: set away from
+    # their defaults under a backbone that does not list them, they are refused (or not: refuse_ignored)
+    reads: frozenset[str] = frozenset()
 
     def parameter_roles(self) -> dict[str, Role]:
         """Every parameter's role, by name: "batch_norm" (a batch-norm layer's weight or
@@ -117,12 +126,17 @@ class Backbone(nn.Module):
             return None
         return "transductive" if modes == {True} else "inductive"
 
-    def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
+    def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True, tasks: bool = False,
                            **options) -> torch.Tensor:
         """`forward` with `params` (name -> tensor) in place of the module's parameters
         (and buffers, if named), as torch.func.functional_call(self, params, (x,), options)
         computes it; the module is as it was afterwards. Buffers not in `params` are the
         module's own, so an inductive forward updates its running statistics.
+
+        With `tasks`, many tasks in one pass: x is T x n x ...; a tensor of `params` with a
+        leading task dimension T is per task, one without it is shared by the tasks (ANIL's
+        body, MAML++'s batch-norm weights); the backbone's `tasks_forward` runs them, reading
+        its layers' tensors as `forward` does; T x n x outputs.
 
         Eagerly the tensors go into their modules' instance `__dict__`, where attribute
         lookup finds them before nn.Module.__getattr__ (a Python call per read) looks in
@@ -131,36 +145,24 @@ class Backbone(nn.Module):
         second-order MAML step on conv4 more CPU time than the hand-written
         functional forward this replaces (measured in docs/benchmarks.md, "One forward
         per backbone"). Under torch.compile it is functional_call itself."""
-        options["bn_training"] = bn_training
-        if torch.compiler.is_compiling():
-            return torch.func.functional_call(self, params, (x,), options, tie_weights=False)
-        placed = self._put(params)
-        try:
-            return self(x, **options)
-        finally:
-            self._take_out(placed)
-
-    def _put(self, params: dict) -> list:
-        """Put `params` in place of the module's tensors (see functional_forward); returns
-        what `_take_out` removes. Every name must be one of the module's."""
+        if torch.compiler.is_compiling() and not tasks:
+            return torch.func.functional_call(self, params, (x,), {**options, "bn_training": bn_training},
+                                              tie_weights=False)
         owners = self.__dict__.get("_tensor_owners")
         if owners is None:
             owners = self.__dict__["_tensor_owners"] = self._find_tensor_owners()
-        placed = []
+        placed = []  # every name must be one of the module's
         try:
             for name, tensor in params.items():
                 owner, attribute = owners[name]
                 owner[attribute] = tensor
                 placed.append((owner, attribute))
-        except BaseException:
-            self._take_out(placed)
-            raise
-        return placed
-
-    @staticmethod
-    def _take_out(placed: list) -> None:
-        for owner, attribute in placed:
-            del owner[attribute]
+            if tasks:
+                return self.tasks_forward(x, bn_training, options.get("bn_step", 0))
+            return self(x, bn_training=bn_training, **options)
+        finally:
+            for owner, attribute in placed:
+                del owner[attribute]
 
     def _find_tensor_owners(self) -> dict:
         """name -> (the owning module's instance __dict__, attribute), for every parameter
@@ -182,21 +184,10 @@ class Backbone(nn.Module):
         many torch threads (measured per backbone)."""
         return False
 
-    def batched_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True,
-                        bn_step: int = 0) -> torch.Tensor:
-        """Many tasks in one pass: x is T x n x ...; a tensor of `params` with a leading
-        task dimension T is per task, one without it is shared by the tasks (ANIL's body,
-        MAML++'s batch-norm weights). Runs `tasks_forward` with `params` in place of the
-        module's tensors, as functional_forward runs `forward`; T x n x outputs."""
-        placed = self._put(params)
-        try:
-            return self.tasks_forward(x, bn_training, bn_step)
-        finally:
-            self._take_out(placed)
-
     def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
-        """The batched pass itself, reading the layers' tensors (each with or without a
-        leading task dimension); backbones that can batch tasks write it."""
+        """Many tasks in one pass (`functional_forward(..., tasks=True)`), reading the layers'
+        tensors (each with or without a leading task dimension); backbones that can batch
+        tasks write it."""
         raise NotImplementedError(f"{type(self).__name__} runs tasks one at a time (can_batch_tasks is False)")
 
     @staticmethod

@@ -7,11 +7,21 @@ Two standard forms:
            original Omniglot network, cbfinn/maml `forward_conv` without max-pool)
 then a linear layer to `ways` outputs.
 
+cbfinn/maml's exact network takes four keys (its presets set them): `bn_scale: false`
+and `bn_eps: 0.001` (tf.contrib.layers.batch_norm's defaults: a shift, no scale),
+`conv_padding: tf_same` (TensorFlow's 'SAME': a stride-2 convolution of an even side
+pads only the bottom and right, where torch's padding=1 pads both sides and samples
+other pixels) and `head_init: normal` (its Omniglot output layer, tf.random_normal).
+Its conv and miniImageNet output weights are Glorot uniform, as here by default:
+xavier_initializer_conv2d of a [3, 3, in, out] kernel has fan_in 9 * in and fan_out
+9 * out, as torch's xavier_uniform_ of [out, in, 3, 3].
+
 `forward` is the one per-task forward; inner loops run it with explicit parameters
-(`functional_forward`, torch.func.functional_call). `batched_forward` runs many tasks
-side by side as grouped convolutions: a second, hand-written form of the same layers,
-kept because it is faster on the CPU than torch.func.vmap of `forward` (see its
-docstring); it reads the strides, paddings and batch-norm rows from the same layers.
+(`functional_forward`, torch.func.functional_call). `tasks_forward` (what
+`functional_forward(..., tasks=True)` runs) takes many tasks side by side as grouped
+convolutions: a second, hand-written form of the same layers, kept because it is
+faster on the CPU than torch.func.vmap of `forward` (see its docstring); it reads the
+strides, paddings and batch-norm rows from the same layers.
 """
 import torch
 import torch.nn as nn
@@ -30,25 +40,46 @@ CPU_BATCHING_MAX_IMAGES = 10
 CPU_BATCHING_MAX_SUPPORT_PIXELS = 20 * 28 * 28
 
 
+def same_padding(height: int, width: int, stride: int) -> tuple[int, int, int, int]:
+    """TensorFlow's 'SAME' padding of a 3x3 convolution, as F.pad's (left, right, top,
+    bottom): ceil(side / stride) outputs, the odd padded pixel after the image."""
+    pads = []
+    for side in (width, height):
+        total = max((-(-side // stride) - 1) * stride + 3 - side, 0)
+        pads += [total // 2, total - total // 2]
+    return tuple(pads)
+
+
 class Block(nn.Module):
-    def __init__(self, in_channels, filters, stride, transductive, bn_steps):
+    def __init__(self, in_channels, filters, stride, transductive, bn_steps, tf_same=False, bn_scale=True,
+                 bn_eps=1e-5):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, filters, 3, stride=stride, padding=1)
-        self.norm = BatchNorm(filters, transductive, bn_steps)
+        # tf_same: padded by F.pad before the convolution (see same_padding)
+        self.conv = nn.Conv2d(in_channels, filters, 3, stride=stride, padding=0 if tf_same else 1)
+        self.norm = BatchNorm(filters, transductive, bn_steps, scale=bn_scale, eps=bn_eps)
+        self.tf_same = tf_same
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the convolution takes it: padded here in the tf_same form, else by the convolution."""
+        return F.pad(x, same_padding(x.shape[-2], x.shape[-1], self.conv.stride[0])) if self.tf_same else x
 
 
 @BACKBONES.register("conv4")
 class Conv4(Backbone):
+    reads = frozenset({"filters", "downsample", "batch_norm", "head", "per_step_bn", "bn_scale", "bn_eps",
+                       "conv_padding", "head_init"})
+
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
-                 batch_norm="transductive", bn_steps=1):
+                 batch_norm="transductive", bn_steps=1, bn_scale=True, bn_eps=1e-5, conv_padding="symmetric",
+                 head_init="xavier"):
         super().__init__()
         self.downsample = downsample
         self.transductive = batch_norm == "transductive"
-        self.queued_statistics = []  # inductive batch norm: see batched_forward
+        self.queued_statistics = []  # inductive batch norm: see tasks_forward
         stride = 2 if downsample == "stride" else 1
         # bn_steps > 1: MAML++'s batch-norm weights and statistics per inner step
         self.blocks = nn.ModuleList(Block(in_channels if i == 0 else filters, filters, stride, self.transductive,
-                                          bn_steps) for i in range(4))
+                                          bn_steps, conv_padding == "tf_same", bn_scale, bn_eps) for i in range(4))
         side = image_size
         for _ in range(4):
             side //= 2
@@ -57,24 +88,28 @@ class Conv4(Backbone):
         features = filters if downsample == "stride" else filters * side * side
         self.features_size = features
         self.head = nn.Linear(features, ways) if ways else None  # no head: a feature extractor (ProtoNets)
-        for module in self.modules():  # Glorot, as cbfinn/maml initializes conv and fc weights
+        for module in self.modules():  # Glorot (see the module docstring), zero biases
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        if self.head is not None and head_init == "normal":
+            nn.init.normal_(self.head.weight)  # std 1: cbfinn/maml's tf.random_normal Omniglot head
 
     @classmethod
     def from_config(cls, config):
         steps = max(config.inner_steps, config.eval_inner_steps) + 1
         return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
                    filters=config.filters, downsample=config.downsample, image_size=config.image_size,
-                   batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1)
+                   batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1,
+                   bn_scale=config.bn_scale, bn_eps=config.bn_eps, conv_padding=config.conv_padding,
+                   head_init=config.head_init)
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py. Transductive batch norm: batch statistics always, no
         running statistics kept; inductive: running statistics updated while training, used at test."""
         bn_training = self.training if bn_training is None else bn_training
         for i, block in enumerate(self.blocks):
-            x = block.conv.forward(x)
+            x = block.conv.forward(block.pad(x))
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
             x = F.relu(block.norm.forward(x, bn_training, bn_step))
@@ -91,7 +126,7 @@ class Conv4(Backbone):
 
     @property
     def can_batch_tasks(self):
-        """`batched_forward` gives each task exactly its own forward, running statistics
+        """`tasks_forward` gives each task exactly its own forward, running statistics
         included (inductive batch norm), for a network with a head to adapt."""
         return self.head is not None
 
@@ -103,7 +138,7 @@ class Conv4(Backbone):
         return task.images <= CPU_BATCHING_MAX_IMAGES
 
     def tasks_forward(self, x, bn_training, bn_step):
-        """Many tasks at once (`batched_forward`): x is T x n x C x H x W. The tasks become
+        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x C x H x W. The tasks become
         the groups of grouped convolutions (side by side along channels), so batch-norm
         statistics stay per task. Why a second form of `forward`: torch.func.vmap of
         `forward` gives the same with 4-30% more CPU time per meta-step (it splits batch
@@ -124,6 +159,7 @@ class Conv4(Backbone):
         for block in self.blocks:
             conv, norm = block.conv, block.norm
             weight, bias = conv.weight, conv.bias
+            h = block.pad(h)
             if weight.dim() == 4 and bias.dim() == 1:
                 # shared by the tasks (ANIL's body): one ordinary convolution over every task's images
                 h = F.conv2d(h.reshape(n * tasks, -1, *h.shape[2:]), weight, bias, stride=conv.stride,
@@ -135,13 +171,15 @@ class Conv4(Backbone):
                              stride=conv.stride, padding=conv.padding, groups=tasks)
             norm_dims = 2 if norm.steps > 1 else 1  # MAML++: steps x C
             norm_weight, norm_bias, mean, var = norm.step_tensors(
-                bn_step, self.per_task(norm.weight, tasks, norm_dims), self.per_task(norm.bias, tasks, norm_dims))
+                bn_step, self.per_task(norm.weight, tasks, norm_dims) if norm.weight is not None else None,
+                self.per_task(norm.bias, tasks, norm_dims))
             if record:
                 with torch.no_grad():
                     statistics.append(torch.stack([h.mean((0, 2, 3)), h.var((0, 2, 3))]).view(2, tasks, -1)
                                       .transpose(0, 1))
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
-                             norm_weight.reshape(-1), norm_bias.reshape(-1), training=not use_running)
+                             norm_weight.reshape(-1) if norm_weight is not None else None, norm_bias.reshape(-1),
+                             training=not use_running, eps=norm.eps)
             h = F.relu(h)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)

@@ -10,6 +10,8 @@ from .base import Backbone
 
 @BACKBONES.register("mlp")
 class MLP(Backbone):
+    reads = frozenset({"in_features", "hidden", "out_features"})
+
     def __init__(self, in_features=1, hidden=(40, 40), out_features=1):
         super().__init__()
         sizes = [in_features, *hidden, out_features]
@@ -45,7 +47,7 @@ class MLP(Backbone):
         return True
 
     def tasks_forward(self, x, bn_training, bn_step):
-        """Many tasks at once (`batched_forward`): x is T x n x in. A second form of
+        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x in. A second form of
         `forward`, kept because torch.func.vmap of `forward` takes about 1.5x the CPU
         time per meta-step for this small network (docs/benchmarks.md): per task, one
         fused baddbmm per layer."""

@@ -27,6 +27,7 @@ from .base import Backbone, BatchNorm
 
 class _ResidualBackbone(Backbone):
     """The parts both networks share: head, config, initialization, forward."""
+    reads = frozenset({"widths", "batch_norm", "head"})
 
     def _finish(self, ways, features_size):
         """Head and initialization, once the body is built."""
