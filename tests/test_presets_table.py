@@ -32,6 +32,10 @@ def test_the_table_has_a_row_per_preset_read_from_its_config(capsys):
 def test_cells_come_from_the_config_keys():
     config = load_preset("protonet-omniglot-5w1s")
     assert task(config) == "60 / 1 / 5; 5 / 1 / 15"  # 60-way training episodes, 5-way tests
-    assert network(load_preset("omniglot-5w1s")) == "conv4 (filters 64, downsample stride)"
+    # cbfinn/maml's Omniglot network: TensorFlow's batch norm (a shift, no scale; eps 0.001), 'SAME'
+    # padding and a normal head; shape keys show at their defaults, the others only away from them
+    assert network(load_preset("omniglot-5w1s")) == ("conv4 (filters 64, downsample stride, no bn_scale, bn_eps 0.001, "
+                                                     "conv_padding tf_same, head_init normal)")
+    assert network(load_preset("protonet-omniglot-5w1s")) == "conv4 (filters 64, downsample maxpool, batch_norm inductive, no head)"
     assert network(load_preset("mamlpp-omniglot-5w1s")) == "conv4 (filters 64, downsample maxpool, per_step_bn)"
     assert network(load_preset("sinusoid-5shot")) == "mlp (in_features 1, hidden [40, 40], out_features 1)"

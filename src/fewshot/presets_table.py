@@ -7,19 +7,28 @@ number), the task, the network (the model and the keys only that model reads), t
 meta-batch and length, and what adaptation does at meta-test in the words `fewshot eval`
 prints (asked of the algorithm built from the preset).
 """
-from .config import USER_KEYS, Config, declared_readers, eval_query, eval_ways, load_preset, preset_names
+from .config import DEFAULTS, USER_KEYS, Config, declared_readers, eval_query, eval_ways, load_preset, preset_names
 
 HEADER = ("| preset | what it is (source; the paper's number) | ways / shots / queries (train; test) | network "
           "| meta-batch x steps | adaptation at meta-test |\n| --- | --- | --- | --- | --- | --- |")
 
 
+# the keys that say how big a network is: shown even at their defaults
+SHAPE_KEYS = ("filters", "downsample", "in_features", "hidden", "out_features")
+
+
 def network(config: Config) -> str:
-    """The model and the values of the keys that only it reads (conv4's filters and downsampling,
-    the MLP's layers), leaving out those that are off."""
+    """The model and the keys it reads: its shape (conv4's filters and downsampling,
+    the MLP's layers) and any other key away from its default (a switch turned off reads
+    "no KEY")."""
     declared = declared_readers()["model"]  # each backbone's `reads`
-    own = [name for name in USER_KEYS if declared.get(name) == (config.model,)]
-    shown = [name if getattr(config, name) is True else f"{name} {getattr(config, name)}" for name in own
-             if getattr(config, name) not in (None, False)]
+    shown = []
+    for name in USER_KEYS:
+        value = getattr(config, name)
+        if config.model not in declared.get(name, ()) or value is None:
+            continue
+        if name in SHAPE_KEYS or value != DEFAULTS[name]:
+            shown.append(name if value is True else f"no {name}" if value is False else f"{name} {value}")
     if config.dataset == "embeddings":
         shown.append(f"on {config.embedding_dim}-d embeddings")
     return f"{config.model}" + (f" ({', '.join(shown)})" if shown else "")
