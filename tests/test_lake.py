@@ -285,7 +285,7 @@ def _undecodable(root):
     (_nineteen_classes, "run01 has 19 training images"),
     (_a_line_of_three_fields, "line 1 of"),
     (_two_items_one_class, "19 distinct training images"),
-    (_undecodable, "cannot decode image"),
+    (_undecodable, "cannot read image"),
 ])
 def test_a_malformed_run_gets_one_line_and_exit_2(pngs, tmp_path, capsys, damage, message):
     config = tiny_config(algorithm="protonet", head=False, inner_steps=0, eval_inner_steps=0, ways=5, image_size=16)

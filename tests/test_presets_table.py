@@ -37,5 +37,6 @@ def test_cells_come_from_the_config_keys():
     assert network(load_preset("omniglot-5w1s")) == ("conv4 (filters 64, downsample stride, no bn_scale, bn_eps 0.001, "
                                                      "conv_padding tf_same, head_init normal)")
     assert network(load_preset("protonet-omniglot-5w1s")) == "conv4 (filters 64, downsample maxpool, batch_norm inductive, no head)"
-    assert network(load_preset("mamlpp-omniglot-5w1s")) == "conv4 (filters 64, downsample maxpool, per_step_bn)"
+    assert network(load_preset("mamlpp-omniglot-5w1s")) == ("conv4 (filters 64, downsample maxpool, per_step_bn, "
+                                                           "leaky_relu)")
     assert network(load_preset("sinusoid-5shot")) == "mlp (in_features 1, hidden [40, 40], out_features 1)"

@@ -108,27 +108,34 @@ def test_anil_leaves_the_body_untouched_in_the_inner_loop():
 def test_mamlpp_loss_weights_sum_to_one_and_anneal_to_the_last_step():
     algorithm = build("mamlpp", inner_steps=4)  # msl over 2 epochs of 10 steps
     history = [algorithm.loss_weights(step) for step in range(0, 30, 5)]
-    # epoch e = step / 10; the non-final weights are 1/4 - e / 4 / 2, the final one the rest: all dyadic, exact
+    # epoch e = step // 10 (the weights change once per epoch, as the authors'); the non-final weights are
+    # 1/4 - e / 4 / 2, the final one the rest: all dyadic, exact
     assert history == [[0.25] * 4,
-                       [0.1875] * 3 + [0.4375],
+                       [0.25] * 4,
                        [0.125] * 3 + [0.625],
-                       [0.0625] * 3 + [0.8125],
+                       [0.125] * 3 + [0.625],
                        [0.0, 0.0, 0.0, 1.0],  # after msl_epochs only the final step counts
                        [0.0, 0.0, 0.0, 1.0]]
-    # near the end of the span the non-final weights stop at the floor 0.03 / 4 (epoch 1.96: 1/4 - 0.245 < 0.0075)
-    algorithm.config.steps_per_epoch = 100
-    assert algorithm.loss_weights(196) == pytest.approx([0.0075] * 3 + [1 - 3 * 0.0075], abs=1e-15)
+    # near the end of a 100-epoch span the non-final weights stop at the floor 0.03 / 4
+    # (epoch 98: 1/4 - 98 / 400 = 0.005 < 0.0075)
+    algorithm.config.msl_epochs = 100
+    assert algorithm.loss_weights(985) == pytest.approx([0.0075] * 3 + [1 - 3 * 0.0075], abs=1e-15)
 
 
-def test_mamlpp_learns_per_layer_per_step_rates_and_per_step_batch_norm():
+def test_mamlpp_learns_per_tensor_per_step_rates_and_per_step_batch_norm():
     algorithm = build("mamlpp", inner_steps=3, eval_inner_steps=3)
     norm = algorithm.model.blocks[0].norm
-    assert norm.weight.shape == (4, 4) and norm.running_mean.shape == (4, 4)
-    assert all(rates.shape == (3,) for rates in algorithm.step_sizes.values())
-    assert sorted(algorithm.step_sizes) == ["blocks/0/conv", "blocks/1/conv", "blocks/2/conv", "blocks/3/conv", "head"]
+    # one batch-norm row per inner step, as the authors' number_of_training_steps_per_iter rows
+    assert norm.weight.shape == (3, 4) and norm.running_mean.shape == (3, 4)
+    # inner_steps + 1 rates per adapted tensor, as the authors' LSLR (total_num_inner_loop_steps + 1)
+    assert all(rates.shape == (4,) for rates in algorithm.step_sizes.values())
+    assert sorted(algorithm.step_sizes) == [f"{layer}/{kind}" for layer in
+                                            ["blocks/0/conv", "blocks/1/conv", "blocks/2/conv", "blocks/3/conv", "head"]
+                                            for kind in ("bias", "weight")]
     algorithm.meta_gradient(make_tasks(2), step=0)
-    assert all(rates.grad is not None and rates.grad.abs().sum() > 0 for rates in algorithm.step_sizes.values())
-    assert norm.weight.grad[:4].abs().sum() > 0
+    for rates in algorithm.step_sizes.values():  # steps 0-2 learn; the fourth rate is for a longer meta-test
+        assert (rates.grad[:3] != 0).all() and rates.grad[3] == 0
+    assert (norm.weight.grad.abs().sum(1) > 0).all()
 
 
 def test_mamlpp_anneals_the_derivative_order():

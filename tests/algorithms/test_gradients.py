@@ -136,18 +136,18 @@ def test_anil_meta_gradient_matches_finite_differences():
 
 
 # MAML++: 3 inner steps, an "epoch" of 10 meta-steps, the multi-step loss over 2 epochs and
-# first order for the first epoch. At meta-step 5 (epoch 0.5, first order) the loss weights are
-# 1/3 - 0.5/3/2 = 1/4 for the first two steps and 1/2 for the last; at meta-step 10 (epoch 1,
-# second order) 1/3 - 1/6 = 1/6, 1/6 and 2/3.
+# first order for the first epoch. At meta-step 5 (epoch 5 // 10 = 0, first order) the loss
+# weights are uniform, 1/3 each; at meta-step 10 (epoch 1, second order) 1/3 - 1/3/2 = 1/6 for
+# the first two steps and 2/3 for the last.
 MAMLPP_STEPS = 3
-MAMLPP_WEIGHTS = {5: [1 / 4, 1 / 4, 1 / 2], 10: [1 / 6, 1 / 6, 2 / 3]}
+MAMLPP_WEIGHTS = {5: [1 / 3, 1 / 3, 1 / 3], 10: [1 / 6, 1 / 6, 2 / 3]}
 
 
 def build_mamlpp():
     algorithm = build(algorithm="mamlpp", per_step_bn=True, inner_steps=MAMLPP_STEPS,
                       eval_inner_steps=MAMLPP_STEPS, msl_epochs=2, first_order_epochs=1, steps_per_epoch=10,
                       downsample="stride", image_size=12)
-    with torch.no_grad():  # distinct rates per layer and step, distinct batch-norm weights per step
+    with torch.no_grad():  # distinct rates per tensor and step, distinct batch-norm weights per step
         for rates in algorithm.step_sizes.values():
             rates.uniform_(0.05, 0.3)
         for name, p in algorithm.model.named_parameters():
@@ -157,11 +157,12 @@ def build_mamlpp():
 
 
 def mamlpp_objective(algorithm, tasks, weights, held_grads=None):
-    """sum_k w_k * L_query(theta'_{k+1}, batch-norm row k+1), theta'_k computed with batch-norm row k,
-    rates alpha[layer][k], batch-norm weights not adapted. With `held_grads` (one list per task), the
+    """sum_k w_k * L_query(theta'_{k+1}, batch-norm row k), theta'_{k+1} computed from the support loss at
+    theta'_k with batch-norm row k (the authors' target pass after step k uses the support pass's row),
+    rates alpha[tensor][k], batch-norm weights not adapted. With `held_grads` (one list per task), the
     inner gradients are those constants: the first-order objective."""
     model = algorithm.model
-    rates = lambda name, k: algorithm.step_sizes[name.rsplit(".", 1)[0].replace(".", "/")][k]
+    rates = lambda name, k: algorithm.step_sizes[name.replace(".", "/")][k]
     adapts = Adapts(MAMLPP_STEPS, lambda n: ".norm." not in n)
     terms = [0.0] * MAMLPP_STEPS
     for t, task in enumerate(tasks):
@@ -169,14 +170,14 @@ def mamlpp_objective(algorithm, tasks, weights, held_grads=None):
         trajectory = adapted_trajectory(model, params, task, rates, adapts, bn_steps=True,
                                         held_grads=None if held_grads is None else held_grads[t])
         for k in range(MAMLPP_STEPS):
-            terms[k] += weights[k] * query_loss(model, trajectory[k + 1], task, bn_step=k + 1).item() / len(tasks)
+            terms[k] += weights[k] * query_loss(model, trajectory[k + 1], task, bn_step=k).item() / len(tasks)
     return terms
 
 
 def inner_gradients(algorithm, tasks):
     """The support-loss gradients along each task's trajectory at the current weights, as constants."""
     model = algorithm.model
-    rates = lambda name, k: algorithm.step_sizes[name.rsplit(".", 1)[0].replace(".", "/")][k]
+    rates = lambda name, k: algorithm.step_sizes[name.replace(".", "/")][k]
     held = []
     for task in tasks:
         trajectory = adapted_trajectory(model, dict(model.named_parameters()), task, rates,
@@ -198,10 +199,10 @@ def test_mamlpp_second_order_meta_gradient_matches_finite_differences_after_the_
     loop, batched = both_paths(algorithm, tasks, step=10)
     rows = check(algorithm, lambda: mamlpp_objective(algorithm, tasks, MAMLPP_WEIGHTS[10]), [loop, batched])
     analytic = loop
-    # the per-step batch-norm rows 0..3 are all used (support at steps 0-2, query after steps 1-3)
+    # the per-step batch-norm rows 0..2 are all used (support at step k and query after it: row k)
     norm = dict(algorithm.named_parameters())["model.blocks.1.norm.weight"]
-    assert norm.shape[0] == MAMLPP_STEPS + 1
-    assert all(analytic["model.blocks.1.norm.weight"][row].abs().sum() > 1e-6 for row in range(MAMLPP_STEPS + 1))
+    assert norm.shape[0] == MAMLPP_STEPS
+    assert all(analytic["model.blocks.1.norm.weight"][row].abs().sum() > 1e-6 for row in range(MAMLPP_STEPS))
     assert any(name.startswith("step_sizes.") for name, _, _ in rows)
 
 

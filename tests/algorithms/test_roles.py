@@ -37,9 +37,8 @@ def test_mamlpp_on_a_resnet12_treats_its_batch_norm_parameters_as_batch_norm():
     norms = {n for n, role in roles.items() if role == "batch_norm"}
     assert len(norms) == 4 * 4 * 2  # 4 stages x (3 + shortcut) layers x (weight, bias)
     assert not any(algorithm.adapts(n) for n in norms)
-    # a learned rate per adapted layer and none for a batch-norm layer
-    layers = {n.rsplit(".", 1)[0].replace(".", "/") for n in roles if n not in norms}
-    assert set(algorithm.step_sizes) == layers
+    # a learned rate per adapted parameter tensor and none for a batch-norm one
+    assert set(algorithm.step_sizes) == {n.replace(".", "/") for n in roles if n not in norms}
     # the inner loop moves every weight but the batch norm's
     assert changed_by_adapt(algorithm, colour_task()) == set(roles) - norms
     # the outer loop still learns the batch-norm weights

@@ -73,8 +73,8 @@ def test_too_small_images_are_refused():
 @pytest.mark.parametrize("bn_steps", [1, 3])
 def test_batched_forward_is_each_tasks_own_forward(downsample, bn_steps, shared):
     torch.manual_seed(0)
-    model = models.build(tiny_config(downsample=downsample, per_step_bn=bn_steps > 1, inner_steps=2,
-                                     eval_inner_steps=2)).double()
+    model = models.build(tiny_config(downsample=downsample, per_step_bn=bn_steps > 1, inner_steps=3,
+                                     eval_inner_steps=3)).double()  # per_step_bn: a row per inner step
     assert model.can_batch_tasks
     x = torch.rand(3, 5, 1, 16, 16, dtype=torch.float64)
     # per-task weights, except the batch-norm weights (MAML++) or the whole body (ANIL): shared by the tasks
@@ -148,6 +148,26 @@ def test_batched_inductive_forward_normalizes_by_batch_and_queues_the_statistics
     assert model.queued_statistics == []
 
 
+@pytest.mark.parametrize("leaky_relu,negative_slope", [(False, 0.0), (True, 0.01)])
+def test_the_activation_is_the_one_configured(leaky_relu, negative_slope):
+    # MAML++'s authors' VGGReLUNormNetwork: conv, batch norm, F.leaky_relu (slope 0.01), max-pool
+    torch.manual_seed(0)
+    model = models.build(tiny_config(leaky_relu=leaky_relu)).double()
+    x = torch.randn(5, 1, 16, 16, dtype=torch.float64)
+
+    def written_out(slope):
+        h = x
+        for block in model.blocks:
+            h = torch.nn.functional.batch_norm(block.conv(h), None, None, block.norm.weight, block.norm.bias,
+                                               training=True)
+            h = torch.nn.functional.max_pool2d(torch.where(h > 0, h, slope * h), 2)
+        return model.head(h.flatten(1))
+
+    out = model(x, bn_training=True)
+    torch.testing.assert_close(out, written_out(negative_slope), rtol=1e-12, atol=1e-12)
+    assert (out - written_out(0.01 - negative_slope)).abs().max() > 1e-4  # the other one is not it
+
+
 # cbfinn/maml's network: conv_padding tf_same, bn_scale false, bn_eps 0.001, head_init normal
 
 def test_tf_same_padding_pads_the_odd_pixel_after_as_tensorflow_does():
@@ -194,8 +214,9 @@ def test_without_bn_scale_batch_norm_has_a_shift_and_no_scale_parameter():
                                    model.functional_forward({n: p[t] for n, p in params.items()}, xs[t]),
                                    rtol=1e-12, atol=1e-12)
     per_step = models.build(tiny_config(bn_scale=False, per_step_bn=True, inner_steps=2, eval_inner_steps=2))
-    assert per_step.blocks[0].norm.weight is None and per_step.blocks[0].norm.bias.shape == (3, 4)
-    assert per_step(torch.rand(4, 1, 16, 16), bn_step=2).shape == (4, 3)
+    # a row per inner step (MAML++'s authors' number_of_training_steps_per_iter rows)
+    assert per_step.blocks[0].norm.weight is None and per_step.blocks[0].norm.bias.shape == (2, 4)
+    assert per_step(torch.rand(4, 1, 16, 16), bn_step=1).shape == (4, 3)
 
 
 def test_head_init_normal_draws_the_output_layer_from_a_standard_normal():

@@ -64,6 +64,11 @@ class Algorithm(nn.Module):
     def predict(self, adapted, x):
         raise NotImplementedError
 
+    def schedule_period(self) -> int:
+        """Meta-steps for which the learning-rate schedule (cosine) holds each value: 1, a
+        new rate every step; MAML++ says an epoch, as its authors' code steps it."""
+        return 1
+
     def describe_inner_lr(self):
         """The meta-test inner learning rate, for reports."""
         return eval_inner_lr(self.config)

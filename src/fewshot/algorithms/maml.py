@@ -96,7 +96,7 @@ class MAML(Algorithm):
         for k, weight in enumerate(self.loss_weights(step)):
             params = self.inner_step(params, support_x, support_y, k, None, create_graph, tasks=tasks)
             if weight > 0:
-                query_out = self.forward_at(params, query_x, k + 1, tasks=tasks)
+                query_out = self.forward_at(params, query_x, k, tasks=tasks)
                 total = total + weight * query_loss(query_out)
         return total, query_out
 

@@ -1,15 +1,26 @@
-"""MAML++ (Antoniou et al. 2019, "How to train your MAML").
+"""MAML++ (Antoniou et al. 2019, "How to train your MAML"), as the authors' code
+(AntreasAntoniou/HowToTrainYourMAMLPytorch, few_shot_learning_system.py and
+inner_loop_optimizers.py; docs/faithfulness.md) runs it.
 
 On top of MAML:
-  LSLR   a learned inner learning rate per layer and per inner step;
+  LSLR   a learned inner learning rate per adapted parameter tensor and per inner
+         step (a vector of inner_steps + 1 rates per tensor, as the authors'
+         LSLRGradientDescentLearningRule; the last is used only by a meta-test with
+         more steps); batch norm's weights are not adapted, so they have none;
   MSL    the meta-loss sums the query loss after every inner step, weighted; the
          weights start uniform and anneal toward the last step over `msl_epochs`;
   DA     derivative-order annealing: first order for `first_order_epochs`, then
-         second order;
+         second order (the authors' `epoch > first_order_to_second_order_epoch`:
+         first_order_epochs = that value + 1);
   BNWB/BNRS  batch-norm weights and running statistics per inner step
-         (`per_step_bn`, held by the backbone), not adapted in the inner loop;
-  CA     cosine annealing of the meta learning rate (`lr_schedule: cosine`).
-An "epoch" is `steps_per_epoch` meta-steps (500 in the authors' configs).
+         (`per_step_bn`, held by the backbone), not adapted in the inner loop; inner
+         step k's support pass and the query pass after its update both use row k;
+  CA     cosine annealing of the meta learning rate (`lr_schedule: cosine`), one
+         value per epoch.
+An "epoch" is `steps_per_epoch` meta-steps (500 in the authors' configs), and the
+epoch of meta-step s is s // steps_per_epoch: the authors' run_train_iter takes
+int(iteration / total_iter_per_epoch), so MSL, DA and the cosine change at epoch
+boundaries only.
 
 MSL, DA and the per-step forward are MAML's hooks (loss_weights, second_order,
 forward at step k), so the per-task loop and the batched pass both follow them.
@@ -17,12 +28,14 @@ forward at step k), so the per-task loop and the batched pass both follow them.
 import torch
 import torch.nn as nn
 
+from ..errors import FewshotError
 from . import ALGORITHMS
 from .maml import MAML
 
 
-def layer_of(name):
-    return name.rsplit(".", 1)[0]
+def rate_key(name: str) -> str:
+    """The step-size vector's key for parameter `name` (ParameterDict keys hold no dots)."""
+    return name.replace(".", "/")
 
 
 @ALGORITHMS.register("mamlpp")
@@ -32,11 +45,10 @@ class MAMLPlusPlus(MAML):
 
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
-        steps = max(config.inner_steps, config.eval_inner_steps)
-        layers = sorted({layer_of(n) for n, _ in model.named_parameters() if self.adapts(n)})
+        # inner_steps + 1 rates, as the authors' LSLR rule (total_num_inner_loop_steps + 1)
         self.step_sizes = nn.ParameterDict({
-            layer.replace(".", "/"): nn.Parameter(torch.full((steps,), float(config.inner_lr)))
-            for layer in layers})
+            rate_key(name): nn.Parameter(torch.full((config.inner_steps + 1,), float(config.inner_lr)))
+            for name, _ in model.named_parameters() if self.adapts(name)})
 
     def adapts(self, name):
         # batch-norm weights are per step and learned by the outer loop only, as in the
@@ -45,14 +57,24 @@ class MAMLPlusPlus(MAML):
         return self.parameter_roles[name] != "batch_norm"
 
     def step_size(self, name, k, training=True):
-        rates = self.step_sizes[layer_of(name).replace(".", "/")]
+        rates = self.step_sizes[rate_key(name)]
         return rates[min(k, len(rates) - 1)]
 
     def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
         return self.model.functional_forward(params, x, bn_training, tasks=tasks, bn_step=k)
 
-    def epoch(self, step):
-        return step / self.config.steps_per_epoch
+    @torch.no_grad()
+    def predict(self, adapted, x):
+        # the query pass after the last inner step k = steps - 1 uses batch-norm row k, as
+        # in meta-training (the authors' evaluation forward is their training forward)
+        return self.forward_at(adapted["params"], x, max(adapted["steps"] - 1, 0), bn_training=False)
+
+    def epoch(self, step: int) -> int:
+        return step // self.config.steps_per_epoch
+
+    def schedule_period(self) -> int:
+        """The authors step their CosineAnnealingLR (T_max = total_epochs) once per epoch."""
+        return self.config.steps_per_epoch
 
     def second_order(self, step):
         return not self.config.first_order and self.epoch(step) >= self.config.first_order_epochs
@@ -61,7 +83,7 @@ class MAMLPlusPlus(MAML):
         """Importance of the query loss after each inner step. Uniform at first; the
         non-final weights fall linearly to a floor of 0.03/K over `msl_epochs`
         while the final one grows, so the weights always sum to 1; afterwards only
-        the final step counts."""
+        the final step counts (the authors' get_per_step_loss_importance_vector)."""
         steps = self.config.inner_steps
         epoch, span = self.epoch(step), self.config.msl_epochs
         if span <= 0 or epoch >= span:
@@ -71,5 +93,15 @@ class MAMLPlusPlus(MAML):
         weights = [max(1.0 / steps - decay, floor) for _ in range(steps - 1)]
         return weights + [1.0 - sum(weights)]
 
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        # checkpoints written before issue 19 hold one rate vector per layer ("step_sizes.head")
+        # where there is now one per tensor ("step_sizes.head/weight"), and one more batch-norm row
+        layers = {key.rsplit("/", 1)[0] for key in self.step_sizes}
+        if any(key.startswith("step_sizes.") and key[len("step_sizes."):] in layers for key in state_dict):
+            raise FewshotError("this MAML++ checkpoint has one learned step size per layer, from a fewshot "
+                               "before per-tensor step sizes (LSLR) and per-step batch-norm rows as the "
+                               "authors' code; train it again with this version")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def describe_inner_lr(self):
-        return "learned per layer and step"
+        return "learned per parameter tensor and step"

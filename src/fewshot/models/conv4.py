@@ -5,7 +5,8 @@ Two standard forms:
            MAML on miniImageNet)
   stride:  4 x [conv3x3 stride 2 (pad 1), BN, ReLU], averaged over space (MAML's
            original Omniglot network, cbfinn/maml `forward_conv` without max-pool)
-then a linear layer to `ways` outputs.
+then a linear layer to `ways` outputs. `leaky_relu: true` puts a leaky ReLU
+(slope 0.01) where the ReLU is, as MAML++'s authors' VGGReLUNormNetwork does.
 
 cbfinn/maml's exact network takes four keys (its presets set them): `bn_scale: false`
 and `bn_eps: 0.001` (tf.contrib.layers.batch_norm's defaults: a shift, no scale),
@@ -38,6 +39,8 @@ CPU_BATCHING_MAX_IMAGES = 10
 # Two or more threads: support sets of at most this many pixels (20 Omniglot images of 28 x 28; every
 # Omniglot 1-shot preset). Larger ones, miniImageNet's 84 x 84 included, keep both threads busy per task.
 CPU_BATCHING_MAX_SUPPORT_PIXELS = 20 * 28 * 28
+# `leaky_relu: true`: torch's default slope, which MAML++'s authors' F.leaky_relu(out) uses
+LEAKY_SLOPE = 0.01
 
 
 def same_padding(height: int, width: int, stride: int) -> tuple[int, int, int, int]:
@@ -67,13 +70,14 @@ class Block(nn.Module):
 @BACKBONES.register("conv4")
 class Conv4(Backbone):
     reads = frozenset({"filters", "downsample", "batch_norm", "head", "per_step_bn", "bn_scale", "bn_eps",
-                       "conv_padding", "head_init"})
+                       "conv_padding", "head_init", "leaky_relu"})
 
     def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
                  batch_norm="transductive", bn_steps=1, bn_scale=True, bn_eps=1e-5, conv_padding="symmetric",
-                 head_init="xavier"):
+                 head_init="xavier", leaky_relu=False):
         super().__init__()
         self.downsample = downsample
+        self.leaky = leaky_relu
         self.transductive = batch_norm == "transductive"
         self.queued_statistics = []  # inductive batch norm: see tasks_forward
         stride = 2 if downsample == "stride" else 1
@@ -97,12 +101,17 @@ class Conv4(Backbone):
 
     @classmethod
     def from_config(cls, config):
-        steps = max(config.inner_steps, config.eval_inner_steps) + 1
+        # one row per inner step, as the authors' MetaBatchNormLayer (number_of_training_steps_per_iter
+        # rows): step k's support pass and the query pass after its update share row k
+        steps = max(config.inner_steps, config.eval_inner_steps, 1)
         return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
                    filters=config.filters, downsample=config.downsample, image_size=config.image_size,
                    batch_norm=config.batch_norm, bn_steps=steps if config.per_step_bn else 1,
                    bn_scale=config.bn_scale, bn_eps=config.bn_eps, conv_padding=config.conv_padding,
-                   head_init=config.head_init)
+                   head_init=config.head_init, leaky_relu=config.leaky_relu)
+
+    def activate(self, x):
+        return F.leaky_relu(x, LEAKY_SLOPE) if self.leaky else F.relu(x)
 
     def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
         """Options: see models/base.py. Transductive batch norm: batch statistics always, no
@@ -112,9 +121,9 @@ class Conv4(Backbone):
             x = block.conv.forward(block.pad(x))
             if trace is not None:
                 self.trace_row(trace, f"blocks.{i}.conv  3x3/{block.conv.stride[0]}", x, block.conv)
-            x = F.relu(block.norm.forward(x, bn_training, bn_step))
+            x = self.activate(block.norm.forward(x, bn_training, bn_step))
             if trace is not None:
-                self.trace_row(trace, f"blocks.{i}.norm  BN+ReLU", x, block.norm)
+                self.trace_row(trace, f"blocks.{i}.norm  BN+{'LeakyReLU' if self.leaky else 'ReLU'}", x, block.norm)
             if self.downsample == "maxpool":
                 x = F.max_pool2d(x, 2)
                 if trace is not None:
@@ -180,7 +189,7 @@ class Conv4(Backbone):
             h = F.batch_norm(h, mean.repeat(tasks) if use_running else None, var.repeat(tasks) if use_running else None,
                              norm_weight.reshape(-1) if norm_weight is not None else None, norm_bias.reshape(-1),
                              training=not use_running, eps=norm.eps)
-            h = F.relu(h)
+            h = self.activate(h)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         if record:
