@@ -172,6 +172,17 @@ def cmd_eval(args):
         check_output(args.scores, "--scores", "scores.txt", ours=is_scores)
     device, line = _device(args)
     from .device import set_threads
+    if args.lake:
+        if any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps)) or \
+                args.classes != "test":
+            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --seed, --scores "
+                               "and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, --json)")
+        from .lake import describe_lake, evaluate_lake
+        set_threads(args.threads)
+        result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
+                               progress=not args.no_progress and not args.json)
+        print(json.dumps(result, indent=1) if args.json else "\n".join(filter(None, [line, describe_lake(result)])))
+        return
     from .evaluate import describe, evaluate_checkpoint
     set_threads(args.threads)
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
@@ -460,6 +471,10 @@ def parser():
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")
     s.add_argument("--steps", action=Moved, now="--inner-steps")
     s.add_argument("--split", action=Moved, now="--classes (test, val or train)")
+    s.add_argument("--lake", metavar="PATH", help="score Lake et al.'s 20 published within-alphabet 20-way one-shot "
+                   "runs instead: all_runs.zip of brendenlake/omniglot (python/one-shot-classification/) or the "
+                   "folder it unzips to; error per run and overall, each trial classified on its own, beside the "
+                   "published figures (people 4.5%%, BPL 3.3%%, siamese 8%%, deep ConvNet 13.5%%)")
 
     s = _command(sub, "plot", cmd_plot, "draw a run's learning curves to a PNG")
     s.add_argument("run_dir", metavar="RUN_DIR")

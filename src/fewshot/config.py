@@ -65,7 +65,10 @@ class Config:
                        "(data.DATASETS)", readers=("data",))
     data: str | None = key(None, "a prepared dataset folder, a raw copy, or a name under FEWSHOT_HOME",
                            readers=("data",))
-    split: str = key("maml", "the class split: omniglot maml | lake; a folder's own train/val/test", readers=("data",))
+    split: str = key("maml", "the class split: omniglot maml | lake (validation: Lake's 20-way runs within "
+                     "held-out background alphabets); a folder's own train/val/test", readers=("data",))
+    episodes_within_alphabet: bool = key(False, "meta-train tasks drawn from one alphabet each (a turned "
+                                         "alphabet counts as one)", read_by=("dataset",))
     image_size: int = key(28, "image side in pixels the network sees", low=1, readers=("data", "models"))
     channels: Literal[1, 3] = key(1, "1 (gray) or 3 (colour)", must="1 (gray) or 3 (colour)",
                                   readers=("data", "models"))

@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data, precision
@@ -21,6 +22,24 @@ def confidence(values):
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
 
 
+def depends_on_the_batch(algorithm) -> bool:
+    """Whether the algorithm's outputs for one input depend on the other inputs of its
+    batch: a network with batch norm on batch statistics at test (`batch_norm:
+    transductive`), unless the algorithm already classifies each input on its own."""
+    return algorithm.model.batch_norm_mode == "transductive" and not algorithm.predicts_each_input_alone
+
+
+def predict_alone(algorithm, adapted, support_x, x):
+    """The outputs of each input of `x` as it would get them on its own: where batch
+    statistics would let the inputs see each other, each is run in a batch of the support
+    set and itself (as Reptile's non-transductive evaluation does)."""
+    if not depends_on_the_batch(algorithm):
+        return algorithm.predict(adapted, x)
+    if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
+        return torch.cat([algorithm.predict(adapted, x[i:i + 1]) for i in range(len(x))])
+    return torch.cat([algorithm.predict(adapted, torch.cat([support_x, x[i:i + 1]]))[-1:] for i in range(len(x))])
+
+
 def meta_test_steps(algorithm, config: Config | None = None) -> int:
     """The inner steps `algorithm` takes at meta-test under `config` (its own by default):
     eval_inner_steps where it reads that key, else none (ProtoNets)."""
@@ -32,7 +51,9 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
              at_steps=()):
     """Adapt on each task's support set and score its query set; task i is the same
     for every call with the same sampler seed. `at_steps` adds the score after other
-    numbers of inner steps (e.g. 0, 1) under "by_steps"."""
+    numbers of inner steps (e.g. 0, 1) under "by_steps". A sampler of Lake-style runs
+    (`sampler.alone`) has each query classified on its own."""
+    alone = getattr(sampler, "alone", False)  # generated samplers (sinusoid) have no such rule
     was_training = algorithm.training
     algorithm.eval()
     main = steps if steps is not None else meta_test_steps(algorithm)
@@ -42,7 +63,9 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
         task = sampler.batch(index, 1)[0].to(device)
         for count in counts:
             adapted = algorithm.adapt(task.support_x, task.support_y, count, lr)
-            outputs[count].append((algorithm.predict(adapted, task.query_x), task.query_y))
+            out = (predict_alone(algorithm, adapted, task.support_x, task.query_x) if alone else
+                   algorithm.predict(adapted, task.query_x))
+            outputs[count].append((out, task.query_y))
     algorithm.train(was_training)
     # scored once every task has run: on an accelerator the tasks queue up without a
     # host synchronisation per task
@@ -157,4 +180,5 @@ def describe(result):
     return "\n".join(lines)
 
 
-__all__ = ["confidence", "evaluate", "evaluate_checkpoint", "describe", "load_algorithm", "meta_test_steps"]
+__all__ = ["confidence", "depends_on_the_batch", "describe", "evaluate", "evaluate_checkpoint", "load_algorithm",
+           "meta_test_steps", "predict_alone"]

@@ -26,7 +26,7 @@ from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .device import choose_device
 from .errors import FewshotError, whole_number
-from .evaluate import load_algorithm
+from .evaluate import load_algorithm, predict_alone
 
 
 class Learner:
@@ -100,12 +100,9 @@ class Adapted:
         algorithm = self.learner.algorithm
         x = x.to(self.learner.device)
         with self.learner.arithmetic():
-            if transductive or not depends_on_the_batch(algorithm):
+            if transductive:
                 return algorithm.predict(self.state, x)
-            if algorithm.embeds_support_with_queries:  # its own batch is already the support set plus x
-                return torch.cat([algorithm.predict(self.state, x[i:i + 1]) for i in range(len(x))])
-            return torch.cat([algorithm.predict(self.state, torch.cat([self.support_x, x[i:i + 1]]))[-1:]
-                              for i in range(len(x))])
+            return predict_alone(algorithm, self.state, self.support_x, x)
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),
@@ -128,13 +125,6 @@ class Adapted:
                          "top": [(self.classes[i], p[i].item()) for i in order[:top_k]],
                          "probabilities": {c: p[i].item() for i, c in enumerate(self.classes)}})
         return rows
-
-
-def depends_on_the_batch(algorithm) -> bool:
-    """Whether the algorithm's outputs for one input depend on the other inputs of its
-    batch: a network with batch norm on batch statistics at test (`batch_norm:
-    transductive`), unless the algorithm already classifies each input on its own."""
-    return algorithm.model.batch_norm_mode == "transductive" and not algorithm.predicts_each_input_alone
 
 
 def printable(name: str) -> str:

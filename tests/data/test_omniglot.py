@@ -259,6 +259,8 @@ def test_maml_split(sprite_cache):
 
 
 def test_lake_split(sprite_cache):
+    """Validation holds out whole background alphabets (4 of the 30, each with 20 characters
+    or more, so that Lake's 20-way runs fit); meta-test is images_evaluation."""
     dataset = images.read_dataset(sprite_cache, 28)
     refs = omniglot.splits(dataset, "lake")
     groups = [c.group for c in dataset.classes]
@@ -266,11 +268,61 @@ def test_lake_split(sprite_cache):
     assert len(refs["train"]) == len(train) * 4
     assert Counter(r.rotation for r in refs["train"]) == {r: len(train) for r in (0, 1, 2, 3)}
     assert train | val == {i for i, g in enumerate(groups) if g == "background"}
-    assert not (train & val) and 0 < len(val) < 100
+    assert not (train & val)
+    alphabet = {i: c.name.split("/")[0] for i, c in enumerate(dataset.classes)}
+    held = {alphabet[i] for i in val}
+    assert held == set(omniglot.lake_validation_alphabets(dataset)) and len(held) == 4
+    assert not held & {alphabet[i] for i in train}  # whole alphabets
+    assert all(sum(alphabet[i] == a for i in val) >= 20 for a in held)
     assert len(train) == 964 - len(val)
     assert test == {i for i, g in enumerate(groups) if g == "evaluation"} and len(test) == 659
     assert len(refs["test"]) == 659 and all(r.rotation == 0 for r in refs["test"] + refs["val"])
     assert omniglot.splits(dataset, "lake") == refs
+    assert omniglot.lake_validation_alphabets(dataset, seed=2) != sorted(held)
+
+
+def test_lake_validation_tasks_are_lakes_runs(sprite_cache):
+    """20 characters of one held-out alphabet, every training image by one drawer and every
+    test image by another, each test image classified on its own; fixed by the seed."""
+    dataset = images.read_dataset(sprite_cache, 28)
+    refs = omniglot.splits(dataset, "lake")
+    config = Config(split="lake", ways=20, shots=1, query=1, eval_ways=20, eval_query=1)
+    sampler = fewshot.data.sampler(config, dataset, refs, "val", seed=5, ways=20, query=1)
+    assert sampler.alone
+    alphabets = Counter()
+    for index in range(30):
+        plan = sampler.plan(np.random.default_rng([5, index, 0]))
+        classes = [next(c for c in refs["val"] if c.start <= row[0] < c.start + c.count) for row in plan.rows]
+        assert len({c.name for c in classes}) == 20
+        assert len({c.name.split("/")[0] for c in classes}) == 1
+        drawers = plan.rows - np.array([c.start for c in classes])[:, None]  # 20 x (support, query)
+        assert len(set(drawers[:, 0])) == 1 and len(set(drawers[:, 1])) == 1 and drawers[0, 0] != drawers[0, 1]
+        alphabets[classes[0].name.split("/")[0]] += 1
+    assert set(alphabets) <= set(omniglot.lake_validation_alphabets(dataset)) and len(alphabets) > 1
+    again = fewshot.data.sampler(config, dataset, refs, "val", seed=5, ways=20, query=1)
+    assert np.array_equal(again.plan(np.random.default_rng([5, 3, 0])).rows,
+                          sampler.plan(np.random.default_rng([5, 3, 0])).rows)
+    # meta-training and the maml split draw as before: across alphabets, batched together
+    train = fewshot.data.sampler(config, dataset, refs, "train", seed=5)
+    assert not train.alone and train.members is None and not train.same_drawers
+
+
+def test_training_tasks_within_one_alphabet_on_request(sprite_cache):
+    dataset = images.read_dataset(sprite_cache, 28)
+    refs = omniglot.splits(dataset, "lake")
+    config = Config(split="lake", ways=20, shots=1, query=5, episodes_within_alphabet=True)
+    sampler = fewshot.data.sampler(config, dataset, refs, "train", seed=0)
+    seen = set()
+    for index in range(20):
+        plan = sampler.plan(np.random.default_rng([0, index, 0]))
+        classes = [next(c for c in refs["train"] if c.start <= row[0] < c.start + c.count and
+                        c.rotation == turns) for row, turns in zip(plan.rows, plan.rotations)]
+        assert len({omniglot.alphabet(c) for c in classes}) == 1  # one alphabet, turned as one
+        assert len({(c.name) for c in classes}) == 20
+        seen.add(omniglot.alphabet(classes[0]))
+    assert len({turns for _, turns in seen}) > 1  # turned alphabets are alphabets of their own
+    with pytest.raises(FewshotError, match="within one alphabet need an alphabet of 60 characters"):
+        fewshot.data.sampler(config.replace(ways=60), dataset, refs, "train", seed=0)
 
 
 def test_unknown_split_is_an_error(tmp_path):

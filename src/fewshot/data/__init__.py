@@ -140,8 +140,12 @@ def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[I
     import torch
 
     from .episodes import EpisodeSampler
+    stored = kind(dataset.meta["dataset"])  # the kind that split the classes says how its tasks are drawn
+    rule = stored.episodes(config, split)
+    alphabets = [stored.alphabet(c) for c in refs[split]] if rule.within_alphabet else None
     return EpisodeSampler(dataset.images, refs[split], ways, config.shots, query, seed, split=split,
-                          preprocessing=preprocessing(dataset, config), dtype=torch.float32 if dtype is None else dtype)
+                          preprocessing=preprocessing(dataset, config), dtype=torch.float32 if dtype is None else dtype,
+                          alphabets=alphabets, same_drawers=rule.same_drawers, alone=rule.alone)
 
 
 def _eval_key(config, name):

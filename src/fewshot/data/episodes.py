@@ -99,13 +99,31 @@ class Plan:
 class EpisodeSampler:
     """Samples `ways` classes without repetition, `shots` support and `query` query
     images of each, disjoint, with labels shuffled per task. `classes`: the split's
-    ImageClass list (rows start..start + count of `images`, turned `rotation` quarter turns)."""
+    ImageClass list (rows start..start + count of `images`, turned `rotation` quarter turns).
+
+    `alphabets` (one per class): a task's classes all come from one alphabet, drawn
+    uniformly among those with `ways` classes or more. `same_drawers`: the support and
+    query images sit at the same positions (Omniglot: the same drawers) in every class
+    of a task, so that, as in Lake et al.'s runs, one person drew all the support
+    images and another all the queries. `alone`: at evaluation each query is
+    classified on its own (evaluate.py reads it)."""
 
     def __init__(self, images, classes, ways, shots, query, seed, split="train",
-                 preprocessing=None, dtype=torch.float32):
+                 preprocessing=None, dtype=torch.float32, alphabets=None, same_drawers=False, alone=False):
         if ways > len(classes):
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
+        self.members = None  # with `alphabets`: the class indices of each alphabet that fits a task
+        if alphabets is not None:
+            grouped = {}
+            for index, name in enumerate(alphabets):
+                grouped.setdefault(name, []).append(index)
+            self.members = [np.array(m) for m in grouped.values() if len(m) >= ways]
+            if not self.members:
+                largest = max(len(m) for m in grouped.values())
+                raise FewshotError(f"{ways}-way tasks within one alphabet need an alphabet of {ways} characters, "
+                                   f"but the largest of the {split} split has {largest}; lower the ways "
+                                   f"(--set ways=N, eval_ways=N) to {largest} or less")
         need = shots + query
         fewest = min(classes, key=lambda c: c.count)
         if fewest.count < need:
@@ -116,16 +134,26 @@ class EpisodeSampler:
         self.classes = classes
         self.ways, self.shots, self.query = ways, shots, query
         self.seed, self.preprocessing, self.dtype = seed, preprocessing, dtype
+        self.same_drawers, self.alone = same_drawers, alone
         self.host = None  # the batched builder on the host, made on first use
 
     def plan(self, rng, seed=None):
-        chosen = rng.choice(len(self.classes), self.ways, replace=False)
+        if self.members is None:
+            chosen = rng.choice(len(self.classes), self.ways, replace=False)
+        else:
+            members = self.members[rng.integers(len(self.members))]
+            chosen = members[rng.choice(len(members), self.ways, replace=False)]
         labels = rng.permutation(self.ways)
         per_class = self.shots + self.query
+        if self.same_drawers:  # support images first: the first `shots` positions are the support drawers
+            positions = rng.choice(min(self.classes[c].count for c in chosen), per_class, replace=False)
         rows, rotations = [], []
         for c in chosen:
             image_class = self.classes[c]
-            rows.append(image_class.start + rng.choice(image_class.count, per_class, replace=False))
+            if self.same_drawers:
+                rows.append(image_class.start + positions)
+            else:
+                rows.append(image_class.start + rng.choice(image_class.count, per_class, replace=False))
             rotations.append(image_class.rotation)
         return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed)
 
@@ -159,6 +187,7 @@ class DeviceEpisodes:
                 images = torch.from_numpy(np.ascontiguousarray(sampler.images)).to(self.device)
         self.images = images
         self.constants = float_constants(sampler.preprocessing, sampler.dtype, self.device)
+        self.alone = sampler.alone
 
     @staticmethod
     def fits(sampler, device, share=0.5):

@@ -27,6 +27,18 @@ def same_path(path: Path, config) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class EpisodeRule:
+    """How a split's tasks are drawn beyond N-way K-shot from all its classes."""
+    within_alphabet: bool = False  # a task's classes all from one alphabet (DatasetKind.alphabet)
+    same_drawers: bool = False     # the same image positions (Omniglot: drawers) in every class of a task
+    alone: bool = False            # at evaluation each query is classified on its own, not in a batch
+
+
+def plain_episodes(config, split: str) -> EpisodeRule:
+    return EpisodeRule()
+
+
 @dataclass
 class DatasetKind:
     """One dataset kind. Stored kinds have `prepare` (a raw copy -> a prepared folder,
@@ -46,6 +58,10 @@ class DatasetKind:
     locate: Callable = same_path
     # generated kinds: (config, split, seed, query, dtype) -> a sampler with .batch(index, size, part)
     sampler: Callable | None = None
+    # (ImageClass of a split) -> its alphabet, for tasks within one alphabet; None: the kind has none
+    alphabet: Callable | None = None
+    # (config, split) -> the EpisodeRule of that split's tasks
+    episodes: Callable = plain_episodes
     # the config keys read_by the dataset (config.Config) that this kind reads: set away from
     # their defaults for a kind that does not list them, they are refused
     reads: frozenset = frozenset()

@@ -15,7 +15,7 @@ from ..errors import FewshotError
 from ..reading import convert_image, decode_image, failure
 from .download import download
 from .images import ImageClass, write_dataset
-from .kinds import DATASETS, DatasetKind
+from .kinds import DATASETS, DatasetKind, EpisodeRule
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 # md5 of the official release files (the checksums torchvision checks as well).
@@ -57,13 +57,20 @@ def read_official(path, size, progress=True):
     for match, data, where in tqdm(_iter_official_pngs(path), desc="reading Omniglot", unit="img",
                                    disable=not progress, leave=False):
         group, alphabet, character, char_id, drawer = match.groups()
-        image = convert_image(decode_image(data, where), "L", where)
-        with failure(where, "image", "replace or remove it"):
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.LANCZOS)
         entry = characters.setdefault(int(char_id), (group, alphabet, character, {}))
-        entry[3][int(drawer)] = np.asarray(image, dtype=np.uint8)
+        entry[3][int(drawer)] = decode_png(data, size, where)
     return characters
+
+
+def decode_png(data: bytes, size: int, where: str) -> np.ndarray:
+    """One Omniglot PNG's bytes -> uint8 size x size (0 = ink, 255 = background, as in the
+    files): convert('L'), then LANCZOS to `size`, as the reference code and the sprite form
+    do. Every Omniglot image goes through this, at import and in `fewshot eval --lake`."""
+    image = convert_image(decode_image(data, where), "L", where)
+    with failure(where, "image", "replace or remove it"):
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.LANCZOS)
+        return np.asarray(image, dtype=np.uint8)
 
 
 def read_sprites(path, size):
@@ -155,6 +162,37 @@ def download_official(root, base_url=OFFICIAL_URL, progress=True):
 # remaining 423 for meta-test. Fractions keep the rule for smaller copies.
 MAML_TRAIN, MAML_VAL, MAML_TOTAL = 1100, 100, 1623
 ROTATIONS = (0, 1, 2, 3)  # multiples of 90 degrees; each a new training class
+# The lake split validates on whole background alphabets, held out of meta-training: 4 of
+# the 30 (a fraction, for smaller copies), drawn with the split's seed among those with
+# LAKE_WAYS characters or more, so that Lake's 20-way runs fit in each.
+LAKE_VAL_ALPHABETS, BACKGROUND_ALPHABETS, LAKE_WAYS = 4, 30, 20
+# Lake et al.'s runs (Science 2015; Koch et al. 2015 describe the drawing): the N characters
+# of a task from one alphabet, every training image by one drawer and every test image by
+# another, each test image classified on its own
+LAKE_RUNS = EpisodeRule(within_alphabet=True, same_drawers=True, alone=True)
+
+
+def alphabet(image_class: ImageClass) -> tuple[str, int]:
+    """The alphabet of a split's class; a character turned by quarter turns belongs to its
+    alphabet turned as much (a new alphabet, as the turned character is a new character)."""
+    return image_class.name.split("/")[0], image_class.rotation
+
+
+def lake_validation_alphabets(dataset, seed=1) -> list[str]:
+    """The background alphabets the lake split holds out for validation, sorted."""
+    members = {}
+    for c in dataset.classes:
+        if c.group == "background":
+            members.setdefault(alphabet(c)[0], []).append(c)
+    names = sorted(members)
+    if len(names) < 2:
+        raise FewshotError(f"split lake holds out whole background alphabets for validation, but "
+                           f"{dataset.root} has {len(names)} background alphabet(s); use --set split=maml")
+    candidates = [a for a in names if len(members[a]) >= LAKE_WAYS] or names
+    n_val = min(max(1, round(len(names) * LAKE_VAL_ALPHABETS / BACKGROUND_ALPHABETS)), len(names) - 1,
+                len(candidates))
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    return sorted(candidates[i] for i in order[:n_val])
 
 
 def splits(dataset, name, seed=1):
@@ -168,12 +206,11 @@ def splits(dataset, name, seed=1):
         parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
                  "test": order[n_train + n_val:]}
     elif name == "lake":
+        held = set(lake_validation_alphabets(dataset, seed))
         background = [i for i, c in enumerate(dataset.classes) if c.group == "background"]
-        evaluation = [i for i, c in enumerate(dataset.classes) if c.group == "evaluation"]
-        held = np.random.default_rng(seed).permutation(len(background))
-        n_val = max(1, round(len(background) * MAML_VAL / MAML_TOTAL))
-        parts = {"train": np.array(background)[held[n_val:]], "val": np.array(background)[held[:n_val]],
-                 "test": np.array(evaluation, dtype=int)}
+        parts = {"train": [i for i in background if alphabet(dataset.classes[i])[0] not in held],
+                 "val": [i for i in background if alphabet(dataset.classes[i])[0] in held],
+                 "test": [i for i, c in enumerate(dataset.classes) if c.group == "evaluation"]}
     else:
         raise FewshotError(f"unknown Omniglot split {name!r}; choose maml or lake")
     refs = {}
@@ -185,5 +222,14 @@ def splits(dataset, name, seed=1):
     return refs
 
 
+def episodes(config, split: str) -> EpisodeRule:
+    """Validation under the lake split: Lake's runs. Meta-training: within one alphabet
+    where `episodes_within_alphabet` asks for it."""
+    if config.split == "lake" and split == "val":
+        return LAKE_RUNS
+    return EpisodeRule(within_alphabet=split == "train" and config.episodes_within_alphabet)
+
+
 OMNIGLOT = DATASETS.register("omniglot")(DatasetKind(
-    "omniglot", prepare=import_omniglot, splits=splits, default_size=IMAGE_SIZE))
+    "omniglot", prepare=import_omniglot, splits=splits, default_size=IMAGE_SIZE, alphabet=alphabet,
+    episodes=episodes, reads=frozenset({"episodes_within_alphabet"})))

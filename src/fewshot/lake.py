@@ -1,0 +1,236 @@
+"""The Omniglot one-shot challenge as published: Lake, Salakhutdinov & Tenenbaum
+(Science 2015), 20 runs of 20-way one-shot classification within one alphabet.
+
+The runs are `all_runs.zip` of the Omniglot repository (brendenlake/omniglot,
+`python/one-shot-classification/`), or the folder it unzips to: `run01` ... `run20`,
+each with `training/class01.png` ... `class20.png` (one image per character),
+`test/item01.png` ... `item20.png` and `class_labels.txt`, one line per test item,
+`runNN/test/itemMM.png runNN/training/classKK.png` (paths relative to the folder
+that holds the runs). A trial classifies one test item among its run's 20 training
+images; the score is the error rate over the 400 trials.
+
+Each trial is classified on its own: the model adapts on the run's 20 training
+images as a 20-way 1-shot support set (that adaptation sees no test image), then
+classifies the one test image, in a batch of the support set and itself where batch
+statistics would otherwise let it see the other test images (`evaluate.predict_alone`).
+Every PNG is converted exactly as the run's training images were: the Omniglot
+importer's decoder (`data.omniglot.decode_png`) at the run's image size, then the
+run's own preprocessing (ink polarity, channels, normalisation: `to_float`). A LEO
+run, which learned on embeddings, sees the images through the backbone `fewshot
+embed` pretrained to make its embeddings, where that backbone is still there.
+"""
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, data, models
+from .data.episodes import to_float
+from .data.images import read_dataset
+from .data.omniglot import decode_png
+from .errors import FewshotError
+from .evaluate import confidence, load_algorithm, predict_alone
+from .runs import recorded_data
+
+LABELS = "class_labels.txt"
+WAYS = 20  # training images (characters) per published run, and test items
+# Published error rates on these 20 runs, in percent: Lake, Salakhutdinov & Tenenbaum (2015),
+# Science 350(6266), Fig. 3 and text (people, BPL, the deep convolutional network); Koch,
+# Zemel & Salakhutdinov (2015), ICML deep learning workshop, Table 2 (92.0% correct)
+PUBLISHED = (("people", 4.5, "Lake et al. 2015"),
+             ("Bayesian Program Learning", 3.3, "Lake et al. 2015"),
+             ("siamese network", 8.0, "Koch et al. 2015"),
+             ("deep convolutional network", 13.5, "Lake et al. 2015"))
+RUN = re.compile(r"^(?:(.*)/)?(run\d+)/" + re.escape(LABELS) + r"$")
+FIX = "give all_runs.zip of brendenlake/omniglot (python/one-shot-classification/) or the folder it unzips to"
+
+
+@dataclass
+class LakeRun:
+    """One run: the training images (one per character, in file-name order), the test
+    images, and for each test image the index of its character's training image."""
+    name: str
+    training: list[np.ndarray]
+    test: list[np.ndarray]
+    answers: list[int]
+
+
+class _Files:
+    """The files of a zip or a folder, by their path relative to it ('/'-separated)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip = None
+        if path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(path)
+                self.names = set(self.zip.namelist())
+            except (zipfile.BadZipFile, OSError) as error:
+                raise FewshotError(f"{path} is not a readable zip file ({error}); {FIX}") from None
+        elif path.is_dir():
+            self.names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+        else:
+            raise FewshotError(f"{path} does not exist; {FIX}")
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self.zip.read(name) if self.zip else (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as error:
+            raise FewshotError(f"cannot read {self.path}:{name} ({error}); {FIX}") from None
+
+
+def read_runs(path: str | Path, size: int) -> list[LakeRun]:
+    """The runs under `path` (a zip or a folder), their images decoded at `size`; a
+    malformed run (a missing image, a line naming a file that is not there, a number
+    of characters other than 20) is refused in one line that names it."""
+    path = Path(path)
+    files = _Files(path)
+    found = sorted((m.group(1) or "", m.group(2)) for name in files.names if (m := RUN.match(name)))
+    if not found:
+        raise FewshotError(f"{path} holds no Lake runs (runNN/{LABELS}); {FIX}")
+    return [_read_run(files, root, name, size) for root, name in found]
+
+
+def _read_run(files: _Files, root: str, name: str, size: int) -> LakeRun:
+    prefix = f"{root}/" if root else ""
+    where = f"{files.path}:{prefix}{name}" if files.zip else str(files.path / prefix / name)
+    training = sorted(n for n in files.names if re.fullmatch(re.escape(f"{prefix}{name}/training/") + r"[^/]+\.png", n))
+    if len(training) != WAYS:
+        raise FewshotError(f"run {where} has {len(training)} training images (characters), a Lake run has "
+                           f"{WAYS}; {FIX}")
+    try:
+        lines = [line.split() for line in files.read(f"{prefix}{name}/{LABELS}").decode().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise FewshotError(f"{where}/{LABELS} is not text; {FIX}") from None
+    tests, answers = [], []
+    for number, fields in enumerate(lines, 1):
+        if len(fields) != 2:
+            raise FewshotError(f"line {number} of {where}/{LABELS} is not 'TEST_IMAGE TRAINING_IMAGE' "
+                               f"(runNN/test/itemMM.png runNN/training/classKK.png); {FIX}")
+        test, answer = (prefix + field for field in fields)
+        for named in (test, answer):
+            if named not in files.names:
+                raise FewshotError(f"line {number} of {where}/{LABELS} names {named[len(prefix):]}, which is not "
+                                   f"there; {FIX}")
+        if answer not in training:
+            raise FewshotError(f"line {number} of {where}/{LABELS} names {answer[len(prefix):]} as a training "
+                               f"image, but it is not in {name}/training/; {FIX}")
+        tests.append(test)
+        answers.append(training.index(answer))
+    if len(tests) != WAYS or len(set(tests)) != WAYS or len(set(answers)) != WAYS:
+        raise FewshotError(f"{where}/{LABELS} pairs {len(set(tests))} distinct test images with "
+                           f"{len(set(answers))} distinct training images in {len(tests)} lines; a Lake run pairs "
+                           f"each of its {WAYS} test images with one of its {WAYS} training images; {FIX}")
+    order = sorted(range(WAYS), key=lambda i: tests[i])
+    decode = lambda name: decode_png(files.read(name), size, f"{files.path}:{name}" if files.zip else name)  # noqa: E731
+    return LakeRun(name, [decode(n) for n in training], [decode(tests[i]) for i in order],
+                   [answers[i] for i in order])
+
+
+def _leo_backbone(state: dict, device: torch.device):
+    """(image size, images -> embeddings) for a LEO run: the backbone `fewshot embed`
+    pretrained to make the run's embeddings (its folder's pretrain.pt), with the
+    preprocessing of the images it was pretrained on; a FewshotError if it is gone."""
+    config = state["config"]
+    where = Path(recorded_data(config, state.get("data_location")) or "")
+    candidates = [where, where.parent, where.parent.parent]
+    pretrained = next((c / "pretrain.pt" for c in candidates if (c / "pretrain.pt").is_file()), None)
+    if pretrained is None:
+        raise FewshotError(f"this LEO run learned on embeddings ({where}) and the image backbone that made them "
+                           f"(the pretrain.pt that `fewshot embed` writes beside them) is not there, so Lake's images "
+                           f"cannot be embedded; evaluate a run trained on images, or keep the embed folder whole")
+    backbone_state = checkpoint.load(pretrained, pretraining=True)
+    backbone_config = backbone_state["config"]
+    model = models.build(backbone_config).to(device)
+    model.load_state_dict(backbone_state["model"])
+    model.eval()
+    images = read_dataset(backbone_state["options"]["data"], backbone_config.image_size)  # its meta: the conversion
+    preprocessing = data.preprocessing(images, backbone_config)
+    params = dict(model.named_parameters())
+    if model.features_size != config.embedding_dim:
+        raise FewshotError(f"{pretrained} makes {model.features_size}-d embeddings, but this LEO run reads "
+                           f"{config.embedding_dim}-d ones; it is not the backbone of this run's embeddings")
+
+    @torch.no_grad()
+    def embed(pixels: np.ndarray) -> torch.Tensor:
+        from .embed import views  # the multiview crops, as `fewshot embed` averages them
+        x = to_float(pixels, preprocessing).to(device)
+        if config.embedding_crop == "center":
+            return model.features(params, x, bn_training=False)
+        v = views(x)
+        return model.features(params, v.flatten(0, 1), bn_training=False).reshape(len(v), len(x), -1).mean(0)
+
+    return backbone_config.image_size, embed
+
+
+def model_inputs(state: dict, device: str | torch.device = "cpu"):
+    """(image side, uint8 pixels N x 1 x side x side -> the run's input): the conversion its
+    training images went through (`to_float` with the checkpoint's preprocessing), or for a
+    LEO run the embeddings of its backbone (`_leo_backbone`)."""
+    device = torch.device(device)
+    if state["config"].algorithm == "leo":
+        return _leo_backbone(state, device)
+    preprocessing = state.get("preprocessing")
+    if preprocessing is None:
+        raise FewshotError(f"this run ({state['config'].preset}) was not trained on images; Lake's runs need a "
+                           f"model of images")
+    return preprocessing["size"], lambda pixels: to_float(pixels, preprocessing).to(device)
+
+
+def classify_run(algorithm, inputs, run: LakeRun, steps: int | None = None, lr: float | None = None) -> torch.Tensor:
+    """The outputs (test image x training image) of one run: adapted once on the training
+    images as a 20-way 1-shot support set, each test image classified on its own."""
+    support_x = inputs(np.stack(run.training)[:, None])
+    support_y = torch.arange(len(run.training), device=support_x.device)
+    adapted = algorithm.adapt(support_x, support_y, steps, lr)
+    return predict_alone(algorithm, adapted, support_x, inputs(np.stack(run.test)[:, None]))
+
+
+def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, lr: float | None = None,
+                  device: str | torch.device = "cpu", progress: bool = True) -> dict:
+    """Error of a trained run (folder or checkpoint) on Lake's runs at `lake` (a zip or a
+    folder): per run and overall with a 95% interval, each trial classified on its own."""
+    state = checkpoint.load(target)
+    config = state["config"]
+    algorithm = load_algorithm(state, device).eval()
+    if algorithm.family.metric_name != "accuracy":
+        raise FewshotError(f"{target} is a regression run ({config.preset}); Lake's runs need a classifier "
+                           f"trained on images")
+    if not algorithm.any_number_of_classes and config.ways != WAYS:
+        raise FewshotError(f"{target} is a {config.algorithm} network with a fixed {config.ways}-way output layer, "
+                           f"and a Lake trial is {WAYS}-way; train a {WAYS}-way model instead (e.g. `fewshot train "
+                           f"lake-anil`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
+    size, inputs = model_inputs(state, device)
+    runs = read_runs(lake, size)
+    results, errors = [], []
+    for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
+        predicted = classify_run(algorithm, inputs, run, steps, lr).argmax(1).cpu().tolist()
+        wrong = [p != a for p, a in zip(predicted, run.answers)]
+        errors += wrong
+        results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong), "error": sum(wrong) / len(wrong),
+                        "predicted": predicted, "answers": run.answers})
+    error, ci95 = confidence(errors)
+    return {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
+            "algorithm": config.algorithm, "lake": str(lake),
+            "inner_steps": config.eval_inner_steps if steps is None else steps,
+            "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
+            "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
+            "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
+
+
+def describe_lake(result: dict) -> str:
+    lines = [f"{result['preset']} step {result['step']} on the {len(result['runs'])} Lake runs of {result['lake']}: "
+             f"error {100 * result['error']:.2f}% +- {100 * result['ci95']:.2f}% (95% CI, {result['errors']} of "
+             f"{result['trials']} trials wrong, each classified on its own)"]
+    lines += [f"  {r['run']}: {r['errors']:2d} of {r['trials']} wrong ({100 * r['error']:.1f}%)" for r in result["runs"]]
+    lines.append("published error on these 20 runs: " +
+                 ", ".join(f"{p['model']} {100 * p['error']:.1f}% ({p['source']})" for p in result["published"]))
+    return "\n".join(lines)
+
+
+__all__ = ["LakeRun", "PUBLISHED", "classify_run", "describe_lake", "evaluate_lake", "model_inputs", "read_runs"]
