@@ -144,7 +144,7 @@ def _leo_backbone(state: dict, device: torch.device):
         raise FewshotError(f"this LEO run learned on embeddings ({where}) and the image backbone that made them "
                            f"(the pretrain.pt that `fewshot embed` writes beside them) is not there, so Lake's images "
                            f"cannot be embedded; evaluate a run trained on images, or keep the embed folder whole")
-    backbone_state = checkpoint.load(pretrained, pretraining=True)
+    backbone_state = checkpoint.load(pretrained)
     backbone_config = backbone_state["config"]
     model = models.build(backbone_config).to(device)
     model.load_state_dict(backbone_state["model"])

@@ -268,7 +268,7 @@ def test_batched_conv4_tasks_give_the_per_task_meta_gradient_in_float64():
 CBFINN_PRESETS = ["omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s", "fomaml-omniglot-5w1s",
                   "anil-omniglot-5w1s", "maml-miniimagenet-5w1s", "maml-miniimagenet-5w5s",
                   "fomaml-miniimagenet-5w1s", "fomaml-miniimagenet-5w5s", "anil-miniimagenet-5w1s",
-                  "anil-miniimagenet-5w5s"]
+                  "anil-miniimagenet-5w5s", "lake-anil"]
 MEAN_PRESETS = {"omniglot-5w1s-pytorch": "dragen1860/MAML-Pytorch: F.cross_entropy, a mean",
                 "metasgd-omniglot-5w1s": "Li et al.: a task's loss is the mean over its examples",
                 "metasgd-miniimagenet-5w1s": "the same", "metasgd-miniimagenet-5w5s": "the same",
