@@ -3,6 +3,8 @@ as a preset's are, and a run is evaluated in the arithmetic it was validated in.
 import pytest
 import torch
 
+import fewshot
+
 from fewshot import algorithms, checkpoint, evaluate
 from fewshot.errors import FewshotError
 from fewshot.train import train
@@ -45,6 +47,14 @@ def test_protonet_runs_take_no_inner_steps_and_are_asked_for_none(tmp_path, data
         with pytest.raises(FewshotError, match="would be ignored: only algorithms anil, leo, maml, mamlpp, metasgd, "
                                                "reptile read it, and this algorithm is protonet"):
             evaluate.evaluate_checkpoint(run, tasks=2, progress=False, **asked)
+    with pytest.raises(FewshotError, match="protonet adapts with no inner loop at meta-test, so an inner learning "
+                                           "rate .0.1. would be ignored"):
+        evaluate.evaluate_checkpoint(run, tasks=2, progress=False, lr=0.1)
+    learner = fewshot.load(run)
+    task_x = torch.rand(6, 1, 16, 16)
+    with pytest.raises(FewshotError, match="would be ignored"):
+        learner.adapt(task_x[:3], torch.arange(3), lr=0.1)
+    learner.adapt(task_x[:3], torch.arange(3))  # no rate asked: adapts
 
 
 @pytest.mark.parametrize("value,arithmetic", [("fp32", (False, False, False)), ("tf32", (True, True, False)),

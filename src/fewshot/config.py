@@ -429,13 +429,18 @@ def _check_combinations(config: Config) -> None:
                                            f"{most if name == 'eval_inner_steps' else [most]})")
 
 
-def meta_test(config: Config, **asked: Any) -> Config:
+def meta_test(config: Config, inner_lr: float | None = None, **asked: Any) -> Config:
     """`config` with the meta-test settings a command asks of a trained run (`fewshot eval`'s
     and `predict`'s inner steps: eval_inner_steps, eval_at_steps), checked as a preset's are,
     except that a key the run's algorithm does not read is refused whatever its value (the
-    run's own value is the default then, and asking for it again changes nothing either)."""
+    run's own value is the default then, and asking for it again changes nothing either).
+    `inner_lr`: a rate asked for the inner loop at meta-test (it replaces learned rates too,
+    so it is no config key), refused where the algorithm has no inner loop to use it."""
     _check_keys(asked, "the settings asked of the run")
     declared = declared_readers()
+    if inner_lr is not None and _unread(config, "eval_inner_steps", declared):
+        raise FewshotError(f"{config.algorithm} adapts with no inner loop at meta-test, so an inner learning rate "
+                           f"({inner_lr}) would be ignored; ask this run for no inner learning rate (drop --inner-lr)")
     for name, value in asked.items():
         _check_value(name, value)
         if unread := _unread(config, name, declared):

@@ -98,7 +98,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     device = choose_device(device)[0]
     state = checkpoint.load(target, run=True)
     config = state["config"]
-    config = meta_test(config, **({"eval_inner_steps": steps} if steps is not None else {}),
+    config = meta_test(config, lr, **({"eval_inner_steps": steps} if steps is not None else {}),
                        **({"eval_at_steps": list(at_steps)} if at_steps else {}))
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))

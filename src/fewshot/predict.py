@@ -62,8 +62,9 @@ class Learner:
         if classes is not None and not getattr(self.algorithm, "any_number_of_classes", False) and len(classes) != ways:
             raise FewshotError(f"the support set has {len(classes)} classes, but this checkpoint's model is "
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
-        if steps is not None:  # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates)
-            meta_test(self.config, eval_inner_steps=steps)
+        # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates), and a rate where
+        # there is no inner loop
+        meta_test(self.config, lr, **({"eval_inner_steps": steps} if steps is not None else {}))
         with self.arithmetic():
             adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
