@@ -322,7 +322,7 @@ def test_the_schema_lists_every_key_with_type_default_range_and_readers():
     assert list(rows) == list(DEFAULTS)
     assert rows["inner_lr"].split()[:5] == ["inner_lr", "float", "0.4", "finite,", ">="]
     assert rows["msl_epochs"].split()[:6] == ["msl_epochs", "int", "0", ">=", "0", "mamlpp"]
-    assert rows["eval_query"].split()[:7] == ["eval_query", "int", "|", "null", "null", ">=", "1"]
+    assert rows["eval_query"].split()[:9] == ["eval_query", "int", "|", "null", "null", ">=", "1,", "<=", "10000"]
     assert "sgd | adam" in rows["inner_optimizer"] and "reptile" in rows["inner_optimizer"]
     # the readers of a key are the classes that declare it
     for name, reading in [("eval_inner_lr", "anil,maml,reptile"), ("inner_steps", "anil,maml,mamlpp,metasgd,reptile"),

@@ -526,11 +526,17 @@ def test_another_size_keeps_the_first_arrays_valid_and_a_changed_source_is_refus
     assert code == 0, capsys.readouterr().err
     folder = fewshot_home / "sized"
     at20 = np.array(read_dataset(folder, 20).images)
+    before = snapshot(folder)
     config = apply_overrides(load_preset("omniglot-5w1s"), {"data": "sized"})
-    assert data.resolve(config, progress=False) == folder
-    assert read_dataset(folder, None).meta["sizes"] == [20, 28]
+    # issue 23: nothing but `fewshot data` writes into a dataset; the other size is a cache of its source
+    at28 = data.resolve(config, progress=False)
+    assert at28 != folder and at28.parent == fewshot_home / "cache" and snapshot(folder) == before
+    assert read_dataset(folder, None).meta["sizes"] == [20]
     assert np.array_equal(read_dataset(folder, 20).images, at20)  # the first size is untouched and valid
-    assert read_dataset(folder, 28).images.shape == (len(at20), 1, 28, 28)
+    assert read_dataset(at28, 28).images.shape == (len(at20), 1, 28, 28)
+    assert [(c.name, c.group) for c in read_dataset(at28, None).classes] == \
+        [(c.name, c.group) for c in read_dataset(folder, None).classes]  # the same classes in the same splits
+    assert data.resolve(config, progress=False) == at28  # decoded once
     # the source changes: a third size is refused instead of mixing two sources in one index
     png(raw / "train" / "c00" / "9.png", seed=99)
     with pytest.raises(FewshotError, match="has changed since"):

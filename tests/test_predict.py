@@ -320,7 +320,8 @@ def test_a_users_png_becomes_exactly_what_training_saw(run_dir, sample, omniglot
     that meta-training made of the same drawing in the 28x28 sprites (gray, LANCZOS,
     inverted so that ink is 1)."""
     learner = fewshot.load(run_dir)
-    assert learner.preprocessing == {"invert": True, "size": 28, "channels": 1, "mean": None, "std": None}
+    assert learner.preprocessing == {"dataset": "omniglot", "invert": True, "size": 28, "channels": 1, "mean": None,
+                                     "std": None}  # the kind of data: recorded since issue 23
     dataset = read_dataset(omniglot_cache, 28)
     classes = {c.name: c for c in dataset.classes}
     files = expected_files(sample)

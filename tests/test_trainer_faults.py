@@ -369,6 +369,41 @@ def test_a_double_sigterm_to_a_training_process_loses_nothing(tmp_path, data):
     assert not (out / ".lock").exists()
 
 
+def test_sigterm_to_the_parent_of_a_two_process_run_saves_and_resumes_bitwise(tmp_path, data):
+    # what `kill PID`, a scheduler or `timeout` sends to `fewshot train --procs 2`
+    sets = dict(steps=150, save_every=1000, log_every=1, val_every=50, val_tasks=2, ways=3, query=2, filters=4,
+                image_size=16, meta_batch=2)
+    argv = ["train", "omniglot-5w1s", "--data", data, "--threads", "1", "--procs", "2",
+            *sum((["--set", f"{k}={v}"] for k, v in sets.items()), [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "part"
+    process = subprocess.Popen([sys.executable, "-m", "fewshot", *argv, "--out", str(out)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(read_metrics(out)) < 3:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # the parent only
+        stdout, stderr = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = (stdout + stderr).decode()
+    assert process.returncode == 143 and "Traceback" not in text, text
+    stopped = checkpoint.load(out / "last.pt")["step"]
+    assert 3 <= stopped < 150 and "by SIGTERM; saved" in text, text
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, stopped + 1))
+    assert not (out / ".lock").exists() and not list(out.glob(".*.tmp"))
+    done = subprocess.run([sys.executable, "-m", "fewshot", "train", "--resume", str(out), "--procs", "2",
+                           "--threads", "1"], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    subprocess.run([sys.executable, "-m", "fewshot", *argv, "--out", str(tmp_path / "full")], env=env,
+                   capture_output=True, timeout=300, check=True)  # the same run, never interrupted
+    assert_same_weights(weights(tmp_path / "full"), weights(out))
+    assert log(tmp_path / "full") == log(out) and len(log(out)) == 150
+
+
 def test_leos_non_finite_meta_batches_are_counted_not_fatal(tmp_path, monkeypatch):
     from algorithms.test_leo import DIM, leo_config
     from data.test_embeddings import write_synthetic

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, complete
+from .config import Config, complete, validate
 from .errors import FewshotError
 from .files import atomic_path
+from .reading import reason
 
 FORMAT = "fewshot-checkpoint"
 VERSION = 1
@@ -60,7 +61,10 @@ def find(target):
     return target
 
 
-def load(target):
+def load(target, pretraining: bool = False):
+    """The checked state of a run's checkpoint (a file, or a run folder's best.pt / last.pt):
+    its config goes through the checks a preset does. `pretraining`: `fewshot embed`'s
+    pretrain.pt (a backbone, no meta-trained algorithm), which everything else refuses."""
     path = find(target)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -83,10 +87,22 @@ def load(target):
     version = state.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
         raise FewshotError(f"{path} was written by a newer fewshot (format {version!r}); upgrade fewshot")
+    if pretraining != ("algorithm" not in state and "options" in state):
+        if pretraining:
+            raise FewshotError(f"{path} is not a pretraining of `fewshot embed` (pretrain.pt); give another --out")
+        if "options" in state:
+            raise FewshotError(f"{path} is `fewshot embed`'s pretraining (a backbone for LEO's embedding files), "
+                               f"not a meta-trained run; give a run folder or its best.pt or last.pt (`fewshot "
+                               f"train`), e.g. LEO trained on the embeddings it wrote")
     weights = state.get("algorithm", state.get("model"))
     if not isinstance(state.get("config"), dict) or not isinstance(weights, dict) or \
             not isinstance(state.get("step"), int):
         raise FewshotError(f"{path} is a damaged fewshot checkpoint (its config, weights or step is missing); "
                            f"use the run's other checkpoint (last.pt or best.pt) or train again")
-    state["config"] = complete(state["config"])
+    try:
+        config = complete(state["config"])
+        state["config"] = config if pretraining else validate(config)
+    except (FewshotError, TypeError) as error:
+        raise FewshotError(f"{path} is a damaged fewshot checkpoint (its config: {reason(error)}); use the run's "
+                           f"other checkpoint (last.pt or best.pt) or train again") from None
     return state

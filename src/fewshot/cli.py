@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import FewshotError
-from .files import check_output, holds_run
+from .files import check_output, holds_run, is_predictions, is_scores
 
 
 def cmd_presets(args):
@@ -169,13 +169,14 @@ def cmd_train(args):
 def cmd_eval(args):
     at_steps = None if args.at_steps is None else _at_steps(args.at_steps)
     if args.scores:
-        check_output(args.scores, "--scores", "scores.txt")
+        check_output(args.scores, "--scores", "scores.txt", ours=is_scores)
     device, line = _device(args)
     from .device import set_threads
     from .evaluate import describe, evaluate_checkpoint
     set_threads(args.threads)
     result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
                                  lr=args.inner_lr, data_spec=args.data, seed=args.seed, device=device,
+                                 any_kind=args.any_kind,
                                  progress=not args.no_progress and not args.json, at_steps=at_steps)
     scores = result.pop("scores")
     if args.json:
@@ -271,7 +272,7 @@ def cmd_predict(args):
     if args.top_k < 1:
         raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
     if args.csv:
-        check_output(args.csv, "--csv", "predictions.csv")
+        check_output(args.csv, "--csv", "predictions.csv", ours=is_predictions)
     device, line = _device(args)
     from .device import set_threads
     from .predict import load
@@ -452,6 +453,8 @@ def parser():
     s.add_argument("--classes", default="test", metavar="test|val|train",
                    help="draw the tasks from the dataset's test classes (default), its val or its train classes")
     _shared(s, "--data", " (default: the one the run was trained on)")
+    s.add_argument("--any-kind", action="store_true",
+                   help="with --data: also data of another kind than the run's (e.g. your folder for an Omniglot run)")
     _shared(s, "--seed", ": the task set (default: the preset's eval_seed)")
     s.add_argument("--scores", metavar="FILE", help="also write each task's score, one per line")
     s.add_argument("--at-steps", metavar="N,N,...", help="also report after these inner-step counts, e.g. 0,1,10")

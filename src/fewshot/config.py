@@ -29,6 +29,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from .errors import FewshotError
+from .reading import YAMLProblem, brief, load_yaml, parse_yaml, read_yaml
 
 KINDS = ("algorithm", "model", "dataset")  # the config keys naming a registered class, whose `reads` say what it reads
 
@@ -225,6 +226,16 @@ class Config:
         return replace(self, **changes)  # dataclasses.replace
 
 
+# Upper bounds: every whole number has one the machine can hold, so that a size is refused here, before
+# anything is allocated or written, not by a MemoryError or an overflow later. Sizes get bounds far above
+# any paper's (and `fewshot data --size`'s 1024 for image_size); the rest fit a 64-bit integer.
+WHOLE_MAX = 2 ** 63 - 1
+HIGH = {"image_size": 1024, "embedding_dim": 65536, "ways": 100_000, "eval_ways": 100_000, "shots": 10_000,
+        "query": 10_000, "eval_query": 10_000, "filters": 2048, "widths": 4096, "in_features": 65536,
+        "hidden": 65536, "out_features": 100_000, "num_latents": 65536, "meta_batch": 100_000,
+        "tasks_per_pass": 100_000, "inner_batch": 1_000_000, "inner_steps": 100_000, "eval_inner_steps": 100_000,
+        "eval_at_steps": 100_000, "inner_unroll_length": 100_000, "finetuning_unroll_length": 100_000,
+        "threads": 4096, "val_tasks": 10_000_000, "eval_tasks": 10_000_000}
 FIELDS = tuple(f.name for f in fields(Config))
 SCHEMA = {f.name: f for f in fields(Config)}
 USER_KEYS = tuple(f.name for f in fields(Config) if f.metadata["user"])
@@ -274,34 +285,41 @@ def _check_value(name: str, value: Any) -> None:
     if base == "choice":
         if not any(value == choice and type(value) is type(choice) for choice in choices):  # true is no 1
             must = meta["must"] or f"one of {', '.join(map(str, choices))}{null}"
-            raise FewshotError(f"{name} must be {must}, got {value!r}")
+            raise FewshotError(f"{name} must be {must}, got {brief(value)}")
     elif base is bool:
         if not isinstance(value, bool):
-            raise FewshotError(f"{name} must be true{', false' if optional else ' or false'}{null}, got {value!r}")
+            raise FewshotError(f"{name} must be true{', false' if optional else ' or false'}{null}, got {brief(value)}")
     elif base is int:
-        if not _is_int(value) or value < low:
+        high = HIGH.get(name, WHOLE_MAX)
+        if not _is_int(value) or value < low or value > high:
             example = f"; e.g. --set {name}={max(low, 1)}" if not optional else ""
-            raise FewshotError(f"{name} must be a whole number >= {low}{null}, got {value!r}{example}")
+            most = f" and <= {high}" if name in HIGH or (_is_int(value) and value > high) else ""
+            raise FewshotError(f"{name} must be a whole number >= {low}{most}{null}, got {brief(value)}{example}")
     elif base is float:
         out_of_range = _is_number(value) and ((low is not None and value < low) or
                                               (above is not None and value <= above))
         if not _is_number(value) or out_of_range:
             bound = f" >= {low}" if low is not None else f" > {above}" if above is not None else ""
             default = DEFAULTS[name] if DEFAULTS[name] is not None else 1
-            raise FewshotError(f"{name} must be a finite number{bound}{null}, got {value!r}; "
+            raise FewshotError(f"{name} must be a finite number{bound}{null}, got {brief(value)}; "
                                f"e.g. --set {name}={default}")
         if below is not None and value >= below:
-            raise FewshotError(f"{name} must be below {below}, got {value!r}")
+            raise FewshotError(f"{name} must be below {below}, got {brief(value)}")
     elif base is str:
         if not isinstance(value, str):
             if optional:
-                raise FewshotError(f"{name} must be a path or name (text), got {value!r}; quote it")
-            raise FewshotError(f"{name} must be text, got {value!r}; quote it: --set {name}='\"...\"'")
+                raise FewshotError(f"{name} must be a path or name (text), got {brief(value)}; quote it")
+            raise FewshotError(f"{name} must be text, got {brief(value)}; quote it: --set {name}='\"...\"'")
     elif base is list:
         what = "positive integers" if low == 1 else f"whole numbers >= {low}"
-        if not isinstance(value, list) or (meta["nonempty"] and not value) or \
-                not all(_is_int(v) and v >= low for v in value):
-            raise FewshotError(f"{name} must be a list of {what}{null}, e.g. {meta['example']}, got {value!r}")
+        if not isinstance(value, list) or (meta["nonempty"] and not value) or len(value) > 1000 or \
+                not all(_is_int(v) and low <= v <= HIGH.get(name, WHOLE_MAX) for v in value):
+            raise FewshotError(f"{name} must be a list of {what}{_at_most(name)}{null}, e.g. {meta['example']}, "
+                               f"got {brief(value)}")
+
+
+def _at_most(name: str) -> str:
+    return f" and <= {HIGH[name]}" if name in HIGH else ""
 
 
 def _registries() -> dict:
@@ -426,11 +444,15 @@ def meta_test(config: Config, **asked: Any) -> Config:
 
 
 def _check_keys(values: Mapping, where: str, allowed: tuple = USER_KEYS) -> None:
+    named = [k for k in values if not isinstance(k, str)]
+    if named:
+        raise FewshotError(f"{where} has a key {brief(named[0])} that is not a name; config keys are words like "
+                           f"steps or inner_lr (`fewshot presets --keys` lists them)")
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         close = difflib.get_close_matches(unknown[0], USER_KEYS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise FewshotError(f"unknown config key {unknown[0]!r} in {where}{hint}; `fewshot presets --keys` lists "
+        raise FewshotError(f"unknown config key {brief(unknown[0], 40)} in {where}{hint}; `fewshot presets --keys` lists "
                            f"every key")
 
 
@@ -463,17 +485,14 @@ def load_preset(name: str) -> Config:
     are checked, its values by validate() or apply_overrides()."""
     path = Path(name)
     if name.endswith((".yaml", ".yml")) and path.is_file():
-        text, where = path.read_text(), str(path)
+        values, where = read_yaml(path, "preset file", "give a UTF-8 YAML file of keys and values"), str(path)
     else:
         resource = resources.files("fewshot") / "presets" / f"{name}.yaml"
         if not resource.is_file():
             raise FewshotError(
-                f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} (or a .yaml file)")
-        text, where = resource.read_text(), f"preset {name}"
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        raise FewshotError(f"{where} is not valid YAML ({str(error).splitlines()[0]})") from None
+                f"unknown preset {brief(name)}; choose one of: {', '.join(preset_names())} (or a .yaml file)")
+        values, where = load_yaml(resource.read_text(), f"preset {name}"), f"preset {name}"
+    values = values or {}
     if not isinstance(values, dict):
         raise FewshotError(f"{where} must be a mapping of keys to values")
     _check_keys(values, where)
@@ -487,16 +506,17 @@ def parse_overrides(pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise FewshotError(f"--set takes KEY=VALUE, got {pair!r}")
+            raise FewshotError(f"--set takes KEY=VALUE, got {brief(pair)}")
         name = name.strip()
         if value.strip().startswith("!"):
-            raise FewshotError(f"--set {name}={value}: YAML tags are not accepted; give a plain value")
+            raise FewshotError(f"--set {brief(name, 40)}={brief(value, 40)}: YAML tags are not accepted; give a "
+                               f"plain value")
         try:
-            overrides[name] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as error:
-            reason = " ".join(str(error).split())[:100]
-            raise FewshotError(f"--set {name}={value} is not a value YAML can read ({reason}); give a number, "
-                               f"a word, true/false, null or a list like [1, 2]") from None
+            overrides[name] = parse_yaml(value) if value.strip() else None
+        except YAMLProblem as problem:
+            what = f"is not a value YAML can read ({problem})" if problem.syntax else f"is refused: {problem}"
+            raise FewshotError(f"--set {brief(name, 40)}={brief(value, 40)} {what}; give a number, a word, "
+                               f"true/false, null or a list like [1, 2]") from None
     _check_keys(overrides, "--set")
     return overrides
 
@@ -548,7 +568,8 @@ def type_name(name: str) -> str:
 def range_text(name: str) -> str:
     meta = SCHEMA[name].metadata
     parts = [f">= {meta['low']}" if meta["low"] is not None else "", f"> {meta['above']}"
-             if meta["above"] is not None else "", f"< {meta['below']}" if meta["below"] is not None else ""]
+             if meta["above"] is not None else "", f"< {meta['below']}" if meta["below"] is not None else "",
+             f"<= {HIGH[name]}" if name in HIGH else ""]
     text = ", ".join(p for p in parts if p)
     if SCHEMA[name].type in (float, float | None):
         text = ("finite, " + text) if text else "finite"

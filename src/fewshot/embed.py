@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, models, precision
+from . import checkpoint, data, memory, models, precision
 from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.kinds import SPLITS
@@ -139,6 +139,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
                            f"{config.model!r} (choose one with --backbone)")
     out = Path(out)
     check_out(out)
+    memory.check_batch(config, batch_size, device)  # before the folder or the data
     out.mkdir(parents=True, exist_ok=True)
     dataset, refs = data.load(config, progress)
     preprocessing = data.preprocessing(dataset, config)
@@ -157,7 +158,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     step, state_path = 0, out / "pretrain.pt"
     if state_path.exists():
-        state = checkpoint.load(state_path)
+        state = checkpoint.load(state_path, pretraining=True)
         saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
         changed = sorted(k for k in options if saved.get(k) != options[k])
         if changed:

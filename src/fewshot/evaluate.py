@@ -60,8 +60,10 @@ def load_algorithm(state, device="cpu"):
 
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
-                        device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None) -> dict:
+                        device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None,
+                        any_kind: bool = False) -> dict:
     """Everything `fewshot eval` does, as a dict. `device` None: the best device present.
+    `data_spec`: other data to evaluate on, of the kind the run was trained on unless `any_kind`.
     Other inner `steps` or `at_steps` than the run's are refused where a preset's
     eval_inner_steps or eval_at_steps would be (e.g. more steps than MAML++ learned rates
     for, any steps for ProtoNets)."""
@@ -78,6 +80,8 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
+    if data_spec is not None:
+        check_data_kind(config, trained_kind(state), any_kind)
     if split not in SPLITS:
         raise FewshotError(f"unknown split {split!r}; choose {', '.join(SPLITS)}")
     dataset, refs = data.load(config, progress)
@@ -100,6 +104,39 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
         "seed": config.eval_seed if seed is None else seed,
     })
     return result
+
+
+def trained_kind(state: dict) -> str | None:
+    """The kind of data a checkpoint was trained on (a prepared folder's own kind, which a
+    preset's `dataset` need not be); None where nothing says."""
+    from .data.images import is_prepared, read_dataset
+    recorded = (state.get("preprocessing") or {}).get("dataset")
+    if recorded:
+        return recorded
+    location = state.get("data_location")  # checkpoints from before the kind was recorded
+    if isinstance(location, dict) and isinstance(location.get("path"), str):
+        path = Path(location["path"])
+        return read_dataset(path, None).meta.get("dataset") if is_prepared(path) else state["config"].dataset
+    return None
+
+
+def check_data_kind(config, trained: str | None, any_kind: bool = False) -> None:
+    """Refuse a prepared dataset (`config.data`) of another kind than `trained`, the run's,
+    unless `any_kind`: an Omniglot model scored on miniImageNet gives chance, not an answer.
+    A raw copy is decoded by the run's own kind, which refuses another layout itself."""
+    from .data.images import home, is_prepared, read_dataset
+    path = Path(config.data).expanduser()
+    if not path.exists():
+        path = home() / str(config.data)
+    path = data.kind(config.dataset).locate(path, config)
+    if trained is None or any_kind or not is_prepared(path):
+        return
+    theirs = read_dataset(path, None).meta.get("dataset")
+    if theirs != trained:
+        raise FewshotError(f"{path} holds {theirs} data, but the run was trained on {trained} data "
+                           f"({config.image_size}x{config.image_size}, {config.channels} channel"
+                           f"{'s' if config.channels > 1 else ''}); give data of that kind, or pass --any-kind to "
+                           f"evaluate it on these anyway (converted to that size and those channels)")
 
 
 def describe(result):

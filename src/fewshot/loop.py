@@ -13,6 +13,11 @@ checkpoint never holds one step's weights under another step's number. The loop 
 saves and returns with "signal" set (the CLI exits 128 + signal: 130, 143); signals
 that arrive while it saves are ignored. A time limit or a step that ends the run itself
 (e.g. a reached validation target) are normal ends.
+
+Several processes (`--procs`, torchrun) must stop at the same step, or one would wait
+forever for the others in a collective: there a signal only records the request
+(`stop_together`), and at the end of every step the processes agree on whether any of
+them (or the parent that spawned them) was asked to stop, then all save and return.
 """
 import signal
 import sys
@@ -36,10 +41,12 @@ class Signals:
     """SIGINT and SIGTERM as stop requests. A request raises StopRequested at once,
     except inside `with signals:` (a critical section), where it waits for the
     section's end. The first signal is kept (for the exit status); later ones, and any
-    once `stopping` is set (the final save is under way), are ignored."""
+    once `stopping` is set (the final save is under way), are ignored. `deferred`: a
+    request never raises; the loop asks for it at the end of each step."""
 
-    def __init__(self):
+    def __init__(self, deferred: bool = False):
         self.received, self.depth, self.stopping, self.previous = None, 0, False, {}
+        self.deferred = deferred
 
     def install(self):
         if threading.current_thread() is threading.main_thread():
@@ -58,7 +65,7 @@ class Signals:
                 self.received = number
             return
         self.received = number
-        if self.depth == 0:
+        if self.depth == 0 and not self.deferred:
             raise StopRequested()
 
     def __enter__(self):
@@ -67,7 +74,8 @@ class Signals:
 
     def __exit__(self, kind, value, traceback):
         self.depth -= 1
-        if kind is None and self.depth == 0 and self.received is not None and not self.stopping:
+        if kind is None and self.depth == 0 and self.received is not None and not self.stopping \
+                and not self.deferred:
             raise StopRequested()
         return False
 
@@ -79,11 +87,13 @@ class Loop:
     run calls it once before returning. `saved` and `resume` name that checkpoint and the
     command that continues the run, for the line a stop prints (None: print no such line,
     the caller says it). `agree(flag)` makes several processes agree on the clock, at the
-    steps where `clock_due(step)` is true (an all-reduce is a host sync)."""
+    steps where `clock_due(step)` is true (an all-reduce is a host sync). `stop_together(number)`,
+    for several processes: given the signal this process received (0: none), the one that
+    stops them all at this step (0: go on); then signals only record a request."""
 
     def __init__(self, step: int, total: int, save, *, desc: str, progress: bool = True, leader: bool = True,
                  saved=None, resume: str | None = None, time_limit: float | None = None,
-                 stop_after: int | None = None, agree=bool, clock_due=lambda step: True):
+                 stop_after: int | None = None, agree=bool, clock_due=lambda step: True, stop_together=None):
         self.step, self.total, self.save, self.leader = step, total, save, leader
         self.saved, self.resume = saved, resume
         self.time_limit, self.stop_after, self.agree, self.clock_due = time_limit, stop_after, agree, clock_due
@@ -91,7 +101,8 @@ class Loop:
         self.terminal = on_terminal(progress)
         self.bar = tqdm(total=total, initial=min(step, total), desc=desc, unit="step",
                         disable=not (self.terminal and leader), dynamic_ncols=True)
-        self.signals = Signals()
+        self.stop_together = stop_together
+        self.signals = Signals(deferred=stop_together is not None)
         self.started = time.perf_counter()
 
     def say(self, text: str) -> None:
@@ -120,6 +131,12 @@ class Loop:
                 reason = one_step()
                 if reason is not None:
                     break
+                if self.stop_together is not None:
+                    number = self.stop_together(int(signals.received or 0))
+                    if number:
+                        signals.received = signals.received or signal.Signals(number)
+                        signals.stopping = True
+                        raise StopRequested()
                 if self.stop_after is not None and self.step >= self.stop_after:
                     reason, signals.stopping = "stop_after", True
                     raise StopRequested()

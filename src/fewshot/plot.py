@@ -1,4 +1,7 @@
 """Learning curves from a run's metrics.jsonl."""
+import io
+import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -13,8 +16,8 @@ from .config import Config, eval_query  # noqa: E402
 from .data import sinusoid  # noqa: E402
 from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
-from .files import atomic_path  # noqa: E402
-from .runs import read_config, read_metrics  # noqa: E402
+from .files import write_bytes  # noqa: E402
+from .runs import read_config, read_metrics, torn_warning  # noqa: E402
 
 
 ALGORITHM_NAMES = {"maml": "MAML", "anil": "ANIL", "metasgd": "Meta-SGD", "mamlpp": "MAML++", "reptile": "Reptile",
@@ -38,12 +41,26 @@ def after_steps(config: Config, training: bool) -> str:
     return f"after {count} inner step{'s' if count != 1 else ''}"
 
 
+def png_bytes(figure) -> bytes:
+    """The figure as PNG bytes: written in one stream, a named pipe or a device takes them too
+    (Pillow's own writer seeks)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
 def plot_run(run, out=None):
     """Write the run's curves (meta-loss, train and validation metric) to a PNG; return its path."""
     run = Path(run)
-    rows = read_metrics(run)
+    torn = []
+    rows = read_metrics(run, torn)
+    if not rows and torn:
+        raise FewshotError(f"{run / 'metrics.jsonl'} holds no metrics row ({len(torn)} lines are torn or not "
+                           f"rows fewshot writes); train into {run} with `fewshot train`, or restore the file")
     if not rows:
         raise FewshotError(f"{run} has no metrics.jsonl rows yet; train into it with `fewshot train`")
+    for number in torn:
+        print(torn_warning(run / "metrics.jsonl", number), file=sys.stderr)
     out = Path(out) if out else run / "curves.png"
     # the curves of a folder without its config.yaml still draw, with plainer labels
     config = read_config(run) if (run / "config.yaml").exists() else None
@@ -51,12 +68,12 @@ def plot_run(run, out=None):
     steps = [r["step"] for r in rows]
     val = [(r["step"], r["val_metric"], r["val_ci95"]) for r in rows if "val_metric" in r]
     figure, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(steps, [r["loss"] for r in rows], label="meta-train query loss")
+    ax_loss.plot(steps, [r.get("loss", math.nan) for r in rows], label="meta-train query loss")
     ax_loss.set_xlabel("meta-step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
-    ax_metric.plot(steps, [r["metric"] for r in rows],
+    ax_metric.plot(steps, [r.get("metric", math.nan) for r in rows],
                    label=f"meta-train query, {after_steps(config, True)}" if config else "meta-train query")
     if not family(config).higher_is_better if config else False:
         ax_metric.set_yscale("log")
@@ -69,8 +86,7 @@ def plot_run(run, out=None):
     ax_metric.legend()
     figure.suptitle(f"{run.name} ({config.preset})" if config and config.preset else run.name)
     figure.tight_layout()
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+    write_bytes(out, png_bytes(figure))
     plt.close(figure)
     return out
 
@@ -107,7 +123,6 @@ def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
                  f"phase {task.phase:.2f}; meta-step {learner.step}", fontsize=10)
     figure.tight_layout()
     out = Path(out) if out else Path(run) / "adaptation.png"
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+    write_bytes(out, png_bytes(figure))
     plt.close(figure)
     return out

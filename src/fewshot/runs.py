@@ -13,11 +13,10 @@ import resource
 import sys
 from pathlib import Path
 
-import yaml
-
 from .config import complete, validate
 from .errors import FewshotError
 from .files import write_text
+from .reading import parse_yaml
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
                "tasks_per_s", "images_per_s", "points_per_s", "elapsed_s", "nonfinite_steps", "peak_rss_mb",
@@ -125,12 +124,12 @@ def read_config(out):
     """A run folder's config.yaml, checked."""
     path = Path(out) / "config.yaml"
     try:
-        config = yaml.safe_load(path.read_text())
+        config = parse_yaml(path.read_text())
         if not isinstance(config, dict):
             raise ValueError("not a mapping of keys to values")
         config = complete(config)
         validate(config)
-    except (yaml.YAMLError, ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise FewshotError(f"{path} is damaged ({reason}); restore it from a copy, or start a new run "
                            f"in another folder (with --init {Path(out) / 'last.pt'} to keep the weights)") from None
@@ -163,29 +162,49 @@ class MetricsLog:
             csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore").writerow(row)
 
 
-def _read_rows(path):
-    """(rows, number of unreadable lines) of a metrics.jsonl; a line torn by a crash is skipped with a warning."""
+def _read_rows(path, warn=True):
+    """(rows, numbers of the unreadable lines) of a metrics.jsonl; a line torn by a crash, or
+    one that is not a metrics row, is skipped, with a warning when `warn`."""
     if not path.exists():
-        return [], 0
-    rows, torn = [], 0
+        return [], []
+    rows, torn = [], []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if not _is_row(row):
                 raise ValueError
-        except ValueError:
-            torn += 1
-            print(f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped",
-                  file=sys.stderr)
+        except (ValueError, RecursionError):
+            torn.append(number)
+            if warn:
+                print(torn_warning(path, number), file=sys.stderr)
             continue
         rows.append(row)
     return rows, torn
 
 
-def read_metrics(folder):
-    return _read_rows(Path(folder) / "metrics.jsonl")[0]
+def torn_warning(path, number):
+    return f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped"
+
+
+def _is_row(row):
+    """Whether a parsed line is a metrics row: a step, numbers only (NaN included: a diverged
+    step is logged as one) in the fields fewshot writes, a validation's mean with its interval."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool)
+            and ("val_metric" in row) == ("val_ci95" in row)
+            and all(number(value) for name, value in row.items() if name in CSV_COLUMNS))
+
+
+def read_metrics(folder, torn=None):
+    """The rows of a run's metrics.jsonl; the numbers of lines that are not rows go into
+    `torn` (a list) when given, else each is warned about."""
+    rows, skipped = _read_rows(Path(folder) / "metrics.jsonl", warn=torn is None)
+    if torn is not None:
+        torn += skipped
+    return rows
 
 
 def peak_rss_mb():

@@ -20,10 +20,11 @@ def example_input(config: Config) -> torch.Tensor:
 def summary(config: Config) -> str:
     """The network of `config` as a table: layer, output shape, parameters; then the
     algorithm's own parameters and the total."""
-    algorithm = algorithms.build(config)
-    model = algorithm.model
-    x = example_input(config)
-    trace = model.summary_rows(x)
+    with torch.device("meta"):  # shapes and counts only: nothing is allocated, whatever the sizes
+        algorithm = algorithms.build(config)
+        model = algorithm.model
+        x = example_input(config)
+        trace = model.summary_rows(x)
     own = [(name, tuple(p.shape), p.numel()) for name, p in algorithm.named_parameters()
            if not name.startswith("model.")]
     width = max(len(name) for name, _, _ in trace + own + [("layer", 0, 0)])

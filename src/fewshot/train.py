@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from . import algorithms, checkpoint, data, distributed, precision
+from . import algorithms, checkpoint, data, distributed, memory, precision
 from .compiled import compile_step
 from .config import Config, dump, eval_query, eval_ways, validate
 from .data.episodes import DeviceEpisodes
 from .device import choose_device, set_threads
 from .errors import FewshotError, whole_number
 from .evaluate import evaluate
-from .files import write_text
+from .files import Unchanged, write_text
 from .loop import Loop, on_terminal
 from .optim import clip_gradients, make_optimizer, set_schedule_length
 from .runs import (MetricsLog, RunLock, clean_failed_start, clean_stale_files, data_location, peak_rss_mb,
@@ -111,38 +111,54 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
         raise FewshotError("train() needs a config (fewshot.load_preset(NAME), or a dict of keys), or resume=True "
                            "to continue the run in `out`")
     config = validate(config)
+    _check_procs(procs, config)
+    memory.check_training(config, device)
     out = Path(out)
     # loaded (and a checkpoint that does not fit refused) before the run folder exists; a resumed
     # run that was killed before its first checkpoint starts from the same --init weights again
     initial = initial_weights(config) if config.init and not (resume and (out / "last.pt").exists()) else None
     if not resume and leader:
         out, created = prepare_run(out, resume=False)
-    lock, failed = None, False
+    lock, failed, kept = None, False, None
     try:
         lock = RunLock(out) if leader else None
         if leader:
             clean_stale_files(out)
             if extension:
+                kept = Unchanged(out / "config.yaml", out / "last.pt")
                 write_text(out / "config.yaml", dump(config))
                 print(extension, flush=True)
         threads = threads or config.threads or (max(1, default_threads() // procs) if procs > 1 else None)
         if procs > 1:
             # import once here: bad data is refused before any process starts
             data.load(config, progress and sys.stderr.isatty())
-            distributed.spawn(_train_process, procs, config, out, resume, device, progress, stop_after, threads,
-                              time_limit, initial)
-            state = checkpoint.load(out / "last.pt")
-            return {"out": str(out), "step": state["step"], "best": state["best"], "signal": None,
-                    "stopped": state["step"] < config.steps, "reason": None, "algorithm": None}
+            result = distributed.spawn(_train_worker, procs, config, out, resume, device, progress, stop_after,
+                                       threads, time_limit, initial)
+            return {**result, "algorithm": None}
         return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit, initial)
     except BaseException:
         failed = lock is not None and not resume
+        if kept is not None:
+            kept.restore()  # the extension failed: config.yaml says what last.pt holds, as before
         raise
     finally:
         if lock:
             lock.release()
         if failed and not _trained(out):  # a fresh start that failed before its first step leaves nothing behind
             clean_failed_start(out, created)
+
+
+def _check_procs(procs, config):
+    if procs > config.meta_batch:  # a process without a task has no gradient to give
+        raise FewshotError(f"--procs {procs} splits a meta-batch of {config.meta_batch} tasks, so a process would "
+                           f"have no task; use --procs {config.meta_batch} or fewer, or raise meta_batch "
+                           f"(--set meta_batch={procs})")
+
+
+def _train_worker(*args):
+    """_train_process in a --procs worker: what it returns, less the algorithm (it stays there)."""
+    result = _train_process(*args)
+    return {name: value for name, value in result.items() if name != "algorithm"}
 
 
 def _trained(out):
@@ -157,6 +173,7 @@ def _train_process(config, out, resume, device, progress, stop_after, threads, t
     device = choose_device(device)[0]
     distributed.init_from_env(device)
     rank, size = distributed.world()
+    _check_procs(size, config)
     if device.type == "cuda" and size > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     return _train(config, out, resume, device, progress and rank == 0, stop_after, rank, size, time_limit, initial)
@@ -237,7 +254,8 @@ class Trainer:
         self.loop = Loop(step, config.steps, self.save, desc=f"train {config.preset or ''}",
                          progress=progress, leader=self.leader, saved=out / "last.pt",
                          resume=f"fewshot train --resume {out}", time_limit=time_limit, stop_after=stop_after,
-                         agree=distributed.agree, clock_due=lambda at: size == 1 or at % config.log_every == 0)
+                         agree=distributed.agree, clock_due=lambda at: size == 1 or at % config.log_every == 0,
+                         stop_together=distributed.stop_signal if size > 1 else None)
 
     def run(self) -> dict:
         self.carried.window_start = time.perf_counter()

@@ -216,7 +216,9 @@ def test_a_dataset_prepared_at_another_size_is_decoded_again_with_its_split(tmp_
     assert dataset.images.shape == (40, 1, 28, 28)
     assert {c.name: c.group for c in dataset.classes} == before
     assert {s: len(r) for s, r in refs.items()} == {"train": 10, "val": 5, "test": 5}
-    assert read_dataset(fewshot_home / "sized", None).meta["sizes"] == [20, 28]
+    # issue 23: the other size is decoded into a cache; nothing but `fewshot data` writes into a dataset
+    assert read_dataset(fewshot_home / "sized", None).meta["sizes"] == [20]
+    assert dataset.root.parent == fewshot_home / "cache"
 
 
 def corrupt_tree(root):
@@ -322,7 +324,8 @@ def test_train_and_eval_a_preset_on_a_colour_folder_dataset(tmp_path, capsys):
     assert code == 0, err
     assert "done: 2 steps" in out
     state = checkpoint.load(out_dir)
-    assert state["preprocessing"] == {"invert": False, "size": 28, "channels": 1, "mean": None, "std": None}
+    assert state["preprocessing"] == {"dataset": "folder", "invert": False, "size": 28, "channels": 1, "mean": None,
+                                      "std": None}  # the kind of data: recorded since issue 23
     code, out, err = run(capsys, "eval", out_dir, "--tasks", "5", "--no-progress")
     assert code == 0, err
     assert "test split: accuracy" in out and "5 tasks" in out

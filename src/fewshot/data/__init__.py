@@ -11,6 +11,7 @@ samplers, whatever the kind.
 torch is imported only when a sampler is built: preparing data stays cheap.
 """
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def resolve(config: Config, progress: bool = True) -> Path:
                                f"{config.dataset}) reads {reads}; {fix}")
     if is_prepared(path, size):
         return path
-    if is_prepared(path):  # prepared at another size: decode again from the recorded source
+    if is_prepared(path):  # prepared at another size: decode its recorded source again, into a cache
         meta = read_dataset(path, None).meta
         source = Path(meta.get("source") or "")
         if not meta.get("source") or not source.exists():
@@ -69,20 +70,25 @@ def resolve(config: Config, progress: bool = True) -> Path:
             raise FewshotError(f"{path} is prepared at sizes {meta.get('sizes')}, not {size}, and its source "
                                f"{source} has changed since; prepare size {size} under another name "
                                f"(`fewshot data {meta.get('dataset')} --from {source} --name NEW --size {size}`)")
-        _import(kind(meta["dataset"]), source, path, size, meta, progress)
-        return path
+        # nothing but `fewshot data` writes into a prepared dataset: the other size is a cache of its source
+        return _cache(kind(meta["dataset"]), source, size, progress, meta)
     return _cache(wanted, path, size, progress)
 
 
-def _cache(dataset_kind, path, size, progress):
+def _cache(dataset_kind, path, size, progress, meta=None):
     """The cache of raw copy `path` at `size`, keyed on its place, its content (the names,
-    sizes and modification times of its files) and the preparation settings: a changed
-    copy or another size never meets a stale array."""
+    sizes and modification times of its files) and the preparation settings (`meta`: a
+    prepared folder's, whose options it is decoded with): a changed copy or another size
+    never meets a stale array."""
+    options = dataset_kind.import_options(meta) if meta else {}
     place = hashlib.sha1(os.fsencode(str(path.resolve()))).hexdigest()[:12]
-    content = hashlib.sha1(f"{dataset_kind.name} {size} {CACHE_VERSION} {fingerprint(path)}".encode()).hexdigest()[:12]
+    settings = f"{dataset_kind.name} {size} {CACHE_VERSION} {fingerprint(path, options.get('csv_dir'))}"
+    if options:
+        settings += " " + json.dumps(options, sort_keys=True, default=str)
+    content = hashlib.sha1(settings.encode()).hexdigest()[:12]
     cache = home() / "cache" / f"{dataset_kind.name}-{place}-{content}"
     if not is_prepared(cache, size):
-        _import(dataset_kind, path, cache, size, {}, progress)
+        _import(dataset_kind, path, cache, size, meta or {}, progress)
     return cache
 
 
@@ -207,12 +213,13 @@ def check_tasks_fit(refs: dict[str, list[ImageClass]], shots: int, checks: list[
 
 def preprocessing(dataset: ImageDataset | None, config: Config) -> dict | None:
     """How stored pixels become the model's input (also saved with checkpoints, for predict):
-    channels, Omniglot's inversion, and the meta-train split's per-channel mean and std."""
+    channels, Omniglot's inversion, and the meta-train split's per-channel mean and std; and
+    the kind of data they are (so that `fewshot eval --data` knows what the run was trained on)."""
     if dataset is None:
         return None
     meta = dataset.meta
     normalize = meta.get("mean") is not None and len(meta["mean"]) == config.channels
-    return {"invert": bool(meta.get("invert", False)), "size": config.image_size,
+    return {"dataset": meta.get("dataset"), "invert": bool(meta.get("invert", False)), "size": config.image_size,
             "channels": config.channels, "mean": meta["mean"] if normalize else None,
             "std": meta["std"] if normalize else None}
 

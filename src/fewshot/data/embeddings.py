@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import FewshotError
-from .arrays import load_pickle
+from ..reading import array, brief, failure, listed, load_pickle
 from .images import ImageClass, is_prepared, write_features
 from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
 
@@ -69,7 +69,7 @@ def parse_key(key, path):
     key = str(key)
     fields = key.split("-")
     if len(fields) != 3 or not fields[1] or fields[2].split("_")[0] != fields[1]:
-        raise FewshotError(f"{path}: key {key!r} is not in LEO's key format {KEY_FORMAT} (three fields "
+        raise FewshotError(f"{path}: key {brief(key)} is not in LEO's key format {KEY_FORMAT} (three fields "
                            f"split on '-', the image file starting with its class and '_'); these are not "
                            f"LEO embedding files, or they were written with another key format")
     return fields[1], fields[2]
@@ -79,13 +79,19 @@ def read_pickle(path, dim=NDIM):
     """(embeddings N x dim float32, [class per row]) from one `<split>_embeddings.pkl`."""
     path = Path(path)
     data = load_pickle(path, "a LEO embedding file")
+    with failure(path, "the LEO embedding file", "it is damaged or in another format: write it again "
+                 "(e.g. with `fewshot embed`)"):
+        return _interpret(data, path, dim)
+
+
+def _interpret(data, path, dim):
     if isinstance(data, dict):
         data = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in data.items()}
     if not isinstance(data, dict) or "embeddings" not in data or "keys" not in data:
-        found = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        raise FewshotError(f"{path} holds {found or 'an empty dict'}; a LEO embedding file is a dict with "
-                           f"embeddings (N x {dim}), labels and keys")
-    embeddings = np.asarray(data["embeddings"])
+        found = listed(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise FewshotError(f"{path} holds {found if data else 'an empty dict'}; a LEO embedding file is a dict "
+                           f"with embeddings (N x {dim}), labels and keys")
+    embeddings = array(data["embeddings"], path, "the embeddings of")
     if embeddings.ndim != 2 or embeddings.dtype.kind not in "fiu":
         raise FewshotError(f"{path}: embeddings have shape {embeddings.shape} ({embeddings.dtype}); "
                            f"expected a float array N x {dim}")
@@ -99,13 +105,13 @@ def read_pickle(path, dim=NDIM):
             raise FewshotError(f"{path}: {int(bad.sum())} of {len(embeddings)} embeddings hold NaN or infinite "
                                f"values (first row {int(np.flatnonzero(bad)[0])}); the file is damaged: write it "
                                f"again (e.g. with `fewshot embed`)")
-    keys = np.asarray(data["keys"]).ravel()
+    keys = array(data["keys"], path, "the keys of").ravel()
     if len(keys) != len(embeddings):
         raise FewshotError(f"{path}: {len(keys)} keys for {len(embeddings)} embeddings; the file is damaged")
     labels = data.get("labels")
-    if labels is not None and len(np.asarray(labels).ravel()) != len(embeddings):
-        raise FewshotError(f"{path}: {len(np.asarray(labels).ravel())} labels for {len(embeddings)} "
-                           f"embeddings; the file is damaged")
+    if labels is not None and len(array(labels, path, "the labels of").ravel()) != len(embeddings):
+        raise FewshotError(f"{path}: {len(array(labels, path, 'the labels of').ravel())} labels for "
+                           f"{len(embeddings)} embeddings; the file is damaged")
     classes = [parse_key(key, path)[0] for key in keys]
     return embeddings.astype(np.float32, copy=False), classes
 

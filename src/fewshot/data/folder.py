@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FewshotError
+from ..reading import CONTENT_ERRORS, convert_image, decode_image, failure
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
 
@@ -28,19 +29,18 @@ def image_files(folder):
 
 
 def load_image(path, size, channels):
-    """Any size and mode -> uint8 C x size x size, converted as at training time."""
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # wide gray: scale, don't clip
-                wide = np.asarray(image, dtype=np.float64)
-                top = 65535.0 if image.mode.startswith("I;16") else max(float(wide.max()), 1.0)
-                image = Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-            image = image.convert("L" if channels == 1 else "RGB")
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.LANCZOS)
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise FewshotError(f"cannot read image {path} ({error}); remove or replace it") from None
+    """Any size and mode -> uint8 C x size x size, converted as at training time. An image
+    that cannot be decoded or converted, or too large to decode, is one error naming it."""
+    image = decode_image(path, path)
+    with image, failure(path, "image", "remove or replace it"):
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # wide gray: scale, don't clip
+            wide = np.asarray(image, dtype=np.float64)
+            top = 65535.0 if image.mode.startswith("I;16") else max(float(wide.max()), 1.0)
+            image = Image.fromarray(np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        image = convert_image(image, "L" if channels == 1 else "RGB", path)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.LANCZOS)
+        array = np.asarray(image, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
@@ -152,7 +152,7 @@ def _is_colour(path):
     try:
         with Image.open(path) as image:
             return image.mode not in ("1", "L", "LA", "I", "I;16", "F")
-    except (UnidentifiedImageError, OSError):
+    except CONTENT_ERRORS + (Image.DecompressionBombError,):
         return False  # reported with its name when it is read
 
 

@@ -36,6 +36,7 @@ images in the order of its CSV or file. Its meta records the per-channel `mean` 
 import csv
 import os
 import re
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FewshotError
-from .arrays import load_pickle
+from ..reading import array, brief, failure, listed, load_pickle
 from .folder import load_image
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
@@ -310,12 +311,12 @@ def array_files(source):
 
 def _load_file(path):
     if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {key: data[key] for key in data.files}
-        except (OSError, ValueError) as error:
-            raise FewshotError(f"cannot read {path} ({type(error).__name__}: {error}); it is not a "
-                               f"miniImageNet array file, or it is damaged") from None
+        with failure(path, "the miniImageNet array file", "it is not one, or it is damaged"):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    return {key: data[key] for key in data.files}
+            except zipfile.BadZipFile as error:
+                raise ValueError(str(error)) from None
     data = load_pickle(path, "a miniImageNet array file")
     if not isinstance(data, dict):
         raise FewshotError(f"{path} holds a {type(data).__name__}, not a dict; expected image_data and "
@@ -339,25 +340,36 @@ def read_arrays(files, size, progress, allow_partial):
     for split, path in tqdm(files.items(), desc="reading miniImageNet arrays", unit="file",
                             disable=not progress, leave=False):
         data = _load_file(path)
-        image_key = _first(data, IMAGE_KEYS)
-        if image_key is None:
-            raise FewshotError(f"{path} has keys {', '.join(map(str, data))}; expected the images under one of "
-                               f"{', '.join(IMAGE_KEYS)}")
-        images = _nchw(np.asarray(data[image_key]), path)
-        if "class_dict" in data:
-            by_class = {_text(k): np.asarray(v, dtype=np.int64).ravel() for k, v in data["class_dict"].items()}
-        else:
-            by_class = _classes_from_labels(data, len(images), path, split)
-        classes = {}
-        for name, rows in by_class.items():
-            if len(rows) and (rows.min() < 0 or rows.max() >= len(images)):
-                raise FewshotError(f"{path}: class {name} lists image {int(rows.max())}, but the file holds "
-                                   f"{len(images)} images")
-            if len(rows):
-                classes[name] = rows
-        result[split] = {name: _resized(images, rows, size) for name, rows in classes.items()}
+        with failure(path, "the miniImageNet array file", "it is damaged or in another format; expected "
+                     "image_data and class_dict (learn2learn), or images and labels"):
+            result[split] = _split_images(data, path, split, size)
     check_disjoint({s: [(None, name) for name in classes] for s, classes in result.items()})
     return result, {}
+
+
+def _split_images(data, path, split, size):
+    """{class: [3 x size x size image, ...]} of one array file's contents."""
+    image_key = _first(data, IMAGE_KEYS)
+    if image_key is None:
+        raise FewshotError(f"{path} has keys {listed(map(str, data))}; expected the images under one of "
+                           f"{', '.join(IMAGE_KEYS)}")
+    images = _nchw(array(data[image_key], path, f"the {image_key} of"), path)
+    if "class_dict" in data:
+        if not isinstance(data["class_dict"], dict):
+            raise FewshotError(f"{path}: class_dict is a {type(data['class_dict']).__name__}, not a mapping of "
+                               f"class names to image rows; the file is damaged or in another format")
+        by_class = {_text(k): array(v, path, f"class {brief(k)} in", np.int64).ravel()
+                    for k, v in data["class_dict"].items()}
+    else:
+        by_class = _classes_from_labels(data, len(images), path, split)
+    classes = {}
+    for name, rows in by_class.items():
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(images)):
+            raise FewshotError(f"{path}: class {brief(name)} lists image {int(rows.max())}, but the file holds "
+                               f"{len(images)} images")
+        if len(rows):
+            classes[name] = rows
+    return {name: _resized(images, rows, size) for name, rows in classes.items()}
 
 
 def _text(value):
@@ -383,13 +395,13 @@ def _nchw(images, path):
 def _classes_from_labels(data, n, path, split):
     label_key = _first(data, LABEL_KEYS)
     if label_key is None:
-        raise FewshotError(f"{path} has keys {', '.join(map(str, data))}; expected class_dict, or a label "
+        raise FewshotError(f"{path} has keys {listed(map(str, data))}; expected class_dict, or a label "
                            f"per image under one of {', '.join(LABEL_KEYS)}")
-    labels = np.asarray(data[label_key]).ravel()
+    labels = array(data[label_key], path, f"the {label_key} of").ravel()
     if len(labels) != n:
         raise FewshotError(f"{path} has {n} images but {len(labels)} {label_key}; expected one label per image")
     names_key = _first(data, NAME_KEYS)
-    names = [_text(v) for v in np.asarray(data[names_key]).ravel()] if names_key else None
+    names = [_text(v) for v in array(data[names_key], path, f"the {names_key} of").ravel()] if names_key else None
     by_class = {}
     for value in np.unique(labels):
         rows = np.flatnonzero(labels == value)

@@ -1,7 +1,6 @@
 """Omniglot (Lake et al. 2015): readers for the official layout and the 28x28
 sprite form, the official download, and the two standard class splits."""
 import csv
-import io
 import re
 import zipfile
 import zlib
@@ -9,10 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FewshotError
+from ..reading import convert_image, decode_image, failure
 from .download import download
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, DatasetKind
@@ -57,12 +57,10 @@ def read_official(path, size, progress=True):
     for match, data, where in tqdm(_iter_official_pngs(path), desc="reading Omniglot", unit="img",
                                    disable=not progress, leave=False):
         group, alphabet, character, char_id, drawer = match.groups()
-        try:
-            image = Image.open(io.BytesIO(data)).convert("L")
+        image = convert_image(decode_image(data, where), "L", where)
+        with failure(where, "image", "replace or remove it"):
             if image.size != (size, size):
                 image = image.resize((size, size), Image.LANCZOS)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise FewshotError(f"cannot decode image {where} ({error}); replace or remove it") from None
         entry = characters.setdefault(int(char_id), (group, alphabet, character, {}))
         entry[3][int(drawer)] = np.asarray(image, dtype=np.uint8)
     return characters
@@ -75,22 +73,40 @@ def read_sprites(path, size):
         raise FewshotError(f"the sprite form in {path} is 28x28 only; for image_size {size} "
                            f"import the official zips instead")
     characters, sheets = {}, {}
-    try:
+    with failure(path / "index.csv", "the sprite form's index", LAYOUT_HINT):
         with open(path / "index.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-        for row in rows:
+    for number, row in enumerate(rows, 2):
+        with failure(path / "index.csv", f"line {number} of", f"each line is set,alphabet,character,char_id,row,"
+                     f"drawers; {LAYOUT_HINT}"):
             key = (row["set"], row["alphabet"])
-            if key not in sheets:
-                sheets[key] = np.asarray(Image.open(path / f"images_{key[0]}" / f"{key[1]}.png").convert("L"))
-            r, drawers = int(row["row"]), int(row["drawers"])
-            tiles = sheets[key][28 * r:28 * (r + 1)].reshape(28, drawers, 28).transpose(1, 0, 2)
-            if tiles.shape != (drawers, 28, 28):
-                raise ValueError(f"sheet {key[1]}.png is too small for row {r}")
-            characters[int(row["char_id"])] = (row["set"], row["alphabet"], row["character"],
-                                               {d + 1: tiles[d] for d in range(drawers)})
-    except (KeyError, ValueError, OSError, UnidentifiedImageError) as error:
-        raise FewshotError(f"the sprite form in {path} is malformed ({error}); {LAYOUT_HINT}") from None
+            r, drawers, char_id = int(row["row"]), int(row["drawers"]), int(row["char_id"])
+            if r < 0 or drawers < 1:
+                raise ValueError(f"row {r} with {drawers} drawers")
+        if key not in sheets:
+            sheet = path / f"images_{key[0]}" / f"{key[1]}.png"
+            if not sheet.is_file():
+                raise FewshotError(f"the sprite form in {path} is malformed (line {number} of index.csv names "
+                                   f"{sheet.relative_to(path)}, which is missing); {LAYOUT_HINT}")
+            sheets[key] = _sheet(sheet)
+        sheet = sheets[key]
+        if 28 * (r + 1) > sheet.shape[0] or 28 * drawers > sheet.shape[1]:
+            raise FewshotError(f"the sprite form in {path} is malformed (sheet {key[1]}.png is {sheet.shape[1]}x"
+                               f"{sheet.shape[0]} pixels, too small for row {r} of {drawers} drawers, line {number}"
+                               f" of index.csv); {LAYOUT_HINT}")
+        tiles = sheet[28 * r:28 * (r + 1), :28 * drawers].reshape(28, drawers, 28).transpose(1, 0, 2)
+        characters[char_id] = (row["set"], row["alphabet"], row["character"],
+                               {d + 1: tiles[d] for d in range(drawers)})
     return characters
+
+
+def _sheet(path):
+    """One sprite sheet as a gray array: 28-pixel tiles, a row per character."""
+    sheet = np.asarray(convert_image(decode_image(path, path), "L", path))
+    if sheet.shape[0] % 28 or sheet.shape[1] % 28:
+        raise FewshotError(f"sprite sheet {path} is {sheet.shape[1]}x{sheet.shape[0]} pixels, not a whole number "
+                           f"of 28x28 tiles; {LAYOUT_HINT}")
+    return sheet
 
 
 def is_sprite_form(path):
