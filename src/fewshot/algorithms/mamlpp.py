@@ -41,7 +41,7 @@ def rate_key(name: str) -> str:
 @ALGORITHMS.register("mamlpp")
 class MAMLPlusPlus(MAML):
     # the learned rates serve at meta-test too
-    reads = MAML.reads - {"eval_inner_lr"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
+    reads = MAML.reads - {"eval_inner_lr", "adapt_bn"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
 
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
