@@ -63,12 +63,6 @@ class MAMLPlusPlus(MAML):
     def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
         return self.model.functional_forward(params, x, bn_training, tasks=tasks, bn_step=k)
 
-    @torch.no_grad()
-    def predict(self, adapted, x):
-        # the query pass after the last inner step k = steps - 1 uses batch-norm row k, as
-        # in meta-training (the authors' evaluation forward is their training forward)
-        return self.forward_at(adapted["params"], x, max(adapted["steps"] - 1, 0), bn_training=False)
-
     def epoch(self, step: int) -> int:
         return step // self.config.steps_per_epoch
 
