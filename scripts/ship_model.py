@@ -39,11 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise FewshotError(f"--threads must be at least 1, got {args.threads}")
-            import torch
-            torch.set_num_threads(args.threads)
+        from fewshot.device import set_threads
+        set_threads(args.threads)
         from fewshot.config import parse_overrides
         card = zoo.ship(args.run, args.name, data=args.data, paper_figure=args.paper, paper_source=args.source,
                         machine=args.machine, train_commands=args.train_command,

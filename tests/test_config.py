@@ -142,6 +142,10 @@ def test_defaults_are_the_schemas():
      "inner_steps: 3 would be ignored: only algorithms anil, maml, mamlpp, metasgd, reptile read it, and this "
      "algorithm is leo; remove inner_steps from the preset or --set inner_steps=5"),
     ("leo-miniimagenet-5w1s", ["inner_lr=0.1"], "inner_lr: 0.1 would be ignored"),
+    # ANIL adapts the head only and MAML++ never adapts batch norm: whether it is adapted is not theirs to say
+    ("anil-omniglot-5w1s", ["adapt_bn=false"],
+     "adapt_bn: false would be ignored: only algorithms maml, metasgd read it, and this algorithm is anil"),
+    ("mamlpp-omniglot-5w1s", ["adapt_bn=false"], "adapt_bn: false would be ignored"),
     # the step schedule's keys under the others, and the others' floor under the step schedule
     ("mamlpp-omniglot-5w1s", ["lr_decay_every=1000"],
      "lr_decay_every: 1000 would be ignored: only lr_schedule step reads it, and this lr_schedule is cosine"),

@@ -109,3 +109,27 @@ def test_a_two_process_run_resumes_like_a_one_process_run(tmp_path):
     assert losses(tmp_path / "full") == losses(tmp_path / "part")
     for a, b in zip(losses(tmp_path / "full"), losses(tmp_path / "single")):
         assert abs(a - b) < 1e-5
+
+
+def test_the_process_groups_backend_follows_the_runs_device_not_the_gpus_present(tmp_path, monkeypatch):
+    """A CPU run joins gloo even where torch sees GPUs (NCCL would refuse its CPU tensors);
+    a CUDA run joins NCCL."""
+    assert (distributed.backend_for("cpu"), distributed.backend_for("cuda:1")) == ("gloo", "nccl")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def spawn(function, procs, *args, backend):
+        asked.append((procs, backend))
+        raise Stop
+
+    monkeypatch.setattr(distributed, "spawn", spawn)
+    config = tiny_config(data=str(tagged_dataset(tmp_path / "data", classes=12)), meta_batch=2)
+    try:
+        train(config, tmp_path / "run", progress=False, procs=2, device="cpu")
+    except Stop:
+        pass
+    assert asked == [(2, "gloo")]

@@ -325,6 +325,23 @@ def test_a_model_not_of_images_gets_one_line(lake, tmp_path, capsys):
     assert code == 2 and "not trained on images" in one_error_line(err)
 
 
+def test_what_is_asked_of_a_run_is_checked_as_fewshot_eval_checks_it(lake, tmp_path, capsys):
+    """Inner steps and rate given with --lake go through the checks of `fewshot eval`:
+    ProtoNets have no inner loop to take them, and a count or rate must be one."""
+    protonet = checkpoint_of(tmp_path, tiny_config(algorithm="protonet", head=False, inner_steps=0, eval_inner_steps=0,
+                                                   batch_norm="inductive", ways=5, image_size=16), OMNIGLOT_INPUT)
+    maml = checkpoint_of(tmp_path, tiny_config(algorithm="maml", ways=20, image_size=16), OMNIGLOT_INPUT,
+                         name="maml.pt")
+    for model, flags, message in ((protonet, ["--inner-lr", "0.1"], "no inner loop at meta-test"),
+                                  (protonet, ["--inner-steps", "3"], "would be ignored"),
+                                  (maml, ["--inner-steps", "-1"], "--inner-steps must be"),
+                                  (maml, ["--inner-lr", "nan"], "--inner-lr must be a finite number >= 0")):
+        code, _, err = run(capsys, "eval", model, "--lake", lake, *flags)
+        assert code == 2 and message in one_error_line(err), (flags, err)
+    code, out, err = run(capsys, "eval", protonet, "--lake", lake, "--json")
+    assert code == 0 and json.loads(out)["inner_steps"] == 0, err  # what was done: no inner step
+
+
 # -- LEO, through the backbone that made its embeddings ----------------------------------------
 
 @pytest.mark.parametrize("crop", ["center", "multiview"])
@@ -349,6 +366,9 @@ def test_leo_sees_lake_images_as_its_embeddings_were_made(pngs, lake, tmp_path, 
                                torch.from_numpy(np.array(dataset.images[row])), rtol=0, atol=1e-5)
     code, out, err = run(capsys, "eval", model, "--lake", lake, "--json")
     assert code == 0 and json.loads(out)["trials"] == 40, err
+    # the pretraining itself is no run to score
+    code, _, err = run(capsys, "eval", tmp_path / "emb" / "pretrain.pt", "--lake", lake)
+    assert code == 2 and "`fewshot embed`'s pretraining" in one_error_line(err)
     (tmp_path / "emb" / "pretrain.pt").unlink()
     code, _, err = run(capsys, "eval", model, "--lake", lake)
     assert code == 2 and "image backbone" in one_error_line(err)

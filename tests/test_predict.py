@@ -548,6 +548,14 @@ def test_inner_steps_asked_of_a_learner_are_checked_as_a_presets():
     learner.adapt(support, labels)
     with pytest.raises(fewshot.FewshotError, match="eval_inner_steps: 1 would be ignored"):
         learner.adapt(support, labels, steps=1)
+    # a rate: not where there is no inner loop, and a finite one >= 0 where there is
+    with pytest.raises(fewshot.FewshotError, match="no inner loop at meta-test"):
+        learner.adapt(support, labels, lr=0.1)
+    learner, support, labels = fresh_learner()
+    for rate in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(fewshot.FewshotError, match="--inner-lr must be a finite number >= 0"):
+            learner.adapt(support, labels, lr=rate)
+    learner.adapt(support, labels, lr=0.0)
 
 
 @pytest.mark.parametrize("value,tf32", [("fp32", False), ("tf32", True), ("bf16", False)])

@@ -174,9 +174,10 @@ def cmd_eval(args):
     from .device import set_threads
     if args.lake:
         if any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps)) or \
-                args.classes != "test":
-            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --seed, --scores "
-                               "and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, --json)")
+                args.classes != "test" or args.any_kind:
+            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --any-kind, --seed, "
+                               "--scores and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, "
+                               "--json)")
         from .lake import describe_lake, evaluate_lake
         set_threads(args.threads)
         result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,

@@ -31,7 +31,6 @@ import yaml
 from .errors import FewshotError
 from .reading import YAMLProblem, brief, load_yaml, parse_yaml, read_yaml
 
-KINDS = ("algorithm", "model", "dataset")  # the config keys naming a registered class, whose `reads` say what it reads
 
 
 def key(default: Any, meaning: str, *, low: float | None = None, above: float | None = None,
@@ -327,7 +326,8 @@ def _at_most(name: str) -> str:
 
 def _registries() -> dict:
     """{kind: its registry}. Looking them up loads the registered modules (torch), as
-    building the run would a moment later; `fewshot --help` and `presets` never call it."""
+    building the run would a moment later; `fewshot --help` and `fewshot presets` (but for
+    its --keys and --markdown) never call it."""
     from .algorithms import ALGORITHMS
     from .data.kinds import DATASETS
     from .models import BACKBONES
@@ -438,6 +438,8 @@ def meta_test(config: Config, inner_lr: float | None = None, **asked: Any) -> Co
     so it is no config key), refused where the algorithm has no inner loop to use it."""
     _check_keys(asked, "the settings asked of the run")
     declared = declared_readers()
+    if inner_lr is not None and (not _is_number(inner_lr) or inner_lr < 0):
+        raise FewshotError(f"--inner-lr must be a finite number >= 0, got {brief(inner_lr)}")
     if inner_lr is not None and _unread(config, "eval_inner_steps", declared):
         raise FewshotError(f"{config.algorithm} adapts with no inner loop at meta-test, so an inner learning rate "
                            f"({inner_lr}) would be ignored; ask this run for no inner learning rate (drop --inner-lr)")

@@ -99,10 +99,15 @@ def _join(backend, **options):
     _control = dist.new_group(backend="gloo") if backend == "nccl" else None
 
 
+def backend_for(device: str | torch.device) -> str:
+    """The process group's backend for a run on `device`: NCCL between GPUs, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
 def init_from_env(device):
     """Join the process group torchrun describes, if any."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        _join("nccl" if device.type == "cuda" else "gloo")
+        _join(backend_for(device))
 
 
 def free_port():
@@ -111,8 +116,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def spawn(function, procs, *args):
-    """Run `function(*args)` in `procs` local processes joined by gloo (nccl on GPUs) and
+def spawn(function, procs, *args, backend: str = "gloo"):
+    """Run `function(*args)` in `procs` local processes joined by `backend` (backend_for) and
     return what rank 0's call returned (it must pickle). A SIGINT or SIGTERM here is
     passed on (see the module docstring); a worker's FewshotError or OSError is raised
     here; any other failure is raised as a RuntimeError holding the worker's traceback."""
@@ -121,7 +126,8 @@ def spawn(function, procs, *args):
     folder = tempfile.mkdtemp(prefix="fewshot-procs-")
     outcomes = [os.path.join(folder, f"rank{rank}.pickle") for rank in range(procs)]
     port = free_port()
-    processes = [context.Process(target=_entry, args=(rank, procs, port, function, args, request, outcomes[rank]))
+    processes = [context.Process(target=_entry,
+                                 args=(rank, procs, port, function, args, request, outcomes[rank], backend))
                  for rank in range(procs)]
 
     def pass_on(number, frame):
@@ -185,7 +191,7 @@ def _record(number, frame):
     _received.append(int(number))
 
 
-def _entry(rank, procs, port, function, args, request, outcome):
+def _entry(rank, procs, port, function, args, request, outcome, backend):
     global _parent
     _parent = request
     # until the training loop takes them over, signals are requests to stop, as they are there
@@ -194,7 +200,6 @@ def _entry(rank, procs, port, function, args, request, outcome):
     _die_with_parent()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(procs),
                       LOCAL_RANK=str(rank))
-    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= procs else "gloo"
     try:
         _join(backend, rank=rank, world_size=procs)
         try:

@@ -81,25 +81,34 @@ def load_algorithm(state, device="cpu"):
     return algorithm.to(device)
 
 
+def trained_run(target: str | Path, steps: int | None = None, lr: float | None = None,
+                device: str | torch.device | None = "cpu",
+                at_steps: list[int] | None = None) -> tuple[dict, Config, torch.device]:
+    """(checkpoint state, config, device) of a trained run made ready for meta-test: the
+    device chosen, the checkpoint loaded (a pretraining refused), and the inner `steps`,
+    rate `lr` and `at_steps` asked of it checked as a preset's meta-test settings are
+    (`config.meta_test`: e.g. more steps than MAML++ learned rates for, any steps or rate
+    for ProtoNets)."""
+    if steps is not None:
+        whole_number(steps, 0, "--inner-steps")
+    device = choose_device(device)[0]
+    state = checkpoint.load(target, run=True)
+    config = meta_test(state["config"], lr, **({"eval_inner_steps": steps} if steps is not None else {}),
+                       **({"eval_at_steps": list(at_steps)} if at_steps else {}))
+    return state, config, device
+
+
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
                         device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None,
                         any_kind: bool = False) -> dict:
     """Everything `fewshot eval` does, as a dict. `device` None: the best device present.
     `data_spec`: other data to evaluate on, of the kind the run was trained on unless `any_kind`.
-    Other inner `steps` or `at_steps` than the run's are refused where a preset's
-    eval_inner_steps or eval_at_steps would be (e.g. more steps than MAML++ learned rates
-    for, any steps for ProtoNets)."""
-    for value, low, flag in ((steps, 0, "--inner-steps"), (tasks, 1, "--tasks"), (seed, 0, "--seed")):
+    Other inner `steps`, `lr` or `at_steps` than the run's are checked by `trained_run`."""
+    for value, low, flag in ((tasks, 1, "--tasks"), (seed, 0, "--seed")):
         if value is not None:
             whole_number(value, low, flag)
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-        raise FewshotError(f"--inner-lr must be a finite number >= 0, got {lr}")
-    device = choose_device(device)[0]
-    state = checkpoint.load(target, run=True)
-    config = state["config"]
-    config = meta_test(config, lr, **({"eval_inner_steps": steps} if steps is not None else {}),
-                       **({"eval_at_steps": list(at_steps)} if at_steps else {}))
+    state, config, device = trained_run(target, steps, lr, device, at_steps)
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)

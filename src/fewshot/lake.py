@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, data, models
+from . import checkpoint, data, models, precision
 from .data.episodes import to_float
 from .data.images import read_dataset
 from .data.omniglot import decode_png
 from .errors import FewshotError
-from .evaluate import confidence, load_algorithm, predict_alone
+from .evaluate import confidence, load_algorithm, meta_test_steps, predict_alone, trained_run
 from .runs import recorded_data
 
 LABELS = "class_labels.txt"
@@ -192,11 +192,11 @@ def classify_run(algorithm, inputs, run: LakeRun, steps: int | None = None, lr: 
 
 
 def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, lr: float | None = None,
-                  device: str | torch.device = "cpu", progress: bool = True) -> dict:
+                  device: str | torch.device | None = "cpu", progress: bool = True) -> dict:
     """Error of a trained run (folder or checkpoint) on Lake's runs at `lake` (a zip or a
-    folder): per run and overall with a 95% interval, each trial classified on its own."""
-    state = checkpoint.load(target)
-    config = state["config"]
+    folder): per run and overall with a 95% interval, each trial classified on its own, in
+    the arithmetic the run validated in. Inner `steps` and `lr` as `fewshot eval` takes them."""
+    state, config, device = trained_run(target, steps, lr, device)
     algorithm = load_algorithm(state, device).eval()
     if algorithm.family.metric_name != "accuracy":
         raise FewshotError(f"{target} is a regression run ({config.preset}); Lake's runs need a classifier "
@@ -207,9 +207,11 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
                            f"lake-anil`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
     size, inputs = model_inputs(state, device)
     runs = read_runs(lake, size)
+    steps = meta_test_steps(algorithm, config)
     results, errors = [], []
     for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
-        predicted = classify_run(algorithm, inputs, run, steps, lr).argmax(1).cpu().tolist()
+        with precision.configured(config.precision, device):
+            predicted = classify_run(algorithm, inputs, run, steps, lr).argmax(1).cpu().tolist()
         wrong = [p != a for p, a in zip(predicted, run.answers)]
         errors += wrong
         results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong), "error": sum(wrong) / len(wrong),
@@ -217,8 +219,8 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     error, ci95 = confidence(errors)
     return {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
             "algorithm": config.algorithm, "lake": str(lake),
-            "inner_steps": config.eval_inner_steps if steps is None else steps,
-            "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
+            "inner_steps": steps, "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
+            "adaptation": algorithm.describe_adaptation(steps, lr), "device": str(device),
             "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
             "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
 

@@ -133,7 +133,7 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
             # import once here: bad data is refused before any process starts
             data.load(config, progress and sys.stderr.isatty())
             result = distributed.spawn(_train_worker, procs, config, out, resume, device, progress, stop_after,
-                                       threads, time_limit, initial)
+                                       threads, time_limit, initial, backend=distributed.backend_for(device))
             return {**result, "algorithm": None}
         return _train_process(config, out, resume, device, progress, stop_after, threads, time_limit, initial)
     except BaseException:

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from .errors import FewshotError
+from .reading import read_yaml
 
 FOLDER_VARIABLE = "FEWSHOT_PRETRAINED"
 PACKAGE_FOLDER = Path(__file__).resolve().parent / "pretrained"
@@ -117,11 +118,7 @@ def _fits(value: Any, kind: Any) -> bool:
 def read_card(path: Path) -> Card:
     """A card file, checked: every field present, of its type, and nothing else."""
     fix = "reinstall fewshot (pip install --force-reinstall fewshot) or ship the model again"
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        reason = " ".join(str(error).split())[:120] or type(error).__name__
-        raise FewshotError(f"the card {path} of a shipped model cannot be read ({reason}); {fix}") from None
+    values = read_yaml(path, "the shipped model's card", fix)  # the one reader: bombs, unreadable bytes, 1e-4
     if not isinstance(values, dict):
         raise FewshotError(f"the card {path} of a shipped model is not a mapping of fields; {fix}")
     missing = sorted(set(CARD_FIELDS) - set(values))

@@ -6,5 +6,7 @@ from .maml import MAML
 
 @ALGORITHMS.register("anil")
 class ANIL(MAML):
+    reads = MAML.reads - {"adapt_bn"}  # batch norm is never adapted: it is not the head
+
     def adapts(self, name):
         return self.parameter_roles[name] == "head"

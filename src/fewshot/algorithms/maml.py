@@ -164,4 +164,6 @@ class MAML(Algorithm):
 
     @torch.no_grad()
     def predict(self, adapted, x):
-        return self.forward_at(adapted["params"], x, adapted["steps"], bn_training=False)
+        # the query pass after the last inner step k = steps - 1 is the network at step k, as in
+        # meta-training (MAML++'s per-step batch norm; the plain network is the same at every k)
+        return self.forward_at(adapted["params"], x, max(adapted["steps"] - 1, 0), bn_training=False)

@@ -41,7 +41,7 @@ def rate_key(name: str) -> str:
 @ALGORITHMS.register("mamlpp")
 class MAMLPlusPlus(MAML):
     # the learned rates serve at meta-test too
-    reads = MAML.reads - {"eval_inner_lr"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
+    reads = MAML.reads - {"eval_inner_lr", "adapt_bn"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
 
     def __init__(self, model, config, family):
         super().__init__(model, config, family)
@@ -62,12 +62,6 @@ class MAMLPlusPlus(MAML):
 
     def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
         return self.model.functional_forward(params, x, bn_training, tasks=tasks, bn_step=k)
-
-    @torch.no_grad()
-    def predict(self, adapted, x):
-        # the query pass after the last inner step k = steps - 1 uses batch-norm row k, as
-        # in meta-training (the authors' evaluation forward is their training forward)
-        return self.forward_at(adapted["params"], x, max(adapted["steps"] - 1, 0), bn_training=False)
 
     def epoch(self, step: int) -> int:
         return step // self.config.steps_per_epoch

@@ -28,10 +28,12 @@ def image_files(folder):
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_image(path, size, channels):
-    """Any size and mode -> uint8 C x size x size, converted as at training time. An image
-    that cannot be decoded or converted, or too large to decode, is one error naming it."""
-    image = decode_image(path, path)
+def load_image(source: str | Path | bytes, size: int, channels: int, where: str | Path | None = None) -> np.ndarray:
+    """An image file (or its bytes, named `where`) of any size and mode -> uint8 C x size x
+    size, converted as at training time. An image that cannot be decoded or converted, or
+    too large to decode, is one error naming it."""
+    path = source if where is None else where
+    image = decode_image(source, path)
     with image, failure(path, "image", "remove or replace it"):
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # wide gray: scale, don't clip
             wide = np.asarray(image, dtype=np.float64)

@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from ..errors import FewshotError
 from ..reading import convert_image, decode_image, failure
 from .download import download
+from .folder import load_image
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, DatasetKind, EpisodeRule
 
@@ -66,11 +66,7 @@ def decode_png(data: bytes, size: int, where: str) -> np.ndarray:
     """One Omniglot PNG's bytes -> uint8 size x size (0 = ink, 255 = background, as in the
     files): convert('L'), then LANCZOS to `size`, as the reference code and the sprite form
     do. Every Omniglot image goes through this, at import and in `fewshot eval --lake`."""
-    image = convert_image(decode_image(data, where), "L", where)
-    with failure(where, "image", "replace or remove it"):
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.LANCZOS)
-        return np.asarray(image, dtype=np.uint8)
+    return load_image(data, size, 1, where)[0]  # the one conversion of an image at any size
 
 
 def read_sprites(path, size):

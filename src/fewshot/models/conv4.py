@@ -147,11 +147,11 @@ class Conv4(Backbone):
         return task.images <= CPU_BATCHING_MAX_IMAGES
 
     def tasks_forward(self, x, bn_training, bn_step):
-        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x C x H x W. The tasks become
-        the groups of grouped convolutions (side by side along channels), so batch-norm
-        statistics stay per task. Why a second form of `forward`: torch.func.vmap of
-        `forward` gives the same with 4-30% more CPU time per meta-step (it splits batch
-        norm's affine part into separate multiply and add kernels; docs/benchmarks.md,
+        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x C x H x W. The
+        tasks become the groups of grouped convolutions (side by side along channels), so
+        batch-norm statistics stay per task. Why a second form of `forward`: torch.func.vmap
+        of `forward` gives the same in more CPU time per meta-step (it splits batch norm's
+        affine part into separate multiply and add kernels; measured in docs/benchmarks.md,
         "all tasks in one pass"). The layers (strides, paddings, per-step batch-norm
         rows, the head) are the module's own; only the task grouping is written here,
         and tests check it against vmap of `forward`.

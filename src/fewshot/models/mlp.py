@@ -47,9 +47,9 @@ class MLP(Backbone):
         return True
 
     def tasks_forward(self, x, bn_training, bn_step):
-        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x in. A second form of
-        `forward`, kept because torch.func.vmap of `forward` takes about 1.5x the CPU
-        time per meta-step for this small network (docs/benchmarks.md): per task, one
+        """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x in. A second
+        form of `forward`, kept because torch.func.vmap of `forward` takes more CPU time per
+        meta-step for this small network (measured in docs/benchmarks.md): per task, one
         fused baddbmm per layer."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
