@@ -127,6 +127,8 @@ def test_defaults_are_the_schemas():
     ("omniglot-5w1s", ["widths=[8, 8, 8, 8]"], "widths: [8, 8, 8, 8] would be ignored"),
     ("omniglot-5w1s", ["embedding_crop=multiview"], "only dataset embeddings reads it"),
     ("sinusoid-10shot", ["batch_norm=inductive"], "batch_norm: inductive would be ignored"),
+    ("sinusoid-10shot", ["affine_distortion=true"],
+     "affine_distortion: true would be ignored: only datasets folder, miniimagenet, omniglot read it"),
     # the learned rates of Meta-SGD and MAML++ serve at meta-test; ProtoNets and LEO have no such rate
     ("metasgd-omniglot-5w1s", ["eval_inner_lr=0.1"],
      "eval_inner_lr: 0.1 would be ignored: only algorithms anil, maml, reptile read it, and this algorithm is metasgd"),

@@ -68,6 +68,9 @@ class Config:
                      "held-out background alphabets); a folder's own train/val/test", readers=("data",))
     episodes_within_alphabet: bool = key(False, "meta-train tasks drawn from one alphabet each (a turned "
                                          "alphabet counts as one)", read_by=("dataset",))
+    affine_distortion: bool = key(False, "each meta-train image distorted by its own random affine map, as Koch "
+                                  "et al. 2015 (rotation +-10 deg, shears +-0.3, scales 0.8-1.2, shifts +-2/105 of "
+                                  "the side, each part with probability 1/2)", read_by=("dataset",))
     image_size: int = key(28, "image side in pixels the network sees", low=1, readers=("data", "models"))
     channels: Literal[1, 3] = key(1, "1 (gray) or 3 (colour)", must="1 (gray) or 3 (colour)",
                                   readers=("data", "models"))

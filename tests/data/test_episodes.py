@@ -129,3 +129,73 @@ def test_batches_built_on_the_host_and_on_a_device_are_the_plans_tasks(device):
     for index in (2, 3):
         assert all(torch.equal(g.query_x.cpu(), w.query_x) for g, w in zip(next(prefetch), sampler.batch(index, 3)))
     prefetch.close()
+
+
+# --- affine distortion (Koch et al. 2015) -------------------------------------------
+
+def test_affine_maps_draw_kochs_ranges_each_part_half_the_time():
+    from fewshot.data.episodes import affine_maps
+    maps = affine_maps(np.random.default_rng(0), 20000)
+    assert maps.shape == (20000, 2, 3)
+    forward = np.linalg.inv(maps[:, :, :2])                      # where an input point lands
+    shift = -np.einsum("nij,nj->ni", forward, maps[:, :, 2])     # the sampling map is p -> forward^-1 (p - shift)
+    assert np.abs(shift).max() <= 2 * 2 / 105 + 1e-12            # 2 of 105 pixels, in units where the side is 2
+    assert 0.45 < np.mean(np.abs(shift[:, 0]) < 1e-15) < 0.55    # no shift along x in about half the images
+    identity = np.all(np.abs(maps - np.array([[1, 0, 0], [0, 1, 0]])) < 1e-15, axis=(1, 2))
+    assert 0.5 ** 7 * 0.8 < identity.mean() < 0.5 ** 7 * 1.2    # all seven parts left out together: 1/128
+    determinant = np.linalg.det(forward)                        # rotation 1, shears 1 - a b, scales 0.64..1.44
+    assert determinant.min() > 0.8 ** 2 * (1 - 0.3 ** 2) - 1e-9
+    assert determinant.max() < 1.2 ** 2 * (1 + 0.3 ** 2) + 1e-9
+    again = affine_maps(np.random.default_rng(0), 20000)
+    assert np.array_equal(maps, again)
+
+
+def test_distort_moves_pixels_the_way_its_map_says():
+    from fewshot.data.episodes import distort
+    x = torch.arange(2 * 8 * 8, dtype=torch.float64).view(2, 1, 8, 8)
+    identity = torch.tensor([[1.0, 0, 0], [0, 1, 0]], dtype=torch.float64).expand(2, 2, 3)
+    torch.testing.assert_close(distort(x, identity), x, rtol=0, atol=1e-9)
+    one_pixel_right = torch.tensor([[1.0, 0, -2 / 8], [0, 1, 0]], dtype=torch.float64).expand(2, 2, 3)
+    moved = distort(x, one_pixel_right)
+    torch.testing.assert_close(moved[..., 1:], x[..., :-1], rtol=0, atol=1e-9)
+    torch.testing.assert_close(moved[..., 0], x[..., 0], rtol=0, atol=1e-9)  # the border pixel repeats
+    quarter_turn = torch.tensor([[0.0, -1, 0], [1, 0, 0]], dtype=torch.float64).expand(2, 2, 3)
+    torch.testing.assert_close(distort(x, quarter_turn), torch.rot90(x, 1, (-2, -1)), rtol=0, atol=1e-9)
+
+
+def test_a_forward_shift_drawn_by_affine_maps_moves_ink_that_way():
+    from fewshot.data.episodes import affine_maps, distort
+    maps = affine_maps(np.random.default_rng(3), 20000)
+    forward = np.linalg.inv(maps[:, :, :2])
+    shift = -np.einsum("nij,nj->ni", forward, maps[:, :, 2])  # the sampling map is p -> forward^-1 (p - shift)
+    pure = np.flatnonzero((np.abs(forward - np.eye(2)) < 1e-15).all((1, 2)) & (shift[:, 0] > 0.03)
+                          & (np.abs(shift[:, 1]) < 1e-15))
+    assert len(pure)                                            # a map that only shifts right
+    image = torch.zeros(1, 1, 105, 105, dtype=torch.float64)
+    image[..., 40:60, 50] = 1.0                                 # a vertical stroke at x = 50
+    moved = distort(image, torch.from_numpy(maps[pure[:1]]))
+    centre = (moved[0, 0].sum(0) * torch.arange(105.0, dtype=torch.float64)).sum() / moved.sum()
+    assert centre.item() == pytest.approx(50 + shift[pure[0], 0] * 105 / 2, abs=1e-6)
+
+
+def test_distorted_tasks_are_the_same_tasks_through_each_images_own_map():
+    from fewshot.data.episodes import DeviceEpisodes, distort
+    images, refs = tagged(classes=12, per_class=6)
+    images[:, 0, 2:, :] = np.arange(8, dtype=np.uint8).reshape(2, 4) * 30
+    preprocessing = {"invert": True, "channels": 1, "mean": [0.3], "std": [0.2]}
+    plain = EpisodeSampler(images, refs, ways=4, shots=2, query=1, seed=5, preprocessing=preprocessing)
+    distorted = EpisodeSampler(images, refs, ways=4, shots=2, query=1, seed=5, preprocessing=preprocessing,
+                               distort=True)
+    for index in range(4):
+        plans, distorted_plans = plain.plans(index, 3), distorted.plans(index, 3)
+        for p, d in zip(plans, distorted_plans):  # the maps are drawn after the rest: the same classes and images
+            assert p.affine is None and d.affine.shape == (4, 3, 2, 3)
+            assert np.array_equal(p.rows, d.rows) and np.array_equal(p.labels, d.labels)
+        for p, d, plan in zip(plain.batch(index, 3), distorted.batch(index, 3), distorted_plans):
+            maps = torch.from_numpy(plan.affine)
+            for split, shots in (("support", slice(0, 2)), ("query", slice(2, 3))):
+                want = distort(getattr(p, f"{split}_x"), maps[:, shots].reshape(-1, 2, 3))  # class by class
+                torch.testing.assert_close(getattr(d, f"{split}_x"), want, rtol=1e-6, atol=1e-6)
+            assert torch.equal(p.support_y, d.support_y) and torch.equal(p.query_y, d.query_y)
+        again = DeviceEpisodes(distorted, "cpu").batch(index, 3)
+        assert all(torch.equal(a.support_x, b.support_x) for a, b in zip(again, distorted.batch(index, 3)))

@@ -325,6 +325,21 @@ def test_training_tasks_within_one_alphabet_on_request(sprite_cache):
         fewshot.data.sampler(config.replace(ways=60), dataset, refs, "train", seed=0)
 
 
+def test_only_meta_training_tasks_are_distorted_when_asked(sprite_cache):
+    import torch
+    dataset = images.read_dataset(sprite_cache, 28)
+    refs = omniglot.splits(dataset, "lake")
+    config = Config(split="lake", ways=20, shots=1, query=5, eval_ways=20, eval_query=1, affine_distortion=True)
+    assert fewshot.data.sampler(config, dataset, refs, "train", seed=0).distort
+    plain = fewshot.data.sampler(config.replace(affine_distortion=False), dataset, refs, "train", seed=0)
+    distorted = fewshot.data.sampler(config, dataset, refs, "train", seed=0).batch(0, 1)[0]
+    assert not plain.distort and not torch.equal(plain.batch(0, 1)[0].support_x, distorted.support_x)
+    for split in ("val", "test"):  # validation runs and test tasks: the images as they are
+        assert not fewshot.data.sampler(config, dataset, refs, split, seed=0, ways=20, query=1).distort
+    # an evaluation on meta-train classes (eval --classes train) sees them undistorted too
+    assert not fewshot.data.sampler(config, dataset, refs, "train", seed=0, ways=5, query=1).distort
+
+
 def test_unknown_split_is_an_error(tmp_path):
     folder = tagged_dataset(tmp_path / "small", classes=12, size=28)
     with pytest.raises(FewshotError, match="maml or lake"):

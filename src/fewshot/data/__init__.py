@@ -145,7 +145,8 @@ def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[I
     alphabets = [stored.alphabet(c) for c in refs[split]] if rule.within_alphabet else None
     return EpisodeSampler(dataset.images, refs[split], ways, config.shots, query, seed, split=split,
                           preprocessing=preprocessing(dataset, config), dtype=torch.float32 if dtype is None else dtype,
-                          alphabets=alphabets, same_drawers=rule.same_drawers, alone=rule.alone)
+                          alphabets=alphabets, same_drawers=rule.same_drawers, alone=rule.alone,
+                          distort=rule.distort and training)
 
 
 def _eval_key(config, name):

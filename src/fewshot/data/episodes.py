@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import FewshotError
 
@@ -89,11 +90,48 @@ def float_constants(preprocessing, dtype, device):
 @dataclass
 class Plan:
     """One task's draws: `rows` (ways x per_class) of the image array, the quarter
-    turns of each chosen class, and each class's label."""
+    turns of each chosen class, each class's label, and with distortion each image's
+    sampling map (ways x per_class x 2 x 3, `affine_maps`)."""
     rows: np.ndarray
     rotations: np.ndarray
     labels: np.ndarray
     seed: tuple
+    affine: np.ndarray | None = None
+
+
+# Koch, Zemel & Salakhutdinov 2015, section 4.3.1: each part of the map drawn with probability 1/2
+DISTORTION_DEGREES = 10.0
+DISTORTION_SHEAR = 0.3
+DISTORTION_SCALE = (0.8, 1.2)
+DISTORTION_SHIFT = 2 / 105  # their 2 pixels of a 105-pixel image, as a share of the side
+
+
+def affine_maps(rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` random distortions (Koch et al.: a rotation, shears along x and y, scales
+    along x and y and shifts along x and y, each kept with probability 1/2), as the
+    count x 2 x 3 maps `F.affine_grid` takes: from each output point to the input point
+    it samples, in coordinates from -1 to 1 across the image. The draws are made in one
+    fixed order whatever is kept, so that a task's distortions depend on its seed alone."""
+    keep = rng.random((count, 7)) < 0.5
+    angle = np.radians(rng.uniform(-DISTORTION_DEGREES, DISTORTION_DEGREES, count)) * keep[:, 0]
+    shear = rng.uniform(-DISTORTION_SHEAR, DISTORTION_SHEAR, (count, 2)) * keep[:, 1:3]
+    scale = np.where(keep[:, 3:5], rng.uniform(*DISTORTION_SCALE, (count, 2)), 1.0)
+    shift = 2 * rng.uniform(-DISTORTION_SHIFT, DISTORTION_SHIFT, (count, 2)) * keep[:, 5:7]  # -1..1 spans 2
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotate = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    shears = np.stack([np.stack([np.ones(count), shear[:, 0]], -1), np.stack([shear[:, 1], np.ones(count)], -1)], -2)
+    forward = rotate @ shears @ (scale[:, :, None] * np.eye(2))  # where an input point lands: forward p + shift
+    inverse = np.linalg.inv(forward)
+    return np.concatenate([inverse, -(inverse @ shift[:, :, None])], -1)
+
+
+def distort(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Images x (n, C, H, W) resampled through `maps` (n x 2 x 3, `affine_maps`),
+    bilinearly; points outside take the nearest border pixel: background in Omniglot
+    and, as every sample is a weighted mean, the same whether before or after
+    normalisation."""
+    grid = F.affine_grid(maps.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class EpisodeSampler:
@@ -106,10 +144,12 @@ class EpisodeSampler:
     query images sit at the same positions (Omniglot: the same drawers) in every class
     of a task, so that, as in Lake et al.'s runs, one person drew all the support
     images and another all the queries. `alone`: at evaluation each query is
-    classified on its own (evaluate.py reads it)."""
+    classified on its own (evaluate.py reads it). `distort`: each image through its own
+    random affine map (`affine_maps`), drawn after the rest of its task."""
 
     def __init__(self, images, classes, ways, shots, query, seed, split="train",
-                 preprocessing=None, dtype=torch.float32, alphabets=None, same_drawers=False, alone=False):
+                 preprocessing=None, dtype=torch.float32, alphabets=None, same_drawers=False, alone=False,
+                 distort=False):
         if ways > len(classes):
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
@@ -134,7 +174,7 @@ class EpisodeSampler:
         self.classes = classes
         self.ways, self.shots, self.query = ways, shots, query
         self.seed, self.preprocessing, self.dtype = seed, preprocessing, dtype
-        self.same_drawers, self.alone = same_drawers, alone
+        self.same_drawers, self.alone, self.distort = same_drawers, alone, distort
         self.host = None  # the batched builder on the host, made on first use
 
     def plan(self, rng, seed=None):
@@ -155,7 +195,8 @@ class EpisodeSampler:
             else:
                 rows.append(image_class.start + rng.choice(image_class.count, per_class, replace=False))
             rotations.append(image_class.rotation)
-        return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed)
+        affine = affine_maps(rng, self.ways * per_class).reshape(self.ways, per_class, 2, 3) if self.distort else None
+        return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed, affine)
 
     def plans(self, index, size, part=None):
         positions = range(size) if part is None else part
@@ -220,6 +261,9 @@ class DeviceEpisodes:
             chosen = (rotations == turns).view(len(plans), ways, *[1] * (pixels.dim() - 2))
             turned = torch.where(chosen, torch.rot90(pixels, turns, (-2, -1)), turned)
         x = tensor_to_float(turned, sampler.preprocessing, sampler.dtype, self.constants)
+        if plans[0].affine is not None:
+            maps = torch.from_numpy(np.stack([p.affine for p in plans])).to(self.device, non_blocking=True)
+            x = distort(x.flatten(0, 2), maps.flatten(0, 2)).view_as(x)
         y = labels[:, :, None].expand(len(plans), ways, per_class)
         shots = sampler.shots
         return [Task(x[i, :, :shots].flatten(0, 1), y[i, :, :shots].flatten(),

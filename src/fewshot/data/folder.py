@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..errors import FewshotError
 from ..reading import CONTENT_ERRORS, convert_image, decode_image, failure
 from .images import ImageClass, write_dataset
-from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
+from .kinds import DATASETS, STORED_IMAGE_READS, SPLITS, DatasetKind, group_splits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGE_SIZE = 28
@@ -164,4 +164,5 @@ def splits(dataset, name=None, seed=None):
 
 
 FOLDER = DATASETS.register("folder")(DatasetKind(
-    "folder", prepare=import_folder, splits=splits, default_size=IMAGE_SIZE, import_options=import_options))
+    "folder", prepare=import_folder, splits=splits, default_size=IMAGE_SIZE, import_options=import_options,
+    reads=STORED_IMAGE_READS))

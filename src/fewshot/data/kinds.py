@@ -33,10 +33,15 @@ class EpisodeRule:
     within_alphabet: bool = False  # a task's classes all from one alphabet (DatasetKind.alphabet)
     same_drawers: bool = False     # the same image positions (Omniglot: drawers) in every class of a task
     alone: bool = False            # at evaluation each query is classified on its own, not in a batch
+    distort: bool = False          # each image through its own random affine map (meta-training only)
 
 
 def plain_episodes(config, split: str) -> EpisodeRule:
-    return EpisodeRule()
+    return EpisodeRule(distort=split == "train" and config.affine_distortion)
+
+
+# the keys every kind of stored images reads: how its meta-train episodes are drawn
+STORED_IMAGE_READS = frozenset({"affine_distortion"})
 
 
 @dataclass

@@ -48,7 +48,7 @@ from ..errors import FewshotError
 from ..reading import array, brief, failure, listed, load_pickle
 from .folder import load_image
 from .images import ImageClass, write_dataset
-from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
+from .kinds import DATASETS, STORED_IMAGE_READS, SPLITS, DatasetKind, group_splits
 
 IMAGE_SIZE = 84
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -452,4 +452,4 @@ def channel_stats(images, row_ranges):
 
 MINIIMAGENET = DATASETS.register("miniimagenet")(DatasetKind(
     "miniimagenet", prepare=import_miniimagenet, splits=splits, default_size=IMAGE_SIZE,
-    import_options=import_options))
+    import_options=import_options, reads=STORED_IMAGE_READS))

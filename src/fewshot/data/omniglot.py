@@ -15,7 +15,7 @@ from ..reading import convert_image, decode_image, failure
 from .download import download
 from .folder import load_image
 from .images import ImageClass, write_dataset
-from .kinds import DATASETS, DatasetKind, EpisodeRule
+from .kinds import DATASETS, STORED_IMAGE_READS, DatasetKind, EpisodeRule, plain_episodes
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 # md5 of the official release files (the checksums torchvision checks as well).
@@ -223,9 +223,10 @@ def episodes(config, split: str) -> EpisodeRule:
     where `episodes_within_alphabet` asks for it."""
     if config.split == "lake" and split == "val":
         return LAKE_RUNS
-    return EpisodeRule(within_alphabet=split == "train" and config.episodes_within_alphabet)
+    rule = plain_episodes(config, split)
+    return replace(rule, within_alphabet=split == "train" and config.episodes_within_alphabet)
 
 
 OMNIGLOT = DATASETS.register("omniglot")(DatasetKind(
     "omniglot", prepare=import_omniglot, splits=splits, default_size=IMAGE_SIZE, alphabet=alphabet,
-    episodes=episodes, reads=frozenset({"episodes_within_alphabet"})))
+    episodes=episodes, reads=STORED_IMAGE_READS | {"episodes_within_alphabet"}))
