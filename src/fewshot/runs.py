@@ -16,7 +16,7 @@ from pathlib import Path
 from .config import complete, validate
 from .errors import FewshotError
 from .files import write_text
-from .reading import parse_yaml
+from .reading import parse_yaml, reason
 
 CSV_COLUMNS = ["step", "loss", "metric", "val_metric", "val_ci95", "lr", "sec_per_step",
                "tasks_per_s", "images_per_s", "points_per_s", "elapsed_s", "nonfinite_steps", "peak_rss_mb",
@@ -130,8 +130,7 @@ def read_config(out):
         config = complete(config)
         validate(config)
     except (ValueError, TypeError, KeyError, UnicodeDecodeError, FewshotError) as error:
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise FewshotError(f"{path} is damaged ({reason}); restore it from a copy, or start a new run "
+        raise FewshotError(f"{path} is damaged ({reason(error)}); restore it from a copy, or start a new run "
                            f"in another folder (with --init {Path(out) / 'last.pt'} to keep the weights)") from None
     return config
 

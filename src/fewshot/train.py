@@ -37,6 +37,7 @@ from .evaluate import evaluate
 from .files import Unchanged, write_text
 from .loop import Loop, on_terminal
 from .optim import clip_gradients, make_optimizer, set_schedule_length
+from .reading import reason
 from .runs import (MetricsLog, RunLock, clean_failed_start, clean_stale_files, data_location, peak_rss_mb,
                    prepare_run, read_config)
 from .tasks import Regression, better
@@ -398,8 +399,7 @@ def _load_state(state, config, out, algorithm, optimizer, schedule):
         torch.set_rng_state(state["rng"])
         state["step"], state["best"]
     except (KeyError, RuntimeError, ValueError, TypeError) as error:
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise FewshotError(f"{path} does not fit this run's config.yaml ({reason}); put this run's last.pt "
+        raise FewshotError(f"{path} does not fit this run's config.yaml ({reason(error)}); put this run's last.pt "
                            f"back, or start a new run in another folder") from None
 
 
