@@ -2,7 +2,8 @@
 
     python scripts/results_table.py runs/family/*        # evaluated run folders
     python scripts/results_table.py --shipped            # the shipped models, from their cards
-    python scripts/results_table.py --shipped --write docs/results.md   # ... into the document, between its markers
+    python scripts/results_table.py --shipped --write docs/results.md   # ... into the document, between its markers,
+                                                                        # and each model's curve into docs/img/models/
 
 Run folders: RUN_DIR/eval.json (from `fewshot eval --json`) beside the steps run, the
 wall-clock time and the paper's number from the preset. Shipped models: one row per
@@ -62,7 +63,12 @@ def main(argv=None):
     except FewshotError as error:
         print(f"fewshot: error: {document}: {error}", file=sys.stderr)
         return 2
-    print(f"wrote the table of {len(zoo.cards())} shipped models into {document}")
+    from fewshot.plot import plot_card
+    shipped = zoo.cards()
+    for card in shipped:
+        plot_card(card, document.parent / zoo.CURVES / f"{card.name}.png")
+    print(f"wrote the table of {len(shipped)} shipped model{'s' if len(shipped) != 1 else ''} into {document}, "
+          f"their curves into {document.parent / zoo.CURVES}")
     return 0
 
 

@@ -179,6 +179,17 @@ def test_fewshot_models_lists_the_cards(using, capsys):
     assert code == 2 and f"the shipped ones are {NAME}" in one_error_line(err)
 
 
+def test_a_card_says_when_its_weights_are_the_best_of_a_longer_run_and_names_its_metric_once(using):
+    from dataclasses import replace
+    _, _, card, _ = using
+    earlier = replace(card, steps=60000, run_steps=70000, paper_steps=70000, metric="mse", test_mean=0.10489,
+                      test_ci95=0.01123)
+    lines = zoo.card_lines(earlier)
+    assert "  test mse 0.1049 +- 0.0112 (95% interval" in lines[1]
+    assert "meta-step 60000 (the best by validation of a 70000-step run) of the paper's 70000" in lines[3]
+    assert "| mse 0.1049 +- 0.0112 (5) | 60000 (best of 70000) / 70000 |" in zoo.results_table([earlier])
+
+
 def test_no_shipped_model_is_said_plainly(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(zoo.FOLDER_VARIABLE, str(tmp_path / "empty"))
     code, out, err = run(capsys, "models")
@@ -187,7 +198,7 @@ def test_no_shipped_model_is_said_plainly(tmp_path, monkeypatch, capsys):
     code, out, err = run(capsys, "eval", "maml-omniglot-5w1s")
     assert code == 2 and "does not exist; give a run folder, a .pt file or the name of a shipped model" in \
         one_error_line(err)
-    assert zoo.results_table([]).splitlines()[2] == "| no model shipped yet | - | - | - | - | - | - | - | - |"
+    assert zoo.results_table([]).splitlines()[2] == "| no model shipped yet | - | - | - | - | - | - | - | - | - |"
 
 
 @pytest.fixture
@@ -279,7 +290,8 @@ def test_training_time_sums_each_process_clock():
     rows = [{"step": 2, "elapsed_s": 1.0}, {"step": 4, "elapsed_s": 2.0, "val_metric": 0.5},
             {"step": 6, "elapsed_s": 0.5}, {"step": 8, "elapsed_s": 1.5, "val_metric": 0.6}]
     assert zoo.training_time(rows, 8) == (3.5, 2, [[4, 2.0, 0.5], [8, 3.5, 0.6]])
-    assert zoo.training_time(rows, 4) == (2.0, 1, [[4, 2.0, 0.5]])
+    # weights from step 4: the time and processes until then, the curve of the whole run
+    assert zoo.training_time(rows, 4) == (2.0, 1, [[4, 2.0, 0.5], [8, 3.5, 0.6]])
 
 
 def test_the_table_is_made_from_the_cards(using, tmp_path, monkeypatch, capsys):
@@ -288,11 +300,12 @@ def test_the_table_is_made_from_the_cards(using, tmp_path, monkeypatch, capsys):
     assert table.splitlines()[2] == (
         f"| `{NAME}` | `omniglot-5w1s` | 3-way 1-shot | 98.7 +- 0.4% (Finn et al. 2017) | "
         f"{100 * card.test_mean:.2f}% +- {100 * card.test_ci95:.2f}% (5) | 4 / 60000 | "
-        f"{card.training_seconds / 3600:.2f} | the test machine | - |")
+        f"{card.training_seconds / 3600:.2f} | the test machine | - | [curve](img/models/{NAME}.png) |")
     document = tmp_path / "results.md"
     document.write_text(f"# Results\n\n{zoo.TABLE_START}\nold\n{zoo.TABLE_END}\n\nafter\n")
     assert script("results_table").main(["--shipped", "--write", str(document)]) == 0
     assert zoo.table_in(document.read_text()) == table
+    assert (tmp_path / "img" / "models" / f"{NAME}.png").is_file()  # the curve the row links to
     assert document.read_text().endswith(f"{zoo.TABLE_END}\n\nafter\n")
     document.write_text("no markers")
     assert script("results_table").main(["--shipped", "--write", str(document)]) == 2
@@ -305,6 +318,19 @@ def test_docs_results_shows_the_table_of_the_shipped_cards():
     shown = zoo.table_in((ROOT / "docs" / "results.md").read_text(encoding="utf-8"))
     assert shown == zoo.results_table(zoo.cards(zoo.PACKAGE_FOLDER)), \
         "regenerate it: python scripts/results_table.py --shipped --write docs/results.md"
+    for card in zoo.cards(zoo.PACKAGE_FOLDER):  # the curve each row links to
+        assert (ROOT / "docs" / zoo.CURVES / f"{card.name}.png").is_file(), "regenerate it (the same command)"
+
+
+def test_a_models_curve_is_drawn_from_its_card(using, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    _, _, card, _ = using
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "plot", NAME)  # a model's name, as a run folder's
+    assert code == 0, err
+    assert out.strip() == f"wrote {NAME}-curves.png"
+    with Image.open(tmp_path / f"{NAME}-curves.png") as image:
+        assert image.format == "PNG" and image.width > 500
 
 
 def test_the_shipped_models_are_whole_and_small():

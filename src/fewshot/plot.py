@@ -49,8 +49,18 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
+def shipped_name(run) -> str | None:
+    """`run` when it names a shipped model and no folder of that name is here, else None."""
+    from . import zoo
+    return str(run) if not Path(run).exists() and zoo.weights_file(str(run)) is not None else None
+
+
 def plot_run(run, out=None):
-    """Write the run's curves (meta-loss, train and validation metric) to a PNG; return its path."""
+    """Write the run's curves (meta-loss, train and validation metric) to a PNG; return its path.
+    A shipped model's name draws its card's validation curve (`plot_card`)."""
+    if shipped_name(run):
+        from . import zoo
+        return plot_card(zoo.card(str(run)), out or f"{run}-curves.png")
     run = Path(run)
     torn = []
     rows = read_metrics(run, torn)
@@ -91,6 +101,36 @@ def plot_run(run, out=None):
     return out
 
 
+def plot_card(card, out) -> Path:
+    """A shipped model's validation curve (its card's), against meta-steps and against hours
+    of training, to a PNG at `out`."""
+    from .zoo import score_text
+    steps, seconds, values = zip(*card.validation_curve) if card.validation_curve else ((), (), ())
+    accuracy = card.metric == "accuracy"
+    shown = [100 * v for v in values] if accuracy else list(values)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, xs, label in ((axes[0], steps, "meta-step"), (axes[1], [t / 3600 for t in seconds],
+                                                          f"hours of training ({card.machine})")):
+        ax.plot(xs, shown, marker="o", ms=3, label="validation")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    if card.steps in steps:  # the shipped weights
+        at = steps.index(card.steps)
+        axes[0].plot(steps[at], shown[at], "r*", ms=12, label=f"shipped: meta-step {card.steps}")
+        axes[1].plot(seconds[at] / 3600, shown[at], "r*", ms=12)
+    axes[0].set_ylabel(f"validation {'accuracy %' if accuracy else card.metric}")
+    if not accuracy:
+        axes[0].set_yscale("log")
+    axes[0].legend()
+    figure.suptitle(f"{card.name} ({card.preset}): test {'accuracy ' if accuracy else ''}"
+                    f"{score_text(card.metric, card.test_mean, card.test_ci95)}", fontsize=10)
+    figure.tight_layout()
+    out = Path(out)
+    write_bytes(out, png_bytes(figure))
+    plt.close(figure)
+    return out
+
+
 def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
     """The MAML paper's Figure 2 for a regression run: the true curve of the first
     task `fewshot eval` draws from the test split (`seed`: another test stream), its K
@@ -122,7 +162,7 @@ def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
     ax.set_title(f"{config.preset or ''} ({name}), first test task: amplitude {task.amplitude:.2f}, "
                  f"phase {task.phase:.2f}; meta-step {learner.step}", fontsize=10)
     figure.tight_layout()
-    out = Path(out) if out else Path(run) / "adaptation.png"
+    out = Path(out) if out else Path(f"{run}-adaptation.png" if shipped_name(run) else Path(run) / "adaptation.png")
     write_bytes(out, png_bytes(figure))
     plt.close(figure)
     return out

@@ -312,20 +312,24 @@ def _paper(description: str) -> tuple[str | None, str | None]:
 
 
 def training_time(rows: list[dict], until_step: int) -> tuple[float, int, list[list[float]]]:
-    """(seconds, processes, validation curve) of a run's metrics rows up to `until_step`.
-    Each process's clock (`elapsed_s`) starts at 0, so a clock that goes back marks a
-    resume; the time is each process's clock at its last row, summed (a process's time
-    after its last row, at most `log_every` steps, is not counted)."""
+    """(seconds and processes up to `until_step`, the whole run's validation curve) of a
+    run's metrics rows. Each process's clock (`elapsed_s`) starts at 0, so a clock that goes
+    back marks a resume; the time is each process's clock at its last row, summed (a
+    process's time after its last row, at most `log_every` steps, is not counted). The
+    curve goes on past `until_step` (a best checkpoint before the end shows where it stood)."""
     finished, current, processes, curve = 0.0, 0.0, 0, []
+    seconds, processes_then = 0.0, 1
     for row in rows:
-        if row["step"] > until_step or not isinstance(row.get("elapsed_s"), (int, float)):
+        if not isinstance(row.get("elapsed_s"), (int, float)):
             continue
         if processes == 0 or row["elapsed_s"] < current:
             finished, processes = finished + current, processes + 1
         current = row["elapsed_s"]
+        if row["step"] <= until_step:
+            seconds, processes_then = finished + current, processes
         if isinstance(row.get("val_metric"), (int, float)):
             curve.append([row["step"], round(finished + current, 1), row["val_metric"]])
-    return finished + current, max(processes, 1), curve
+    return seconds, processes_then, curve
 
 
 def rebuilt_commands(config, init: str | None, run_folder: Path, processes: int) -> list[str]:
@@ -383,6 +387,13 @@ def score_text(metric: str, mean: float, ci95: float) -> str:
     return f"{metric} {mean:.4f} +- {ci95:.4f}"
 
 
+def steps_text(card: Card) -> str:
+    """The meta-steps of the weights, and of the run where its best checkpoint came earlier."""
+    if card.run_steps == card.steps:
+        return f"{card.steps} meta-steps"
+    return f"meta-step {card.steps} (the best by validation of a {card.run_steps}-step run)"
+
+
 def task_text(card: Card) -> str:
     return f"{card.test_ways}-way {card.test_shots}-shot" if card.metric == "accuracy" else f"{card.test_shots}-shot"
 
@@ -392,11 +403,12 @@ def card_lines(card: Card, where: Path | None = None) -> list[str]:
     hours = card.training_seconds / 3600
     problem = weights_problem(card, where)
     lines = [f"{card.name}: {card.description} [preset {card.preset}]",
-             f"  test {card.metric} {score_text(card.metric, card.test_mean, card.test_ci95)} (95% interval, "
+             f"  test {'accuracy ' if card.metric == 'accuracy' else ''}"
+             f"{score_text(card.metric, card.test_mean, card.test_ci95)} (95% interval, "
              f"{card.test_tasks} fixed {task_text(card)} test tasks, seed {card.test_seed}, "
              f"{card.test_inner_steps} inner steps, {card.test_device})",
              f"  paper {card.paper_figure} ({card.paper_source})",
-             f"  {card.steps} meta-steps of the paper's {card.paper_steps}; {hours:.2f} h of training in "
+             f"  {steps_text(card)} of the paper's {card.paper_steps}; {hours:.2f} h of training in "
              f"{card.training_processes} process{'es' if card.training_processes > 1 else ''} on {card.machine}",
              f"  data {card.data if card.data is not None else '(generated)'}, split {card.split}"
              + (f"; tested with {', '.join(card.evaluation_changes)} (the run: its preset's)"
@@ -423,18 +435,21 @@ def listing(where: Path | None = None) -> list[str]:
 
 
 TABLE_HEADER = ["| model | preset | test tasks | paper (figure, source) | ours, test (95% interval, tasks) | "
-                "meta-steps ours / paper | hours | machine | notes |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "meta-steps ours / paper | hours | machine | notes | curve |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+CURVES = "img/models"  # beside the document: each model's validation curve (plot.plot_card), NAME.png
 
 
 def results_table(found: list[Card]) -> str:
     """The markdown table of shipped models that docs/results.md shows, made from their cards."""
     rows = [f"| `{c.name}` | `{c.preset}` | {task_text(c)}"
             f"{''.join(f', {change}' for change in c.evaluation_changes)} | {c.paper_figure} ({c.paper_source}) | "
-            f"{score_text(c.metric, c.test_mean, c.test_ci95)} ({c.test_tasks}) | {c.steps} / {c.paper_steps} | "
-            f"{c.training_seconds / 3600:.2f} | {c.machine} | {c.notes or '-'} |" for c in found]
+            f"{score_text(c.metric, c.test_mean, c.test_ci95)} ({c.test_tasks}) | {c.steps}{f' (best of {c.run_steps})' if c.run_steps != c.steps else ''} / "
+            f"{c.paper_steps} | "
+            f"{c.training_seconds / 3600:.2f} | {c.machine} | {c.notes or '-'} | [curve]({CURVES}/{c.name}.png) |"
+            for c in found]
     if not rows:
-        rows = ["| no model shipped yet | - | - | - | - | - | - | - | - |"]
+        rows = ["| no model shipped yet | - | - | - | - | - | - | - | - | - |"]
     return "\n".join(TABLE_HEADER + rows)
 
 
