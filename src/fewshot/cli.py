@@ -351,8 +351,8 @@ SET_HELP = ("override a preset key; repeat it for several keys (--set steps=600 
 SHARED = {
     "--data": dict(help="the dataset: a prepared folder, a raw copy, or the name of a folder under $FEWSHOT_HOME"),
     "--set": dict(action="append", metavar="KEY=VALUE", help=SET_HELP),
-    "--device": dict(help="where to run: cpu, cuda, cuda:N or mps (default: the best device present: CUDA, "
-                          "then MPS, then the CPU; the command says which)"),
+    "--device": dict(help="where to run: cpu, cuda, cuda:N or mps (default: $FEWSHOT_DEVICE where set, else the "
+                          "best device present: CUDA, then MPS, then the CPU; the command says which)"),
     "--threads": dict(type=int, help="torch threads in this process (default: one per core); use 1 when other "
                                      "jobs share the cores"),
     "--json": dict(action="store_true", help="print one JSON document"),
