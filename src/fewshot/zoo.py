@@ -444,8 +444,8 @@ def results_table(found: list[Card]) -> str:
     """The markdown table of shipped models that docs/results.md shows, made from their cards."""
     rows = [f"| `{c.name}` | `{c.preset}` | {task_text(c)}"
             f"{''.join(f', {change}' for change in c.evaluation_changes)} | {c.paper_figure} ({c.paper_source}) | "
-            f"{score_text(c.metric, c.test_mean, c.test_ci95)} ({c.test_tasks}) | {c.steps}{f' (best of {c.run_steps})' if c.run_steps != c.steps else ''} / "
-            f"{c.paper_steps} | "
+            f"{score_text(c.metric, c.test_mean, c.test_ci95)} ({c.test_tasks}) | {c.steps}"
+            f"{f' (best of {c.run_steps})' if c.run_steps != c.steps else ''} / {c.paper_steps} | "
             f"{c.training_seconds / 3600:.2f} | {c.machine} | {c.notes or '-'} | [curve]({CURVES}/{c.name}.png) |"
             for c in found]
     if not rows:
