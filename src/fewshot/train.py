@@ -52,7 +52,7 @@ RESUME_KEYS = ("steps",)
 __all__ = ["train", "initial_weights", "default_threads", "RESUME_KEYS"]
 
 
-def default_threads():
+def default_threads() -> int:
     """torch threads when neither --threads nor the config's `threads` says: one per
     core this process may run on (idle OpenMP threads sleep, see fewshot/__init__.py)."""
     try:
@@ -432,7 +432,7 @@ def _row(step, losses, metrics, elapsed, since_start, lr, meta_batch, inputs_per
     return row
 
 
-def initial_weights(config):
+def initial_weights(config: Config) -> dict[str, torch.Tensor]:
     """The weights of checkpoint `config.init`, checked to fit `config`'s model and algorithm."""
     state = checkpoint.load(config.init, run=True)
     weights = state.get("algorithm")

@@ -78,5 +78,5 @@ class Algorithm(nn.Module):
         return inner_loop_words(steps, self.describe_inner_lr() if lr is None else lr)
 
 
-def inner_loop_words(steps: int, lr) -> str:
+def inner_loop_words(steps: int, lr: float | str) -> str:
     return f"{steps} inner step{'' if steps == 1 else 's'} at lr {lr}"

@@ -11,7 +11,8 @@ from . import ALGORITHMS
 from .base import Algorithm
 
 
-def prototype_logits(support_features, support_y, query_features):
+def prototype_logits(support_features: torch.Tensor, support_y: torch.Tensor,
+                     query_features: torch.Tensor) -> torch.Tensor:
     classes = int(support_y.max()) + 1
     prototypes = torch.stack([support_features[support_y == c].mean(0) for c in range(classes)])
     return -torch.cdist(query_features, prototypes).pow(2)
