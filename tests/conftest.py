@@ -55,6 +55,8 @@ def fewshot_home(tmp_path, monkeypatch):
     """Every test prepares datasets under its own folder, never the user's cache."""
     home = tmp_path / "fewshot-home"
     monkeypatch.setenv("FEWSHOT_HOME", str(home))
+    # the CPU wherever --device is left out, also on a GPU machine (tests of the choice unset it)
+    monkeypatch.setenv("FEWSHOT_DEVICE", "cpu")
     return home
 
 

@@ -239,6 +239,7 @@ def test_embed_given_a_leo_preset_uses_its_image_preset_and_says_so(capsys):
 @pytest.fixture
 def stand_in_gpu(monkeypatch):
     """torch sees one CUDA device (a stand-in: only the device check is replaced)."""
+    monkeypatch.delenv("FEWSHOT_DEVICE")  # no default device asked for: the best one present
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Stand-in GPU")
@@ -267,6 +268,7 @@ def test_train_uses_the_gpu_torch_sees_without_a_flag_and_says_so(tmp_path, stan
 
 def test_without_cuda_mps_is_chosen_where_it_runs_a_meta_step_else_the_cpu(monkeypatch):
     from fewshot import device
+    monkeypatch.delenv("FEWSHOT_DEVICE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert device.choose_device() == (torch.device("cpu"), None)  # a CPU machine: nothing to say
@@ -286,6 +288,20 @@ def test_the_mps_check_runs_the_operations_of_a_meta_step():
         assert mps_runs_meta_steps() is None
     else:
         assert mps_runs_meta_steps()
+
+
+def test_fewshot_device_sets_the_device_a_command_takes_without_the_flag(tmp_path, stand_in_gpu, calls_to_train,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setenv("FEWSHOT_DEVICE", "cpu")
+    code, out, _ = run(capsys, "train", "omniglot-5w1s", "--out", tmp_path / "run", "--no-progress")
+    assert code == 0 and calls_to_train[0]["device"] == "cpu" and "device:" not in out  # asked for: nothing to say
+    code, out, _ = run(capsys, "train", "omniglot-5w1s", "--out", tmp_path / "run", "--device", "cuda",
+                       "--no-progress")
+    assert code == 0 and calls_to_train[1]["device"] == "cuda"  # the flag, where given, decides
+    monkeypatch.setenv("FEWSHOT_DEVICE", "gpu")
+    code, _, err = run(capsys, "train", "omniglot-5w1s", "--out", tmp_path / "run", "--no-progress")
+    assert code == 2 and one_error_line(err) == ("fewshot: error: FEWSHOT_DEVICE='gpu': --device 'gpu' is not a "
+                                                 "device; use cpu, cuda, cuda:N or mps")
 
 
 @pytest.mark.parametrize("name,message", [

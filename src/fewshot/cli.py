@@ -227,9 +227,11 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
     if line:
         print(line, flush=True)
     result = embed(config, args.out, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
-                   device=device, progress=not args.no_progress, crops=tuple(c for c in args.crops.split(",") if c))
+                   device=device, progress=not args.no_progress, crops=tuple(c for c in args.crops.split(",") if c),
+                   time_limit=_minutes(args.time_limit))
     if result["stopped"]:
-        print(f"stopped at pretraining step {result['steps']}, saved; run the same command again to continue",
+        why = f" (the time limit of {args.time_limit:g} minutes)" if result.get("reason") == "time_limit" else ""
+        print(f"stopped at pretraining step {result['steps']}{why}, saved; run the same command again to continue",
               file=sys.stderr if result.get("signal") else sys.stdout)
         return 128 + int(result["signal"]) if result.get("signal") else 0
     leo = result["leo_presets"]
@@ -353,8 +355,8 @@ SET_HELP = ("override a preset key; repeat it for several keys (--set steps=600 
 SHARED = {
     "--data": dict(help="the dataset: a prepared folder, a raw copy, or the name of a folder under $FEWSHOT_HOME"),
     "--set": dict(action="append", metavar="KEY=VALUE", help=SET_HELP),
-    "--device": dict(help="where to run: cpu, cuda, cuda:N or mps (default: the best device present: CUDA, "
-                          "then MPS, then the CPU; the command says which)"),
+    "--device": dict(help="where to run: cpu, cuda, cuda:N or mps (default: $FEWSHOT_DEVICE where set, else the "
+                          "best device present: CUDA, then MPS, then the CPU; the command says which)"),
     "--threads": dict(type=int, help="torch threads in this process (default: one per core); use 1 when other "
                                      "jobs share the cores"),
     "--json": dict(action="store_true", help="print one JSON document"),
@@ -363,6 +365,7 @@ SHARED = {
     "--seed": dict(type=int, help="the seed of what this command draws at random"),
     "--inner-steps": dict(type=int, metavar="N", help="inner steps at test, adapting to each support set "
                                                       "(default: the checkpoint's eval_inner_steps)"),
+    "--time-limit": dict(type=float, metavar="MINUTES", help="stop cleanly after this many minutes"),
     "--inner-lr": dict(type=float, metavar="LR", help="inner learning rate at test (default: the checkpoint's "
                                                       "eval_inner_lr, or its learned rates)"),
 }
@@ -444,8 +447,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--init", metavar="CHECKPOINT", help="start from another run's weights (a run folder: its "
                    "best.pt; or a .pt file), with a fresh optimizer and step 0: transfer learning")
     _shared(s, "--threads", "; overrides the preset's `threads`")
-    s.add_argument("--time-limit", type=float, metavar="MINUTES",
-                   help="stop cleanly after this many minutes (continue later with --resume)")
+    _shared(s, "--time-limit", " (continue later with --resume)")
     s.add_argument("--procs", type=int, default=1, help="split each meta-batch across N local processes "
                    "(torch.distributed; for several machines launch with torchrun instead)")
 
@@ -461,6 +463,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
     s.add_argument("--crops", default="center,multiview",
                    help="embeddings to write: center, multiview or both (default; multiview is 6 passes per image)")
+    _shared(s, "--time-limit", " of pretraining (the same command again continues it)")
     s.add_argument("--steps", action=Moved, now="--pretrain-steps")
 
     s = _command(sub, "eval", cmd_eval, "evaluate a checkpoint on a fixed set of test tasks",

@@ -6,20 +6,29 @@ The best device is CUDA, then Apple's MPS where this PyTorch runs a meta-step's
 operations there (a convolution, batch norm and a second derivative: `mps_runs_meta_steps`),
 then the CPU.
 """
+import os
 import re
 
 import torch
 
 from .errors import FewshotError, whole_number
+from .reading import reason
 
 DEVICES = "cpu, cuda, cuda:N or mps"  # the accepted names, as help and refusals list them
+VARIABLE = "FEWSHOT_DEVICE"  # where set, the device every command takes when --device is not given
 
 
 def choose_device(name: str | None = None) -> tuple[torch.device, str | None]:
     """The torch device for `name` (cpu, cuda, cuda:N, mps), refused in one line where this
     machine has no such device; with `name` None, the best device present. Returns it with
     the line that says which was chosen and why: None when `name` chose it, or when the CPU
-    is all this PyTorch sees (a CPU machine's output stays as it was)."""
+    is all this PyTorch sees (a CPU machine's output stays as it was). $FEWSHOT_DEVICE, where
+    set, stands for a `name` not given (e.g. cpu on a GPU machine whose GPU is busy)."""
+    if name is None and os.environ.get(VARIABLE):
+        try:
+            return _checked(os.environ[VARIABLE]), None
+        except FewshotError as error:
+            raise FewshotError(f"{VARIABLE}={os.environ[VARIABLE]!r}: {error}") from None
     if name is not None:
         return _checked(name), None
     if torch.cuda.is_available():
@@ -62,7 +71,7 @@ def mps_runs_meta_steps() -> str | None:
         grad.square().sum().backward()
         weight.grad.sum().item()
     except (RuntimeError, NotImplementedError, TypeError) as error:
-        return str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        return reason(error)
     return None
 
 
@@ -73,4 +82,4 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(whole_number(threads, 1, "--threads"))
 
 
-__all__ = ["DEVICES", "choose_device", "mps_runs_meta_steps", "set_threads"]
+__all__ = ["DEVICES", "VARIABLE", "choose_device", "mps_runs_meta_steps", "set_threads"]

@@ -115,22 +115,23 @@ def pretrainable() -> list[str]:
 
 def embed(config: Config, out: str | Path, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
           save_every: int = 500, device: str | None = "cpu", progress: bool = True, stop_after: int | None = None,
-          crops: tuple[str, ...] = CROPS) -> dict:
+          crops: tuple[str, ...] = CROPS, time_limit: float | None = None) -> dict:
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
     files under `out` for each of `crops` (multiview costs six forward passes per image);
     returns {"out", "dim", "steps", "files", "leo_presets"} ("leo_presets": leo_presets()).
     `device` None: the best device present. In `config`'s precision, as `fewshot train`:
-    its flags throughout (restored after), a pretraining step's forward under its autocast."""
+    its flags throughout (restored after), a pretraining step's forward under its autocast.
+    `time_limit` (seconds): pretraining stops cleanly, saved, once that much time has passed."""
     whole_number(steps, 1, "--pretrain-steps")
     whole_number(batch_size, 1, "--batch-size")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise FewshotError(f"--lr must be a finite number > 0, got {lr}")
     device = choose_device(device)[0]
     with precision.configured(config.precision, device):
-        return _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops)
+        return _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit)
 
 
-def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops):
+def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit):
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
@@ -180,7 +181,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     labels = np.concatenate([np.full(ref.count, c) for c, ref in enumerate(train_refs)])
     turns = np.concatenate([np.full(ref.count, ref.rotation) for ref in train_refs])
     # the CLI says how to continue a stopped pretraining (run the same command again): no resume line here
-    loop = Loop(step, steps, save, desc="pretrain", progress=progress, stop_after=stop_after)
+    loop = Loop(step, steps, save, desc="pretrain", progress=progress, stop_after=stop_after, time_limit=time_limit)
     logs, window, window_start = [], [], [time.perf_counter()]
     model.train()
 
@@ -217,7 +218,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     step = loop.step
     if ended["stopped"]:
         return {"out": str(out), "steps": step, "stopped": True, "dim": model.features_size, "files": [],
-                "signal": ended["signal"]}
+                "signal": ended["signal"], "reason": ended["reason"]}
 
     model.eval()
     params = dict(model.named_parameters())

@@ -228,6 +228,28 @@ def test_embed_command_writes_center_embeddings_of_the_pretrained_backbone(tmp_p
     assert raw["keys"][0] == "0-class.4.x.y-class.4.x.y_00000" and raw["labels"].tolist() == [0] * 8 + [1] * 8
 
 
+def test_embed_stops_at_its_time_limit_saved_and_the_same_command_finishes_it(tmp_path, capsys):
+    import yaml
+    from fewshot import checkpoint
+    from fewshot.cli import main
+    data_dir = image_dataset(tmp_path / "images")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump({"dataset": "folder", "image_size": 16, "channels": 1, "filters": 4}))
+    argv = ["embed", str(preset), "--data", data_dir, "--pretrain-steps", "3", "--batch-size", "8", "--no-progress",
+            "--crops", "center"]
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "out"), "--time-limit", "0.000001"]) == 0  # stops after one step
+    out = capsys.readouterr().out
+    assert "stopped at pretraining step 1 (the time limit of 1e-06 minutes), saved; run the same command again" in out
+    assert checkpoint.load(tmp_path / "out" / "pretrain.pt")["step"] == 1
+    assert not (tmp_path / "out" / "center").exists()
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 0
+    a = checkpoint.load(tmp_path / "whole" / "pretrain.pt")
+    b = checkpoint.load(tmp_path / "out" / "pretrain.pt")
+    assert a["step"] == b["step"] == 3 and all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
+
+
 def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     from fewshot import checkpoint, models
     from fewshot.cli import main
