@@ -325,7 +325,8 @@ def test_the_device_help_lists_the_accepted_names(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "cpu, cuda, cuda:N or mps (default: the best device present: CUDA, then MPS, then the CPU" in text
+    assert ("cpu, cuda, cuda:N or mps (default: $FEWSHOT_DEVICE where set, else the best device present: CUDA, "
+            "then MPS, then the CPU") in text
 
 
 @pytest.mark.parametrize("call,message", [
