@@ -3,6 +3,7 @@ step, written atomically and checked on load."""
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,7 +16,7 @@ FORMAT = "fewshot-checkpoint"
 VERSION = 1
 
 
-def save(path, **state):
+def save(path: str | Path, **state: Any) -> None:
     """Write atomically: on any failure the previous file at `path` is left as it was. A
     Config is written as its plain mapping: torch.load(weights_only=True) refuses classes."""
     state = {name: value.to_dict() if isinstance(value, Config) else value for name, value in state.items()}
@@ -28,7 +29,7 @@ def save(path, **state):
                            f"and resume; the previous {Path(path).name}, if any, is unchanged") from None
 
 
-def refused_reason(error):
+def refused_reason(error: BaseException) -> str:
     """Why torch refused a file, in words that never suggest loading it unsafely."""
     text = str(error)
     if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
@@ -39,7 +40,7 @@ def refused_reason(error):
     return " ".join(text.split())[:120] if text.strip() else type(error).__name__
 
 
-def find(target):
+def find(target: str | Path) -> Path:
     """A checkpoint file, a run folder's best.pt (else last.pt), or the weights of the
     shipped model of that name (`fewshot models`), checked against its card's sha256; a
     file or folder of that name comes first."""
@@ -61,7 +62,7 @@ def find(target):
     return target
 
 
-def load(target, run: bool = False):
+def load(target: str | Path, run: bool = False) -> dict[str, Any]:
     """The checked state of a checkpoint (a file, or a run folder's best.pt / last.pt): a
     run's config goes through the checks a preset does. `run`: refuse `fewshot embed`'s
     pretrain.pt (a backbone, no meta-trained algorithm), as what evaluates or adapts must."""

@@ -8,6 +8,8 @@ FewshotError, or an OS error such as a full disk, a read-only file system or a f
 where a file belongs), reported in one line naming the problem and a fix; 130 / 143
 interrupted by SIGINT / SIGTERM, after saving; 1 a bug in fewshot (a traceback).
 """
+from __future__ import annotations
+
 import argparse
 import errno
 import json
@@ -16,14 +18,16 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import FewshotError
 from .files import check_output, holds_run, is_predictions, is_scores
 
 
-def cmd_presets(args):
+def cmd_presets(args: argparse.Namespace) -> None:
     from .config import load_preset, preset_names, schema_lines
     if args.keys:
         print("\n".join(schema_lines()))
@@ -36,13 +40,13 @@ def cmd_presets(args):
         print(f"{name:27} {load_preset(name).description}")
 
 
-def cmd_summary(args):
+def cmd_summary(args: argparse.Namespace) -> None:
     config = _config(args)
     from .summary import summary
     print(summary(config))
 
 
-def cmd_data(args):
+def cmd_data(args: argparse.Namespace) -> None:
     if args.size is not None and not 1 <= args.size <= 1024:
         raise FewshotError(f"--size takes an image side of 1 to 1024 pixels, got {args.size}")
     if args.seed < 0:
@@ -138,7 +142,7 @@ def _check_run_out(out):
         raise FewshotError(f"--out {out} holds fewshot embed's files; give another folder for the run")
 
 
-def cmd_train(args):
+def cmd_train(args: argparse.Namespace) -> int:
     time_limit = _minutes(args.time_limit)
     if args.resume or args.out:
         _check_run_out(args.resume or args.out)
@@ -166,7 +170,7 @@ def cmd_train(args):
     return 0
 
 
-def cmd_eval(args):
+def cmd_eval(args: argparse.Namespace) -> None:
     at_steps = None if args.at_steps is None else _at_steps(args.at_steps)
     if args.scores:
         check_output(args.scores, "--scores", "scores.txt", ours=is_scores)
@@ -210,7 +214,7 @@ def _at_steps(text):
     return counts
 
 
-def cmd_embed(args):
+def cmd_embed(args: argparse.Namespace) -> int | None:
     if not args.out:
         raise FewshotError("give --out DIR, the folder for the embedding files")
     args.preset = _image_counterpart(args.preset)
@@ -254,7 +258,7 @@ def _image_counterpart(preset):
     return config.image_preset
 
 
-def cmd_plot(args):
+def cmd_plot(args: argparse.Namespace) -> None:
     if args.out:
         check_output(args.out, "--out", "curves.png", text=False)
     from .plot import plot_adaptation, plot_run
@@ -282,7 +286,7 @@ def prediction_lines(rows: list[dict], header: bool = True) -> list[str]:
     return lines
 
 
-def cmd_predict(args):
+def cmd_predict(args: argparse.Namespace) -> None:
     if args.top_k < 1:
         raise FewshotError(f"--top-k must be at least 1, got {args.top_k}")
     if args.csv:
@@ -319,7 +323,7 @@ def cmd_predict(args):
         write_text(args.csv, buffer.getvalue())
 
 
-def cmd_models(args):
+def cmd_models(args: argparse.Namespace) -> None:
     from . import zoo
     if args.name:
         card = zoo.card(args.name)
@@ -378,11 +382,12 @@ class Moved(argparse.Action):
     """An old spelling whose meaning now has its own flag: the command becomes one error
     line naming that flag (status 2), instead of being read with another meaning."""
 
-    def __init__(self, option_strings, dest, now, **kwargs):
+    def __init__(self, option_strings: Sequence[str], dest: str, now: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", help=argparse.SUPPRESS)
         self.now = now
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
         line = f"{parser.prog.split()[-1]} {option_string} is now {self.now}"
 
         def refuse(args):
@@ -399,7 +404,7 @@ def _command(sub, name, run, help, shared=()):
     return s
 
 
-def parser():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewshot", description="Few-shot learning by meta-learning.")
     p.add_argument("--version", action="version", version=f"fewshot {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -524,7 +529,7 @@ OS_FIXES = {
 }
 
 
-def os_error_line(error):
+def os_error_line(error: OSError) -> str:
     """One line for an OS error: the path, what the system said, and a fix."""
     path = error.filename if error.filename is not None else error.filename2
     where = f"{os.fsdecode(path)}: " if path is not None else ""
@@ -552,7 +557,7 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if hasattr(args, "no_progress") and not sys.stderr.isatty():
         args.no_progress = True  # progress bars only on a terminal: a log file gets lines, not `\r` frames

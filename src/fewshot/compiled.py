@@ -50,6 +50,7 @@ from typing import Callable
 
 import torch
 
+from .algorithms.base import Algorithm
 from .algorithms.maml import MAML
 from .config import Config
 
@@ -59,7 +60,7 @@ _HOOKS = ("step_size", "forward_at", "second_order", "loss_weights", "loss_scale
           "meta_parameters", "meta_gradient")
 
 
-def unsupported(algorithm) -> str | None:
+def unsupported(algorithm: Algorithm) -> str | None:
     """Why this algorithm's step cannot be compiled here, or None if it can."""
     if not isinstance(algorithm, MAML):
         return f"{type(algorithm).__name__} is not MAML or ANIL"
@@ -101,7 +102,7 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
     return torch.func.grad_and_value(query_loss, has_aux=True)
 
 
-def compile_step(algorithm, config: Config, backend: str | None = None) -> Callable[[list, int], dict]:
+def compile_step(algorithm: Algorithm, config: Config, backend: str | None = None) -> Callable[[list, int], dict]:
     """`algorithm.meta_gradient`, or with config.compile its compiled equivalent.
     `backend`: torch.compile's (default "inductor"; tests use "aot_eager", which
     traces the same graph without generating kernels)."""

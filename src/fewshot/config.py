@@ -36,7 +36,7 @@ from .reading import YAMLProblem, brief, load_yaml, parse_yaml, read_yaml
 def key(default: Any, meaning: str, *, low: float | None = None, above: float | None = None,
         below: float | None = None, must: str | None = None, nonempty: bool = False, example: str = "",
         read_by: tuple = (), when: tuple | None = None, readers: tuple = (), refuse_ignored: bool = True,
-        user: bool = True):
+        user: bool = True) -> Any:
     """One config key. `low`/`above`/`below`: value >= low, > above, < below. `read_by`: the
     kinds ("algorithm", "model", "dataset") whose chosen one reads it, if it declares the key
     in its `reads`; under one that does not, a value other than the default would be ignored

@@ -27,7 +27,9 @@ import sys
 import tempfile
 import threading
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.connection import wait
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,18 +43,19 @@ _parent = None     # the shared value through which the spawning process passes 
 _received = []     # signals this worker received before the training loop took them over
 
 
-def world():
+def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) when not distributed."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def share(meta_batch, rank, size):
+def share(meta_batch: int, rank: int, size: int) -> list[int]:
     return list(range(rank, meta_batch, size))
 
 
-def reduce_meta_gradient(parameters, metrics, share_size, meta_batch):
+def reduce_meta_gradient(parameters: Iterable[torch.Tensor], metrics: Mapping[str, float | torch.Tensor],
+                         share_size: int, meta_batch: int) -> dict[str, torch.Tensor]:
     """Turn this rank's mean over its share into the mean over the whole meta-batch,
     for the gradients in place and for the returned metrics. One all-reduce."""
     parameters = list(parameters)
@@ -72,7 +75,7 @@ def reduce_meta_gradient(parameters, metrics, share_size, meta_batch):
     return {n: flat[offset + i].clone() for i, n in enumerate(names)}
 
 
-def agree(flag):
+def agree(flag: bool) -> bool:
     """True on every rank if it is True on any (so all ranks stop at the same step)."""
     if world()[1] == 1:
         return flag
@@ -104,19 +107,19 @@ def backend_for(device: str | torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def init_from_env(device):
+def init_from_env(device: str | torch.device) -> None:
     """Join the process group torchrun describes, if any."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         _join(backend_for(device))
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def spawn(function, procs, *args, backend: str = "gloo"):
+def spawn(function: Callable[..., Any], procs: int, *args: Any, backend: str = "gloo") -> Any:
     """Run `function(*args)` in `procs` local processes joined by `backend` (backend_for) and
     return what rank 0's call returned (it must pickle). A SIGINT or SIGTERM here is
     passed on (see the module docstring); a worker's FewshotError or OSError is raised

@@ -35,6 +35,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from tqdm import tqdm
 from . import checkpoint, data, memory, models, precision
 from .config import Config
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
+from .data.images import ImageClass
 from .data.kinds import SPLITS
 from .data.episodes import to_float
 from .device import choose_device
@@ -60,7 +62,7 @@ LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
 
 
-def check_out(out):
+def check_out(out: str | Path) -> None:
     """Refuse an --out that is a file, a training run (its metrics would be overwritten) or a dataset."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -73,11 +75,11 @@ def check_out(out):
         raise FewshotError(f"--out {out} holds a prepared dataset; give another folder for the embedding files")
 
 
-def key_safe(name):
+def key_safe(name: str) -> str:
     return re.sub(r"[-_/\s]+", ".", str(name)).strip(".") or "class"
 
 
-def class_names(refs):
+def class_names(refs: Iterable[ImageClass]) -> list[str]:
     """Key-safe, unique names for a split's classes (data.images.ImageClass)."""
     names, seen = [], set()
     for ref in refs:
@@ -89,7 +91,7 @@ def class_names(refs):
     return names
 
 
-def views(x):
+def views(x: torch.Tensor) -> torch.Tensor:
     """The multiview set for a batch N x C x H x W: 6 x N x C x H x W."""
     side = x.shape[-1]
     pad = max(1, side // 8)

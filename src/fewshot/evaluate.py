@@ -1,35 +1,41 @@
 """Evaluation on a fixed, seeded set of tasks: two evaluations of one checkpoint
 print identical numbers."""
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import algorithms, checkpoint, data, precision
-from .algorithms.base import inner_loop_words
+from .algorithms.base import Algorithm, inner_loop_words
 from .config import Config, eval_query, eval_ways, meta_test
 from .data.kinds import SPLITS
 from .device import choose_device
 from .errors import FewshotError, whole_number
 from .runs import recorded_data
 
+if TYPE_CHECKING:
+    from .data.episodes import DeviceEpisodes, EpisodeSampler
+    from .data.sinusoid import SinusoidSampler
 
-def confidence(values):
+
+def confidence(values: Sequence[float]) -> tuple[float, float]:
     """Mean and 95% half-width, 1.96 * std / sqrt(n), as the few-shot literature reports."""
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
 
 
-def depends_on_the_batch(algorithm) -> bool:
+def depends_on_the_batch(algorithm: Algorithm) -> bool:
     """Whether the algorithm's outputs for one input depend on the other inputs of its
     batch: a network with batch norm on batch statistics at test (`batch_norm:
     transductive`), unless the algorithm already classifies each input on its own."""
     return algorithm.model.batch_norm_mode == "transductive" and not algorithm.predicts_each_input_alone
 
 
-def predict_alone(algorithm, adapted, support_x, x):
+def predict_alone(algorithm: Algorithm, adapted: Any, support_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The outputs of each input of `x` as it would get them on its own: where batch
     statistics would let the inputs see each other, each is run in a batch of the support
     set and itself (as Reptile's non-transductive evaluation does)."""
@@ -40,15 +46,16 @@ def predict_alone(algorithm, adapted, support_x, x):
     return torch.cat([algorithm.predict(adapted, torch.cat([support_x, x[i:i + 1]]))[-1:] for i in range(len(x))])
 
 
-def meta_test_steps(algorithm, config: Config | None = None) -> int:
+def meta_test_steps(algorithm: Algorithm, config: Config | None = None) -> int:
     """The inner steps `algorithm` takes at meta-test under `config` (its own by default):
     eval_inner_steps where it reads that key, else none (ProtoNets)."""
     config = algorithm.config if config is None else config
     return config.eval_inner_steps if "eval_inner_steps" in algorithm.reads else 0
 
 
-def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", progress=False, desc="eval",
-             at_steps=()):
+def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | SinusoidSampler", n_tasks: int,
+             steps: int | None = None, lr: float | None = None, device: str | torch.device = "cpu",
+             progress: bool = False, desc: str = "eval", at_steps: Iterable[int] = ()) -> dict[str, Any]:
     """Adapt on each task's support set and score its query set; task i is the same
     for every call with the same sampler seed. `at_steps` adds the score after other
     numbers of inner steps (e.g. 0, 1) under "by_steps". A sampler of Lake-style runs
@@ -75,7 +82,7 @@ def evaluate(algorithm, sampler, n_tasks, steps=None, lr=None, device="cpu", pro
     return {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores[main], "by_steps": by_steps}
 
 
-def load_algorithm(state, device="cpu"):
+def load_algorithm(state: dict[str, Any], device: str | torch.device = "cpu") -> Algorithm:
     algorithm = algorithms.build(state["config"])
     algorithm.load_state_dict(state["algorithm"])
     return algorithm.to(device)
@@ -152,7 +159,7 @@ def trained_kind(state: dict) -> str | None:
     return None
 
 
-def check_data_kind(config, trained: str | None, any_kind: bool = False) -> None:
+def check_data_kind(config: Config, trained: str | None, any_kind: bool = False) -> None:
     """Refuse a prepared dataset (`config.data`) of another kind than `trained`, the run's,
     unless `any_kind`: an Omniglot model scored on miniImageNet gives chance, not an answer.
     A raw copy is decoded by the run's own kind, which refuses another layout itself."""
@@ -171,7 +178,7 @@ def check_data_kind(config, trained: str | None, any_kind: bool = False) -> None
                            f"evaluate it on these anyway (converted to that size and those channels)")
 
 
-def describe(result):
+def describe(result: dict[str, Any]) -> str:
     percent = result["metric"] == "accuracy"
 
     def value(mean, ci95):

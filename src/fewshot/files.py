@@ -8,11 +8,14 @@ a symbolic link to a regular file has its target replaced atomically, the link k
 (a link to a device or a pipe, e.g. /dev/stdout, is written through); a block device
 or a socket is refused.
 """
+from __future__ import annotations
+
 import errno
 import os
 import re
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,7 +70,7 @@ def _destination(path):
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
     The file gets the mode an ordinary open() would give it (0666 less the umask), not
     mkstemp's 0600. OS errors name `path`, never the temporary file. A device or a pipe
@@ -105,11 +108,11 @@ class Unchanged:
     rewrites once it has done something that `path` must then describe) changed since:
     a failing command leaves the files it changed as they were."""
 
-    def __init__(self, path, witness):
+    def __init__(self, path: str | Path, witness: str | Path) -> None:
         self.path, self.witness = Path(path), Path(witness)
         self.before, self.stamp = self.path.read_bytes(), _stamp(self.witness)
 
-    def restore(self):
+    def restore(self) -> None:
         try:
             if _stamp(self.witness) == self.stamp and self.path.read_bytes() != self.before:
                 with atomic_path(self.path) as tmp:
@@ -126,25 +129,26 @@ def _stamp(path):
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
-def write_text(path, text):
+def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape")
 
 
-def write_bytes(path, data):
+def write_bytes(path: str | Path, data: bytes) -> None:
     """`data` written as write_text writes text: in one stream, so a pipe takes it as well."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
 
 
-def holds_run(folder):
+def holds_run(folder: str | Path) -> bool:
     """Whether `folder` holds a training run or a pretraining (its own files would be at stake)."""
     folder = Path(folder)
     return any((folder / name).exists() for name in RUN_MARKERS)
 
 
-def check_output(path, option, example, text=True, ours=None):
+def check_output(path: str | Path, option: str, example: str, text: bool = True,
+                 ours: Callable[[Path], bool] | None = None) -> None:
     """Refuse an output path (`option` names it, `example` is a good file name) that is a
     folder, a run's own file, or a dataset's file; `text` outputs also refuse to replace
     an existing data file (a checkpoint, an image, an array), and, given `ours` (whether a
@@ -200,7 +204,7 @@ def _text(path, limit):
     return None if len(data) > limit else data.decode("utf-8", "replace")
 
 
-def is_scores(path):
+def is_scores(path: str | Path) -> bool:
     """Whether the file at `path` is `fewshot eval --scores` output: one number per line (or nothing)."""
     text = _text(path, 1 << 22)
     if text is None:
@@ -212,7 +216,7 @@ def is_scores(path):
     return True
 
 
-def is_predictions(path):
+def is_predictions(path: str | Path) -> bool:
     """Whether the file at `path` is `fewshot predict --csv` output (or empty)."""
     try:
         with open(path, "rb") as f:

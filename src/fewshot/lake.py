@@ -22,6 +22,7 @@ embed` pretrained to make its embeddings, where that backbone is still there.
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, data, models, precision
+from .algorithms.base import Algorithm
 from .data.episodes import to_float
 from .data.images import read_dataset
 from .data.omniglot import decode_png
@@ -168,7 +170,7 @@ def _leo_backbone(state: dict, device: torch.device):
     return backbone_config.image_size, embed
 
 
-def model_inputs(state: dict, device: str | torch.device = "cpu"):
+def model_inputs(state: dict, device: str | torch.device = "cpu") -> tuple[int, Callable[[np.ndarray], torch.Tensor]]:
     """(image side, uint8 pixels N x 1 x side x side -> the run's input): the conversion its
     training images went through (`to_float` with the checkpoint's preprocessing), or for a
     LEO run the embeddings of its backbone (`_leo_backbone`)."""
@@ -182,7 +184,8 @@ def model_inputs(state: dict, device: str | torch.device = "cpu"):
     return preprocessing["size"], lambda pixels: to_float(pixels, preprocessing).to(device)
 
 
-def classify_run(algorithm, inputs, run: LakeRun, steps: int | None = None, lr: float | None = None) -> torch.Tensor:
+def classify_run(algorithm: Algorithm, inputs: Callable[[np.ndarray], torch.Tensor], run: LakeRun,
+                 steps: int | None = None, lr: float | None = None) -> torch.Tensor:
     """The outputs (test image x training image) of one run: adapted once on the training
     images as a 20-way 1-shot support set, each test image classified on its own."""
     support_x = inputs(np.stack(run.training)[:, None])

@@ -23,6 +23,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
 
 from tqdm import tqdm
 
@@ -44,22 +47,22 @@ class Signals:
     once `stopping` is set (the final save is under way), are ignored. `deferred`: a
     request never raises; the loop asks for it at the end of each step."""
 
-    def __init__(self, deferred: bool = False):
+    def __init__(self, deferred: bool = False) -> None:
         self.received, self.depth, self.stopping, self.previous = None, 0, False, {}
         self.deferred = deferred
 
-    def install(self):
+    def install(self) -> "Signals":
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
                 self.previous[number] = signal.signal(number, self.handle)
         return self
 
-    def restore(self):
+    def restore(self) -> None:
         for number, handler in self.previous.items():
             signal.signal(number, handler)
         self.previous = {}
 
-    def handle(self, number, frame):
+    def handle(self, number: int, frame: FrameType | None) -> None:
         if self.received is not None or self.stopping:
             if self.received is None:
                 self.received = number
@@ -91,9 +94,11 @@ class Loop:
     for several processes: given the signal this process received (0: none), the one that
     stops them all at this step (0: go on); then signals only record a request."""
 
-    def __init__(self, step: int, total: int, save, *, desc: str, progress: bool = True, leader: bool = True,
-                 saved=None, resume: str | None = None, time_limit: float | None = None,
-                 stop_after: int | None = None, agree=bool, clock_due=lambda step: True, stop_together=None):
+    def __init__(self, step: int, total: int, save: Callable[[], object], *, desc: str, progress: bool = True,
+                 leader: bool = True, saved: str | Path | None = None, resume: str | None = None,
+                 time_limit: float | None = None, stop_after: int | None = None,
+                 agree: Callable[[bool], bool] = bool, clock_due: Callable[[int], bool] = lambda step: True,
+                 stop_together: Callable[[int], int] | None = None) -> None:
         self.step, self.total, self.save, self.leader = step, total, save, leader
         self.saved, self.resume = saved, resume
         self.time_limit, self.stop_after, self.agree, self.clock_due = time_limit, stop_after, agree, clock_due
@@ -114,7 +119,7 @@ class Loop:
         self.step += 1
         self.bar.update(1)
 
-    def run(self, one_step, start=None) -> dict:
+    def run(self, one_step: Callable[[], str | None], start: Callable[[], object] | None = None) -> dict:
         """Call `one_step()` until `total` steps are done; it runs one step (calling
         `advance()`) and returns None, or a reason that ends the run normally (it saved
         and said why). `start()`, if given, runs first, as a critical section.

@@ -43,7 +43,7 @@ def sizes(config: Config) -> tuple[int, int]:
             -(-sum(math.prod(shape) for _, shape, _ in rows) // len(two)))
 
 
-def check(needed: int, device, what: str, fix: str) -> None:
+def check(needed: int, device: str | torch.device, what: str, fix: str) -> None:
     """Refuse `what` (needing `needed` bytes at least) where `device` has less memory."""
     have = device_bytes(device)
     if have is not None and needed > have:
@@ -55,7 +55,7 @@ def gigabytes(count: int) -> str:
     return f"{count / 2 ** 30:,.1f} GB"
 
 
-def check_training(config: Config, device) -> None:
+def check_training(config: Config, device: str | torch.device) -> None:
     """The weights (with gradients and Adam's moments) and one task's forward pass must fit."""
     parameters, per_input = sizes(config)
     task = config.ways * (config.shots + max(config.query, config.eval_query or 0))
@@ -65,7 +65,7 @@ def check_training(config: Config, device) -> None:
           "query) or a device with more memory")
 
 
-def check_batch(config: Config, batch: int, device, option: str = "--batch-size") -> None:
+def check_batch(config: Config, batch: int, device: str | torch.device, option: str = "--batch-size") -> None:
     """A supervised batch of `batch` inputs, forward and backward, with the weights."""
     parameters, per_input = sizes(config)
     needed = FLOAT * (4 * parameters + 2 * batch * per_input)

@@ -14,6 +14,7 @@ per epoch with the integer epoch, so under MAML++ meta-step s has the rate of ep
 s // steps_per_epoch of a cosine over steps / steps_per_epoch epochs (`PeriodCosine`).
 """
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,8 @@ from .algorithms.base import Algorithm
 from .config import Config
 
 
-def make_optimizer(algorithm: nn.Module, config: Config):
+def make_optimizer(algorithm: nn.Module,
+                   config: Config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """(optimizer, schedule) over `algorithm.parameters()` as `config` asks; the cosine
     holds each rate for `algorithm.schedule_period()` steps (any other module: 1)."""
     if config.meta_optimizer == "sgd":
@@ -49,10 +51,10 @@ def make_optimizer(algorithm: nn.Module, config: Config):
 class LinearDecay:
     """Multiplier falling linearly from 1 at step 0 to `end` at step `steps` (picklable)."""
 
-    def __init__(self, steps, end):
+    def __init__(self, steps: int, end: float) -> None:
         self.steps, self.end = steps, end
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return 1.0 + (self.end - 1.0) * min(step, self.steps) / self.steps
 
 
@@ -63,7 +65,7 @@ class PeriodCosine:
     CosineAnnealingLR(T_max=E, eta_min=end * lr) stepped with epoch=e, as MAML++'s
     authors step it (picklable, and its state rides in the schedule's state_dict)."""
 
-    def __init__(self, steps: int, period: int, end: float):
+    def __init__(self, steps: int, period: int, end: float) -> None:
         self.steps, self.period, self.end = steps, period, end
 
     def __call__(self, step: int) -> float:
@@ -72,7 +74,8 @@ class PeriodCosine:
         return self.end + (1.0 - self.end) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
-def set_schedule_length(optimizer, schedule, steps, step):
+def set_schedule_length(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler, steps: int,
+                        step: int) -> None:
     """Make a restored schedule span `steps` in all, from `step` (see the module's docstring):
     the learning rates become those of a fresh `steps`-long schedule at `step`."""
     if isinstance(schedule, torch.optim.lr_scheduler.CosineAnnealingLR):
@@ -93,7 +96,7 @@ def set_schedule_length(optimizer, schedule, steps, step):
     schedule._last_lr = list(rates)
 
 
-def clip_gradients(parameters, value=None, norm=None):
+def clip_gradients(parameters: Iterable[torch.Tensor], value: float | None = None, norm: float | None = None) -> None:
     """Clip each gradient entry to [-value, value], then each gradient tensor's L2 norm
     to `norm`, as LEO's reference does (runner.py: tf.clip_by_value, then tf.clip_by_norm
     on every gradient separately). None leaves that step out."""

@@ -2,7 +2,9 @@
 import io
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,6 +20,11 @@ from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
 from .files import write_bytes  # noqa: E402
 from .runs import read_config, read_metrics, torn_warning  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .zoo import Card
 
 
 ALGORITHM_NAMES = {"maml": "MAML", "anil": "ANIL", "metasgd": "Meta-SGD", "mamlpp": "MAML++", "reptile": "Reptile",
@@ -41,7 +48,7 @@ def after_steps(config: Config, training: bool) -> str:
     return f"after {count} inner step{'s' if count != 1 else ''}"
 
 
-def png_bytes(figure) -> bytes:
+def png_bytes(figure: "Figure") -> bytes:
     """The figure as PNG bytes: written in one stream, a named pipe or a device takes them too
     (Pillow's own writer seeks)."""
     buffer = io.BytesIO()
@@ -49,13 +56,13 @@ def png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
-def shipped_name(run) -> str | None:
+def shipped_name(run: str | Path) -> str | None:
     """`run` when it names a shipped model and no folder of that name is here, else None."""
     from . import zoo
     return str(run) if not Path(run).exists() and zoo.weights_file(str(run)) is not None else None
 
 
-def plot_run(run, out=None):
+def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the run's curves (meta-loss, train and validation metric) to a PNG; return its path.
     A shipped model's name draws its card's validation curve (`plot_card`)."""
     if shipped_name(run):
@@ -101,7 +108,7 @@ def plot_run(run, out=None):
     return out
 
 
-def plot_card(card, out) -> Path:
+def plot_card(card: "Card", out: str | Path) -> Path:
     """A shipped model's validation curve (its card's), against meta-steps and against hours
     of training, to a PNG at `out`."""
     from .zoo import score_text
@@ -131,7 +138,8 @@ def plot_card(card, out) -> Path:
     return out
 
 
-def plot_adaptation(run, out=None, steps=(1, 10), seed=None):
+def plot_adaptation(run: str | Path, out: str | Path | None = None, steps: Sequence[int] = (1, 10),
+                    seed: int | None = None) -> Path:
     """The MAML paper's Figure 2 for a regression run: the true curve of the first
     task `fewshot eval` draws from the test split (`seed`: another test stream), its K
     support points, and the run's algorithm's prediction before and after adapting."""

@@ -15,7 +15,9 @@ depends on the others. With inductive batch norm (running statistics) and
 networks without batch norm both are the same.
 """
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import ContextManager
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from .evaluate import load_algorithm, predict_alone
 class Learner:
     """A trained checkpoint, ready to adapt to new tasks."""
 
-    def __init__(self, state: dict, device: str | torch.device | None = "cpu"):
+    def __init__(self, state: dict, device: str | torch.device | None = "cpu") -> None:
         self.config = state["config"]
         self.preprocessing = state.get("preprocessing")
         self.device = device if isinstance(device, torch.device) else choose_device(device)[0]
@@ -69,7 +71,7 @@ class Learner:
             adapted = self.algorithm.adapt(support, labels, steps, lr)
         return Adapted(self, adapted, classes, support)
 
-    def arithmetic(self):
+    def arithmetic(self) -> ContextManager[None]:
         """The run's precision, as its validation ran (precision.configured)."""
         return precision.configured(self.config.precision, self.device)
 
@@ -91,7 +93,7 @@ class Learner:
 class Adapted:
     """A learner adapted to one support set."""
 
-    def __init__(self, learner: Learner, state: dict, classes: list[str], support_x: torch.Tensor):
+    def __init__(self, learner: Learner, state: dict, classes: list[str], support_x: torch.Tensor) -> None:
         self.learner, self.state, self.classes, self.support_x = learner, state, classes, support_x
 
     @torch.no_grad()
@@ -114,7 +116,7 @@ class Adapted:
             return torch.softmax(outputs, dim=1)
         return outputs
 
-    def classify(self, queries, top_k: int = 1, transductive: bool = False) -> list[dict]:
+    def classify(self, queries: Iterable[str | Path], top_k: int = 1, transductive: bool = False) -> list[dict]:
         """Image files or folders -> one prediction dict per image file."""
         files = query_files(queries)
         probabilities = self.predict(self.learner.images(files), transductive).cpu()
@@ -134,7 +136,7 @@ def printable(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def query_files(queries):
+def query_files(queries: Iterable[str | Path]) -> list[Path]:
     files = []
     for query in map(Path, queries):
         if query.is_dir():

@@ -11,6 +11,8 @@ in data/, checkpoint.py and runs.py, read inside it, so a new reader inherits th
 Values shown in a message are bounded (`brief`): a file may hold anything, and a
 message never prints more than a line of it.
 """
+from __future__ import annotations
+
 import io
 import pickle
 import re
@@ -18,12 +20,19 @@ import reprlib
 import struct
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import FewshotError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import PIL.Image
 
 # what the content of a file can raise while it is parsed (OSError: also a file that cannot be opened)
 CONTENT_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, SyntaxError, EOFError, OSError,
@@ -37,13 +46,13 @@ _repr = reprlib.Repr()
 _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 60, 60, 8, 8, 3
 
 
-def brief(value, width: int = 80) -> str:
+def brief(value: object, width: int = 80) -> str:
     """repr(value) cut to about `width` characters, without building the whole repr."""
     text = _repr.repr(value)
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def listed(items, most: int = 8) -> str:
+def listed(items: Iterable[object], most: int = 8) -> str:
     """Names joined by commas, each brief, the first `most` of them and how many in all."""
     items = list(items)
     names = [str(i) if isinstance(i, str) and len(i) <= 40 else brief(i, 40) for i in items[:most]]
@@ -58,13 +67,13 @@ def reason(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def shown(path) -> str:
+def shown(path: str | Path) -> str:
     """A path as printable text (bytes that are not UTF-8 as \\xNN)."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @contextmanager
-def failure(path, what: str, fix: str):
+def failure(path: str | Path, what: str, fix: str) -> Iterator[None]:
     """Read inside this: a content error becomes `cannot read WHAT PATH (REASON); FIX`.
     A FewshotError raised inside (a reader's own, more precise refusal) passes as it is."""
     try:
@@ -77,7 +86,7 @@ def failure(path, what: str, fix: str):
 
 # --- text and YAML ---------------------------------------------------------------
 
-def read_text(path, what: str, fix: str) -> str:
+def read_text(path: str | Path, what: str, fix: str) -> str:
     """The UTF-8 text of a file."""
     with failure(path, what, fix):
         return Path(path).read_bytes().decode("utf-8")
@@ -98,12 +107,12 @@ Loader.add_implicit_resolver(
 class YAMLProblem(ValueError):
     """Text that is not YAML (`syntax`), or a document that expands too far."""
 
-    def __init__(self, text, syntax):
+    def __init__(self, text: str, syntax: bool) -> None:
         super().__init__(text)
         self.syntax = syntax
 
 
-def parse_yaml(text: str):
+def parse_yaml(text: str) -> Any:
     """The value of a YAML document: plain data only (tags that build objects are refused by
     the safe loader), and at most YAML_VALUES values; else a YAMLProblem."""
     try:
@@ -118,7 +127,7 @@ def parse_yaml(text: str):
     return value
 
 
-def load_yaml(text: str, where: str):
+def load_yaml(text: str, where: str) -> Any:
     """parse_yaml(text), its problems one line naming `where`."""
     try:
         return parse_yaml(text)
@@ -142,7 +151,7 @@ def _count(value, limit: int) -> int:
     return count
 
 
-def read_yaml(path, what: str, fix: str):
+def read_yaml(path: str | Path, what: str, fix: str) -> Any:
     """The value of the YAML file at `path` (see load_yaml)."""
     text = read_text(path, what, fix)
     try:
@@ -167,7 +176,7 @@ def max_pixels() -> int:
     return _pillow().MAX_IMAGE_PIXELS or 89_478_485
 
 
-def decode_image(source, where):
+def decode_image(source: str | Path | bytes, where: str | Path) -> PIL.Image.Image:
     """A decoded Pillow image from a file path or bytes (`where` names it in messages).
     An image larger than max_pixels() is refused from its header, never decoded."""
     Image = _pillow()
@@ -191,7 +200,7 @@ def decode_image(source, where):
         return image
 
 
-def convert_image(image, mode: str, where):
+def convert_image(image: PIL.Image.Image, mode: str, where: str | Path) -> PIL.Image.Image:
     """`image` in mode "L" (gray) or "RGB"; modes Pillow cannot convert directly (CIELAB)
     go through sRGB, and the rest are refused naming the file."""
     if image.mode == mode:
@@ -227,14 +236,14 @@ class _NumpyOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to build {module}.{name}")
 
 
-def load_pickle(path, what: str):
+def load_pickle(path: str | Path, what: str) -> Any:
     """The object in pickle `path`, built from numpy arrays and builtin containers only."""
     with failure(path, what, "it is damaged, or not in that format: write it again, or give the right file"):
         with open(path, "rb") as f:
             return _NumpyOnly(f, encoding="latin1").load()
 
 
-def array(value, path, what: str, dtype=None):
+def array(value: object, path: str | Path, what: str, dtype: npt.DTypeLike = None) -> np.ndarray:
     """np.asarray(value) for a field of a file, refusing ragged or mixed data by name."""
     import numpy as np
     with failure(path, what, "the file is damaged, or not in the format fewshot reads: write it again"):

@@ -9,7 +9,7 @@ machinery they share).
 """
 import pkgutil
 from importlib import import_module
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from .errors import FewshotError
 
@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 class Registry:
-    def __init__(self, kind: str, modules: Iterable[str] = (), package: str | None = None):
+    def __init__(self, kind: str, modules: Iterable[str] = (), package: str | None = None) -> None:
         """`kind` names the entries in messages ("algorithm"); `modules` are the
         absolute module names whose import registers the entries; `package`: all the
         modules of that package."""
@@ -50,7 +50,7 @@ class Registry:
         self._load()
         return sorted(self.entries)
 
-    def get(self, name: str):
+    def get(self, name: str) -> Any:
         self._load()
         if name not in self.entries:
             raise FewshotError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")

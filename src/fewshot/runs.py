@@ -12,8 +12,9 @@ import os
 import resource
 import sys
 from pathlib import Path
+from typing import Any
 
-from .config import complete, validate
+from .config import Config, complete, validate
 from .errors import FewshotError
 from .files import write_text
 from .reading import parse_yaml, reason
@@ -28,7 +29,7 @@ class RunLock:
     """An exclusive lock on a run folder, held until release() or the process ends.
     The lock file is removed on release; a file left by a killed process is reused."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / ".lock"
         while True:
             handle = open(self.path, "a+")
@@ -55,7 +56,7 @@ class RunLock:
         self.handle.write(str(os.getpid()))
         self.handle.flush()
 
-    def release(self):
+    def release(self) -> None:
         if self.handle.closed:
             return
         try:
@@ -65,7 +66,7 @@ class RunLock:
         self.handle.close()
 
 
-def prepare_run(out, resume):
+def prepare_run(out: str | Path, resume: bool) -> tuple[Path, Path | None]:
     """Create or reopen the run folder; never touch another run's files. Returns
     (folder, the topmost folder this call created or None)."""
     out = Path(out)
@@ -94,7 +95,7 @@ def prepare_run(out, resume):
     return out, (missing[-1] if missing else None)
 
 
-def clean_failed_start(out, created):
+def clean_failed_start(out: Path, created: Path | None) -> None:
     """Remove what a fresh run wrote before it trained a step, so the same command can be retried."""
     for name in RUN_FILES:
         try:
@@ -111,7 +112,7 @@ def clean_failed_start(out, created):
                 break
 
 
-def clean_stale_files(out):
+def clean_stale_files(out: str | Path) -> None:
     """Temporary files of writes a killed process never finished (we hold the lock: no one else writes here)."""
     for path in Path(out).glob(".*.tmp"):
         try:
@@ -120,7 +121,7 @@ def clean_stale_files(out):
             pass
 
 
-def read_config(out):
+def read_config(out: str | Path) -> Config:
     """A run folder's config.yaml, checked."""
     path = Path(out) / "config.yaml"
     try:
@@ -138,7 +139,7 @@ def read_config(out):
 class MetricsLog:
     """metrics.jsonl (every field) and metrics.csv (fixed columns), appended row by row."""
 
-    def __init__(self, folder, keep_until_step):
+    def __init__(self, folder: str | Path, keep_until_step: int) -> None:
         self.jsonl, self.csv = Path(folder) / "metrics.jsonl", Path(folder) / "metrics.csv"
         rows, torn = _read_rows(self.jsonl)
         kept = [r for r in rows if r["step"] <= keep_until_step]
@@ -154,7 +155,7 @@ class MetricsLog:
             writer.writerows(kept)
             write_text(self.csv, buffer.getvalue())
 
-    def write(self, row):
+    def write(self, row: dict[str, Any]) -> None:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         with open(self.csv, "a", newline="") as f:
@@ -183,7 +184,7 @@ def _read_rows(path, warn=True):
     return rows, torn
 
 
-def torn_warning(path, number):
+def torn_warning(path: str | Path, number: int) -> str:
     return f"fewshot: warning: {path} line {number} is torn or not a metrics row; skipped"
 
 
@@ -197,7 +198,7 @@ def _is_row(row):
             and all(number(value) for name, value in row.items() if name in CSV_COLUMNS))
 
 
-def read_metrics(folder, torn=None):
+def read_metrics(folder: str | Path, torn: list[int] | None = None) -> list[dict[str, Any]]:
     """The rows of a run's metrics.jsonl; the numbers of lines that are not rows go into
     `torn` (a list) when given, else each is warned about."""
     rows, skipped = _read_rows(Path(folder) / "metrics.jsonl", warn=torn is None)
@@ -206,12 +207,12 @@ def read_metrics(folder, torn=None):
     return rows
 
 
-def peak_rss_mb():
+def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
 
 
-def data_location(config):
+def data_location(config: Config) -> dict[str, str] | None:
     """Where `config.data` is on this machine, recorded in a run's checkpoints so that the
     run can be evaluated from another folder or with another FEWSHOT_HOME: the absolute
     path of the folder or raw copy it names, and the FEWSHOT_HOME it was found under."""
@@ -225,7 +226,7 @@ def data_location(config):
     return {"data": str(config.data), "path": str(path.resolve()), "fewshot_home": str(home())}
 
 
-def recorded_data(config, location):
+def recorded_data(config: Config, location: dict[str, str] | None) -> str | None:
     """The `data` to load a checkpoint's dataset with here: its config's own `data` where
     that still names something from here, else the absolute path recorded at training."""
     from .data import kind

@@ -30,7 +30,7 @@ import torch
 from . import algorithms, checkpoint, data, distributed, memory, precision
 from .compiled import compile_step
 from .config import Config, dump, eval_query, eval_ways, validate
-from .data.episodes import DeviceEpisodes
+from .data.episodes import DeviceEpisodes, Task
 from .device import choose_device, set_threads
 from .errors import FewshotError, whole_number
 from .evaluate import evaluate
@@ -52,7 +52,7 @@ RESUME_KEYS = ("steps",)
 __all__ = ["train", "initial_weights", "default_threads", "RESUME_KEYS"]
 
 
-def default_threads():
+def default_threads() -> int:
     """torch threads when neither --threads nor the config's `threads` says: one per
     core this process may run on (idle OpenMP threads sleep, see fewshot/__init__.py)."""
     try:
@@ -216,7 +216,9 @@ class Trainer:
     """One process's meta-training: built from the config (and from last.pt when resuming),
     then run by loop.Loop, which calls `start` once and `meta_step` until the run ends."""
 
-    def __init__(self, config, out, resume, device, progress, stop_after, rank, size, time_limit, initial):
+    def __init__(self, config: Config, out: Path, resume: bool, device: torch.device, progress: bool,
+                 stop_after: int | None, rank: int, size: int, time_limit: float | None,
+                 initial: dict[str, torch.Tensor] | None) -> None:
         self.config, self.out, self.device, self.rank, self.size = config, out, device, rank, size
         self.leader = rank == 0
         # the data: train and validation tasks (on CUDA built on the device)
@@ -305,7 +307,7 @@ class Trainer:
                 self.save()
         return None
 
-    def meta_gradient(self, tasks) -> dict:
+    def meta_gradient(self, tasks: list[Task]) -> dict:
         """The meta-batch's gradient in .grad, summed over processes, finished and clipped;
         returns what the algorithm reports of the step (loss, metric)."""
         self.algorithm.train()
@@ -324,7 +326,7 @@ class Trainer:
         clip_gradients(self.algorithm.parameters(), self.config.grad_clip_value, self.config.grad_clip_norm)
         return result
 
-    def log_row(self, at, tasks, validate_now) -> None:
+    def log_row(self, at: int, tasks: list[Task], validate_now: bool) -> None:
         """The window's metrics, read in one host sync, as a log line and a metrics row (with a
         validation, and best.pt when it improved, where due); then a new window."""
         carried, loop = self.carried, self.loop
@@ -347,7 +349,7 @@ class Trainer:
                 loop.bar.set_postfix(loss=f"{row['loss']:.3f}", **{self.metric[:3]: f"{row['metric']:.3f}"})
         carried.window, carried.checked, carried.window_start = [], 0, time.perf_counter()
 
-    def check_window(self, losses=None) -> None:
+    def check_window(self, losses: list[float] | None = None) -> None:
         """Stop on a non-finite loss in the window; `losses`: its values already read, else
         they are read here (one host transfer)."""
         carried = self.carried
@@ -359,7 +361,7 @@ class Trainer:
                     raise self.nonfinite(at, "the meta-loss")
         carried.checked = len(carried.window)
 
-    def save(self, name="last.pt") -> None:
+    def save(self, name: str = "last.pt") -> None:
         """Write checkpoint `name` of the current step (rank 0), once the window's losses and
         the weights are known to be finite."""
         self.check_window()
@@ -374,7 +376,7 @@ class Trainer:
         if name == "last.pt":
             self.carried.saved_step = self.loop.step
 
-    def nonfinite(self, at, what) -> FewshotError:
+    def nonfinite(self, at: int, what: str) -> FewshotError:
         saved = self.carried.saved_step
         kept = (f"{self.out / 'last.pt'} still holds step {saved}, the last good checkpoint" if saved is not None
                 else "no checkpoint was written")
@@ -432,7 +434,7 @@ def _row(step, losses, metrics, elapsed, since_start, lr, meta_batch, inputs_per
     return row
 
 
-def initial_weights(config):
+def initial_weights(config: Config) -> dict[str, torch.Tensor]:
     """The weights of checkpoint `config.init`, checked to fit `config`'s model and algorithm."""
     state = checkpoint.load(config.init, run=True)
     weights = state.get("algorithm")

@@ -25,12 +25,15 @@ import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import FewshotError
 from .reading import read_yaml
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FOLDER_VARIABLE = "FEWSHOT_PRETRAINED"
 PACKAGE_FOLDER = Path(__file__).resolve().parent / "pretrained"
@@ -332,7 +335,7 @@ def training_time(rows: list[dict], until_step: int) -> tuple[float, int, list[l
     return seconds, processes_then, curve
 
 
-def rebuilt_commands(config, init: str | None, run_folder: Path, processes: int) -> list[str]:
+def rebuilt_commands(config: "Config", init: str | None, run_folder: Path, processes: int) -> list[str]:
     """A `fewshot train` command that trains exactly `config` (the preset, then every key
     that differs from it), and the resume that continued it when it took several processes."""
     from .config import DEFAULTS, load_preset

@@ -17,14 +17,20 @@ The backbone (`self.model`, a models.base.Backbone) is run with explicit paramet
 `forward`), and asked which parameters are batch norm's, the head's or the body's
 (`self.parameter_roles`): no algorithm reads parameter names.
 """
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn as nn
 
 from ..config import Config, eval_inner_lr
 
+if TYPE_CHECKING:
+    from ..data.episodes import Task
+    from ..tasks import Family
+
 
 class Algorithm(nn.Module):
-    def __init__(self, model: nn.Module, config: Config, family):
+    def __init__(self, model: nn.Module, config: Config, family: "Family") -> None:
         super().__init__()
         self.model = model
         self.config = config
@@ -47,21 +53,22 @@ class Algorithm(nn.Module):
         """`state` without the entries of `optimizer_state_prefixes`."""
         return {k: v for k, v in state.items() if not k.startswith(self.optimizer_state_prefixes)}
 
-    def meta_gradient(self, tasks, step=0):
+    def meta_gradient(self, tasks: list["Task"], step: int = 0) -> dict[str, float | torch.Tensor]:
         """Add the gradient of the mean meta-loss over `tasks` to .grad; return
         {"loss": mean query loss, metric_name: mean query metric} after adaptation."""
         raise NotImplementedError
 
-    def finish_meta_gradient(self, result):
+    def finish_meta_gradient(self, result: dict[str, float | torch.Tensor]) -> dict[str, float | torch.Tensor]:
         """Last changes to the whole meta-batch's gradient (all processes' shares summed);
         returns the result to log."""
         return result
 
-    def adapt(self, support_x, support_y, steps=None, lr=None):
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
+              lr: float | None = None) -> Any:
         raise NotImplementedError
 
     @torch.no_grad()
-    def predict(self, adapted, x):
+    def predict(self, adapted: Any, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def schedule_period(self) -> int:
@@ -69,7 +76,7 @@ class Algorithm(nn.Module):
         new rate every step; MAML++ says an epoch, as its authors' code steps it."""
         return 1
 
-    def describe_inner_lr(self):
+    def describe_inner_lr(self) -> float | str:
         """The meta-test inner learning rate, for reports."""
         return eval_inner_lr(self.config)
 
@@ -78,5 +85,5 @@ class Algorithm(nn.Module):
         return inner_loop_words(steps, self.describe_inner_lr() if lr is None else lr)
 
 
-def inner_loop_words(steps: int, lr) -> str:
+def inner_loop_words(steps: int, lr: float | str) -> str:
     return f"{steps} inner step{'' if steps == 1 else 's'} at lr {lr}"

@@ -65,7 +65,7 @@ from . import ALGORITHMS
 from .base import Algorithm
 
 
-def orthogonality(weight):
+def orthogonality(weight: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between the correlation matrix of `weight`'s rows and
     the identity (the reference's `get_orthogonality_regularizer`, before its weight)."""
     norms = weight.norm(dim=1, keepdim=True) + 1e-32
@@ -73,11 +73,11 @@ def orthogonality(weight):
     return (correlation - torch.eye(len(weight), dtype=weight.dtype, device=weight.device)).pow(2).mean()
 
 
-def gaussian_log_prob(x, mean, std):
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return -((x - mean) ** 2) / (2 * std ** 2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
 
 
-def kl_divergence(samples, mean, std):
+def kl_divergence(samples: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """The reference's estimate of KL(N(mean, std) || N(0, 1)) from one sample per unit:
     mean over units of log q(sample) - log p(sample)."""
     zeros, ones = torch.zeros_like(samples), torch.ones_like(samples)
@@ -108,7 +108,7 @@ class Noise:
         return x * keep / (1.0 - rate)
 
 
-def split_gaussian(params, stddev_offset=0.0):
+def split_gaussian(params: torch.Tensor, stddev_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) from the last dimension's two halves: std = max(exp(s) - (1 - offset), 1e-10)."""
     mean, unnormalized = params.chunk(2, dim=-1)
     return mean, (torch.exp(unnormalized) - (1.0 - stddev_offset)).clamp(min=1e-10)

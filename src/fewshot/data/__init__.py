@@ -10,10 +10,13 @@ samplers, whatever the kind.
 
 torch is imported only when a sampler is built: preparing data stays cheap.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +24,12 @@ from ..config import Config
 from ..errors import FewshotError
 from .images import ImageClass, ImageDataset, fingerprint, home, is_prepared, read_dataset, read_features
 from .kinds import DATASETS, SPLITS, DatasetKind
+
+if TYPE_CHECKING:
+    import torch
+
+    from .episodes import EpisodeSampler
+    from .sinusoid import SinusoidSampler
 
 CACHE_VERSION = 2  # part of every cache key: raise it when an importer's output changes
 
@@ -112,7 +121,8 @@ def load(config: Config, progress: bool = True) -> tuple[ImageDataset | None, di
 
 
 def sampler(config: Config, dataset: ImageDataset | None, refs: dict[str, list[ImageClass]] | None, split: str,
-            seed: int, query: int | None = None, dtype=None, ways: int | None = None):
+            seed: int, query: int | None = None, dtype: torch.dtype | None = None,
+            ways: int | None = None) -> EpisodeSampler | SinusoidSampler:
     """The task sampler of `split`. `ways` and `query` default to the meta-training
     settings; evaluation passes its own (eval_ways, eval_query). Tasks that do not fit
     the split are refused with one line naming every setting to change and the values

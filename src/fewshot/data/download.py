@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..errors import FewshotError
 
 
-def md5sum(path, chunk=1 << 20):
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -18,7 +18,8 @@ def md5sum(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def download(url, dest, md5=None, hint="", progress=True, timeout=30):
+def download(url: str, dest: str | Path, md5: str | None = None, hint: str = "", progress: bool = True,
+             timeout: float = 30) -> Path:
     """Fetch `url` to `dest`. A `.part` file left by an interrupted download is
     continued with an HTTP Range request; the finished file is checked against
     `md5` before it takes its final name."""

@@ -25,8 +25,12 @@ split, each class's rows in file order, group = split. A file whose dimension
 or keys do not match is refused with its name. `write_leo_pickles` writes the
 same format (for `fewshot embed`, and for tests).
 """
+from __future__ import annotations
+
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -36,20 +40,26 @@ from ..reading import array, brief, failure, listed, load_pickle
 from .images import ImageClass, is_prepared, write_features
 from .kinds import DATASETS, SPLITS, DatasetKind, group_splits
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from ..config import Config
+    from .images import ImageDataset
+
 NDIM = 640  # the reference's embedding dimension (WRN-28-10 features)
 CROPS = ("center", "multiview")
 KEY_FORMAT = "<prefix>-<class>-<class>_<image>"
 
 
-def file_name(split):
+def file_name(split: str) -> str:
     return f"{split}_embeddings.pkl"
 
 
-def has_pickles(folder):
+def has_pickles(folder: str | Path) -> bool:
     return any((Path(folder) / file_name(split)).is_file() for split in SPLITS)
 
 
-def locate(path, crop="center", dataset_name=None):
+def locate(path: str | Path, crop: str = "center", dataset_name: str | None = None) -> Path:
     """The folder that `--data PATH` means: a prepared cache or a folder of the pickles
     as it is, else PATH/<crop>, else PATH/<dataset_name>/<crop> (the reference's data_path)."""
     path = Path(path)
@@ -62,7 +72,7 @@ def locate(path, crop="center", dataset_name=None):
     return path
 
 
-def parse_key(key, path):
+def parse_key(key: object, path: str | Path) -> tuple[str, str]:
     """(class, image file) from one LEO key, or a FewshotError naming the file."""
     if isinstance(key, (bytes, np.bytes_)):
         key = bytes(key).decode("latin1")
@@ -75,7 +85,7 @@ def parse_key(key, path):
     return fields[1], fields[2]
 
 
-def read_pickle(path, dim=NDIM):
+def read_pickle(path: str | Path, dim: int = NDIM) -> tuple[np.ndarray, list[str]]:
     """(embeddings N x dim float32, [class per row]) from one `<split>_embeddings.pkl`."""
     path = Path(path)
     data = load_pickle(path, "a LEO embedding file")
@@ -116,7 +126,7 @@ def _interpret(data, path, dim):
     return embeddings.astype(np.float32, copy=False), classes
 
 
-def import_embeddings(source, folder, size=NDIM, progress=True):
+def import_embeddings(source: str | Path, folder: Path, size: int = NDIM, progress: bool = True) -> Path:
     """Read `source`/{train,val,test}_embeddings.pkl into the cached feature array in
     `folder` (`size`: the embedding dimension the files must have); returns `folder`."""
     source = Path(source).expanduser()
@@ -153,17 +163,18 @@ def import_embeddings(source, folder, size=NDIM, progress=True):
     return folder
 
 
-def splits(dataset, name=None, seed=None):
+def splits(dataset: ImageDataset, name: str | None = None, seed: int | None = None) -> dict[str, list[ImageClass]]:
     """The split is the file each class came from (its group)."""
     return group_splits(dataset)
 
 
-def make_key(class_name, image, prefix=0):
+def make_key(class_name: str, image: str | int, prefix: int | str = 0) -> str:
     """A key in LEO's format for image `image` (a file name or number) of class `class_name`."""
     return f"{prefix}-{class_name}-{class_name}_{image}"
 
 
-def write_leo_pickles(folder, split, embeddings, labels, keys):
+def write_leo_pickles(folder: str | Path, split: str, embeddings: npt.ArrayLike, labels: npt.ArrayLike,
+                      keys: Iterable[str]) -> Path:
     """Write `folder`/<split>_embeddings.pkl in LEO's format: a dict of `embeddings`
     (float32 N x dim), `labels` (N) and `keys` (N strings, see KEY_FORMAT); returns its path."""
     from ..files import atomic_path
@@ -189,7 +200,7 @@ def write_leo_pickles(folder, split, embeddings, labels, keys):
     return path
 
 
-def locate_for(path, config):
+def locate_for(path: Path, config: Config) -> Path:
     return locate(path, config.embedding_crop, config.embedding_dataset)
 
 

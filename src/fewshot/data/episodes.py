@@ -12,13 +12,19 @@ as uint8: the same tasks from the same plans.
 import queue
 import threading
 import warnings
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import FewshotError
+from .images import ImageClass
+
+if TYPE_CHECKING:
+    from .sinusoid import SinusoidSampler
 
 
 @dataclass
@@ -29,23 +35,24 @@ class Task:
     query_y: torch.Tensor
     seed: tuple = None  # (seed, batch index, position) of a sampled task: its own random draws (LEO)
 
-    def to(self, device):
+    def to(self, device: str | torch.device) -> "Task":
         return Task(*(t.to(device, non_blocking=True) for t in
                       (self.support_x, self.support_y, self.query_x, self.query_y)), seed=self.seed)
 
-    def pin_memory(self):
+    def pin_memory(self) -> "Task":
         return Task(*(t.pin_memory() for t in (self.support_x, self.support_y, self.query_x, self.query_y)),
                     seed=self.seed)
 
     @property
-    def images(self):
+    def images(self) -> int:
         return len(self.support_x) + len(self.query_x)
 
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
 
 
-def to_float(pixels, preprocessing=None, dtype=torch.float32):
+def to_float(pixels: np.ndarray, preprocessing: dict[str, Any] | None = None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 pixels (..., C, H, W) -> model input, as `preprocessing` says:
     `channels` (convert gray <-> RGB), `invert` (Omniglot: ink is 1, as in the
     reference code), `mean` / `std` (per channel, from the meta-train split).
@@ -53,7 +60,9 @@ def to_float(pixels, preprocessing=None, dtype=torch.float32):
     return tensor_to_float(torch.from_numpy(pixels), preprocessing, dtype)
 
 
-def tensor_to_float(pixels, preprocessing=None, dtype=torch.float32, constants=None):
+def tensor_to_float(pixels: torch.Tensor, preprocessing: dict[str, Any] | None = None,
+                    dtype: torch.dtype = torch.float32,
+                    constants: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """`to_float` of a tensor, on the tensor's device (the same operations in the same
     order, so the host and an accelerator give the same numbers). `constants`: the
     gray weights, mean and std already on that device (`float_constants`), so that
@@ -78,7 +87,8 @@ def tensor_to_float(pixels, preprocessing=None, dtype=torch.float32, constants=N
     return x
 
 
-def float_constants(preprocessing, dtype, device):
+def float_constants(preprocessing: dict[str, Any] | None, dtype: torch.dtype,
+                    device: torch.device) -> dict[str, torch.Tensor]:
     preprocessing = preprocessing or {}
     constants = {"gray": torch.tensor(GRAY, dtype=dtype, device=device).view(3, 1, 1)}
     if preprocessing.get("mean") is not None:
@@ -147,9 +157,10 @@ class EpisodeSampler:
     classified on its own (evaluate.py reads it). `distort`: each image through its own
     random affine map (`affine_maps`), drawn after the rest of its task."""
 
-    def __init__(self, images, classes, ways, shots, query, seed, split="train",
-                 preprocessing=None, dtype=torch.float32, alphabets=None, same_drawers=False, alone=False,
-                 distort=False):
+    def __init__(self, images: np.ndarray, classes: Sequence[ImageClass], ways: int, shots: int, query: int, seed: int,
+                 split: str = "train", preprocessing: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
+                 alphabets: Sequence[Hashable] | None = None, same_drawers: bool = False, alone: bool = False,
+                 distort: bool = False) -> None:
         if ways > len(classes):
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
@@ -177,7 +188,7 @@ class EpisodeSampler:
         self.same_drawers, self.alone, self.distort = same_drawers, alone, distort
         self.host = None  # the batched builder on the host, made on first use
 
-    def plan(self, rng, seed=None):
+    def plan(self, rng: np.random.Generator, seed: tuple[int, int, int] | None = None) -> Plan:
         if self.members is None:
             chosen = rng.choice(len(self.classes), self.ways, replace=False)
         else:
@@ -198,11 +209,11 @@ class EpisodeSampler:
         affine = affine_maps(rng, self.ways * per_class).reshape(self.ways, per_class, 2, 3) if self.distort else None
         return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed, affine)
 
-    def plans(self, index, size, part=None):
+    def plans(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Plan]:
         positions = range(size) if part is None else part
         return [self.plan(np.random.default_rng([self.seed, index, j]), (self.seed, index, j)) for j in positions]
 
-    def batch(self, index, size, part=None):
+    def batch(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Task]:
         """Tasks `part` (default: all) of batch `index`, built together on the host. Task j
         of a batch has its own generator, seeded by (seed, index, j), so a process that
         samples only its share of the batch gets the very tasks a single process would."""
@@ -219,7 +230,7 @@ class DeviceEpisodes:
     On the CPU the array is used in place (no copy): `EpisodeSampler.batch` builds
     its batches this way."""
 
-    def __init__(self, sampler, device, images=None):
+    def __init__(self, sampler: EpisodeSampler, device: str | torch.device, images: torch.Tensor | None = None) -> None:
         """`images`: the device copy of `sampler.images` another DeviceEpisodes already holds."""
         self.sampler, self.device, self.seed = sampler, torch.device(device), sampler.seed
         if images is None:
@@ -231,7 +242,7 @@ class DeviceEpisodes:
         self.alone = sampler.alone
 
     @staticmethod
-    def fits(sampler, device, share=0.5):
+    def fits(sampler: EpisodeSampler, device: str | torch.device, share: float = 0.5) -> bool:
         """Whether the image array takes at most `share` of the device's free memory."""
         device = torch.device(device)
         if device.type != "cuda":
@@ -239,10 +250,10 @@ class DeviceEpisodes:
         free, _ = torch.cuda.mem_get_info(device)
         return sampler.images.nbytes <= share * free
 
-    def plans(self, index, size, part=None):
+    def plans(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Plan]:
         return self.sampler.plans(index, size, part)
 
-    def build(self, plans):
+    def build(self, plans: Sequence[Plan]) -> list[Task]:
         """No host synchronisation: the indices travel in one pinned, non-blocking copy,
         and the rotations are selected on the device."""
         sampler = self.sampler
@@ -270,7 +281,7 @@ class DeviceEpisodes:
                      x[i, :, shots:].flatten(0, 1), y[i, :, shots:].flatten(), seed=p.seed)
                 for i, p in enumerate(plans)]
 
-    def batch(self, index, size, part=None):
+    def batch(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Task]:
         return self.build(self.plans(index, size, part))
 
 
@@ -280,7 +291,8 @@ class Prefetcher:
     plans and `next` builds them on the device; `pin` pins host batches so that
     their copy to an accelerator does not block."""
 
-    def __init__(self, sampler, start, stop, size, part=None, depth=4, pin=False):
+    def __init__(self, sampler: "EpisodeSampler | DeviceEpisodes | SinusoidSampler", start: int, stop: int, size: int,
+                 part: Sequence[int] | None = None, depth: int = 4, pin: bool = False) -> None:
         self.queue = queue.Queue(maxsize=depth)
         self.stop_event = threading.Event()
         self.build = sampler.build if isinstance(sampler, DeviceEpisodes) else None
@@ -306,13 +318,13 @@ class Prefetcher:
         self.thread = threading.Thread(target=work, daemon=True)
         self.thread.start()
 
-    def __next__(self):
+    def __next__(self) -> list[Task]:
         item = self.queue.get()
         if isinstance(item, BaseException):
             raise item
         return self.build(item) if self.build else item
 
-    def close(self):
+    def close(self) -> None:
         """Stop the sampling thread and wait for it, so no thread outlives the run."""
         self.stop_event.set()
         self.thread.join(timeout=10)

@@ -6,8 +6,12 @@ give a share keeps at least LEAST_CLASSES classes while the others can spare the
 that a handful of classes (6) still gives a validation and a test split that can
 hold a 2-way task. A split left with fewer is reported at import.
 """
+from __future__ import annotations
+
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -18,13 +22,16 @@ from ..reading import CONTENT_ERRORS, convert_image, decode_image, failure
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, STORED_IMAGE_READS, SPLITS, DatasetKind, group_splits
 
+if TYPE_CHECKING:
+    from .images import ImageDataset
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGE_SIZE = 28
 RATIOS = (0.64, 0.16, 0.20)  # train, val, test
 LEAST_CLASSES = 2  # a task has 2 classes at least: a split with a share should hold that many
 
 
-def image_files(folder):
+def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -46,7 +53,7 @@ def load_image(source: str | Path | bytes, size: int, channels: int, where: str 
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def class_folders(root):
+def class_folders(root: str | Path) -> dict[str, list[Path]]:
     """{split: [class folder, ...]}; a single "all" split when the tree is not split."""
     root = Path(root)
     if not root.is_dir():
@@ -101,7 +108,7 @@ def split_classes(names: list[str], ratios: tuple, seed: int, least: int = LEAST
     return {names[i]: split for split, part in zip(SPLITS, parts) for i in part}
 
 
-def small_split_note(counts: dict[str, int], wanted=SPLITS) -> str | None:
+def small_split_note(counts: dict[str, int], wanted: Iterable[str] = SPLITS) -> str | None:
     """One line when a split in `wanted` has too few classes for any task, else None."""
     small = [f"the {split} split has {counts.get(split, 0)} class{'' if counts.get(split, 0) == 1 else 'es'}"
              for split in wanted if counts.get(split, 0) < LEAST_CLASSES]
@@ -112,8 +119,8 @@ def small_split_note(counts: dict[str, int], wanted=SPLITS) -> str | None:
             f"{LEAST_CLASSES} to each split), or split them yourself as <DIR>/{{train,val,test}}/<class>/")
 
 
-def import_folder(source, folder, size: int = IMAGE_SIZE, channels: int | None = None, ratios: tuple = RATIOS,
-                  seed: int = 0, progress: bool = True, least: int = LEAST_CLASSES) -> Path:
+def import_folder(source: str | Path, folder: Path, size: int = IMAGE_SIZE, channels: int | None = None,
+                  ratios: tuple = RATIOS, seed: int = 0, progress: bool = True, least: int = LEAST_CLASSES) -> Path:
     """Decode the class folders of `source` once into the cached array in `folder`. An
     unsplit tree is split by `ratios` and `seed` (see split_classes, and `least`)."""
     found = class_folders(source)
@@ -158,7 +165,7 @@ def _is_colour(path):
         return False  # reported with its name when it is read
 
 
-def splits(dataset, name=None, seed=None):
+def splits(dataset: ImageDataset, name: str | None = None, seed: int | None = None) -> dict[str, list[ImageClass]]:
     """Folder datasets carry their split in each class's group."""
     return group_splits(dataset)
 

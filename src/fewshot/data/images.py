@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,24 +49,24 @@ class ImageDataset:
     meta: dict
 
     @property
-    def image_size(self):
+    def image_size(self) -> int:
         return self.images.shape[-1]
 
 
-def home():
+def home() -> Path:
     """Where prepared datasets live unless a command names another root."""
     return Path(os.environ.get("FEWSHOT_HOME", Path.home() / ".cache" / "fewshot")).expanduser()
 
 
-def array_name(size):
+def array_name(size: int) -> str:
     return f"images-{size}.npy"
 
 
-def features_name(dim):
+def features_name(dim: int) -> str:
     return f"features-{dim}.npy"
 
 
-def is_prepared(folder, size=None):
+def is_prepared(folder: str | Path, size: int | None = None) -> bool:
     """Whether `folder` holds a prepared dataset (at image size, or feature dimension, `size`)."""
     folder = Path(folder)
     if not (folder / INDEX).is_file():
@@ -72,7 +74,7 @@ def is_prepared(folder, size=None):
     return size is None or (folder / array_name(size)).is_file() or (folder / features_name(size)).is_file()
 
 
-def fingerprint(*sources):
+def fingerprint(*sources: str | Path | None) -> str:
     """A digest of the names, sizes and modification times of every file under `sources`
     (files or folders; None is skipped): it changes whenever a source file does."""
     digest = hashlib.sha1()
@@ -104,7 +106,7 @@ def _source_fingerprint(meta):
 SIZE_STATS = ("mean", "std")  # the meta entries that depend on the image size
 
 
-def write_dataset(folder, images, classes, meta):
+def write_dataset(folder: str | Path, images: np.ndarray, classes: list[ImageClass], meta: dict[str, Any]) -> None:
     """Write the array first and the index last, each atomically: a folder with an
     index is always complete. A folder prepared at other sizes keeps those arrays when
     they hold the same classes from the same unchanged source (the index then lists
@@ -141,7 +143,7 @@ def write_dataset(folder, images, classes, meta):
     write_text(folder / INDEX, json.dumps(index, indent=1))
 
 
-def read_dataset(folder, size):
+def read_dataset(folder: str | Path, size: int | None) -> ImageDataset:
     """The prepared images at `size` (uint8 N x C x H x W, memory-mapped); size None: the index alone."""
     if size is None:
         index = _read_index(Path(folder))
@@ -209,7 +211,8 @@ def _read_array(folder, name, ndim, dtype, missing, fix):
     return ImageDataset(folder, array, classes, meta)
 
 
-def write_features(folder, features, classes, meta):
+def write_features(folder: str | Path, features: np.ndarray | Sequence[np.ndarray], classes: list[ImageClass],
+                   meta: dict[str, Any]) -> None:
     """The float32 variant of write_dataset: `features` is N x dim, rows grouped by class,
     or a list of such blocks written one after another (never all in memory twice)."""
     folder = Path(folder)
@@ -232,7 +235,7 @@ def write_features(folder, features, classes, meta):
     write_text(folder / INDEX, json.dumps({"meta": meta, "classes": [c.stored() for c in classes]}, indent=1))
 
 
-def read_features(folder, dim):
+def read_features(folder: str | Path, dim: int) -> ImageDataset:
     """A feature dataset: `images` holds the float32 N x dim array, memory-mapped."""
     return _read_array(folder, features_name(dim), ndim=2, dtype=np.float32,
                        missing=f"has no prepared features of dimension {dim}",

@@ -7,11 +7,17 @@ The registry imports these modules on its first lookup; none of them imports
 torch at import time, so naming the kinds stays cheap (`fewshot --help`,
 config checks).
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .images import ImageDataset
 
 SPLITS = ("train", "val", "test")  # the three class splits every dataset has, in this order
 
@@ -23,7 +29,7 @@ def no_options(meta: dict) -> dict:
     return {}
 
 
-def same_path(path: Path, config) -> Path:
+def same_path(path: Path, config: Config) -> Path:
     return path
 
 
@@ -36,7 +42,7 @@ class EpisodeRule:
     distort: bool = False          # each image through its own random affine map (meta-training only)
 
 
-def plain_episodes(config, split: str) -> EpisodeRule:
+def plain_episodes(config: Config, split: str) -> EpisodeRule:
     return EpisodeRule(distort=split == "train" and config.affine_distortion)
 
 
@@ -76,7 +82,7 @@ class DatasetKind:
         return self.prepare is None
 
 
-def group_splits(dataset, name=None) -> dict:
+def group_splits(dataset: ImageDataset, name: str | None = None) -> dict:
     """The split of a dataset whose classes carry it in their group (folder, miniImageNet,
     embeddings: fixed at import). `name` (the config's `split`) does not apply to them."""
     return {split: [c for c in dataset.classes if c.group == split] for split in SPLITS}

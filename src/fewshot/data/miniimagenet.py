@@ -33,12 +33,16 @@ by split ("train", "val", "test"), sorted by wnid within a split, each class's
 images in the order of its CSV or file. Its meta records the per-channel `mean` and
 `std` of the meta-train split (pixels in [0, 1], population std over all pixels).
 """
+from __future__ import annotations
+
 import csv
 import os
 import re
 import zipfile
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -49,6 +53,9 @@ from ..reading import array, brief, failure, listed, load_pickle
 from .folder import load_image
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, STORED_IMAGE_READS, SPLITS, DatasetKind, group_splits
+
+if TYPE_CHECKING:
+    from .images import ImageDataset
 
 IMAGE_SIZE = 84
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -67,7 +74,8 @@ LAYOUT_HINT = ("expected images/<filename>.jpg beside train.csv, val.csv, test.c
                "or {train,val,test}.npz")
 
 
-def import_miniimagenet(source, folder, size=IMAGE_SIZE, progress=True, csv_dir=None, allow_partial=False):
+def import_miniimagenet(source: str | Path, folder: Path, size: int = IMAGE_SIZE, progress: bool = True,
+                        csv_dir: str | Path | None = None, allow_partial: bool = False) -> Path:
     """Decode `source` (any form above) once into the cached array in `folder`; returns `folder`.
     `csv_dir` holds train.csv, val.csv, test.csv when they are not in `source`."""
     source = Path(source).expanduser()
@@ -114,7 +122,7 @@ def import_miniimagenet(source, folder, size=IMAGE_SIZE, progress=True, csv_dir=
     return folder
 
 
-def summary(meta):
+def summary(meta: dict[str, Any] | ImageDataset) -> list[str]:
     """One line per split from a prepared dataset's meta (or the dataset itself):
     classes, images, images per class, and what its CSV or file named but the copy lacked."""
     meta = getattr(meta, "meta", meta)
@@ -128,20 +136,20 @@ def summary(meta):
     return lines
 
 
-def splits(dataset, name=None, seed=None):
+def splits(dataset: ImageDataset, name: str | None = None, seed: int | None = None) -> dict[str, list[ImageClass]]:
     """The split is fixed at import (the CSVs or split files): each class's group. `name`
     and `seed` are accepted for the common interface and ignored."""
     return group_splits(dataset)
 
 
-def import_options(meta):
+def import_options(meta: dict[str, Any]) -> dict[str, Any]:
     """The options that decode a prepared copy's source again with the same classes."""
     return {key: meta[key] for key in ("csv_dir", "allow_partial") if key in meta}
 
 
 # --- the CSV split ----------------------------------------------------------------
 
-def read_csv(path):
+def read_csv(path: str | Path) -> list[tuple[str, str]]:
     """[(filename, label), ...] from a `filename,label` CSV."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -169,7 +177,7 @@ def read_csv(path):
     return rows
 
 
-def find_csvs(places, allow_partial):
+def find_csvs(places: Iterable[str | Path | None], allow_partial: bool) -> dict[str, Path]:
     """{split: CSV path} from the first of `places` that holds any split CSV."""
     for place in places:
         if place is None or not Path(place).is_dir():
@@ -191,7 +199,7 @@ def find_csvs(places, allow_partial):
     return {}
 
 
-def check_disjoint(split_rows):
+def check_disjoint(split_rows: dict[str, list[tuple[str | None, str]]]) -> None:
     seen = {}
     for split, rows in split_rows.items():
         for _, label in rows:
@@ -292,7 +300,7 @@ def _decode_into(images, jobs, size, progress):
 
 # --- array forms ----------------------------------------------------------------
 
-def array_files(source):
+def array_files(source: Path) -> dict[str, Path]:
     """{split: path} of the array form in `source` (a folder, or one of its files)."""
     where = source if source.is_dir() else source.parent
     if not source.is_dir() and not ARRAY_FILE.match(source.name):
@@ -328,7 +336,8 @@ def _first(data, keys):
     return next((k for k in keys if k in data), None)
 
 
-def read_arrays(files, size, progress, allow_partial):
+def read_arrays(files: dict[str, Path], size: int, progress: bool,
+                allow_partial: bool) -> tuple[dict[str, dict[str, list[np.ndarray]]], dict[str, dict[str, int]]]:
     """({split: {class: [image, ...]}}, partial counts) from the array files."""
     missing = [s for s in SPLITS if s not in files]
     if missing and not allow_partial:
@@ -432,7 +441,7 @@ def _resized(images, rows, size):
 
 # --- statistics ----------------------------------------------------------------
 
-def channel_stats(images, row_ranges):
+def channel_stats(images: np.ndarray, row_ranges: Iterable[tuple[int, int]]) -> tuple[list[float], list[float]]:
     """Per-channel mean and population std in [0, 1] units over the given rows, exact
     (from 256-bin histograms, so the array is never held as floats)."""
     counts = np.zeros((images.shape[1], 256), np.int64)

@@ -1,11 +1,14 @@
 """Omniglot (Lake et al. 2015): readers for the official layout and the 28x28
 sprite form, the official download, and the two standard class splits."""
+from __future__ import annotations
+
 import csv
 import re
 import zipfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -16,6 +19,10 @@ from .download import download
 from .folder import load_image
 from .images import ImageClass, write_dataset
 from .kinds import DATASETS, STORED_IMAGE_READS, DatasetKind, EpisodeRule, plain_episodes
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .images import ImageDataset
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 # md5 of the official release files (the checksums torchvision checks as well).
@@ -50,7 +57,8 @@ def _iter_official_pngs(path):
                 yield match, png.read_bytes(), str(png)
 
 
-def read_official(path, size, progress=True):
+def read_official(path: str | Path, size: int,
+                  progress: bool = True) -> dict[int, tuple[str, str, str, dict[int, np.ndarray]]]:
     """Decode the official layout into {char_id: (group, alphabet, character, {drawer: image})}.
     Images are resized as the reference code and the sprite form do: convert('L'), LANCZOS."""
     characters = {}
@@ -69,7 +77,7 @@ def decode_png(data: bytes, size: int, where: str) -> np.ndarray:
     return load_image(data, size, 1, where)[0]  # the one conversion of an image at any size
 
 
-def read_sprites(path, size):
+def read_sprites(path: str | Path, size: int) -> dict[int, tuple[str, str, str, dict[int, np.ndarray]]]:
     """Read the sprite form: one sheet per alphabet, a row per character, a column per drawer."""
     path = Path(path)
     if size != 28:
@@ -112,11 +120,12 @@ def _sheet(path):
     return sheet
 
 
-def is_sprite_form(path):
+def is_sprite_form(path: str | Path) -> bool:
     return Path(path, "index.csv").is_file()
 
 
-def read_any(path, size, progress=True):
+def read_any(path: str | Path, size: int,
+             progress: bool = True) -> dict[int, tuple[str, str, str, dict[int, np.ndarray]]]:
     path = Path(path)
     if not path.exists():
         raise FewshotError(f"{path} does not exist; {LAYOUT_HINT}")
@@ -129,7 +138,7 @@ def read_any(path, size, progress=True):
 IMAGE_SIZE = 28  # the reference code's and the sprite form's side
 
 
-def import_omniglot(source, folder, size=IMAGE_SIZE, progress=True):
+def import_omniglot(source: str | Path, folder: Path, size: int = IMAGE_SIZE, progress: bool = True) -> Path:
     """Decode `source` once into the cached array in `folder`."""
     characters = read_any(source, size, progress)
     images, classes, start = [], [], 0
@@ -144,7 +153,7 @@ def import_omniglot(source, folder, size=IMAGE_SIZE, progress=True):
     return folder
 
 
-def download_official(root, base_url=OFFICIAL_URL, progress=True):
+def download_official(root: str | Path, base_url: str = OFFICIAL_URL, progress: bool = True) -> Path:
     """Fetch the two official zips into `root/raw` and return that folder."""
     raw = Path(root) / "raw"
     for name, md5 in OFFICIAL_ZIPS.items():
@@ -174,7 +183,7 @@ def alphabet(image_class: ImageClass) -> tuple[str, int]:
     return image_class.name.split("/")[0], image_class.rotation
 
 
-def lake_validation_alphabets(dataset, seed=1) -> list[str]:
+def lake_validation_alphabets(dataset: ImageDataset, seed: int = 1) -> list[str]:
     """The background alphabets the lake split holds out for validation, sorted."""
     members = {}
     for c in dataset.classes:
@@ -191,7 +200,7 @@ def lake_validation_alphabets(dataset, seed=1) -> list[str]:
     return sorted(candidates[i] for i in order[:n_val])
 
 
-def splits(dataset, name, seed=1):
+def splits(dataset: ImageDataset, name: str, seed: int = 1) -> dict[str, list[ImageClass]]:
     """{split: [ImageClass]} for train / val / test; each training character also appears
     turned by 90, 180 and 270 degrees, as three more classes."""
     n = len(dataset.classes)
@@ -218,7 +227,7 @@ def splits(dataset, name, seed=1):
     return refs
 
 
-def episodes(config, split: str) -> EpisodeRule:
+def episodes(config: Config, split: str) -> EpisodeRule:
     """Validation under the lake split: Lake's runs. Meta-training: within one alphabet
     where `episodes_within_alphabet` asks for it."""
     if config.split == "lake" and split == "val":

@@ -2,11 +2,22 @@
 y = A sin(x - phase) with A in [0.1, 5.0], phase in [0, pi], x uniform in [-5, 5].
 
 torch is imported when tasks are built, not when the dataset kinds are named."""
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .kinds import DATASETS, DatasetKind
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import torch
+
+    from ..config import Config
+    from .episodes import Task
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -20,16 +31,17 @@ SPLITS = ("train", "val", "test")
 class SinusoidSampler:
     """The same interface as EpisodeSampler: batch i is a function of (split, seed, i)."""
 
-    def __init__(self, shots, query, seed, dtype=None, split="train"):
+    def __init__(self, shots: int, query: int, seed: int, dtype: torch.dtype | None = None,
+                 split: str = "train") -> None:
         import torch
         self.shots, self.query, self.seed = shots, query, seed
         self.split = SPLITS.index(split)
         self.dtype = torch.float32 if dtype is None else dtype
 
-    def wave(self, rng):
+    def wave(self, rng: np.random.Generator) -> tuple[float, float]:
         return rng.uniform(*AMPLITUDE), rng.uniform(*PHASE)
 
-    def task(self, rng):
+    def task(self, rng: np.random.Generator) -> Task:
         import torch
 
         from .episodes import Task
@@ -41,7 +53,7 @@ class SinusoidSampler:
         task.amplitude, task.phase = amplitude, phase
         return task
 
-    def batch(self, index, size, part=None):
+    def batch(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Task]:
         """Tasks `part` (default: all) of batch `index`. Task j has its own generator, seeded by
         (seed, index, j) with the split as spawn key, so a process that samples only its share
         of the batch gets the very tasks a single process would."""
@@ -54,11 +66,11 @@ class SinusoidSampler:
         return tasks
 
 
-def curve(amplitude, phase, x):
+def curve(amplitude: float, phase: float, x: npt.ArrayLike) -> np.ndarray:
     return amplitude * np.sin(np.asarray(x) - phase)
 
 
-def sampler(config, split, seed, query, dtype=None):
+def sampler(config: Config, split: str, seed: int, query: int, dtype: torch.dtype | None = None) -> SinusoidSampler:
     return SinusoidSampler(config.shots, query, seed, dtype, split)
 
 
