@@ -92,3 +92,42 @@ def test_adaptation_plot_of_a_classification_run_is_refused(tmp_path, monkeypatc
     monkeypatch.setattr(fewshot.predict, "load", lambda run: Learner())
     with pytest.raises(FewshotError, match="--adaptation draws regression tasks"):
         plot.plot_adaptation(tmp_path)
+
+
+def test_several_runs_validation_curves_share_one_figure_by_steps_and_by_hours(tmp_path, figures, capsys,
+                                                                              monkeypatch):
+    from fewshot.cli import main
+    first = sine_run(tmp_path / "first", steps=4, val_every=2)
+    second = sine_run(tmp_path / "second", steps=2, val_every=2)
+    out = plot.plot_runs([first, second], tmp_path / "both.png")
+    assert out == tmp_path / "both.png" and out.stat().st_size > 0
+    by_steps, by_hours = figures[0].axes
+    assert legend_texts(by_steps) == ["first", "second"]
+    assert by_steps.get_xlabel() == "meta-step" and by_hours.get_xlabel() == "hours of training"
+    assert by_steps.get_ylabel() == "validation mse (95% CI)"
+    drawn = [line for line in by_steps.get_lines() if line.get_marker() == "o"]
+    assert [line.get_xdata().tolist() for line in drawn] == [[2, 4], [2]]
+    rows = [r for r in plot.read_metrics(first) if "val_metric" in r]
+    assert drawn[0].get_ydata().tolist() == [r["val_metric"] for r in rows]
+    hours = [line for line in by_hours.get_lines() if line.get_marker() == "o"][0].get_xdata().tolist()
+    assert hours == [r["elapsed_s"] / 3600 for r in rows]  # one process: its own clock
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    capsys.readouterr()
+    assert main(["plot", str(first), str(second)]) in (0, None)  # default: curves.png here
+    assert capsys.readouterr().out.strip() == "wrote curves.png" and (here / "curves.png").is_file()
+    assert main(["plot", str(first), str(second), "--adaptation"]) == 2
+    assert "--adaptation draws one run" in capsys.readouterr().err
+
+
+def test_runs_of_different_measures_are_not_drawn_together(tmp_path):
+    from fewshot.config import dump
+    sine = sine_run(tmp_path / "sine")
+    classification = tmp_path / "classification"  # a run's files: a classification config, a validation row
+    classification.mkdir()
+    (classification / "config.yaml").write_text(dump(load_preset("protonet-omniglot-5w1s")))
+    (classification / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0, "metric": 0.5, "val_metric": 0.6, '
+                                                  '"val_ci95": 0.1, "elapsed_s": 1.0}\n')
+    with pytest.raises(FewshotError, match=r"these runs measure different things \(accuracy, mse\)"):
+        plot.plot_runs([sine, classification], tmp_path / "x.png")

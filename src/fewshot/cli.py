@@ -259,10 +259,17 @@ def _image_counterpart(preset):
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    if args.out:
-        check_output(args.out, "--out", "curves.png", text=False)
-    from .plot import plot_adaptation, plot_run
-    print(f"wrote {(plot_adaptation if args.adaptation else plot_run)(args.run_dir, args.out)}")
+    several = len(args.run_dir) > 1
+    if several and args.adaptation:
+        raise FewshotError("--adaptation draws one run; give one RUN_DIR")
+    out = args.out or ("curves.png" if several else None)
+    if out:
+        check_output(out, "--out", "curves.png", text=False)
+    from .plot import plot_adaptation, plot_run, plot_runs
+    if several:
+        print(f"wrote {plot_runs(args.run_dir, out)}")
+    else:
+        print(f"wrote {(plot_adaptation if args.adaptation else plot_run)(args.run_dir[0], out)}")
 
 
 def _shown(text):
@@ -485,9 +492,12 @@ def parser() -> argparse.ArgumentParser:
                    "folder it unzips to; error per run and overall, each trial classified on its own, beside the "
                    "published figures (people 4.5%%, BPL 3.3%%, siamese 8%%, deep ConvNet 13.5%%)")
 
-    s = _command(sub, "plot", cmd_plot, "draw a run's learning curves to a PNG")
-    s.add_argument("run_dir", metavar="RUN_DIR")
-    _shared(s, "--out", ": the PNG (default RUN_DIR/curves.png, or adaptation.png)")
+    s = _command(sub, "plot", cmd_plot, "draw a run's learning curves to a PNG, or several runs' validation curves "
+                 "on one")
+    s.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="a run folder or a shipped model's name; "
+                   "several: their validation curves together")
+    _shared(s, "--out", ": the PNG (default RUN_DIR/curves.png, or adaptation.png; for several runs curves.png "
+            "here)")
     s.add_argument("--adaptation", action="store_true",
                    help="regression: the true curve, the K points, and predictions before and after adapting")
 

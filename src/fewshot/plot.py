@@ -19,7 +19,7 @@ from .data import sinusoid  # noqa: E402
 from .errors import FewshotError  # noqa: E402
 from .tasks import family  # noqa: E402
 from .files import write_bytes  # noqa: E402
-from .runs import read_config, read_metrics, torn_warning  # noqa: E402
+from .runs import cumulative_seconds, read_config, read_metrics, torn_warning  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -103,6 +103,41 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     ax_metric.legend()
     figure.suptitle(f"{run.name} ({config.preset})" if config and config.preset else run.name)
     figure.tight_layout()
+    write_bytes(out, png_bytes(figure))
+    plt.close(figure)
+    return out
+
+
+def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """Several runs' validation curves (95% intervals) on one figure, against meta-steps and
+    against hours of training (every process of each run summed), to a PNG at `out`: the
+    runs of a comparison, e.g. one setting against another."""
+    curves, metrics = [], set()
+    for run in runs:
+        run = Path(run)
+        timed = cumulative_seconds(read_metrics(run))
+        points = [(row["step"], seconds / 3600, row["val_metric"], row.get("val_ci95", 0.0))
+                  for row, seconds, _ in timed if isinstance(row.get("val_metric"), (int, float))]
+        if not points:
+            raise FewshotError(f"{run} has no validation rows in metrics.jsonl yet; compare runs once each has "
+                               f"validated (every val_every steps)")
+        config = read_config(run) if (run / "config.yaml").exists() else None
+        metrics.add(family(config).metric_name if config else "metric")
+        curves.append((run.name, points))
+    if len(metrics) > 1:
+        raise FewshotError(f"these runs measure different things ({', '.join(sorted(metrics))}); compare runs of "
+                           f"one kind of task")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, points in curves:
+        steps, hours, values, intervals = zip(*points)
+        for ax, xs in ((axes[0], steps), (axes[1], hours)):
+            ax.errorbar(xs, values, yerr=intervals, marker="o", ms=3, capsize=2, label=name)
+    axes[0].set_xlabel("meta-step")
+    axes[1].set_xlabel("hours of training")
+    axes[0].set_ylabel(f"validation {metrics.pop()} (95% CI)")
+    axes[0].legend()
+    figure.tight_layout()
+    out = Path(out)
     write_bytes(out, png_bytes(figure))
     plt.close(figure)
     return out

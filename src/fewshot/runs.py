@@ -207,6 +207,22 @@ def read_metrics(folder: str | Path, torn: list[int] | None = None) -> list[dict
     return rows
 
 
+def cumulative_seconds(rows: list[dict]) -> list[tuple[dict, float, int]]:
+    """Each metrics row with the training seconds up to it, over every process that wrote the
+    run, and how many processes had run by then. Each process's clock (`elapsed_s`) starts at
+    0, so a clock that goes back marks a resume; a process's time after its last row is not
+    counted. Rows without a clock are left out."""
+    finished, current, processes, timed = 0.0, 0.0, 0, []
+    for row in rows:
+        if not isinstance(row.get("elapsed_s"), (int, float)):
+            continue
+        if processes == 0 or row["elapsed_s"] < current:
+            finished, processes = finished + current, processes + 1
+        current = row["elapsed_s"]
+        timed.append((row, finished + current, processes))
+    return timed
+
+
 def peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux

@@ -316,23 +316,15 @@ def _paper(description: str) -> tuple[str | None, str | None]:
 
 def training_time(rows: list[dict], until_step: int) -> tuple[float, int, list[list[float]]]:
     """(seconds and processes up to `until_step`, the whole run's validation curve) of a
-    run's metrics rows. Each process's clock (`elapsed_s`) starts at 0, so a clock that goes
-    back marks a resume; the time is each process's clock at its last row, summed (a
-    process's time after its last row, at most `log_every` steps, is not counted). The
-    curve goes on past `until_step` (a best checkpoint before the end shows where it stood)."""
-    finished, current, processes, curve = 0.0, 0.0, 0, []
-    seconds, processes_then = 0.0, 1
-    for row in rows:
-        if not isinstance(row.get("elapsed_s"), (int, float)):
-            continue
-        if processes == 0 or row["elapsed_s"] < current:
-            finished, processes = finished + current, processes + 1
-        current = row["elapsed_s"]
-        if row["step"] <= until_step:
-            seconds, processes_then = finished + current, processes
-        if isinstance(row.get("val_metric"), (int, float)):
-            curve.append([row["step"], round(finished + current, 1), row["val_metric"]])
-    return seconds, processes_then, curve
+    run's metrics rows (runs.cumulative_seconds). The curve goes on past `until_step`: a
+    best checkpoint before the end shows where it stood."""
+    from .runs import cumulative_seconds
+    timed = cumulative_seconds(rows)
+    until = [(seconds, processes) for row, seconds, processes in timed if row["step"] <= until_step]
+    seconds, processes = until[-1] if until else (0.0, 1)
+    curve = [[row["step"], round(seconds_then, 1), row["val_metric"]] for row, seconds_then, _ in timed
+             if isinstance(row.get("val_metric"), (int, float))]
+    return seconds, processes, curve
 
 
 def rebuilt_commands(config: "Config", init: str | None, run_folder: Path, processes: int) -> list[str]:
