@@ -4,7 +4,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -56,6 +56,23 @@ def png_bytes(figure: "Figure") -> bytes:
     return buffer.getvalue()
 
 
+def save(figure: "Figure", out: str | Path) -> Path:
+    """Write `figure` as a PNG at `out` and close it."""
+    out = Path(out)
+    write_bytes(out, png_bytes(figure))
+    plt.close(figure)
+    return out
+
+
+def validation_axes(hours_label: str = "hours of training") -> tuple["Figure", Any]:
+    """A figure of two panels sharing the validation axis: against meta-steps, and against
+    hours of training."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    axes[0].set_xlabel("meta-step")
+    axes[1].set_xlabel(hours_label)
+    return figure, axes
+
+
 def shipped_name(run: str | Path) -> str | None:
     """`run` when it names a shipped model and no folder of that name is here, else None."""
     from . import zoo
@@ -103,9 +120,7 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     ax_metric.legend()
     figure.suptitle(f"{run.name} ({config.preset})" if config and config.preset else run.name)
     figure.tight_layout()
-    write_bytes(out, png_bytes(figure))
-    plt.close(figure)
-    return out
+    return save(figure, out)
 
 
 def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
@@ -127,20 +142,15 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
     if len(metrics) > 1:
         raise FewshotError(f"these runs measure different things ({', '.join(sorted(metrics))}); compare runs of "
                            f"one kind of task")
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    figure, axes = validation_axes()
     for name, points in curves:
         steps, hours, values, intervals = zip(*points)
         for ax, xs in ((axes[0], steps), (axes[1], hours)):
             ax.errorbar(xs, values, yerr=intervals, marker="o", ms=3, capsize=2, label=name)
-    axes[0].set_xlabel("meta-step")
-    axes[1].set_xlabel("hours of training")
     axes[0].set_ylabel(f"validation {metrics.pop()} (95% CI)")
     axes[0].legend()
     figure.tight_layout()
-    out = Path(out)
-    write_bytes(out, png_bytes(figure))
-    plt.close(figure)
-    return out
+    return save(figure, out)
 
 
 def plot_card(card: "Card", out: str | Path) -> Path:
@@ -150,11 +160,9 @@ def plot_card(card: "Card", out: str | Path) -> Path:
     steps, seconds, values = zip(*card.validation_curve) if card.validation_curve else ((), (), ())
     accuracy = card.metric == "accuracy"
     shown = [100 * v for v in values] if accuracy else list(values)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, xs, label in ((axes[0], steps, "meta-step"), (axes[1], [t / 3600 for t in seconds],
-                                                          f"hours of training ({card.machine})")):
+    figure, axes = validation_axes(f"hours of training ({card.machine})")
+    for ax, xs in ((axes[0], steps), (axes[1], [t / 3600 for t in seconds])):
         ax.plot(xs, shown, marker="o", ms=3, label="validation")
-        ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     if card.steps in steps:  # the shipped weights
         at = steps.index(card.steps)
@@ -167,10 +175,7 @@ def plot_card(card: "Card", out: str | Path) -> Path:
     figure.suptitle(f"{card.name} ({card.preset}): test {'accuracy ' if accuracy else ''}"
                     f"{score_text(card.metric, card.test_mean, card.test_ci95)}", fontsize=10)
     figure.tight_layout()
-    out = Path(out)
-    write_bytes(out, png_bytes(figure))
-    plt.close(figure)
-    return out
+    return save(figure, out)
 
 
 def plot_adaptation(run: str | Path, out: str | Path | None = None, steps: Sequence[int] = (1, 10),
@@ -205,7 +210,4 @@ def plot_adaptation(run: str | Path, out: str | Path | None = None, steps: Seque
     ax.set_title(f"{config.preset or ''} ({name}), first test task: amplitude {task.amplitude:.2f}, "
                  f"phase {task.phase:.2f}; meta-step {learner.step}", fontsize=10)
     figure.tight_layout()
-    out = Path(out) if out else Path(f"{run}-adaptation.png" if shipped_name(run) else Path(run) / "adaptation.png")
-    write_bytes(out, png_bytes(figure))
-    plt.close(figure)
-    return out
+    return save(figure, out or (f"{run}-adaptation.png" if shipped_name(run) else Path(run) / "adaptation.png"))
