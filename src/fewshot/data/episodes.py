@@ -109,7 +109,7 @@ class Plan:
     affine: np.ndarray | None = None
 
 
-# Koch, Zemel & Salakhutdinov 2015, section 4.3.1: each part of the map drawn with probability 1/2
+# Koch, Zemel & Salakhutdinov 2015, section 3.2 ("Affine distortions"): each part kept with probability 1/2
 DISTORTION_DEGREES = 10.0
 DISTORTION_SHEAR = 0.3
 DISTORTION_SCALE = (0.8, 1.2)
