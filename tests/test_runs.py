@@ -70,3 +70,17 @@ def test_the_metrics_log_rewinds_to_the_checkpoints_step(tmp_path):
     MetricsLog(tmp_path, 2)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1:] == ["1,1.0" + "," * 12, "2,2.0" + "," * 12]
+
+
+def test_checkpoints_write_the_users_home_folder_as_a_tilde(tmp_path, monkeypatch):
+    """A run folder kept in a repository names no machine's home; it reads back as before."""
+    from fewshot.runs import portable
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert portable(tmp_path / "user" / ".cache" / "fewshot") == "~/.cache/fewshot"
+    assert portable(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")
+    run, there = run_on_a_named_dataset(tmp_path / "user", monkeypatch, "home-a")
+    location = checkpoint.load(run / "best.pt")["data_location"]
+    assert location == {"data": "mine", "path": "~/home-a/mine", "fewshot_home": "~/home-a"}
+    assert str(tmp_path) not in (run / "best.pt").read_bytes().decode("latin-1")
+    monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path / "home-b"))  # "mine" names nothing here: the ~ path does
+    assert score(run) == there

@@ -53,7 +53,7 @@ from .device import choose_device
 from .errors import FewshotError, whole_number
 from .files import write_text
 from .loop import Loop
-from .runs import MetricsLog
+from .runs import MetricsLog, portable
 
 # the keys the pretraining network sets (a head over all classes, inductive batch norm): a backbone
 # that reads them (models.BACKBONES, their `reads`) can be pretrained
@@ -150,7 +150,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     if len(train_refs) < 2:
         raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining "
                            f"needs two or more")
-    options = {"preset": config.preset, "data": str(dataset.root), "split": config.split,
+    options = {"preset": config.preset, "data": portable(Path(dataset.root).resolve()), "split": config.split,
                "batch_size": batch_size, "lr": lr, "model": config.model, "widths": config.widths,
                "filters": config.filters,
                "downsample": config.downsample, "image_size": config.image_size, "seed": config.seed}
@@ -163,6 +163,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     if state_path.exists():
         state = checkpoint.load(state_path)
         saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
+        saved["data"] = portable(Path(saved["data"]).expanduser().resolve())  # files from before `portable`
         changed = sorted(k for k in options if saved.get(k) != options[k])
         if changed:
             raise FewshotError(f"{state_path} was pretrained with other settings ({', '.join(changed)}); "

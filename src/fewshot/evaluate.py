@@ -154,7 +154,7 @@ def trained_kind(state: dict) -> str | None:
         return recorded
     location = state.get("data_location")  # checkpoints from before the kind was recorded
     if isinstance(location, dict) and isinstance(location.get("path"), str):
-        path = Path(location["path"])
+        path = Path(location["path"]).expanduser()
         return read_dataset(path, None).meta.get("dataset") if is_prepared(path) else state["config"].dataset
     return None
 

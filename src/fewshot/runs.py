@@ -228,10 +228,18 @@ def peak_rss_mb() -> float:
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
 
 
+def portable(path: str | Path) -> str:
+    """An absolute path with the user's home folder written ~, as checkpoints record it: a
+    run folder kept in a repository names no machine's home (read back with expanduser)."""
+    path, user = Path(path), Path.home()
+    return f"~/{path.relative_to(user)}" if path.is_relative_to(user) and path != user else str(path)
+
+
 def data_location(config: Config) -> dict[str, str] | None:
     """Where `config.data` is on this machine, recorded in a run's checkpoints so that the
     run can be evaluated from another folder or with another FEWSHOT_HOME: the absolute
-    path of the folder or raw copy it names, and the FEWSHOT_HOME it was found under."""
+    path of the folder or raw copy it names, and the FEWSHOT_HOME it was found under
+    (both `portable`)."""
     from .data import kind
     from .data.images import home
     if kind(config.dataset).generated or config.data is None:
@@ -239,7 +247,7 @@ def data_location(config: Config) -> dict[str, str] | None:
     path = Path(config.data).expanduser()
     if not path.exists():
         path = home() / str(config.data)  # a dataset name under FEWSHOT_HOME (data.resolve checked it)
-    return {"data": str(config.data), "path": str(path.resolve()), "fewshot_home": str(home())}
+    return {"data": str(config.data), "path": portable(path.resolve()), "fewshot_home": portable(home().resolve())}
 
 
 def recorded_data(config: Config, location: dict[str, str] | None) -> str | None:
@@ -252,8 +260,8 @@ def recorded_data(config: Config, location: dict[str, str] | None) -> str | None
         return spec
     if Path(spec).expanduser().exists() or is_prepared(home() / str(spec)):
         return spec
-    if Path(location["path"]).exists():
-        return location["path"]
+    if Path(location["path"]).expanduser().exists():
+        return str(Path(location["path"]).expanduser())
     raise FewshotError(f"the data this run was trained on, {spec!r}, is not found from here: it was "
                        f"{location['path']} (FEWSHOT_HOME={location['fewshot_home']}); set "
                        f"FEWSHOT_HOME={location['fewshot_home']} if that folder is on this machine, or give "

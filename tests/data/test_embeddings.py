@@ -250,6 +250,20 @@ def test_embed_stops_at_its_time_limit_saved_and_the_same_command_finishes_it(tm
     assert a["step"] == b["step"] == 3 and all(torch.equal(a["model"][n], b["model"][n]) for n in a["model"])
 
 
+def test_a_pretraining_saved_with_the_absolute_data_path_resumes(tmp_path, monkeypatch):
+    """pretrain.pt files from before the home folder was written ~ still continue."""
+    from fewshot import checkpoint
+    from fewshot.embed import embed
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = embed_config(image_dataset(tmp_path / "images"))
+    embed(config, tmp_path / "out", steps=3, batch_size=8, progress=False, stop_after=1, crops=("center",))
+    state = checkpoint.load(tmp_path / "out" / "pretrain.pt")
+    assert state["options"]["data"] == "~/images"
+    state["options"]["data"] = str(tmp_path / "images")  # as written before
+    checkpoint.save(tmp_path / "out" / "pretrain.pt", **state)
+    assert not embed(config, tmp_path / "out", steps=3, batch_size=8, progress=False, crops=("center",))["stopped"]
+
+
 def test_embed_with_a_resnet12_backbone_writes_its_features(tmp_path, capsys):
     from fewshot import checkpoint, models
     from fewshot.cli import main
