@@ -8,5 +8,5 @@ from .maml import MAML
 class ANIL(MAML):
     reads = MAML.reads - {"adapt_bn"}  # batch norm is never adapted: it is not the head
 
-    def adapts(self, name):
+    def adapts(self, name: str) -> bool:
         return self.parameter_roles[name] == "head"

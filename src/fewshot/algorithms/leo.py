@@ -54,15 +54,21 @@ task gets the same draws whichever process, and whichever other tasks, it is
 computed with, so `--procs N` computes the one-process meta-gradient.
 """
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
 from ..errors import FewshotError
 from . import ALGORITHMS
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..data.episodes import Task
+    from ..tasks import Family
 
 
 def orthogonality(weight: torch.Tensor) -> torch.Tensor:
@@ -88,7 +94,7 @@ class Noise:
     """The random draws of a meta-batch at meta-train: one generator per task, seeded
     from the task's seed (the global generator for a task without one)."""
 
-    def __init__(self, task_seeds):
+    def __init__(self, task_seeds: list[tuple[int, ...] | None]) -> None:
         self.generators = [None if seed is None else
                            torch.Generator().manual_seed(int(np.random.default_rng([*seed, 0x1E0]).integers(2 ** 62)))
                            for seed in task_seeds]
@@ -97,11 +103,11 @@ class Noise:
         return torch.stack([sample(like.shape[1:], generator=g, dtype=like.dtype)
                             for g in self.generators]).to(like.device)
 
-    def normal(self, like):
+    def normal(self, like: torch.Tensor) -> torch.Tensor:
         """Standard normal draws of `like`'s shape (T x ...), task t's from generator t."""
         return self._draw(torch.randn, like)
 
-    def dropout(self, x, rate):
+    def dropout(self, x: torch.Tensor, rate: float) -> torch.Tensor:
         if rate == 0:
             return x
         keep = self._draw(torch.rand, x) >= rate
@@ -123,7 +129,7 @@ class LEO(Algorithm):
     skips_nonfinite_steps = True
     any_number_of_classes = True  # classifier weights are generated per class, for any N
 
-    def __init__(self, model, config, family):
+    def __init__(self, model: nn.Module, config: Config, family: "Family") -> None:
         if config.model != "none":
             raise FewshotError(f"LEO learns on precomputed embeddings and takes no backbone; set model: none "
                                f"(got model {config.model!r}), dataset: embeddings")
@@ -142,20 +148,20 @@ class LEO(Algorithm):
         self.finetuning_lr = nn.Parameter(torch.full((dim,), float(config.finetuning_lr_init)))
 
     # the pieces ----------------------------------------------------------------
-    def regularized(self):
+    def regularized(self) -> list[nn.Parameter]:
         """The weights under the L2 penalty (the reference's regularizers)."""
         return [self.encoder, *self.relation, self.decoder]
 
-    def l2_penalty(self):
+    def l2_penalty(self) -> torch.Tensor:
         return sum(w.pow(2).sum() for w in self.regularized()) / 2
 
-    def orthogonality_penalty(self):
+    def orthogonality_penalty(self) -> torch.Tensor:
         return orthogonality(self.decoder)
 
-    def dropout(self, x, noise):
+    def dropout(self, x: torch.Tensor, noise: Noise | None) -> torch.Tensor:
         return x if noise is None else noise.dropout(x, self.config.dropout_rate)
 
-    def encode(self, support, noise):
+    def encode(self, support: torch.Tensor, noise: Noise | None) -> tuple[torch.Tensor, torch.Tensor]:
         """support T x N x K x D -> (latents T x N x K x L, KL) from encoder and relation network;
         sampled with `noise` (meta-train), the means without (meta-test)."""
         t, n, k, _ = support.shape
@@ -174,17 +180,17 @@ class LEO(Algorithm):
         samples = mean + std * noise.normal(mean)
         return samples, kl_divergence(samples, mean, std)
 
-    def decode(self, latents, noise):
+    def decode(self, latents: torch.Tensor, noise: Noise | None) -> torch.Tensor:
         """latents T x N x K x L -> classifier weights T x N x K x D."""
         n = latents.shape[1]
         mean, std = split_gaussian(latents @ self.decoder, stddev_offset=math.sqrt(2.0 / (n + self.dim)))
         return mean if noise is None else mean + std * noise.normal(mean)
 
-    def logits(self, x, weights, noise):
+    def logits(self, x: torch.Tensor, weights: torch.Tensor, noise: Noise | None) -> torch.Tensor:
         """x T x M x D, weights T x N x K x D -> T x M x N."""
         return torch.einsum("tmd,tnkd->tmnk", self.dropout(x, noise), weights).mean(-1)
 
-    def support_loss(self, support, weights, noise):
+    def support_loss(self, support: torch.Tensor, weights: torch.Tensor, noise: Noise | None) -> torch.Tensor:
         """Cross-entropy summed over each task's support examples, and over tasks (so that its
         gradient with respect to a task's latents or weights is that task's own)."""
         t, n, k, d = support.shape
@@ -193,7 +199,9 @@ class LEO(Algorithm):
         return F.cross_entropy(out.reshape(t * n * k, n), labels, reduction="sum")
 
     # the two inner loops -------------------------------------------------------
-    def inner_loops(self, support, noise=None, steps=None, lr=None, finetuning_steps=None):
+    def inner_loops(self, support: torch.Tensor, noise: Noise | None = None, steps: int | None = None,
+                    lr: float | None = None,
+                    finetuning_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(classifier weights after the latent and fine-tuning loops, KL, encoder penalty).
         With `noise` (meta-train), sampled and differentiable end to end (second order);
         without (meta-test), deterministic and first order."""
@@ -228,7 +236,7 @@ class LEO(Algorithm):
         return weights, kl, penalty
 
     # the interface -----------------------------------------------------------
-    def group(self, support_x, support_y):
+    def group(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
         """support N*K x D (labels 0..N-1, K each, any order) -> N x K x D, L2-normalized."""
         n = int(support_y.max()) + 1
         counts = torch.bincount(support_y, minlength=n)
@@ -238,13 +246,13 @@ class LEO(Algorithm):
         order = torch.argsort(support_y, stable=True)
         return F.normalize(support_x[order], dim=-1).reshape(n, int(counts[0]), -1)
 
-    def check_dim(self, x):
+    def check_dim(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.dim:
             raise FewshotError(f"LEO was built for {self.dim}-dimensional embeddings (embedding_dim) but got "
                                f"inputs of shape {tuple(x.shape)}; use the dataset `embeddings` with files of "
                                f"that dimension")
 
-    def meta_gradient(self, tasks, step=0):
+    def meta_gradient(self, tasks: list["Task"], step: int = 0) -> dict[str, float | torch.Tensor]:
         self.check_dim(tasks[0].support_x)
         if len({(t.support_x.shape, t.query_x.shape) for t in tasks}) != 1:
             raise FewshotError("LEO runs a meta-batch in one pass; its tasks must have one shape")
@@ -265,7 +273,7 @@ class LEO(Algorithm):
         finite = torch.isfinite(total).item()  # a non-finite gradient alone shows in finish_meta_gradient
         return {"loss": query_loss.item() if finite else float("nan"), self.family.metric_name: metric}
 
-    def finish_meta_gradient(self, result):
+    def finish_meta_gradient(self, result: dict[str, float | torch.Tensor]) -> dict[str, float | torch.Tensor]:
         """The reference's guard, on the whole meta-batch (after the processes' shares are
         summed, so that one task's overflow sends every process to the same fallback)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -274,23 +282,24 @@ class LEO(Algorithm):
         self.regularization_only_gradient()
         return {**result, "loss": float("nan"), self.family.metric_name: float("nan")}  # counted, not averaged
 
-    def regularization_only_gradient(self):
+    def regularization_only_gradient(self) -> None:
         """The gradient of 1e-4 * sum w^2 / 2 over the regularized weights, zero elsewhere."""
         regularized = {id(w) for w in self.regularized()}
         for p in self.parameters():
             p.grad = 1e-4 * p.detach().clone() if id(p) in regularized else torch.zeros_like(p)
 
-    def adapt(self, support_x, support_y, steps=None, lr=None):
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
+              lr: float | None = None) -> dict[str, torch.Tensor]:
         self.check_dim(support_x)
         steps = self.config.eval_inner_steps if steps is None else steps
         weights, _, _ = self.inner_loops(self.group(support_x, support_y).unsqueeze(0), steps=steps, lr=lr)
         return {"weights": weights.detach()}
 
     @torch.no_grad()
-    def predict(self, adapted, x):
+    def predict(self, adapted: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return self.logits(F.normalize(x, dim=-1).unsqueeze(0), adapted["weights"], None)[0]
 
-    def describe_inner_lr(self):
+    def describe_inner_lr(self) -> str:
         return (f"learned (latent: mean {self.inner_lr.mean().item():.4g} over {self.latents} units; "
                 f"fine-tuning: mean {self.finetuning_lr.mean().item():.4g} over {self.dim} features, "
                 f"{self.config.finetuning_unroll_length} steps)")

@@ -27,11 +27,16 @@ batch norm), whether the step is second order (MAML++'s derivative-order
 annealing) and the weights of the query losses along the inner trajectory
 (MAML++'s multi-step loss).
 """
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from ..config import eval_inner_lr
 from . import ALGORITHMS
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..data.episodes import Task
 
 
 @ALGORITHMS.register("maml")
@@ -40,7 +45,7 @@ class MAML(Algorithm):
                        "batch_tasks", "tasks_per_pass", "loss_reduction", "adapt_bn"})
 
     # the meta-step ------------------------------------------------------------
-    def meta_gradient(self, tasks, step=0):
+    def meta_gradient(self, tasks: list["Task"], step: int = 0) -> dict[str, float | torch.Tensor]:
         """Add the mean meta-gradient over `tasks` to .grad. The tasks run one at a time, or
         stacked in passes of `tasks_per_pass` where `batches_tasks`; each pass's mean
         objective is weighted by its share of the meta-batch, so the accumulated gradient
@@ -62,7 +67,7 @@ class MAML(Algorithm):
             metric_sum = metric_sum + self.family.metric_tensor(query_out.detach(), query_y) * share
         return {"loss": loss_sum, self.family.metric_name: metric_sum}
 
-    def batches_tasks(self, tasks):
+    def batches_tasks(self, tasks: list["Task"]) -> bool:
         """Whether the tasks run stacked: the model can (`can_batch_tasks`: its
         `tasks_forward` gives each task its own forward), the tasks have one shape, and
         `batch_tasks` asks for it. Its default (null), as measured in docs/benchmarks.md
@@ -76,7 +81,8 @@ class MAML(Algorithm):
         return (tasks[0].support_x.device.type == "cuda" or
                 self.model.batching_pays_on_cpu(tasks[0], torch.get_num_threads()))
 
-    def objective(self, support_x, support_y, query_x, query_y, step, tasks=False):
+    def objective(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                  query_y: torch.Tensor, step: int, tasks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(meta-objective, query outputs after the last inner step), differentiable with
         respect to the meta-parameters: one task's, or with `tasks` the mean over a
         stack of equally shaped tasks (leading task dimension)."""
@@ -100,7 +106,8 @@ class MAML(Algorithm):
                 total = total + weight * query_loss(query_out)
         return total, query_out
 
-    def inner_step(self, params, x, y, k, lr, create_graph, training=True, tasks=False):
+    def inner_step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, k: int, lr: float | None,
+                   create_graph: bool, training: bool = True, tasks: bool = False) -> dict[str, torch.Tensor]:
         """`params` after inner step k on the support set (x, y): adapted tensors move
         against their support-loss gradient, the others stay."""
         out = self.forward_at(params, x, k, bn_training=training, tasks=tasks)
@@ -118,31 +125,32 @@ class MAML(Algorithm):
             new[name] = params[name] - (self.step_size(name, k, training) if lr is None else lr) * grad
         return new
 
-    def meta_parameters(self):
+    def meta_parameters(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
 
     # hooks ------------------------------------------------------------------
-    def adapts(self, name):
+    def adapts(self, name: str) -> bool:
         """Whether the inner loop adapts parameter `name` (batch norm's only with `adapt_bn`)."""
         return self.config.adapt_bn or self.parameter_roles[name] != "batch_norm"
 
-    def step_size(self, name, k, training=True):
+    def step_size(self, name: str, k: int, training: bool = True) -> float | torch.Tensor:
         return self.config.inner_lr if training else eval_inner_lr(self.config)
 
-    def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
+    def forward_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, k: int = 0, bn_training: bool = True,
+                   tasks: bool = False) -> torch.Tensor:
         """The network with `params` at inner step k. With `tasks`, x has a leading task
         dimension, so do the per-task parameters, and each task is normalized on its own."""
         return self.model.functional_forward(params, x, bn_training, tasks=tasks)
 
-    def second_order(self, step):
+    def second_order(self, step: int) -> bool:
         return not self.config.first_order
 
-    def loss_weights(self, step):
+    def loss_weights(self, step: int) -> list[float]:
         """Weight of the query loss after each of the inner steps 1..K in the
         meta-objective; MAML counts the last only."""
         return [0.0] * (self.config.inner_steps - 1) + [1.0]
 
-    def loss_scale(self, examples, support_examples):
+    def loss_scale(self, examples: int, support_examples: int) -> float:
         """The task's loss on a set of `examples` over their mean per-example loss.
         `loss_reduction: sum_div_shots` is cbfinn/maml's xent: each example's loss / shots,
         summed (tf.gradients of the vector in the inner loop, reduce_sum in the
@@ -153,7 +161,8 @@ class MAML(Algorithm):
         return examples * self.config.ways / support_examples
 
     # meta-test --------------------------------------------------------------
-    def adapt(self, support_x, support_y, steps=None, lr=None):
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
+              lr: float | None = None) -> dict[str, Any]:
         steps = self.config.eval_inner_steps if steps is None else steps
         params = {n: p.detach().requires_grad_(self.adapts(n)) for n, p in self.meta_parameters().items()}
         with torch.enable_grad():
@@ -163,7 +172,7 @@ class MAML(Algorithm):
         return {"params": {n: p.detach() for n, p in params.items()}, "steps": steps}
 
     @torch.no_grad()
-    def predict(self, adapted, x):
+    def predict(self, adapted: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         # the query pass after the last inner step k = steps - 1 is the network at step k, as in
         # meta-training (MAML++'s per-step batch norm; the plain network is the same at every k)
         return self.forward_at(adapted["params"], x, max(adapted["steps"] - 1, 0), bn_training=False)

@@ -25,12 +25,20 @@ boundaries only.
 MSL, DA and the per-step forward are MAML's hooks (loss_weights, second_order,
 forward at step k), so the per-task loop and the batched pass both follow them.
 """
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn as nn
+from torch.nn.modules.module import _IncompatibleKeys
 
+from ..config import Config
 from ..errors import FewshotError
 from . import ALGORITHMS
 from .maml import MAML
+
+if TYPE_CHECKING:
+    from ..tasks import Family
 
 
 def rate_key(name: str) -> str:
@@ -43,24 +51,25 @@ class MAMLPlusPlus(MAML):
     # the learned rates serve at meta-test too
     reads = MAML.reads - {"eval_inner_lr", "adapt_bn"} | {"msl_epochs", "first_order_epochs", "steps_per_epoch"}
 
-    def __init__(self, model, config, family):
+    def __init__(self, model: nn.Module, config: Config, family: "Family") -> None:
         super().__init__(model, config, family)
         # inner_steps + 1 rates, as the authors' LSLR rule (total_num_inner_loop_steps + 1)
         self.step_sizes = nn.ParameterDict({
             rate_key(name): nn.Parameter(torch.full((config.inner_steps + 1,), float(config.inner_lr)))
             for name, _ in model.named_parameters() if self.adapts(name)})
 
-    def adapts(self, name):
+    def adapts(self, name: str) -> bool:
         # batch-norm weights are per step and learned by the outer loop only, as in the
         # authors' configs (enable_inner_loop_optimizable_bn_params false): a per-step
         # weight adapted at step k would never be used again.
         return self.parameter_roles[name] != "batch_norm"
 
-    def step_size(self, name, k, training=True):
+    def step_size(self, name: str, k: int, training: bool = True) -> torch.Tensor:
         rates = self.step_sizes[rate_key(name)]
         return rates[min(k, len(rates) - 1)]
 
-    def forward_at(self, params, x, k=0, bn_training=True, tasks=False):
+    def forward_at(self, params: dict[str, torch.Tensor], x: torch.Tensor, k: int = 0, bn_training: bool = True,
+                   tasks: bool = False) -> torch.Tensor:
         return self.model.functional_forward(params, x, bn_training, tasks=tasks, bn_step=k)
 
     def epoch(self, step: int) -> int:
@@ -70,10 +79,10 @@ class MAMLPlusPlus(MAML):
         """The authors step their CosineAnnealingLR (T_max = total_epochs) once per epoch."""
         return self.config.steps_per_epoch
 
-    def second_order(self, step):
+    def second_order(self, step: int) -> bool:
         return not self.config.first_order and self.epoch(step) >= self.config.first_order_epochs
 
-    def loss_weights(self, step):
+    def loss_weights(self, step: int) -> list[float]:
         """Importance of the query loss after each inner step. Uniform at first; the
         non-final weights fall linearly to a floor of 0.03/K over `msl_epochs`
         while the final one grows, so the weights always sum to 1; afterwards only
@@ -87,7 +96,8 @@ class MAMLPlusPlus(MAML):
         weights = [max(1.0 / steps - decay, floor) for _ in range(steps - 1)]
         return weights + [1.0 - sum(weights)]
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> _IncompatibleKeys:
         # checkpoints written before issue 19 hold one rate vector per layer ("step_sizes.head")
         # where there is now one per tensor ("step_sizes.head/weight"), and one more batch-norm row
         layers = {key.rsplit("/", 1)[0] for key in self.step_sizes}
@@ -97,5 +107,5 @@ class MAMLPlusPlus(MAML):
                                "authors' code; train it again with this version")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def describe_inner_lr(self):
+    def describe_inner_lr(self) -> str:
         return "learned per parameter tensor and step"

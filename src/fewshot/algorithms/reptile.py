@@ -39,12 +39,19 @@ all query images in one batch (batch-norm statistics over the query batch);
 `non_transductive` classifies each query image in a batch with the support images
 only, so no query image sees another. With inductive batch norm both are the same.
 """
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..config import Config
 from . import ALGORITHMS
 from .base import Algorithm
+
+if TYPE_CHECKING:
+    from ..data.episodes import Task
+    from ..tasks import Family
 
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8
 
@@ -68,7 +75,7 @@ class InnerAdamState(nn.Module):
     """The inner Adam's step count and second moments, kept as buffers so that
     `state_dict()`, and so checkpoints, hold them."""
 
-    def __init__(self, parameters: dict):
+    def __init__(self, parameters: dict) -> None:
         super().__init__()
         self.names = list(parameters)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -102,16 +109,18 @@ class Reptile(Algorithm):
                        "inner_optimizer", "inner_batch", "eval_inner_batch", "reptile_eval"})
 
     @property
-    def predicts_each_input_alone(self):  # each query in a batch with the support images only
+    def predicts_each_input_alone(self) -> bool:  # each query in a batch with the support images only
         return self.config.reptile_eval == "non_transductive"
     optimizer_state_prefixes = ("inner_adam.",)
 
-    def __init__(self, model, config, family):
+    def __init__(self, model: nn.Module, config: Config, family: "Family") -> None:
         super().__init__(model, config, family)
         if config.inner_optimizer == "adam":
             self.inner_adam = InnerAdamState(dict(model.named_parameters()))
 
-    def train_on(self, x, y, steps, lr, seed, batch_size=None, adam=None, bn_training=True):
+    def train_on(self, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: list[int],
+                 batch_size: int | None = None, adam: dict[str, Any] | None = None,
+                 bn_training: bool = True) -> dict[str, torch.Tensor]:
         """Adapted weights after `steps` inner steps on mini-batches of `batch_size` rows of
         (x, y) (None: all of them); no graph is kept.
         `adam` is the inner Adam state to start from, a dict as InnerAdamState.read()
@@ -132,7 +141,7 @@ class Reptile(Algorithm):
                     params = {n: p - lr * grads[n] for n, p in params.items()}
         return {n: p.detach() for n, p in params.items()}
 
-    def meta_gradient(self, tasks, step=0):
+    def meta_gradient(self, tasks: list["Task"], step: int = 0) -> dict[str, float | torch.Tensor]:
         meta = dict(self.model.named_parameters())
         # one state for the whole meta-batch: it carries over from task to task
         adam = self.inner_adam.read() if self.config.inner_optimizer == "adam" else None
@@ -154,7 +163,8 @@ class Reptile(Algorithm):
             self.inner_adam.write(adam)
         return {"loss": loss_sum / len(tasks), self.family.metric_name: metric_sum / len(tasks)}
 
-    def adapt(self, support_x, support_y, steps=None, lr=None):
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int | None = None,
+              lr: float | None = None) -> dict[str, Any]:
         steps = self.config.eval_inner_steps if steps is None else steps
         lr = self.describe_inner_lr() if lr is None else lr
         # a copy of the meta-trained Adam state: evaluation leaves it as it was
@@ -165,7 +175,7 @@ class Reptile(Algorithm):
         return {"params": params, "support_x": support_x}
 
     @torch.no_grad()
-    def predict(self, adapted, x):
+    def predict(self, adapted: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         params = adapted["params"]
         # inductive batch norm: running statistics, so every row is on its own already
         if self.config.reptile_eval == "transductive" or self.model.batch_norm_mode != "transductive":
