@@ -28,11 +28,14 @@ the layers therefore do not fire; hooks on the backbone do.
 Algorithms never read parameter names: `parameter_roles()` says which parameters are
 batch norm's, the head's, or the body's.
 """
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..data.episodes import Task
 
 # Batch-norm momentum of every backbone: running = (1 - m) * running + m * batch
 # statistic, torch's default. (cbfinn/maml's tf.contrib.layers.batch_norm has decay 0.999,
@@ -56,7 +59,7 @@ class BatchNorm(nn.BatchNorm2d):
     (a learned shift only, as TensorFlow's batch_norm with scale=False)."""
 
     def __init__(self, channels: int, transductive: bool, steps: int = 1, scale: bool = True,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5) -> None:
         super().__init__(channels, eps=eps, momentum=BN_MOMENTUM)
         self.transductive = transductive
         self.steps = steps
@@ -69,7 +72,9 @@ class BatchNorm(nn.BatchNorm2d):
             self.running_mean = torch.zeros(steps, channels)
             self.running_var = torch.ones(steps, channels)
 
-    def step_tensors(self, bn_step: int = 0, weight=None, bias=None):
+    def step_tensors(self, bn_step: int = 0, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor,
+                                                                torch.Tensor | None, torch.Tensor | None]:
         """(weight, bias, running mean, running var) of inner step `bn_step` (the running
         statistics None when transductive). `weight`, `bias`: the ones to use in place of
         the layer's own, with any leading dimensions (a task dimension) before `steps x C`."""
@@ -135,7 +140,7 @@ class Backbone(nn.Module):
         return "transductive" if modes == {True} else "inductive"
 
     def functional_forward(self, params: dict, x: torch.Tensor, bn_training: bool = True, tasks: bool = False,
-                           **options) -> torch.Tensor:
+                           **options: Any) -> torch.Tensor:
         """`forward` with `params` (name -> tensor) in place of the module's parameters
         (and buffers, if named), as torch.func.functional_call(self, params, (x,), options)
         computes it; the module is as it was afterwards. Buffers not in `params` are the
@@ -187,7 +192,7 @@ class Backbone(nn.Module):
         """The features before the head, with `params` (`fewshot embed`)."""
         return self.functional_forward(params, x, bn_training, features_only=True)
 
-    def batching_pays_on_cpu(self, task, threads: int) -> bool:
+    def batching_pays_on_cpu(self, task: "Task", threads: int) -> bool:
         """Whether the batched pass is faster on the CPU for tasks like `task` with this
         many torch threads (measured per backbone)."""
         return False
@@ -207,7 +212,7 @@ class Backbone(nn.Module):
     def update_running_statistics(self) -> None:
         """Apply running-statistics updates that batched forwards queued (none here)."""
 
-    def head_forward(self, x: torch.Tensor, trace: list | None = None, features_only: bool = False):
+    def head_forward(self, x: torch.Tensor, trace: list | None = None, features_only: bool = False) -> torch.Tensor:
         """The end of a forward: the head on features `x`, or `x` itself with
         `features_only` or without a head."""
         head = getattr(self, "head", None)

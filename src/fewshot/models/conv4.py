@@ -24,13 +24,19 @@ convolutions: a second, hand-written form of the same layers, kept because it is
 faster on the CPU than torch.func.vmap of `forward` (see its docstring); it reads the
 strides, paddings and batch-norm rows from the same layers.
 """
+from typing import TYPE_CHECKING, Literal, Self
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
 from ..errors import FewshotError
 from . import BACKBONES
 from .base import Backbone, BatchNorm, scale_or_ones
+
+if TYPE_CHECKING:
+    from ..data.episodes import Task
 
 # Where the batched pass pays on the CPU, as measured in docs/benchmarks.md ("Making the meta-step
 # faster: all tasks in one pass", the timings per preset and thread count); on CUDA it always runs
@@ -54,8 +60,8 @@ def same_padding(height: int, width: int, stride: int) -> tuple[int, int, int, i
 
 
 class Block(nn.Module):
-    def __init__(self, in_channels, filters, stride, transductive, bn_steps, tf_same=False, bn_scale=True,
-                 bn_eps=1e-5):
+    def __init__(self, in_channels: int, filters: int, stride: int, transductive: bool, bn_steps: int,
+                 tf_same: bool = False, bn_scale: bool = True, bn_eps: float = 1e-5) -> None:
         super().__init__()
         # tf_same: padded by F.pad before the convolution (see same_padding)
         self.conv = nn.Conv2d(in_channels, filters, 3, stride=stride, padding=0 if tf_same else 1)
@@ -72,9 +78,12 @@ class Conv4(Backbone):
     reads = frozenset({"filters", "downsample", "batch_norm", "head", "per_step_bn", "bn_scale", "bn_eps",
                        "conv_padding", "head_init", "leaky_relu"})
 
-    def __init__(self, in_channels=1, ways=5, filters=64, downsample="maxpool", image_size=28,
-                 batch_norm="transductive", bn_steps=1, bn_scale=True, bn_eps=1e-5, conv_padding="symmetric",
-                 head_init="xavier", leaky_relu=False):
+    def __init__(self, in_channels: int = 1, ways: int = 5, filters: int = 64,
+                 downsample: Literal["maxpool", "stride"] = "maxpool", image_size: int = 28,
+                 batch_norm: Literal["transductive", "inductive"] = "transductive", bn_steps: int = 1,
+                 bn_scale: bool = True, bn_eps: float = 1e-5,
+                 conv_padding: Literal["symmetric", "tf_same"] = "symmetric",
+                 head_init: Literal["xavier", "normal"] = "xavier", leaky_relu: bool = False) -> None:
         super().__init__()
         self.downsample = downsample
         self.leaky = leaky_relu
@@ -100,7 +109,7 @@ class Conv4(Backbone):
             nn.init.normal_(self.head.weight)  # std 1: cbfinn/maml's tf.random_normal Omniglot head
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         # one row per inner step, as the authors' MetaBatchNormLayer (number_of_training_steps_per_iter
         # rows): step k's support pass and the query pass after its update share row k
         steps = max(config.inner_steps, config.eval_inner_steps, 1)
@@ -110,10 +119,11 @@ class Conv4(Backbone):
                    bn_scale=config.bn_scale, bn_eps=config.bn_eps, conv_padding=config.conv_padding,
                    head_init=config.head_init, leaky_relu=config.leaky_relu)
 
-    def activate(self, x):
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, LEAKY_SLOPE) if self.leaky else F.relu(x)
 
-    def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
+    def forward(self, x: torch.Tensor, bn_training: bool | None = None, bn_step: int = 0, trace: list | None = None,
+                features_only: bool = False) -> torch.Tensor:
         """Options: see models/base.py. Transductive batch norm: batch statistics always, no
         running statistics kept; inductive: running statistics updated while training, used at test."""
         bn_training = self.training if bn_training is None else bn_training
@@ -134,19 +144,19 @@ class Conv4(Backbone):
         return self.head_forward(x, trace, features_only)
 
     @property
-    def can_batch_tasks(self):
+    def can_batch_tasks(self) -> bool:
         """`tasks_forward` gives each task exactly its own forward, running statistics
         included (inductive batch norm), for a network with a head to adapt."""
         return self.head is not None
 
-    def batching_pays_on_cpu(self, task, threads):
+    def batching_pays_on_cpu(self, task: "Task", threads: int) -> bool:
         """The measured CPU rule: see CPU_BATCHING_MAX_IMAGES and CPU_BATCHING_MAX_SUPPORT_PIXELS."""
         if threads >= 2:
             support = task.support_x
             return support.shape[0] * support.shape[-2] * support.shape[-1] <= CPU_BATCHING_MAX_SUPPORT_PIXELS
         return task.images <= CPU_BATCHING_MAX_IMAGES
 
-    def tasks_forward(self, x, bn_training, bn_step):
+    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
         """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x C x H x W. The
         tasks become the groups of grouped convolutions (side by side along channels), so
         batch-norm statistics stay per task. Why a second form of `forward`: torch.func.vmap
@@ -201,7 +211,7 @@ class Conv4(Backbone):
         return torch.baddbmm(head_bias.unsqueeze(1), h, head_weight.transpose(1, 2))
 
     @torch.no_grad()
-    def update_running_statistics(self):
+    def update_running_statistics(self) -> None:
         """Apply the queued batch statistics of batched forwards as the per-task loop
         would have, one update per task and forward, in that order: with momentum m,
         n updates b_1..b_n of a running value r give (1-m)^n r + sum_i m (1-m)^(n-i) b_i."""

@@ -17,9 +17,13 @@ follows each), and weights are He-initialized, as both papers' code does.
 `forward` is the one forward (options: models/base.py); no batched form: tasks run
 one at a time.
 """
+from typing import Literal, Self
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
 from ..errors import FewshotError
 from . import BACKBONES
 from .base import Backbone, BatchNorm
@@ -38,7 +42,7 @@ class _ResidualBackbone(Backbone):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         if config.image_size < 16:
             raise FewshotError(f"{config.model} needs images of 16 pixels or more; got image_size "
                                f"{config.image_size}")
@@ -49,7 +53,8 @@ class _ResidualBackbone(Backbone):
         return cls(in_channels=config.channels, ways=config.ways if config.head else 0,
                    widths=tuple(widths), batch_norm=config.batch_norm)
 
-    def forward(self, x, bn_training=None, bn_step=0, trace=None, features_only=False):
+    def forward(self, x: torch.Tensor, bn_training: bool | None = None, bn_step: int = 0, trace: list | None = None,
+                features_only: bool = False) -> torch.Tensor:
         """Options: see models/base.py (one set of batch-norm weights: bn_step does nothing)."""
         x = self.body(x, self.training if bn_training is None else bn_training, trace)
         return self.head_forward(x, trace, features_only)
@@ -59,7 +64,8 @@ class _ResidualBackbone(Backbone):
 class ResNet12(_ResidualBackbone):
     WIDTHS = (64, 160, 320, 640)
 
-    def __init__(self, in_channels=3, ways=5, widths=WIDTHS, batch_norm="transductive"):
+    def __init__(self, in_channels: int = 3, ways: int = 5, widths: tuple[int, ...] = WIDTHS,
+                 batch_norm: Literal["transductive", "inductive"] = "transductive") -> None:
         super().__init__()
         self.transductive = batch_norm == "transductive"
         self.stages = nn.ModuleList()
@@ -74,7 +80,7 @@ class ResNet12(_ResidualBackbone):
             self.stages.append(stage)
         self._finish(ways, widths[-1])
 
-    def body(self, x, bn_training, trace):
+    def body(self, x: torch.Tensor, bn_training: bool, trace: list | None) -> torch.Tensor:
         for i, stage in enumerate(self.stages):
             shortcut = stage.shortcut_norm.forward(stage.shortcut.forward(x), bn_training)
             h = x
@@ -96,7 +102,8 @@ class WideResNet(_ResidualBackbone):
     WIDTHS = (16, 160, 320, 640)  # stem, then the three groups (16 x 10k for k = 1, 2, 4)
     BLOCKS = 4                    # per group: (depth 28 - 4) / 6
 
-    def __init__(self, in_channels=3, ways=5, widths=WIDTHS, batch_norm="transductive"):
+    def __init__(self, in_channels: int = 3, ways: int = 5, widths: tuple[int, ...] = WIDTHS,
+                 batch_norm: Literal["transductive", "inductive"] = "transductive") -> None:
         super().__init__()
         self.transductive = transductive = batch_norm == "transductive"
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
@@ -116,7 +123,7 @@ class WideResNet(_ResidualBackbone):
         self.norm = BatchNorm(widths[-1], transductive)
         self._finish(ways, widths[-1])
 
-    def body(self, x, bn_training, trace):
+    def body(self, x: torch.Tensor, bn_training: bool, trace: list | None) -> torch.Tensor:
         x = self.stem.forward(x)
         if trace is not None:
             self.trace_row(trace, "stem  conv3x3", x, self.stem)
