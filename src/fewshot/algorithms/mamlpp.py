@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.module import _IncompatibleKeys
 
 from ..config import Config
 from ..errors import FewshotError
@@ -97,7 +96,7 @@ class MAMLPlusPlus(MAML):
         return weights + [1.0 - sum(weights)]
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
-                        assign: bool = False) -> _IncompatibleKeys:
+                        assign: bool = False) -> tuple[list[str], list[str]]:
         # checkpoints written before issue 19 hold one rate vector per layer ("step_sizes.head")
         # where there is now one per tensor ("step_sizes.head/weight"), and one more batch-norm row
         layers = {key.rsplit("/", 1)[0] for key in self.step_sizes}
