@@ -345,8 +345,9 @@ def test_what_is_asked_of_a_run_is_checked_as_fewshot_eval_checks_it(lake, tmp_p
 # -- LEO, through the backbone that made its embeddings ----------------------------------------
 
 @pytest.mark.parametrize("crop", ["center", "multiview"])
-def test_leo_sees_lake_images_as_its_embeddings_were_made(pngs, lake, tmp_path, capsys, crop):
+def test_leo_sees_lake_images_as_its_embeddings_were_made(pngs, lake, tmp_path, capsys, crop, monkeypatch):
     from fewshot.embed import embed
+    monkeypatch.setenv("HOME", str(tmp_path))  # the checkpoints record the data under ~, as for a user's cache
     cache = omniglot.import_omniglot(pngs[0], tmp_path / "cache", size=16, progress=False)
     image_config = tiny_config(data=str(cache), image_size=16, filters=4, split="maml")
     embed(image_config, tmp_path / "emb", steps=2, batch_size=8, progress=False, crops=(crop,))

@@ -53,7 +53,7 @@ from .device import choose_device
 from .errors import FewshotError, whole_number
 from .files import write_text
 from .loop import Loop
-from .runs import MetricsLog, portable
+from .runs import MetricsLog, local, portable
 
 # the keys the pretraining network sets (a head over all classes, inductive batch norm): a backbone
 # that reads them (models.BACKBONES, their `reads`) can be pretrained
@@ -163,7 +163,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     if state_path.exists():
         state = checkpoint.load(state_path)
         saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
-        saved["data"] = portable(Path(saved["data"]).expanduser().resolve())  # files from before `portable`
+        saved["data"] = portable(local(saved["data"]).resolve())  # files from before `portable`: absolute
         changed = sorted(k for k in options if saved.get(k) != options[k])
         if changed:
             raise FewshotError(f"{state_path} was pretrained with other settings ({', '.join(changed)}); "

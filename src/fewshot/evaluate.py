@@ -15,7 +15,7 @@ from .config import Config, eval_query, eval_ways, meta_test
 from .data.kinds import SPLITS
 from .device import choose_device
 from .errors import FewshotError, whole_number
-from .runs import recorded_data
+from .runs import local, recorded_data
 
 if TYPE_CHECKING:
     from .data.episodes import DeviceEpisodes, EpisodeSampler
@@ -154,7 +154,7 @@ def trained_kind(state: dict) -> str | None:
         return recorded
     location = state.get("data_location")  # checkpoints from before the kind was recorded
     if isinstance(location, dict) and isinstance(location.get("path"), str):
-        path = Path(location["path"]).expanduser()
+        path = local(location["path"])
         return read_dataset(path, None).meta.get("dataset") if is_prepared(path) else state["config"].dataset
     return None
 

@@ -37,7 +37,7 @@ from .data.images import read_dataset
 from .data.omniglot import decode_png
 from .errors import FewshotError
 from .evaluate import confidence, load_algorithm, meta_test_steps, predict_alone, trained_run
-from .runs import recorded_data
+from .runs import local, recorded_data
 
 LABELS = "class_labels.txt"
 WAYS = 20  # training images (characters) per published run, and test items
@@ -151,7 +151,7 @@ def _leo_backbone(state: dict, device: torch.device):
     model = models.build(backbone_config).to(device)
     model.load_state_dict(backbone_state["model"])
     model.eval()
-    images = read_dataset(backbone_state["options"]["data"], backbone_config.image_size)  # its meta: the conversion
+    images = read_dataset(local(backbone_state["options"]["data"]), backbone_config.image_size)  # its conversion
     preprocessing = data.preprocessing(images, backbone_config)
     params = dict(model.named_parameters())
     if model.features_size != config.embedding_dim:

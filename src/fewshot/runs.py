@@ -230,9 +230,14 @@ def peak_rss_mb() -> float:
 
 def portable(path: str | Path) -> str:
     """An absolute path with the user's home folder written ~, as checkpoints record it: a
-    run folder kept in a repository names no machine's home (read back with expanduser)."""
+    run folder kept in a repository names no machine's home (read back with `local`)."""
     path, user = Path(path), Path.home()
     return f"~/{path.relative_to(user)}" if path.is_relative_to(user) and path != user else str(path)
+
+
+def local(recorded: str) -> Path:
+    """A path as checkpoints record it (`portable`), on this machine."""
+    return Path(recorded).expanduser()
 
 
 def data_location(config: Config) -> dict[str, str] | None:
@@ -260,8 +265,8 @@ def recorded_data(config: Config, location: dict[str, str] | None) -> str | None
         return spec
     if Path(spec).expanduser().exists() or is_prepared(home() / str(spec)):
         return spec
-    if Path(location["path"]).expanduser().exists():
-        return str(Path(location["path"]).expanduser())
+    if local(location["path"]).exists():
+        return str(local(location["path"]))
     raise FewshotError(f"the data this run was trained on, {spec!r}, is not found from here: it was "
                        f"{location['path']} (FEWSHOT_HOME={location['fewshot_home']}); set "
                        f"FEWSHOT_HOME={location['fewshot_home']} if that folder is on this machine, or give "
