@@ -100,6 +100,16 @@ def views(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, x.flip(-1), *shifted])
 
 
+def crop_features(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+                  crop: str) -> torch.Tensor:
+    """The embeddings of images x for `crop` (center: the image itself; multiview: the mean
+    over its six `views`), batch norm in evaluation mode: what the embedding files hold."""
+    if crop == "center":
+        return model.features(params, x, bn_training=False)
+    v = views(x)
+    return model.features(params, v.flatten(0, 1), bn_training=False).reshape(len(v), len(x), -1).mean(0)
+
+
 def _pixels(dataset, rows, rotations):
     pixels = np.ascontiguousarray(dataset.images[rows])
     for i, rotation in enumerate(rotations):
@@ -238,12 +248,8 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
                 chunk = jobs[begin:begin + EMBED_BATCH]
                 x = to_float(_pixels(dataset, [j[0] for j in chunk], [j[1] for j in chunk]), preprocessing)
                 x = x.to(device)
-                if "center" in features:
-                    features["center"].append(model.features(params, x, bn_training=False).cpu().numpy())
-                if "multiview" in features:
-                    v = views(x)
-                    feats = model.features(params, v.flatten(0, 1), bn_training=False)
-                    features["multiview"].append(feats.reshape(len(v), len(x), -1).mean(0).cpu().numpy())
+                for crop, parts in features.items():
+                    parts.append(crop_features(model, params, x, crop).cpu().numpy())
         keys = [make_key(names[c], f"{i:05d}", prefix=n) for n, (_, _, c, i) in enumerate(jobs)]
         split_labels = np.array([c for _, _, c, _ in jobs], dtype=np.int64)
         for crop, parts in features.items():

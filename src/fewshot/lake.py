@@ -160,12 +160,8 @@ def _leo_backbone(state: dict, device: torch.device):
 
     @torch.no_grad()
     def embed(pixels: np.ndarray) -> torch.Tensor:
-        from .embed import views  # the multiview crops, as `fewshot embed` averages them
-        x = to_float(pixels, preprocessing).to(device)
-        if config.embedding_crop == "center":
-            return model.features(params, x, bn_training=False)
-        v = views(x)
-        return model.features(params, v.flatten(0, 1), bn_training=False).reshape(len(v), len(x), -1).mean(0)
+        from .embed import crop_features  # as `fewshot embed` wrote the run's embeddings
+        return crop_features(model, params, to_float(pixels, preprocessing).to(device), config.embedding_crop)
 
     return backbone_config.image_size, embed
 
