@@ -176,25 +176,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
         check_output(args.scores, "--scores", "scores.txt", ours=is_scores)
     device, line = _device(args)
     from .device import set_threads
-    if args.lake:
-        if any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps)) or \
-                args.classes != "test" or args.any_kind:
-            raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --any-kind, --seed, "
-                               "--scores and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, "
-                               "--json)")
-        from .lake import describe_lake, evaluate_lake
-        set_threads(args.threads)
-        result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
-                               progress=not args.no_progress and not args.json)
-        print(json.dumps(result, indent=1) if args.json else "\n".join(filter(None, [line, describe_lake(result)])))
-        return
-    from .evaluate import describe, evaluate_checkpoint
+    if args.lake and (any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps))
+                      or args.classes != "test" or args.any_kind):
+        raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --any-kind, --seed, "
+                           "--scores and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, "
+                           "--json)")
     set_threads(args.threads)
-    result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
-                                 lr=args.inner_lr, data_spec=args.data, seed=args.seed, device=device,
-                                 any_kind=args.any_kind,
-                                 progress=not args.no_progress and not args.json, at_steps=at_steps)
-    scores = result.pop("scores")
+    progress = not args.no_progress and not args.json
+    if args.lake:
+        from .lake import describe_lake as describe, evaluate_lake
+        result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
+                               progress=progress)
+    else:
+        from .evaluate import describe, evaluate_checkpoint
+        result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
+                                     lr=args.inner_lr, data_spec=args.data, seed=args.seed, device=device,
+                                     any_kind=args.any_kind, progress=progress, at_steps=at_steps)
+        scores = result.pop("scores")
     if args.json:
         print(json.dumps(result, indent=1))
     else:
