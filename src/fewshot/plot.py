@@ -156,7 +156,7 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
 def plot_card(card: "Card", out: str | Path) -> Path:
     """A shipped model's validation curve (its card's), against meta-steps and against hours
     of training, to a PNG at `out`."""
-    from .zoo import score_text
+    from .zoo import result_text
     steps, seconds, values = zip(*card.validation_curve) if card.validation_curve else ((), (), ())
     accuracy = card.metric == "accuracy"
     shown = [100 * v for v in values] if accuracy else list(values)
@@ -172,8 +172,7 @@ def plot_card(card: "Card", out: str | Path) -> Path:
     if not accuracy:
         axes[0].set_yscale("log")
     axes[0].legend()
-    figure.suptitle(f"{card.name} ({card.preset}): test {'accuracy ' if accuracy else ''}"
-                    f"{score_text(card.metric, card.test_mean, card.test_ci95)}", fontsize=10)
+    figure.suptitle(f"{card.name} ({card.preset}): {result_text(card)}", fontsize=10)
     figure.tight_layout()
     return save(figure, out)
 

@@ -382,6 +382,12 @@ def score_text(metric: str, mean: float, ci95: float) -> str:
     return f"{metric} {mean:.4f} +- {ci95:.4f}"
 
 
+def result_text(card: Card) -> str:
+    """The card's test figure, named: "test accuracy 98.07% +- 0.52%", "test mse 0.1049 +- 0.0112"."""
+    return f"test {'accuracy ' if card.metric == 'accuracy' else ''}" \
+           f"{score_text(card.metric, card.test_mean, card.test_ci95)}"
+
+
 def steps_text(card: Card) -> str:
     """The meta-steps of the weights, and of the run where its best checkpoint came earlier."""
     if card.run_steps == card.steps:
@@ -398,8 +404,7 @@ def card_lines(card: Card, where: Path | None = None) -> list[str]:
     hours = card.training_seconds / 3600
     problem = weights_problem(card, where)
     lines = [f"{card.name}: {card.description} [preset {card.preset}]",
-             f"  test {'accuracy ' if card.metric == 'accuracy' else ''}"
-             f"{score_text(card.metric, card.test_mean, card.test_ci95)} (95% interval, "
+             f"  {result_text(card)} (95% interval, "
              f"{card.test_tasks} fixed {task_text(card)} test tasks, seed {card.test_seed}, "
              f"{card.test_inner_steps} inner steps, {card.test_device})",
              f"  paper {card.paper_figure} ({card.paper_source})",
