@@ -208,13 +208,13 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     runs = read_runs(lake, size)
     steps = meta_test_steps(algorithm, config)
     results, errors = [], []
-    for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
-        with precision.configured(config.precision, device):
+    with precision.configured(config.precision, device):
+        for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
             predicted = classify_run(algorithm, inputs, run, steps, lr).argmax(1).cpu().tolist()
-        wrong = [p != a for p, a in zip(predicted, run.answers)]
-        errors += wrong
-        results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong), "error": sum(wrong) / len(wrong),
-                        "predicted": predicted, "answers": run.answers})
+            wrong = [p != a for p, a in zip(predicted, run.answers)]
+            errors += wrong
+            results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong),
+                            "error": sum(wrong) / len(wrong), "predicted": predicted, "answers": run.answers})
     error, ci95 = confidence(errors)
     return {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
             "algorithm": config.algorithm, "lake": str(lake),

@@ -265,8 +265,9 @@ def recorded_data(config: Config, location: dict[str, str] | None) -> str | None
         return spec
     if Path(spec).expanduser().exists() or is_prepared(home() / str(spec)):
         return spec
-    if local(location["path"]).exists():
-        return str(local(location["path"]))
+    recorded = local(location["path"])
+    if recorded.exists():
+        return str(recorded)
     raise FewshotError(f"the data this run was trained on, {spec!r}, is not found from here: it was "
                        f"{location['path']} (FEWSHOT_HOME={location['fewshot_home']}); set "
                        f"FEWSHOT_HOME={location['fewshot_home']} if that folder is on this machine, or give "
