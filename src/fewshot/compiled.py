@@ -96,7 +96,7 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
             if not second_order:  # FOMAML: the inner gradients are constants
                 grads = {n: g.detach() for n, g in grads.items()}
             adapted = {n: p - algorithm.step_size(n, k) * grads[n] for n, p in adapted.items()}
-        query_out = algorithm.forward_at({**frozen, **adapted}, query_x, max(inner_steps - 1, 0))  # as objective()
+        query_out = algorithm.forward_at({**frozen, **adapted}, query_x, algorithm.last_step(inner_steps))
         return family.loss(query_out, query_y) * algorithm.loss_scale(len(query_y), len(support_y)), query_out
 
     return torch.func.grad_and_value(query_loss, has_aux=True)

@@ -171,8 +171,13 @@ class MAML(Algorithm):
                 params = {n: p.detach().requires_grad_(self.adapts(n)) for n, p in params.items()}
         return {"params": {n: p.detach() for n, p in params.items()}, "steps": steps}
 
+    @staticmethod
+    def last_step(steps: int) -> int:
+        """The inner step k whose network makes the query pass after `steps` inner steps: the
+        last one, k = steps - 1 (step 0 for none), as `objective` scores it (MAML++'s per-step
+        batch norm; the plain network is the same at every k)."""
+        return max(steps - 1, 0)
+
     @torch.no_grad()
     def predict(self, adapted: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
-        # the query pass after the last inner step k = steps - 1 is the network at step k, as in
-        # meta-training (MAML++'s per-step batch norm; the plain network is the same at every k)
-        return self.forward_at(adapted["params"], x, max(adapted["steps"] - 1, 0), bn_training=False)
+        return self.forward_at(adapted["params"], x, self.last_step(adapted["steps"]), bn_training=False)
