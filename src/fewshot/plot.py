@@ -209,4 +209,5 @@ def plot_adaptation(run: str | Path, out: str | Path | None = None, steps: Seque
     ax.set_title(f"{config.preset or ''} ({name}), first test task: amplitude {task.amplitude:.2f}, "
                  f"phase {task.phase:.2f}; meta-step {learner.step}", fontsize=10)
     figure.tight_layout()
-    return save(figure, out or (f"{run}-adaptation.png" if shipped_name(run) else Path(run) / "adaptation.png"))
+    # `load` found it: a folder or file here, else a shipped model's name (checked there once)
+    return save(figure, out or (Path(run) / "adaptation.png" if Path(run).exists() else f"{run}-adaptation.png"))
