@@ -6,6 +6,7 @@ runs in the published format (runNN/training/classKK.png, runNN/test/itemMM.png,
 class_labels.txt) from the same PNGs."""
 import io
 import json
+import re
 import shutil
 import zipfile
 
@@ -411,6 +412,34 @@ def test_validation_on_lake_runs_classifies_each_query_on_its_own():
     assert alone["scores"] != together["scores"]  # the batch of all queries would have mattered
 
 
+def test_evaluation_within_alphabets_scores_each_alphabet_from_its_own_tasks():
+    """by_alphabet: each alphabet's tasks (found from each task's classes by hand), their
+    mean and interval; none where tasks are drawn across alphabets."""
+    from fewshot.data.episodes import EpisodeSampler
+    from fewshot.data.images import ImageClass
+    from fewshot.evaluate import confidence, evaluate
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(15 * 3, 1, 16, 16), dtype=np.uint8)
+    classes = [ImageClass(f"{'ABC'[c // 5]}/character{c:02d}", "background", 3 * c, 3) for c in range(15)]
+    alphabets = [(c.name[0], 1 if c.name[0] == "C" else 0) for c in classes]
+    torch.manual_seed(0)
+    network = algorithms.build(tiny_config(algorithm="protonet", ways=5, image_size=16))
+    common = dict(ways=5, shots=1, query=1, seed=4, preprocessing=OMNIGLOT_INPUT)
+    result = evaluate(network, EpisodeSampler(images, classes, alphabets=alphabets, **common), 24)
+    sampler = EpisodeSampler(images, classes, alphabets=alphabets, **common)
+    expected = {}
+    for index in range(24):
+        first_row = sampler.plans(index, 1)[0].rows[0, 0]
+        name = classes[first_row // 3].name[0]
+        expected.setdefault(name if name != "C" else "C turned 90", []).append(result["scores"][index])
+    assert set(result["by_alphabet"]) == set(expected) and len(expected) == 3
+    for name, scores in expected.items():
+        mean, ci95 = confidence(scores)
+        assert result["by_alphabet"][name] == {"mean": mean, "ci95": ci95, "tasks": len(scores)}
+    across = evaluate(network, EpisodeSampler(images, classes, **common), 6)
+    assert "by_alphabet" not in across
+
+
 @pytest.mark.parametrize("preset,extra", [("lake-protonet", ["--set", "ways=10", "--set", "query=2"]),
                                           ("lake-anil", ["--set", "meta_batch=2", "--set", "inner_steps=1",
                                                          "--set", "eval_inner_steps=1"])])
@@ -425,5 +454,6 @@ def test_the_lake_presets_train_validate_on_runs_and_answer_lakes_trials(pngs, l
     assert "val accuracy" in out
     code, out, err = run(capsys, "eval", tmp_path / "run", "--classes", "val", "--tasks", "4", "--no-progress")
     assert code == 0 and "val split" in out and "20-way 1-shot, 1 query per class" in out, err
+    assert re.search(r"^  \S+ +accuracy [\d.]+% \+- [\d.]+% \(4 tasks\)$", out, re.M), out  # the one held-out alphabet
     code, out, err = run(capsys, "eval", tmp_path / "run", "--lake", lake, "--json")
     assert code == 0 and json.loads(out)["trials"] == 40, err

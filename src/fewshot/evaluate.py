@@ -1,7 +1,7 @@
 """Evaluation on a fixed, seeded set of tasks: two evaluations of one checkpoint
 print identical numbers."""
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +59,10 @@ def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | S
     """Adapt on each task's support set and score its query set; task i is the same
     for every call with the same sampler seed. `at_steps` adds the score after other
     numbers of inner steps (e.g. 0, 1) under "by_steps". A sampler of Lake-style runs
-    (`sampler.alone`) has each query classified on its own."""
+    (`sampler.alone`) has each query classified on its own. Where each task is drawn
+    within one alphabet, "by_alphabet" gives the score of each alphabet's tasks."""
     alone = getattr(sampler, "alone", False)  # generated samplers (sinusoid) have no such rule
+    alphabet_of = getattr(sampler, "alphabet_of", lambda index: None)
     was_training = algorithm.training
     algorithm.eval()
     main = steps if steps is not None else meta_test_steps(algorithm)
@@ -79,7 +81,27 @@ def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | S
     scores = {count: [algorithm.family.metric(out, y) for out, y in pairs] for count, pairs in outputs.items()}
     mean, ci95 = confidence(scores[main])
     by_steps = {str(count): dict(zip(("mean", "ci95"), confidence(values))) for count, values in scores.items()}
-    return {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores[main], "by_steps": by_steps}
+    result = {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores[main], "by_steps": by_steps}
+    alphabets = [alphabet_of(index) for index in range(n_tasks)]
+    if alphabets and alphabets[0] is not None:
+        result["by_alphabet"] = scores_by_alphabet(alphabets, scores[main])
+    return result
+
+
+def alphabet_name(alphabet: Hashable) -> str:
+    """An alphabet as people read it: Omniglot's (name, quarter turns) as the name,
+    "turned 90" etc. where turned."""
+    name, turns = alphabet if isinstance(alphabet, tuple) else (alphabet, 0)
+    return f"{name} turned {90 * turns}" if turns else str(name)
+
+
+def scores_by_alphabet(alphabets: Sequence[Hashable], scores: Sequence[float]) -> dict[str, dict[str, float]]:
+    """{alphabet: mean, ci95 and number of its tasks}, alphabets in the order of their names."""
+    grouped = {}
+    for alphabet, score in zip(alphabets, scores):
+        grouped.setdefault(alphabet_name(alphabet), []).append(score)
+    return {name: {**dict(zip(("mean", "ci95"), confidence(values))), "tasks": len(values)}
+            for name, values in sorted(grouped.items())}
 
 
 def load_algorithm(state: dict[str, Any], device: str | torch.device = "cpu") -> Algorithm:
@@ -193,6 +215,10 @@ def describe(result: dict[str, Any]) -> str:
     if len(result["by_steps"]) > 1:
         lines += [f"  after {count:>3} steps: {result['metric']} {value(r['mean'], r['ci95'])}"
                   for count, r in sorted(result["by_steps"].items(), key=lambda item: int(item[0]))]
+    if result.get("by_alphabet"):
+        width = max(len(name) for name in result["by_alphabet"])
+        lines += [f"  {name:<{width}}  {result['metric']} {value(r['mean'], r['ci95'])} ({r['tasks']} tasks)"
+                  for name, r in result["by_alphabet"].items()]
     return "\n".join(lines)
 
 

@@ -101,12 +101,14 @@ def float_constants(preprocessing: dict[str, Any] | None, dtype: torch.dtype,
 class Plan:
     """One task's draws: `rows` (ways x per_class) of the image array, the quarter
     turns of each chosen class, each class's label, and with distortion each image's
-    sampling map (ways x per_class x 2 x 3, `affine_maps`)."""
+    sampling map (ways x per_class x 2 x 3, `affine_maps`); `classes`, the chosen
+    classes' indices in the split."""
     rows: np.ndarray
     rotations: np.ndarray
     labels: np.ndarray
     seed: tuple
     affine: np.ndarray | None = None
+    classes: np.ndarray | None = None
 
 
 # Koch, Zemel & Salakhutdinov 2015, section 3.2 ("Affine distortions"): each part kept with probability 1/2
@@ -165,6 +167,7 @@ class EpisodeSampler:
             raise FewshotError(f"{ways}-way tasks need {ways} classes but the {split} split has "
                                f"{len(classes)}; lower ways (--set ways=N) or use more data")
         self.members = None  # with `alphabets`: the class indices of each alphabet that fits a task
+        self.alphabets = None if alphabets is None else list(alphabets)
         if alphabets is not None:
             grouped = {}
             for index, name in enumerate(alphabets):
@@ -207,11 +210,18 @@ class EpisodeSampler:
                 rows.append(image_class.start + rng.choice(image_class.count, per_class, replace=False))
             rotations.append(image_class.rotation)
         affine = affine_maps(rng, self.ways * per_class).reshape(self.ways, per_class, 2, 3) if self.distort else None
-        return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed, affine)
+        return Plan(np.stack(rows), np.array(rotations, dtype=np.int64), labels, seed, affine, chosen)
 
     def plans(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Plan]:
         positions = range(size) if part is None else part
         return [self.plan(np.random.default_rng([self.seed, index, j]), (self.seed, index, j)) for j in positions]
+
+    def alphabet_of(self, index: int) -> Hashable | None:
+        """The alphabet of batch `index`'s first task where tasks are drawn within one
+        alphabet (evaluation draws one task a batch), else None."""
+        if self.alphabets is None:
+            return None
+        return self.alphabets[self.plans(index, 1)[0].classes[0]]
 
     def batch(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Task]:
         """Tasks `part` (default: all) of batch `index`, built together on the host. Task j
@@ -252,6 +262,9 @@ class DeviceEpisodes:
 
     def plans(self, index: int, size: int, part: Sequence[int] | None = None) -> list[Plan]:
         return self.sampler.plans(index, size, part)
+
+    def alphabet_of(self, index: int) -> Hashable | None:
+        return self.sampler.alphabet_of(index)
 
     def build(self, plans: Sequence[Plan]) -> list[Task]:
         """No host synchronisation: the indices travel in one pinned, non-blocking copy,
