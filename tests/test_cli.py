@@ -65,6 +65,20 @@ def test_train_eval_resume_plot_on_real_omniglot(tmp_path, trained, capsys):
     assert code == 0 and (trained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_data_path_is_recorded_absolute_with_home_as_a_tilde_and_resumes_from_elsewhere(
+        tmp_path, capsys, monkeypatch):
+    """config.yaml names the data so that the run resumes from any folder, and names no
+    machine's home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tagged_dataset(tmp_path / "datasets" / "small", classes=80, size=28)
+    monkeypatch.chdir(tmp_path / "datasets")
+    out = train_fast(capsys, "small", tmp_path / "run")
+    assert "data: ~/datasets/small\n" in (out / "config.yaml").read_text()
+    monkeypatch.chdir(tmp_path / "run")
+    code, stdout, err = run(capsys, "train", "--resume", out, "--steps", "6", "--no-progress")
+    assert code == 0 and "done: 6 steps" in stdout, err
+
+
 def test_confidence_is_the_mean_and_1_96_population_std_over_sqrt_n():
     """As the MAML code reports it (numpy's std, ddof 0): for 0.25, 0.75, 0.25, 0.75 the mean is 0.5,
     the std 0.25, and the half-width 1.96 * 0.25 / sqrt(4) = 0.245."""

@@ -342,10 +342,12 @@ def cmd_models(args: argparse.Namespace) -> None:
 def _config(args, **options):
     """The preset with --set, --data, --init and `options` (those not None) applied, checked."""
     from .config import apply_overrides, load_preset, parse_overrides
+    from .runs import portable
     config = load_preset(args.preset)
     overrides = parse_overrides(args.set)
     if getattr(args, "data", None):
-        overrides["data"] = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+        # absolute, so that the run resumes from any folder; the home folder written ~, as checkpoints do
+        overrides["data"] = portable(Path(args.data).resolve()) if Path(args.data).exists() else args.data
     if getattr(args, "init", None):
         overrides["init"] = args.init
     overrides.update((name, value) for name, value in options.items() if value is not None)
