@@ -21,6 +21,7 @@ from fewshot.data.episodes import to_float
 from fewshot.data.images import read_dataset
 from fewshot.errors import FewshotError
 from fewshot.lake import classify_run, evaluate_lake, model_inputs, read_runs
+from fewshot.runs import read_metrics
 
 from helpers import one_error_line, run, tiny_config
 
@@ -452,6 +453,8 @@ def test_the_lake_presets_train_validate_on_runs_and_answer_lakes_trials(pngs, l
                          "--set", "val_tasks=3", "--set", "log_every=1", *extra)
     assert code == 0, err
     assert "val accuracy" in out
+    validated = [row for row in read_metrics(tmp_path / "run") if "val_metric" in row]
+    assert validated and all(sum(r["tasks"] for r in row["val_by_alphabet"].values()) == 3 for row in validated)
     code, out, err = run(capsys, "eval", tmp_path / "run", "--classes", "val", "--tasks", "4", "--no-progress")
     assert code == 0 and "val split" in out and "20-way 1-shot, 1 query per class" in out, err
     assert re.search(r"^  \S+ +accuracy [\d.]+% \+- [\d.]+% \(4 tasks\)$", out, re.M), out  # the one held-out alphabet

@@ -340,6 +340,8 @@ class Trainer:
             if validate_now:
                 val = evaluate(self.algorithm, self.val_sampler, self.config.val_tasks, device=self.device)
                 row.update(val_metric=val["mean"], val_ci95=val["ci95"])
+                if "by_alphabet" in val:  # Lake-style validation runs: which alphabets the error comes from
+                    row["val_by_alphabet"] = val["by_alphabet"]
                 if better(self.algorithm.family, val["mean"], carried.best):
                     carried.best = val["mean"]
                     self.save("best.pt")
