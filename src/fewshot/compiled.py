@@ -35,8 +35,8 @@ as the eager per-task loop does) or, where the algorithm would batch tasks
 (`algorithm.batches_tasks`, e.g. always on CUDA), `vmap` over the tasks of the
 same function, in passes of `tasks_per_pass`.
 
-What it covers: MAML (second and first order) and ANIL, whose hooks are MAML's
-own, on networks with no state updated in the forward (conv4 / ResNet with
+What it covers: MAML (second and first order) and ANIL (its features once per task
+through the same `inner_inputs` and `inner_forward` hooks as the eager step), on networks with no state updated in the forward (conv4 / ResNet with
 transductive batch norm, the MLP). Anything else (Meta-SGD's and MAML++'s learned
 step sizes and per-step objectives, inductive batch norm's running statistics,
 Reptile, ProtoNets, LEO) runs the eager step after a one-line notice on stderr,
@@ -84,19 +84,20 @@ def _functional_meta_gradient(algorithm, step_index: int) -> Callable:
     second_order = algorithm.second_order(step_index)
     adapted_names = [n for n in algorithm.meta_parameters() if algorithm.adapts(n)]
 
-    def support_loss(adapted, frozen, support_x, support_y, k):
+    def support_loss(adapted, frozen, support_in, support_y, k):
         scale = algorithm.loss_scale(1, 1)  # the support set's own
-        return family.loss(algorithm.forward_at({**frozen, **adapted}, support_x, k), support_y) * scale
+        return family.loss(algorithm.inner_forward({**frozen, **adapted}, support_in, k), support_y) * scale
 
     def query_loss(meta_params, support_x, support_y, query_x, query_y):
         adapted = {n: meta_params[n] for n in adapted_names}
         frozen = {n: p for n, p in meta_params.items() if n not in adapted}
+        support_in, query_in = (algorithm.inner_inputs(meta_params, x) for x in (support_x, query_x))
         for k in range(inner_steps):
-            grads = torch.func.grad(support_loss)(adapted, frozen, support_x, support_y, k)
+            grads = torch.func.grad(support_loss)(adapted, frozen, support_in, support_y, k)
             if not second_order:  # FOMAML: the inner gradients are constants
                 grads = {n: g.detach() for n, g in grads.items()}
             adapted = {n: p - algorithm.step_size(n, k) * grads[n] for n, p in adapted.items()}
-        query_out = algorithm.forward_at({**frozen, **adapted}, query_x, algorithm.last_step(inner_steps))
+        query_out = algorithm.inner_forward({**frozen, **adapted}, query_in, algorithm.last_step(inner_steps))
         return family.loss(query_out, query_y) * algorithm.loss_scale(len(query_y), len(support_y)), query_out
 
     return torch.func.grad_and_value(query_loss, has_aux=True)

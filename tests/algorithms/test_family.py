@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fewshot import algorithms
 from fewshot.config import load_preset
+from fewshot.data.episodes import Task
 from fewshot.optim import make_optimizer
 from fewshot.train import train
 
@@ -103,6 +104,60 @@ def test_anil_leaves_the_body_untouched_in_the_inner_loop():
     # and the meta-gradient still reaches the body through the outer loop
     algorithm.meta_gradient(make_tasks(2))
     assert algorithm.model.blocks[0].conv.weight.grad.abs().sum() > 0
+
+
+class ANILReForward(algorithms.ALGORITHMS.get("anil")):
+    """ANIL run as MAML runs it: the whole network at every inner step."""
+    reuses_features = False
+
+
+@pytest.mark.parametrize("model,order", [("conv4", "second"), ("conv4", "first"), ("mlp", "second")])
+def test_anil_runs_its_body_once_per_task_and_gets_the_meta_gradient_of_running_it_every_step(model, order):
+    """The body's features made once per task (support and query) give the meta-gradient,
+    loss and adapted head of the whole network run at every inner step, per task and
+    batched, in float64; and the body runs twice a task instead of inner steps + 1 times."""
+    extra = dict(model="mlp", dataset="sinusoid", ways=1, hidden=[5, 6]) if model == "mlp" else {}
+    once = build("anil", inner_steps=3, eval_inner_steps=4, inner_lr=0.3, first_order=order == "first", **extra)
+    every = ANILReForward(once.model, once.config, once.family)
+    assert once.reuses_features
+    if model == "mlp":
+        generator = torch.Generator().manual_seed(1)
+        tasks = [Task(torch.rand(5, 1, generator=generator, dtype=torch.float64), torch.rand(5, 1, dtype=torch.float64,
+                      generator=generator), torch.rand(7, 1, generator=generator, dtype=torch.float64),
+                      torch.rand(7, 1, generator=generator, dtype=torch.float64)) for _ in range(3)]
+    else:
+        tasks = make_tasks(3, shots=2, query=3)
+    for batched in (False, True):
+        results = []
+        for algorithm in (once, every):
+            algorithm.config.batch_tasks = batched
+            assert algorithm.batches_tasks(tasks) == batched
+            algorithm.zero_grad(set_to_none=True)
+            loss = float(algorithm.meta_gradient(tasks)["loss"])
+            results.append((loss, {n: p.grad.clone() for n, p in algorithm.model.named_parameters()}))
+        (loss_once, grads_once), (loss_every, grads_every) = results
+        assert loss_once == pytest.approx(loss_every, rel=1e-12)
+        for name, grad in grads_every.items():
+            assert grad.abs().max() > 0 or name.endswith("conv.bias"), name
+            torch.testing.assert_close(grads_once[name], grad, rtol=1e-10, atol=1e-13, msg=name)
+    adapted_once = once.adapt(tasks[0].support_x, tasks[0].support_y)["params"]
+    adapted_every = every.adapt(tasks[0].support_x, tasks[0].support_y)["params"]
+    for name, tensor in adapted_every.items():
+        torch.testing.assert_close(adapted_once[name], tensor, rtol=1e-10, atol=1e-13, msg=name)
+    forwards = []
+    for algorithm in (once, every):
+        calls, original = [], algorithm.model.functional_forward
+        algorithm.model.functional_forward = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+        algorithm.config.batch_tasks = False
+        algorithm.meta_gradient(tasks[:1])
+        del algorithm.model.functional_forward
+        forwards.append(len(calls))
+    assert forwards == [2, 3 + 1]
+
+
+def test_anil_with_inductive_batch_norm_runs_the_network_at_every_inner_step():
+    """Each forward updates the running statistics: ANIL keeps MAML's count of them."""
+    assert not build("anil", batch_norm="inductive").reuses_features
 
 
 def test_mamlpp_loss_weights_sum_to_one_and_anneal_to_the_last_step():

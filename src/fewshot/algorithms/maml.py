@@ -21,8 +21,9 @@ meta-gradient:
 `batch_tasks` chooses (None: the measured rule in `batches_tasks`).
 
 The MAML family extends this class through small hooks, which both ways call:
-which parameters the inner loop adapts (ANIL), the step size of each parameter at
-each step (Meta-SGD, MAML++), the forward pass at inner step k (MAML++'s per-step
+which parameters the inner loop adapts (ANIL), what its forwards start from and run
+(`inner_inputs`, `inner_forward`: ANIL's body features once per task, then the head
+alone), the step size of each parameter at each step (Meta-SGD, MAML++), the forward pass at inner step k (MAML++'s per-step
 batch norm), whether the step is second order (MAML++'s derivative-order
 annealing) and the weights of the query losses along the inner trajectory
 (MAML++'s multi-step loss).
@@ -94,23 +95,24 @@ class MAML(Algorithm):
         query_loss = ((lambda out: self.family.loss(out.flatten(0, 1), query_y.flatten(0, 1)) * scale) if tasks else
                       (lambda out: self.family.loss(out, query_y) * scale))
         steps = self.config.inner_steps
+        support_in, query_in = (self.inner_inputs(params, x, tasks=tasks) for x in (support_x, query_x))
         if steps == 0:
-            query_out = self.forward_at(params, query_x, 0, tasks=tasks)
+            query_out = self.inner_forward(params, query_in, 0, tasks=tasks)
             return query_loss(query_out), query_out
         create_graph = self.second_order(step)
         total = 0.0
         for k, weight in enumerate(self.loss_weights(step)):
-            params = self.inner_step(params, support_x, support_y, k, None, create_graph, tasks=tasks)
+            params = self.inner_step(params, support_in, support_y, k, None, create_graph, tasks=tasks)
             if weight > 0:
-                query_out = self.forward_at(params, query_x, k, tasks=tasks)
+                query_out = self.inner_forward(params, query_in, k, tasks=tasks)
                 total = total + weight * query_loss(query_out)
         return total, query_out
 
     def inner_step(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, k: int, lr: float | None,
                    create_graph: bool, training: bool = True, tasks: bool = False) -> dict[str, torch.Tensor]:
-        """`params` after inner step k on the support set (x, y): adapted tensors move
-        against their support-loss gradient, the others stay."""
-        out = self.forward_at(params, x, k, bn_training=training, tasks=tasks)
+        """`params` after inner step k on the support set (x: its `inner_inputs`, y): adapted
+        tensors move against their support-loss gradient, the others stay."""
+        out = self.inner_forward(params, x, k, bn_training=training, tasks=tasks)
         if tasks:
             # a mean over equally sized tasks, times their number: the sum of the per-task
             # losses, whose gradient with respect to a task's view is that task's own gradient
@@ -142,6 +144,17 @@ class MAML(Algorithm):
         dimension, so do the per-task parameters, and each task is normalized on its own."""
         return self.model.functional_forward(params, x, bn_training, tasks=tasks)
 
+    def inner_inputs(self, params: dict[str, torch.Tensor], x: torch.Tensor, bn_training: bool = True,
+                     tasks: bool = False) -> torch.Tensor:
+        """What the inner loop's forwards start from, made once per task from images `x`:
+        the images themselves (`inner_forward` runs the whole network at each step)."""
+        return x
+
+    def inner_forward(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, k: int = 0,
+                      bn_training: bool = True, tasks: bool = False) -> torch.Tensor:
+        """The outputs at inner step k from `inner_inputs`: the network at step k."""
+        return self.forward_at(params, inputs, k, bn_training=bn_training, tasks=tasks)
+
     def second_order(self, step: int) -> bool:
         return not self.config.first_order
 
@@ -166,8 +179,9 @@ class MAML(Algorithm):
         steps = self.config.eval_inner_steps if steps is None else steps
         params = {n: p.detach().requires_grad_(self.adapts(n)) for n, p in self.meta_parameters().items()}
         with torch.enable_grad():
+            support_in = self.inner_inputs(params, support_x, bn_training=False) if steps else None
             for k in range(steps):
-                params = self.inner_step(params, support_x, support_y, k, lr, create_graph=False, training=False)
+                params = self.inner_step(params, support_in, support_y, k, lr, create_graph=False, training=False)
                 params = {n: p.detach().requires_grad_(self.adapts(n)) for n, p in params.items()}
         return {"params": {n: p.detach() for n, p in params.items()}, "steps": steps}
 

@@ -101,6 +101,19 @@ def scale_or_ones(weight: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return weight if weight is not None else x.new_ones(x.shape[1])
 
 
+def task_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer on the inputs of many tasks (T x n x d): a weight and bias with a
+    leading task dimension are each task's own (one fused baddbmm), else shared."""
+    if weight.dim() == 3:
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(Backbone.per_task(bias, len(x), 1).unsqueeze(1), x, weight.transpose(1, 2))
+    out = x @ weight.transpose(-1, -2)
+    if bias is None:
+        return out
+    return out + (bias.unsqueeze(-2) if bias.dim() == 2 else bias)
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -171,7 +184,8 @@ class Backbone(nn.Module):
                 owner[attribute] = tensor
                 placed.append((owner, attribute))
             if tasks:
-                return self.tasks_forward(x, bn_training, options.get("bn_step", 0))
+                return self.tasks_forward(x, bn_training, options.get("bn_step", 0),
+                                          options.get("features_only", False))
             return self(x, bn_training=bn_training, **options)
         finally:
             for owner, attribute in placed:
@@ -188,6 +202,17 @@ class Backbone(nn.Module):
                     owners[prefix + attribute] = (module.__dict__, attribute)
         return owners
 
+    def functional_head(self, params: dict, features: torch.Tensor, tasks: bool = False) -> torch.Tensor:
+        """The head alone (a linear layer) on `features` (`forward(..., features_only=True)`),
+        with `params`' head tensors in place of its own; with `tasks`, features are T x n x d
+        and the head's tensors per task (leading T) or shared."""
+        prefix = self.__dict__.get("_head_prefix")
+        if prefix is None:
+            prefix = self.__dict__["_head_prefix"] = next(
+                f"{name}." for name, module in self.named_modules() if module is self.head)
+        weight, bias = params[prefix + "weight"], params.get(prefix + "bias")
+        return task_linear(features, weight, bias) if tasks else F.linear(features, weight, bias)
+
     def features(self, params: dict, x: torch.Tensor, bn_training: bool = True) -> torch.Tensor:
         """The features before the head, with `params` (`fewshot embed`)."""
         return self.functional_forward(params, x, bn_training, features_only=True)
@@ -197,10 +222,11 @@ class Backbone(nn.Module):
         many torch threads (measured per backbone)."""
         return False
 
-    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
+    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int,
+                      features_only: bool = False) -> torch.Tensor:
         """Many tasks in one pass (`functional_forward(..., tasks=True)`), reading the layers'
-        tensors (each with or without a leading task dimension); backbones that can batch
-        tasks write it."""
+        tensors (each with or without a leading task dimension), the head's skipped with
+        `features_only`; backbones that can batch tasks write it."""
         raise NotImplementedError(f"{type(self).__name__} runs tasks one at a time (can_batch_tasks is False)")
 
     @staticmethod

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..config import Config
 from ..errors import FewshotError
 from . import BACKBONES
-from .base import Backbone, BatchNorm, scale_or_ones
+from .base import Backbone, BatchNorm, scale_or_ones, task_linear
 
 if TYPE_CHECKING:
     from ..data.episodes import Task
@@ -156,7 +156,8 @@ class Conv4(Backbone):
             return support.shape[0] * support.shape[-2] * support.shape[-1] <= CPU_BATCHING_MAX_SUPPORT_PIXELS
         return task.images <= CPU_BATCHING_MAX_IMAGES
 
-    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
+    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int,
+                      features_only: bool = False) -> torch.Tensor:
         """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x C x H x W. The
         tasks become the groups of grouped convolutions (side by side along channels), so
         batch-norm statistics stay per task. Why a second form of `forward`: torch.func.vmap
@@ -207,8 +208,7 @@ class Conv4(Backbone):
             self.queued_statistics.append((bn_step, statistics))  # per layer: T x 2 x C
         h = h.mean((2, 3)) if self.downsample == "stride" else h.reshape(n, tasks, -1, *h.shape[2:]).flatten(2)
         h = h.reshape(n, tasks, -1).transpose(0, 1)
-        head_weight, head_bias = self.per_task(self.head.weight, tasks, 2), self.per_task(self.head.bias, tasks, 1)
-        return torch.baddbmm(head_bias.unsqueeze(1), h, head_weight.transpose(1, 2))
+        return h if features_only else task_linear(h, self.per_task(self.head.weight, tasks, 2), self.head.bias)
 
     @torch.no_grad()
     def update_running_statistics(self) -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from . import BACKBONES
-from .base import Backbone
+from .base import Backbone, task_linear
 
 if TYPE_CHECKING:
     from ..data.episodes import Task
@@ -53,18 +53,17 @@ class MLP(Backbone):
         (docs/benchmarks.md, "Making the meta-step faster: all tasks in one pass")."""
         return True
 
-    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int) -> torch.Tensor:
+    def tasks_forward(self, x: torch.Tensor, bn_training: bool, bn_step: int,
+                      features_only: bool = False) -> torch.Tensor:
         """Many tasks at once (`functional_forward(..., tasks=True)`): x is T x n x in. A second
         form of `forward`, kept because torch.func.vmap of `forward` takes more CPU time per
         meta-step for this small network (measured in docs/benchmarks.md): per task, one
         fused baddbmm per layer."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            weight, bias = layer.weight, layer.bias
-            if weight.dim() == 3 and bias.dim() == 2:  # per task (MAML): one fused call
-                x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-            else:
-                x = x @ weight.transpose(-1, -2) + (bias.unsqueeze(-2) if bias.dim() == 2 else bias)
+            if features_only and i == last:
+                break
+            x = task_linear(x, layer.weight, layer.bias)
             if i < last:
                 x = F.relu(x)
         return x
