@@ -8,7 +8,8 @@
 # A run folder (config.yaml + last.pt, not yet at its last step) continues with
 # `fewshot train --resume`; an embed folder (pretrain.pt, no embed.json yet) with the
 # command in its `command` file (a `fewshot embed ... --out training/NAME` line). Each
-# appends to training/NAME.log. Before the session ends: `kill -TERM` any still running
+# appends to training/NAME.log. A folder holding a file `paused` (its first line says why)
+# is left alone unless named. Before the session ends: `kill -TERM` any still running
 # (they save and exit 143), then commit the folders (docs/results.md, "Shipped models").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,13 @@ if [ ${#names[@]} -eq 0 ]; then
     for folder in training/*/; do names+=("$(basename "$folder")"); done
 fi
 fewshot=${FEWSHOT:-fewshot}
+named=$#
 for name in "${names[@]}"; do
     folder=training/$name
+    if [ -f "$folder/paused" ] && [ "$named" -eq 0 ]; then
+        echo "$folder: paused ($(head -n 1 "$folder/paused")); name it to resume it"
+        continue
+    fi
     if [ -f "$folder/config.yaml" ] && [ -f "$folder/last.pt" ]; then
         command=("$fewshot" train --resume "$folder")
     elif [ -f "$folder/command" ] && [ ! -f "$folder/embed.json" ]; then
