@@ -36,8 +36,9 @@ as the eager per-task loop does) or, where the algorithm would batch tasks
 same function, in passes of `tasks_per_pass`.
 
 What it covers: MAML (second and first order) and ANIL (its features once per task
-through the same `inner_inputs` and `inner_forward` hooks as the eager step), on networks with no state updated in the forward (conv4 / ResNet with
-transductive batch norm, the MLP). Anything else (Meta-SGD's and MAML++'s learned
+through the same `inner_inputs` and `inner_forward` hooks as the eager step), on
+networks with no state updated in the forward (conv4 / ResNet with transductive
+batch norm, the MLP). Anything else (Meta-SGD's and MAML++'s learned
 step sizes and per-step objectives, inductive batch norm's running statistics,
 Reptile, ProtoNets, LEO) runs the eager step after a one-line notice on stderr,
 and so does a step whose compilation fails (the notice names the error). The

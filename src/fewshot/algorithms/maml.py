@@ -23,10 +23,10 @@ meta-gradient:
 The MAML family extends this class through small hooks, which both ways call:
 which parameters the inner loop adapts (ANIL), what its forwards start from and run
 (`inner_inputs`, `inner_forward`: ANIL's body features once per task, then the head
-alone), the step size of each parameter at each step (Meta-SGD, MAML++), the forward pass at inner step k (MAML++'s per-step
-batch norm), whether the step is second order (MAML++'s derivative-order
-annealing) and the weights of the query losses along the inner trajectory
-(MAML++'s multi-step loss).
+alone), the step size of each parameter at each step (Meta-SGD, MAML++), the forward
+pass at inner step k (MAML++'s per-step batch norm), whether the step is second
+order (MAML++'s derivative-order annealing) and the weights of the query losses
+along the inner trajectory (MAML++'s multi-step loss).
 """
 from typing import TYPE_CHECKING, Any
 
