@@ -226,7 +226,7 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
         print(line, flush=True)
     result = embed(config, args.out, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
                    device=device, progress=not args.no_progress, crops=tuple(c for c in args.crops.split(",") if c),
-                   time_limit=_minutes(args.time_limit))
+                   time_limit=_minutes(args.time_limit), val_every=args.val_every)
     if result["stopped"]:
         why = f" (the time limit of {args.time_limit:g} minutes)" if result.get("reason") == "time_limit" else ""
         print(f"stopped at pretraining step {result['steps']}{why}, saved; run the same command again to continue",
@@ -236,8 +236,10 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
     presets = leo["presets"] or ["LEO_PRESET"]
     dim = f" --set embedding_dim={result['dim']}" if leo["set_dim"] else ""
     others = f" (or {', '.join(presets[1:])})" if len(presets) > 1 else ""
-    print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}; train LEO on "
-          f"them with `fewshot train {presets[0]} --data {result['out']} --out RUN_DIR{dim}`{others}")
+    weights = (f" (the weights of pretraining step {result['embedded_step']}, the best by validation)"
+               if result["embedded_step"] != result["steps"] else "")
+    print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}{weights}; train "
+          f"LEO on them with `fewshot train {presets[0]} --data {result['out']} --out RUN_DIR{dim}`{others}")
 
 
 def _image_counterpart(preset):
@@ -470,6 +472,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
     s.add_argument("--crops", default="center,multiview",
                    help="embeddings to write: center, multiview or both (default; multiview is 6 passes per image)")
+    s.add_argument("--val-every", type=int, default=1000, metavar="N",
+                   help="validate the features every N pretraining steps on the validation classes (nearest-"
+                        "prototype accuracy of the preset's tasks) and embed with the best weights; 0: never "
+                        "(default 1000)")
     _shared(s, "--time-limit", " of pretraining (the same command again continues it)")
     s.add_argument("--steps", action=Moved, now="--pretrain-steps")
 

@@ -24,7 +24,13 @@ them (`leo_presets`: by the image dataset and the dimension, which `fewshot embe
 prints and OUT/embed.json records).
 
 Pretraining writes OUT/metrics.jsonl and metrics.csv (loss and batch accuracy every
-100 steps; `fewshot plot OUT` draws them).
+100 steps; `fewshot plot OUT` draws them). Every `val_every` steps it also validates
+the features on the validation classes, which pretraining never sees: the accuracy of
+nearest-prototype classification (ProtoNets' rule on the features as they are, nothing
+trained) on VAL_TASKS fixed tasks of the preset's ways, shots and queries; the best
+weights by it are kept in OUT/pretrain-best.pt, and the embedding files are made with
+them (embed.json says from which step). Validation reads no random state of the
+pretraining and updates no running statistics: the run is the same with it or without.
 
 Resumable: pretraining runs through the training loop of loop.py (signals, stop_after,
 log lines), and OUT/pretrain.pt holds the backbone, optimizer, RNG and step every
@@ -44,7 +50,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, memory, models, precision
-from .config import Config
+from .config import Config, eval_query, eval_ways
 from .data.embeddings import CROPS, file_name, make_key, write_leo_pickles
 from .data.images import ImageClass
 from .data.kinds import SPLITS
@@ -60,6 +66,7 @@ from .runs import MetricsLog, local, portable
 PRETRAINING_KEYS = frozenset({"head", "batch_norm"})
 LOG_EVERY = 100    # pretraining steps per row of OUT/metrics.jsonl and .csv
 EMBED_BATCH = 32  # images per forward pass when embedding (x 6 views for multiview)
+VAL_TASKS = 600   # nearest-prototype tasks per validation of the features (the literature's test count)
 
 
 def check_out(out: str | Path) -> None:
@@ -110,6 +117,53 @@ def crop_features(model: torch.nn.Module, params: dict[str, torch.Tensor], x: to
     return model.features(params, v.flatten(0, 1), bn_training=False).reshape(len(v), len(x), -1).mean(0)
 
 
+def split_features(model: torch.nn.Module, params: dict[str, torch.Tensor], dataset, refs: list[ImageClass],
+                   preprocessing: dict, device: torch.device, crops: Iterable[str], progress: bool = False,
+                   desc: str = "embed") -> tuple[dict[str, np.ndarray], list[tuple[int, int, int, int]]]:
+    """({crop: features of every image of the classes `refs`, in order}, [(row, turns,
+    class index, image index)] of those images), batch norm in evaluation mode."""
+    jobs = [(ref.start + i, ref.rotation, c, i) for c, ref in enumerate(refs) for i in range(ref.count)]
+    features = {crop: [] for crop in crops}
+    with torch.no_grad():
+        for begin in tqdm(range(0, len(jobs), EMBED_BATCH), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
+            chunk = jobs[begin:begin + EMBED_BATCH]
+            x = to_float(_pixels(dataset, [j[0] for j in chunk], [j[1] for j in chunk]), preprocessing).to(device)
+            for crop, parts in features.items():
+                parts.append(crop_features(model, params, x, crop).float().cpu().numpy())
+    return ({crop: np.concatenate(parts) if parts else np.zeros((0, model.features_size), np.float32)
+             for crop, parts in features.items()}, jobs)
+
+
+def prototype_accuracy(features: np.ndarray, classes: np.ndarray, ways: int, shots: int, query: int, tasks: int,
+                       seed: int) -> tuple[float, float]:
+    """Mean and 95% half-width of the accuracy of nearest-prototype classification (squared
+    Euclidean distance to each class's mean support feature) over `tasks` tasks drawn from
+    `features` (one row per image, `classes` its class): task i is fixed by (seed, i)."""
+    from .evaluate import confidence
+    members = [np.flatnonzero(classes == c) for c in np.unique(classes)]
+    features = torch.from_numpy(features).double()
+    scores = []
+    for index in range(tasks):
+        rng = np.random.default_rng([seed, index])
+        chosen = rng.choice(len(members), ways, replace=False)
+        picks = np.stack([rng.choice(members[c], shots + query, replace=False) for c in chosen])
+        prototypes = features[torch.from_numpy(picks[:, :shots])].mean(1)
+        queries = features[torch.from_numpy(picks[:, shots:].reshape(-1))]
+        predicted = torch.cdist(queries, prototypes).argmin(1)
+        scores.append(float((predicted == torch.arange(ways).repeat_interleave(query)).double().mean()))
+    return confidence(scores)
+
+
+def check_validation(refs: list[ImageClass], ways: int, shots: int, query: int) -> None:
+    """Refuse validation tasks the validation classes cannot give, naming the fix."""
+    fit = [ref for ref in refs if ref.count >= shots + query]
+    if len(fit) < ways:
+        raise FewshotError(f"validating the features takes {ways}-way {shots}-shot tasks with {query} queries, but "
+                           f"the val split has {len(fit)} classes of {shots + query} images or more; pass "
+                           f"--val-every 0 to pretrain without validation")
+
+
 def _pixels(dataset, rows, rotations):
     pixels = np.ascontiguousarray(dataset.images[rows])
     for i, rotation in enumerate(rotations):
@@ -125,23 +179,29 @@ def pretrainable() -> list[str]:
 
 def embed(config: Config, out: str | Path, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
           save_every: int = 500, device: str | None = "cpu", progress: bool = True, stop_after: int | None = None,
-          crops: tuple[str, ...] = CROPS, time_limit: float | None = None) -> dict:
+          crops: tuple[str, ...] = CROPS, time_limit: float | None = None, val_every: int = 1000) -> dict:
     """Pretrain on the meta-train classes of `config`'s dataset, then write LEO embedding
     files under `out` for each of `crops` (multiview costs six forward passes per image);
-    returns {"out", "dim", "steps", "files", "leo_presets"} ("leo_presets": leo_presets()).
+    returns {"out", "dim", "steps", "files", "leo_presets", "embedded_step"}
+    ("leo_presets": leo_presets(); "embedded_step": the step of the weights embedded).
     `device` None: the best device present. In `config`'s precision, as `fewshot train`:
     its flags throughout (restored after), a pretraining step's forward under its autocast.
-    `time_limit` (seconds): pretraining stops cleanly, saved, once that much time has passed."""
+    `time_limit` (seconds): pretraining stops cleanly, saved, once that much time has passed.
+    `val_every`: validate the features every that many steps (0: never; see the module's
+    docstring), the embedding then made from the best weights by it."""
     whole_number(steps, 1, "--pretrain-steps")
     whole_number(batch_size, 1, "--batch-size")
+    whole_number(val_every, 0, "--val-every")
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise FewshotError(f"--lr must be a finite number > 0, got {lr}")
     device = choose_device(device)[0]
     with precision.configured(config.precision, device):
-        return _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit)
+        return _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit,
+                      val_every)
 
 
-def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit):
+def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit,
+           val_every):
     unknown = sorted(set(crops) - set(CROPS))
     if unknown or not crops:
         raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
@@ -160,6 +220,10 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     if len(train_refs) < 2:
         raise FewshotError(f"the train split of {dataset.root} has {len(train_refs)} classes; pretraining "
                            f"needs two or more")
+    task_shape = (eval_ways(config), config.shots, eval_query(config))
+    validates = val_every > 0 and steps >= val_every
+    if validates:
+        check_validation(refs["val"], *task_shape)
     options = {"preset": config.preset, "data": portable(Path(dataset.root).resolve()), "split": config.split,
                "batch_size": batch_size, "lr": lr, "model": config.model, "widths": config.widths,
                "filters": config.filters,
@@ -169,7 +233,8 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     torch.manual_seed(config.seed)
     model = models.build(backbone_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    step, state_path = 0, out / "pretrain.pt"
+    step, state_path, best_path = 0, out / "pretrain.pt", out / "pretrain-best.pt"
+    best = {"metric": None, "step": None}  # the best validation so far, kept in pretrain.pt across resumes
     if state_path.exists():
         state = checkpoint.load(state_path)
         saved = {"model": "conv4", "widths": None, **state["options"]}  # files from before --backbone: conv4
@@ -182,10 +247,26 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step = state["step"]
+        best = state.get("best", best)
 
     def save():
         checkpoint.save(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        rng=torch.get_rng_state(), step=loop.step, options=options, config=backbone_config)
+                        rng=torch.get_rng_state(), step=loop.step, options=options, config=backbone_config,
+                        best=best)
+
+    def validate(row):
+        """Score the features on the validation tasks into `row`; keep the weights if best."""
+        model.eval()
+        features, jobs = split_features(model, dict(model.named_parameters()), dataset, refs["val"], preprocessing,
+                                        device, ("center",))
+        classes = np.array([job[2] for job in jobs])
+        row["val_metric"], row["val_ci95"] = prototype_accuracy(features["center"], classes, *task_shape,
+                                                                VAL_TASKS, config.eval_seed)
+        model.train()
+        if best["metric"] is None or row["val_metric"] > best["metric"]:
+            best.update(metric=row["val_metric"], step=loop.step)
+            checkpoint.save(best_path, model=model.state_dict(), step=loop.step, options=options,
+                            config=backbone_config, val_metric=row["val_metric"])
 
     # every meta-train image with its class; batch `i` is a pure function of (seed, i)
     rows = np.concatenate([np.arange(ref.start, ref.start + ref.count) for ref in train_refs])
@@ -213,14 +294,20 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
             window.append((loss.item(), (logits.argmax(1) == y).float().mean().item()))
             if loop.terminal:
                 loop.bar.set_postfix(loss=f"{window[-1][0]:.3f}")
-            if loop.step % LOG_EVERY == 0 or loop.step == steps:
+            validate_now = validates and loop.step % val_every == 0
+            if loop.step % LOG_EVERY == 0 or loop.step == steps or validate_now:
                 elapsed = time.perf_counter() - window_start[0]
                 row = {"step": loop.step, "loss": float(np.mean([w[0] for w in window])),
                        "metric": float(np.mean([w[1] for w in window])), "lr": lr,
                        "sec_per_step": elapsed / len(window), "images_per_s": batch_size * len(window) / elapsed}
+                text = ""
+                if validate_now:
+                    validate(row)
+                    text = (f"  val {task_shape[0]}-way {task_shape[1]}-shot prototype accuracy "
+                            f"{row['val_metric']:.4f} +- {row['val_ci95']:.4f}")
                 logs[0].write(row)
                 loop.say(f"pretrain step {loop.step:6d}  loss {row['loss']:.4f}  accuracy {row['metric']:.4f}  "
-                         f"{row['sec_per_step']:.3f} s/step  {row['images_per_s']:.0f} img/s")
+                         f"{row['sec_per_step']:.3f} s/step  {row['images_per_s']:.0f} img/s{text}")
                 window, window_start[0] = [], time.perf_counter()
             if loop.step % save_every == 0 or loop.step == steps:
                 save()
@@ -231,6 +318,10 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
         return {"out": str(out), "steps": step, "stopped": True, "dim": model.features_size, "files": [],
                 "signal": ended["signal"], "reason": ended["reason"]}
 
+    embedded_step = step
+    if best["step"] is not None:  # the best weights by validation make the embeddings
+        model.load_state_dict(checkpoint.load(best_path)["model"])
+        embedded_step = best["step"]
     model.eval()
     params = dict(model.named_parameters())
     files = []
@@ -240,27 +331,18 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
             files += [str(p) for p in targets.values()]
             continue
         names = class_names(refs[split])
-        jobs = [(ref.start + i, ref.rotation, c, i) for c, ref in enumerate(refs[split]) for i in range(ref.count)]
-        features = {crop: [] for crop in crops}
-        with torch.no_grad():
-            for begin in tqdm(range(0, len(jobs), EMBED_BATCH), desc=f"embed {split}", unit="batch",
-                              disable=not progress, leave=False):
-                chunk = jobs[begin:begin + EMBED_BATCH]
-                x = to_float(_pixels(dataset, [j[0] for j in chunk], [j[1] for j in chunk]), preprocessing)
-                x = x.to(device)
-                for crop, parts in features.items():
-                    parts.append(crop_features(model, params, x, crop).cpu().numpy())
+        features, jobs = split_features(model, params, dataset, refs[split], preprocessing, device, crops, progress,
+                                        desc=f"embed {split}")
         keys = [make_key(names[c], f"{i:05d}", prefix=n) for n, (_, _, c, i) in enumerate(jobs)]
         split_labels = np.array([c for _, _, c, _ in jobs], dtype=np.int64)
-        for crop, parts in features.items():
-            embeddings = np.concatenate(parts) if parts else np.zeros((0, model.features_size), np.float32)
+        for crop, embeddings in features.items():
             files.append(str(write_leo_pickles(out / crop, split, embeddings, split_labels, keys)))
-    summary = {"dim": model.features_size, "pretrain_steps": step, "options": options,
-               "classes": {s: len(refs[s]) for s in SPLITS},
+    summary = {"dim": model.features_size, "pretrain_steps": step, "embedded_step": embedded_step,
+               "val_metric": best["metric"], "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
                "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
     write_text(out / "embed.json", json.dumps(summary, indent=1))
     return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files,
-            "leo_presets": leo_presets(config.dataset, model.features_size)}
+            "embedded_step": embedded_step, "leo_presets": leo_presets(config.dataset, model.features_size)}
 
 
 def leo_presets(dataset: str, dim: int) -> dict:

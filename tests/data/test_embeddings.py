@@ -1,5 +1,6 @@
 """LEO's embedding files: small files in LEO's format written here, read back into the
 memory-mapped float cache, sampled unchanged, and the bad inputs refused with the file's name."""
+import json
 import pickle
 
 import numpy as np
@@ -151,12 +152,12 @@ def test_data_finds_leos_layout_and_samples_the_features_unchanged(tmp_path, lay
 
 # --- fewshot embed ------------------------------------------------------------------
 
-def image_dataset(folder, test_value=None):
-    """A 16x16 gray dataset of 4 train, 2 val and 2 test classes (8 images each), groups = splits;
-    `test_value` overwrites every val and test pixel."""
+def image_dataset(folder, test_value=None, val_classes=2):
+    """A 16x16 gray dataset of 4 train, 2 (`val_classes`) val and 2 test classes (8 images each),
+    groups = splits; `test_value` overwrites every val and test pixel."""
     from fewshot.data.images import ImageClass, write_dataset
     rng = np.random.default_rng(0)
-    groups = ["train"] * 4 + ["val"] * 2 + ["test"] * 2
+    groups = ["train"] * 4 + ["val"] * val_classes + ["test"] * 2
     images = rng.integers(0, 256, size=(len(groups) * 8, 1, 16, 16), dtype=np.uint8)
     classes = [ImageClass(f"class_{c}/x-y", g, c * 8, 8, {}) for c, g in enumerate(groups)]
     if test_value is not None:
@@ -352,3 +353,64 @@ def test_embed_runs_in_the_presets_precision_as_training_does(tmp_path, monkeypa
         embed(config, tmp_path / "out", steps=2, batch_size=8, progress=False, crops=("center",))
         assert seen == {(tf32, tf32, value == "bf16", "pretraining"), (tf32, tf32, False, "embedding")}
         assert tf32_flags() == (not tf32,) * 2
+
+
+def test_pretraining_validates_the_features_and_embeds_with_the_best_weights(tmp_path):
+    """Every val_every steps: nearest-prototype accuracy of the features on the validation
+    classes, in the log; the best weights kept and embedded; the pretraining itself the same
+    as without validation, also when stopped and resumed."""
+    from fewshot import checkpoint, models
+    from fewshot.data.episodes import to_float
+    from fewshot.data.images import read_dataset
+    from fewshot.embed import embed
+    from fewshot.runs import read_metrics
+    data_dir = image_dataset(tmp_path / "images", val_classes=4)
+    config = embed_config(data_dir)  # 3-way 1-shot, 2 queries
+    common = dict(steps=6, batch_size=8, progress=False, crops=("center",))
+    result = embed(config, tmp_path / "validated", val_every=2, **common)
+    plain = embed(config, tmp_path / "plain", val_every=0, **common)
+    rows = {r["step"]: r for r in read_metrics(tmp_path / "validated")}
+    scores = {step: rows[step]["val_metric"] for step in (2, 4, 6)}
+    assert all(0 <= value <= 1 for value in scores.values()) and "val_metric" not in read_metrics(tmp_path / "plain")[-1]
+    best_step = max(scores, key=lambda step: (scores[step], -step))  # the first of the best
+    best = checkpoint.load(tmp_path / "validated" / "pretrain-best.pt")
+    assert best["step"] == result["embedded_step"] == best_step and best["val_metric"] == scores[best_step]
+    summary = json.loads((tmp_path / "validated" / "embed.json").read_text())
+    assert summary["embedded_step"] == best_step and summary["pretrain_steps"] == 6 and plain["embedded_step"] == 6
+    last, unvalidated = (checkpoint.load(tmp_path / name / "pretrain.pt")["model"] for name in ("validated", "plain"))
+    assert all(torch.equal(last[n], unvalidated[n]) for n in last)
+    model = models.build(best["config"])
+    model.load_state_dict(best["model"])
+    model.eval()
+    with torch.no_grad():
+        expected = model.features(dict(model.named_parameters()), to_float(np.array(read_dataset(data_dir, 16)
+                                                                                    .images[32:64])), bn_training=False)
+    with open(tmp_path / "validated" / "center" / "val_embeddings.pkl", "rb") as f:
+        np.testing.assert_allclose(pickle.load(f, encoding="latin1")["embeddings"], expected.numpy(), rtol=1e-5,
+                                   atol=1e-6)
+    embed(config, tmp_path / "resumed", val_every=2, stop_after=3, **common)
+    assert embed(config, tmp_path / "resumed", val_every=2, **common)["embedded_step"] == best_step
+    assert [r.get("val_metric") for r in read_metrics(tmp_path / "resumed")] == \
+        [r.get("val_metric") for r in read_metrics(tmp_path / "validated")]
+
+
+def test_validation_tasks_the_val_split_cannot_give_are_refused_before_pretraining(tmp_path):
+    from fewshot.embed import embed
+    config = embed_config(image_dataset(tmp_path / "images"))  # 2 val classes for 3-way tasks
+    with pytest.raises(FewshotError, match=r"3-way 1-shot tasks with 2 queries, but the val split has 2 classes "
+                                           r"of 3 images or more; pass --val-every 0"):
+        embed(config, tmp_path / "out", steps=4, val_every=2, progress=False)
+    assert not (tmp_path / "out" / "pretrain.pt").exists()
+
+
+def test_prototype_accuracy_is_one_on_separated_classes_and_chance_on_identical_features():
+    from fewshot.embed import prototype_accuracy
+    classes = np.repeat(np.arange(6), 5)
+    separated = np.eye(6)[classes] * 10 + np.random.default_rng(0).normal(0, 0.1, (30, 6))
+    assert prototype_accuracy(separated, classes, 4, 1, 3, 50, seed=1) == (1.0, 0.0)
+    same = np.ones((30, 6))  # every distance ties: the first prototype wins, 1 query class in 4 is right
+    assert prototype_accuracy(same, classes, 4, 1, 3, 50, seed=1) == (0.25, 0.0)
+    noisy = np.random.default_rng(2).normal(0, 1, (30, 6)) + np.eye(6)[classes]
+    first = prototype_accuracy(noisy, classes, 4, 1, 3, 50, seed=1)
+    assert first == prototype_accuracy(noisy, classes, 4, 1, 3, 50, seed=1) and first[1] > 0
+    assert first != prototype_accuracy(noisy, classes, 4, 1, 3, 50, seed=2)
