@@ -84,3 +84,18 @@ def test_checkpoints_write_the_users_home_folder_as_a_tilde(tmp_path, monkeypatc
     assert str(tmp_path) not in (run / "best.pt").read_bytes().decode("latin-1")
     monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path / "home-b"))  # "mine" names nothing here: the ~ path does
     assert score(run) == there
+
+
+def test_training_time_sums_each_process_by_its_start_mark_even_when_a_resume_runs_slower():
+    """A resumed process whose clock at its first row is past the previous one's last row is
+    still a new process: its rows carry its start time. Old rows without it: a clock going back."""
+    from fewshot.runs import cumulative_seconds
+    rows = [{"step": 2, "elapsed_s": 5.0, "process_started": 100.0},
+            {"step": 4, "elapsed_s": 9.0, "process_started": 200.0},  # slower after the resume: 9 > 5
+            {"step": 6, "elapsed_s": 12.0, "process_started": 200.0}]
+    assert [(seconds, processes) for _, seconds, processes in cumulative_seconds(rows)] == \
+        [(5.0, 1), (14.0, 2), (17.0, 2)]
+    old = [{"step": 2, "elapsed_s": 5.0}, {"step": 4, "elapsed_s": 3.0}, {"step": 5, "loss": 1.0},
+           {"step": 6, "elapsed_s": 7.0}]
+    assert [(seconds, processes) for _, seconds, processes in cumulative_seconds(old)] == \
+        [(5.0, 1), (8.0, 2), (12.0, 2)]

@@ -166,7 +166,7 @@ def test_gradients_are_clipped_by_value_then_each_tensor_by_its_own_norm():
 
 def test_log_means_leave_out_non_finite_steps():
     """The trainer's log row (`_row`, of the values `_host` reads back from the step results)."""
-    row = lambda losses, metrics: _row(10, losses, metrics, 1.0, 1.0, 0.1, 2, 4, torch.device("cpu"))
+    row = lambda losses, metrics: _row(10, losses, metrics, 1.0, (1.0, 0.0), 0.1, 2, 4, torch.device("cpu"))
     logged = row([1.0, float("nan"), 3.0], [0.5, float("nan"), 0.7])
     assert (logged["loss"], logged["metric"], logged["nonfinite_steps"]) == (2.0, 0.6, 1)
     assert math.isnan(row([float("nan")], [float("nan")])["loss"])  # all non-finite: nan

@@ -128,6 +128,7 @@ class Loop:
         "stopped" is true and the checkpoint is saved), or what `one_step` returned."""
         signals = self.signals.install()
         self.started, reason = time.perf_counter(), None
+        self.started_at = round(time.time(), 3)  # names this process in its log rows (runs.cumulative_seconds)
         try:
             if start is not None:
                 with signals:

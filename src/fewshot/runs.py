@@ -210,15 +210,17 @@ def read_metrics(folder: str | Path, torn: list[int] | None = None) -> list[dict
 def cumulative_seconds(rows: list[dict]) -> list[tuple[dict, float, int]]:
     """Each metrics row with the training seconds up to it, over every process that wrote the
     run, and how many processes had run by then. Each process's clock (`elapsed_s`) starts at
-    0, so a clock that goes back marks a resume; a process's time after its last row is not
-    counted. Rows without a clock are left out."""
-    finished, current, processes, timed = 0.0, 0.0, 0, []
+    0; its rows carry the time it started (`process_started`), whose change marks a resume
+    (in rows from before that field, a clock that goes back marks it). A process's time after
+    its last row is not counted. Rows without a clock are left out."""
+    finished, current, started, processes, timed = 0.0, 0.0, None, 0, []
     for row in rows:
         if not isinstance(row.get("elapsed_s"), (int, float)):
             continue
-        if processes == 0 or row["elapsed_s"] < current:
+        mark = row.get("process_started")
+        if processes == 0 or (mark != started if mark is not None else row["elapsed_s"] < current):
             finished, processes = finished + current, processes + 1
-        current = row["elapsed_s"]
+        current, started = row["elapsed_s"], mark
         timed.append((row, finished + current, processes))
     return timed
 

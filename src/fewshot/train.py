@@ -334,8 +334,9 @@ class Trainer:
         elapsed = time.perf_counter() - carried.window_start  # after it: the device's work is done
         self.check_window(values[0::2])
         if self.leader:
-            row = _row(at, values[0::2], values[1::2], elapsed, time.perf_counter() - loop.started,
-                       self.optimizer.param_groups[0]["lr"], self.config.meta_batch,
+            clock = (time.perf_counter() - loop.started, loop.started_at)
+            row = _row(at, values[0::2], values[1::2], elapsed, clock, self.optimizer.param_groups[0]["lr"],
+                       self.config.meta_batch,
                        sum(t.images for t in tasks) * self.size, self.device, self.per_s)
             if validate_now:
                 val = evaluate(self.algorithm, self.val_sampler, self.config.val_tasks, device=self.device)
@@ -423,13 +424,14 @@ def _host(values):
     return [next(read) if isinstance(v, torch.Tensor) else float(v) for v in values]
 
 
-def _row(step, losses, metrics, elapsed, since_start, lr, meta_batch, inputs_per_step, device, per_s="images_per_s"):
-    """A metrics row; `per_s` names the inputs counted: images_per_s, or points_per_s for regression."""
+def _row(step, losses, metrics, elapsed, clock, lr, meta_batch, inputs_per_step, device, per_s="images_per_s"):
+    """A metrics row; `clock`: (seconds since this process started training, the wall-clock
+    time it started); `per_s` names the inputs counted: images_per_s, or points_per_s for regression."""
     steps = len(losses)
     row = {"step": step, "loss": _finite_mean(losses), "metric": _finite_mean(metrics),
            "nonfinite_steps": sum(not math.isfinite(v) for v in losses), "lr": lr,
            "sec_per_step": elapsed / steps, "tasks_per_s": meta_batch * steps / elapsed,
-           per_s: inputs_per_step * steps / elapsed, "elapsed_s": since_start,
+           per_s: inputs_per_step * steps / elapsed, "elapsed_s": clock[0], "process_started": clock[1],
            "peak_rss_mb": round(peak_rss_mb(), 1)}
     if device.type == "cuda":
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
