@@ -78,6 +78,22 @@ def test_learning_curves_say_after_how_many_inner_steps_each_figure_is_taken(tmp
     assert loss_axes.get_xlabel() == metric_axes.get_xlabel() == "meta-step"
 
 
+def test_a_pretraining_folders_curves_say_pretraining_and_nearest_prototype_validation(tmp_path, figures):
+    """`fewshot embed`'s folder (pretrain.pt, no config.yaml): its own words, not meta-training's."""
+    from fewshot.runs import MetricsLog
+    (tmp_path / "pretrain.pt").write_bytes(b"")
+    log = MetricsLog(tmp_path, 0)
+    log.write({"step": 100, "loss": 2.0, "metric": 0.3})
+    log.write({"step": 200, "loss": 1.5, "metric": 0.4, "val_metric": 0.33, "val_ci95": 0.01})
+    plot.plot_run(tmp_path)
+    loss_axes, metric_axes = figures[0].axes
+    assert legend_texts(loss_axes) == ["pretraining batch loss"]
+    assert legend_texts(metric_axes) == ["pretraining batch, every meta-train class",
+                                         "validation classes, nearest prototype (95% CI)"]
+    assert loss_axes.get_xlabel() == metric_axes.get_xlabel() == "pretraining step"
+    assert metric_axes.get_ylabel() == "accuracy"
+
+
 def test_protonet_curves_say_after_adaptation():
     config = load_preset("protonet-omniglot-5w1s")
     assert plot.after_steps(config, True) == plot.after_steps(config, False) == "after adaptation"

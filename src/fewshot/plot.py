@@ -98,24 +98,29 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else run / "curves.png"
     # the curves of a folder without its config.yaml still draw, with plainer labels
     config = read_config(run) if (run / "config.yaml").exists() else None
-    metric = family(config).metric_name if config else "metric"
+    pretraining = config is None and (run / "pretrain.pt").exists()  # `fewshot embed`'s folder
+    metric = family(config).metric_name if config else "accuracy" if pretraining else "metric"
+    step_label = "pretraining step" if pretraining else "meta-step"
     steps = [r["step"] for r in rows]
     val = [(r["step"], r["val_metric"], r["val_ci95"]) for r in rows if "val_metric" in r]
     figure, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(steps, [r.get("loss", math.nan) for r in rows], label="meta-train query loss")
-    ax_loss.set_xlabel("meta-step")
+    ax_loss.plot(steps, [r.get("loss", math.nan) for r in rows],
+                 label="pretraining batch loss" if pretraining else "meta-train query loss")
+    ax_loss.set_xlabel(step_label)
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.legend()
-    ax_metric.plot(steps, [r.get("metric", math.nan) for r in rows],
-                   label=f"meta-train query, {after_steps(config, True)}" if config else "meta-train query")
+    train_label = (f"meta-train query, {after_steps(config, True)}" if config else
+                   "pretraining batch, every meta-train class" if pretraining else "meta-train query")
+    ax_metric.plot(steps, [r.get("metric", math.nan) for r in rows], label=train_label)
     if not family(config).higher_is_better if config else False:
         ax_metric.set_yscale("log")
     if val:
         vs, vm, vc = zip(*val)
-        ax_metric.errorbar(vs, vm, yerr=vc, marker="o", ms=3, capsize=2,
-                           label=f"validation (95% CI), {after_steps(config, False)}" if config else "validation (95% CI)")
-    ax_metric.set_xlabel("meta-step")
+        val_label = (f"validation (95% CI), {after_steps(config, False)}" if config else
+                     "validation classes, nearest prototype (95% CI)" if pretraining else "validation (95% CI)")
+        ax_metric.errorbar(vs, vm, yerr=vc, marker="o", ms=3, capsize=2, label=val_label)
+    ax_metric.set_xlabel(step_label)
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
     figure.suptitle(f"{run.name} ({config.preset})" if config and config.preset else run.name)
