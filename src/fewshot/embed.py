@@ -319,7 +319,10 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
                 "signal": ended["signal"], "reason": ended["reason"]}
 
     embedded_step = step
-    if best["step"] is not None:  # the best weights by validation make the embeddings
+    if validates and best["step"] is not None:  # the best weights by validation make the embeddings
+        if not best_path.is_file():
+            raise FewshotError(f"{best_path}, the best weights by validation (pretraining step {best['step']}), is "
+                               f"missing; restore it, or pass --val-every 0 to embed the last weights")
         model.load_state_dict(checkpoint.load(best_path)["model"])
         embedded_step = best["step"]
     model.eval()

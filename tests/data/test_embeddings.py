@@ -2,6 +2,7 @@
 memory-mapped float cache, sampled unchanged, and the bad inputs refused with the file's name."""
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -388,6 +389,13 @@ def test_pretraining_validates_the_features_and_embeds_with_the_best_weights(tmp
     with open(tmp_path / "validated" / "center" / "val_embeddings.pkl", "rb") as f:
         np.testing.assert_allclose(pickle.load(f, encoding="latin1")["embeddings"], expected.numpy(), rtol=1e-5,
                                    atol=1e-6)
+    # without its best weights the folder says so; without validation it embeds the last weights
+    shutil.copytree(tmp_path / "validated", tmp_path / "lost", ignore=shutil.ignore_patterns("center", "embed.json"))
+    (tmp_path / "lost" / "pretrain-best.pt").unlink()
+    with pytest.raises(FewshotError, match=r"pretrain-best.pt, the best weights by validation \(pretraining step "
+                                           r"\d\), is missing; restore it, or pass --val-every 0"):
+        embed(config, tmp_path / "lost", val_every=2, **common)
+    assert embed(config, tmp_path / "lost", val_every=0, **common)["embedded_step"] == 6
     embed(config, tmp_path / "resumed", val_every=2, stop_after=3, **common)
     assert embed(config, tmp_path / "resumed", val_every=2, **common)["embedded_step"] == best_step
     assert [r.get("val_metric") for r in read_metrics(tmp_path / "resumed")] == \
