@@ -348,6 +348,24 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
             "embedded_step": embedded_step, "leo_presets": leo_presets(config.dataset, model.features_size)}
 
 
+def embedding_weights(folder: str | Path) -> Path | None:
+    """The checkpoint of the backbone weights that made the embeddings in `folder`
+    (`fewshot embed`'s --out, or a copy of its files): the one of pretrain-best.pt and
+    pretrain.pt whose step embed.json names (`embedded_step`); pretrain.pt for a folder from
+    before that record; None when the weights that made them are not there."""
+    folder = Path(folder)
+    try:
+        embedded = json.loads((folder / "embed.json").read_text()).get("embedded_step")
+    except (OSError, ValueError, AttributeError):  # no embed.json, or not one fewshot wrote
+        embedded = None
+    if embedded is None:
+        return folder / "pretrain.pt" if (folder / "pretrain.pt").is_file() else None
+    for name in ("pretrain-best.pt", "pretrain.pt"):
+        if (folder / name).is_file() and checkpoint.load(folder / name).get("step") == embedded:
+            return folder / name
+    return None
+
+
 def leo_presets(dataset: str, dim: int) -> dict:
     """The LEO presets made for `fewshot embed`'s files (those with an `image_preset`) that fit
     embeddings of `dim` features made from `dataset` images: {"presets": names, "set_dim":

@@ -23,7 +23,7 @@ from .errors import FewshotError
 
 # the files a run folder is made of (train.py, embed.py): an output of another kind must never replace them
 RUN_FILES = {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.csv", ".lock", "pretrain.pt",
-             "embed.json"}
+             "pretrain-best.pt", "embed.json"}
 # the files that mark a folder as a run (a training run, or fewshot embed's pretraining)
 RUN_MARKERS = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "pretrain.pt")
 DATASET_FILE = re.compile(r"^(index\.json|images-\d+\.npy|features-\d+\.npy|(train|val|test)_embeddings\.pkl)$")

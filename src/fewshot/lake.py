@@ -35,6 +35,7 @@ from .algorithms.base import Algorithm
 from .data.episodes import to_float
 from .data.images import read_dataset
 from .data.omniglot import decode_png
+from .embed import embedding_weights
 from .errors import FewshotError
 from .evaluate import confidence, load_algorithm, meta_test_steps, predict_alone, trained_run
 from .runs import local, recorded_data
@@ -135,17 +136,18 @@ def _read_run(files: _Files, root: str, name: str, size: int) -> LakeRun:
 
 
 def _leo_backbone(state: dict, device: torch.device):
-    """(image size, images -> embeddings) for a LEO run: the backbone `fewshot embed`
-    pretrained to make the run's embeddings (its folder's pretrain.pt), with the
-    preprocessing of the images it was pretrained on; a FewshotError if it is gone."""
+    """(image size, images -> embeddings) for a LEO run: the backbone weights `fewshot embed`
+    made the run's embeddings with (`embed.embedding_weights` of their folder), with the
+    preprocessing of the images it was pretrained on; a FewshotError if they are gone."""
     config = state["config"]
     where = Path(recorded_data(config, state.get("data_location")) or "")
     candidates = [where, where.parent, where.parent.parent]
-    pretrained = next((c / "pretrain.pt" for c in candidates if (c / "pretrain.pt").is_file()), None)
+    pretrained = next((found for found in map(embedding_weights, candidates) if found is not None), None)
     if pretrained is None:
         raise FewshotError(f"this LEO run learned on embeddings ({where}) and the image backbone that made them "
-                           f"(the pretrain.pt that `fewshot embed` writes beside them) is not there, so Lake's images "
-                           f"cannot be embedded; evaluate a run trained on images, or keep the embed folder whole")
+                           f"(the pretrain.pt or pretrain-best.pt that `fewshot embed` writes beside them, as its "
+                           f"embed.json names) is not there, so Lake's images cannot be embedded; evaluate a run "
+                           f"trained on images, or keep the embed folder whole")
     backbone_state = checkpoint.load(pretrained)
     backbone_config = backbone_state["config"]
     model = models.build(backbone_config).to(device)

@@ -389,6 +389,19 @@ def test_pretraining_validates_the_features_and_embeds_with_the_best_weights(tmp
     with open(tmp_path / "validated" / "center" / "val_embeddings.pkl", "rb") as f:
         np.testing.assert_allclose(pickle.load(f, encoding="latin1")["embeddings"], expected.numpy(), rtol=1e-5,
                                    atol=1e-6)
+    # the weights that made the files are the best ones, also in a copy of the files with embed.json
+    from fewshot.embed import embedding_weights
+    assert embedding_weights(tmp_path / "validated") == tmp_path / "validated" / "pretrain-best.pt"
+    assert embedding_weights(tmp_path / "plain") == tmp_path / "plain" / "pretrain.pt"
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("embed.json", "pretrain.pt"):
+        shutil.copy(tmp_path / "validated" / name, copy / name)
+    assert best_step < 6 and embedding_weights(copy) is None  # pretrain.pt alone holds later weights
+    shutil.copy(tmp_path / "validated" / "pretrain-best.pt", copy / "pretrain-best.pt")
+    assert embedding_weights(copy) == copy / "pretrain-best.pt"
+    (copy / "embed.json").write_text("[not what fewshot writes")
+    assert embedding_weights(copy) == copy / "pretrain.pt"  # read as a folder from before the record
     # without its best weights the folder says so; without validation it embeds the last weights
     shutil.copytree(tmp_path / "validated", tmp_path / "lost", ignore=shutil.ignore_patterns("center", "embed.json"))
     (tmp_path / "lost" / "pretrain-best.pt").unlink()
