@@ -9,13 +9,15 @@ import zipfile
 from pathlib import Path
 
 from fewshot import checkpoint, data
+from fewshot.config import eval_ways
 
 
 def main(target, zip_path, out, alphabet="Manipuri"):
     config = checkpoint.load(target)["config"]
     _, refs = data.load(config, progress=False)
-    chosen = sorted(cls.name for cls in refs["test"] if cls.name.startswith(alphabet + "/"))[:config.ways]
-    if len(chosen) < config.ways:
+    ways = eval_ways(config)  # a test task's ways (ProtoNets train on 60-way episodes)
+    chosen = sorted(cls.name for cls in refs["test"] if cls.name.startswith(alphabet + "/"))[:ways]
+    if len(chosen) < ways:
         sys.exit(f"only {len(chosen)} test-split characters of {alphabet}; pick another alphabet")
     out = Path(out)
     with zipfile.ZipFile(zip_path) as z:
