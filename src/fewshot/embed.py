@@ -341,7 +341,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
         for crop, embeddings in features.items():
             files.append(str(write_leo_pickles(out / crop, split, embeddings, split_labels, keys)))
     summary = {"dim": model.features_size, "pretrain_steps": step, "embedded_step": embedded_step,
-               "val_metric": best["metric"], "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
+               "val_metric": best["metric"] if embedded_step == best["step"] else None, "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
                "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
     write_text(out / "embed.json", json.dumps(summary, indent=1))
     return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files,
