@@ -20,7 +20,8 @@ from fewshot.data import omniglot
 from fewshot.data.episodes import to_float
 from fewshot.data.images import read_dataset
 from fewshot.errors import FewshotError
-from fewshot.lake import classify_run, evaluate_lake, model_inputs, read_runs
+from fewshot.inputs import image_inputs
+from fewshot.lake import classify_run, evaluate_lake, read_runs
 from fewshot.runs import read_metrics
 
 from helpers import one_error_line, run, tiny_config
@@ -114,9 +115,9 @@ def test_a_png_given_as_a_lake_item_becomes_the_tensor_the_importer_made_of_it(p
     config = tiny_config(image_size=size, split="maml", data=str(cache))
     sampler = data.sampler(config, dataset, omniglot.splits(dataset, "maml"), "train", seed=0)
     path = checkpoint_of(tmp_path, config, sampler.preprocessing)  # the preprocessing training records
-    side, inputs = model_inputs(checkpoint.load(path))
-    assert side == size and sampler.preprocessing["invert"]
-    run01 = read_runs(lake, side)[0]
+    inputs = image_inputs(checkpoint.load(path))
+    assert inputs.size == size and sampler.preprocessing["invert"]
+    run01 = read_runs(lake, inputs.size)[0]
     lake_x = inputs(np.stack(run01.training + run01.test)[:, None])
     # run01: Alpha's characters, training images by drawer 1, test images by drawer 2, in file order
     by_name = {(c.name, c.count): c for c in dataset.classes}
@@ -185,7 +186,7 @@ def test_every_algorithm_classifies_each_trial_on_its_own(pngs, lake, tmp_path, 
     network = algorithms.build(config)
     network.load_state_dict(state["algorithm"])
     network.eval()
-    _, inputs = model_inputs(state)
+    inputs = image_inputs(state)
     run01 = read_runs(lake, 16)[0]
     outputs = classify_run(network, inputs, run01)
     assert outputs.shape == (20, 20)
@@ -203,7 +204,7 @@ def test_the_transductive_batch_would_let_a_trial_see_the_others(pngs, lake, tmp
     network = algorithms.build(config)
     network.load_state_dict(state["algorithm"])
     network.eval()
-    _, inputs = model_inputs(state)
+    inputs = image_inputs(state)
     run01, run02 = read_runs(lake, 16)
     adapted = network.adapt(inputs(np.stack(run01.training)[:, None]), torch.arange(20))
     together = network.predict(adapted, inputs(np.stack(run01.test)[:, None]))[0]
@@ -358,8 +359,8 @@ def test_leo_sees_lake_images_as_its_embeddings_were_made(pngs, lake, tmp_path, 
                       embedding_dim=4, embedding_crop=crop, num_latents=4, ways=5, shots=1, query=1)
     model = checkpoint_of(tmp_path, leo, None)
     state = checkpoint.load(model)
-    size, inputs = model_inputs(state)
-    assert size == 16
+    inputs = image_inputs(state)
+    assert inputs.size == 16
     # the embedding of Alpha character01 drawer 1 as `fewshot embed` wrote it, against the Lake item
     dataset, refs = data.load(leo, progress=False)
     split = next(s for s in ("train", "val", "test") if any(r.name == "Alpha.character01" for r in refs[s]))

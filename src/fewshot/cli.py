@@ -215,18 +215,27 @@ def _at_steps(text):
 def cmd_embed(args: argparse.Namespace) -> int | None:
     if not args.out:
         raise FewshotError("give --out DIR, the folder for the embedding files")
-    args.preset = _image_counterpart(args.preset)
-    config = _config(args, model=args.backbone)  # the backbone is checked with the rest of the config
-    from .embed import check_out, embed
+    if (args.preset is None) == (args.from_model is None):
+        raise FewshotError("give an image preset to pretrain a backbone (`fewshot embed PRESET --out DIR`), or "
+                           "--from-model NAME to embed with a trained LEO model's backbone, not both")
+    from .embed import check_out, embed, embed_from
+    crops = tuple(c for c in args.crops.split(",") if c)
+    if args.preset is not None:
+        args.preset = _image_counterpart(args.preset)
+        config = _config(args, model=args.backbone)  # the backbone is checked with the rest of the config
     check_out(args.out)  # before the data is loaded
     device, line = _device(args)
     from .device import set_threads
     set_threads(args.threads)
     if line:
         print(line, flush=True)
-    result = embed(config, args.out, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
-                   device=device, progress=not args.no_progress, crops=tuple(c for c in args.crops.split(",") if c),
-                   time_limit=_minutes(args.time_limit), val_every=args.val_every)
+    if args.from_model is not None:
+        result = embed_from(args.from_model, args.out, args.data, crops=crops, device=device,
+                            progress=not args.no_progress)
+    else:
+        result = embed(config, args.out, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
+                       device=device, progress=not args.no_progress, crops=crops,
+                       time_limit=_minutes(args.time_limit), val_every=args.val_every)
     if result["stopped"]:
         why = f" (the time limit of {args.time_limit:g} minutes)" if result.get("reason") == "time_limit" else ""
         print(f"stopped at pretraining step {result['steps']}{why}, saved; run the same command again to continue",
@@ -238,6 +247,8 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
     others = f" (or {', '.join(presets[1:])})" if len(presets) > 1 else ""
     weights = (f" (the weights of pretraining step {result['embedded_step']}, the best by validation)"
                if result["embedded_step"] != result["steps"] else "")
+    if args.from_model is not None:
+        weights = f" with the image backbone of {args.from_model} (pretraining step {result['embedded_step']})"
     print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}{weights}; train "
           f"LEO on them with `fewshot train {presets[0]} --data {result['out']} --out RUN_DIR{dim}`{others}")
 
@@ -462,7 +473,10 @@ def parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "embed", cmd_embed, "pretrain a backbone on the meta-train classes, write LEO embedding files",
                  shared=["--data", "--set", "--device", "--threads", "--no-progress"])
-    s.add_argument("preset", help="an image preset: its dataset, split, image size and backbone")
+    s.add_argument("preset", nargs="?", help="an image preset: its dataset, split, image size and backbone")
+    s.add_argument("--from-model", metavar="NAME", help="no pretraining: embed with the image backbone of a "
+                   "trained LEO model (a shipped model's name, or a LEO run) the data it was pretrained on "
+                   "(or --data)")
     s.add_argument("--backbone", help="network to pretrain: a backbone with a head and batch norm, one that "
                    "reads them in `fewshot presets --keys` (default: the preset's conv4)")
     _shared(s, "--out", ": the folder for center/ and multiview/ {train,val,test}_embeddings.pkl")

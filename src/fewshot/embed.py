@@ -325,6 +325,20 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
                                f"missing; restore it, or pass --val-every 0 to embed the last weights")
         model.load_state_dict(checkpoint.load(best_path)["model"])
         embedded_step = best["step"]
+    files = write_embeddings(model, dataset, refs, preprocessing, out, crops, device, progress)
+    summary = {"dim": model.features_size, "pretrain_steps": step, "embedded_step": embedded_step,
+               "val_metric": best["metric"] if embedded_step == best["step"] else None, "options": options,
+               "classes": {s: len(refs[s]) for s in SPLITS},
+               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
+    write_text(out / "embed.json", json.dumps(summary, indent=1))
+    return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files,
+            "embedded_step": embedded_step, "leo_presets": leo_presets(config.dataset, model.features_size)}
+
+
+def write_embeddings(model: torch.nn.Module, dataset, refs: dict[str, list[ImageClass]], preprocessing: dict,
+                     out: Path, crops: Iterable[str], device: torch.device, progress: bool) -> list[str]:
+    """OUT/<crop>/<split>_embeddings.pkl of every image of every split through `model`
+    in evaluation mode (a split whose files are all there already is kept); their paths."""
     model.eval()
     params = dict(model.named_parameters())
     files = []
@@ -340,12 +354,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
         split_labels = np.array([c for _, _, c, _ in jobs], dtype=np.int64)
         for crop, embeddings in features.items():
             files.append(str(write_leo_pickles(out / crop, split, embeddings, split_labels, keys)))
-    summary = {"dim": model.features_size, "pretrain_steps": step, "embedded_step": embedded_step,
-               "val_metric": best["metric"] if embedded_step == best["step"] else None, "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
-               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
-    write_text(out / "embed.json", json.dumps(summary, indent=1))
-    return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files,
-            "embedded_step": embedded_step, "leo_presets": leo_presets(config.dataset, model.features_size)}
+    return files
 
 
 def embedding_weights(folder: str | Path) -> Path | None:
@@ -382,3 +391,52 @@ def leo_presets(dataset: str, dim: int) -> dict:
     best = max((fit(config) for _, config in made_here), default=None)
     return {"presets": [name for name, config in made_here if fit(config) == best],
             "set_dim": best is not None and not best[0]}
+
+
+def embed_from(target: str | Path, out: str | Path, data_spec: str | None = None, crops: tuple[str, ...] = CROPS,
+               device: str | None = "cpu", progress: bool = True) -> dict:
+    """The embedding files of a trained model of embeddings' own image backbone (a shipped
+    LEO model's, by name, or a LEO run's; `inputs.backbone_of`), with no pretraining:
+    every image of `data_spec` (default: the data the backbone was pretrained on) through
+    the split and conversion it was pretrained with. OUT then holds what `fewshot embed`
+    writes with those weights (the files, the backbone as pretrain-best.pt, embed.json),
+    so that a LEO run trained on them reads images too. Returns as `embed` does."""
+    from .config import complete
+    from .inputs import backbone_network, backbone_of, trained_on_embeddings
+    unknown = sorted(set(crops) - set(CROPS))
+    if unknown or not crops:
+        raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
+    state = checkpoint.load(target, run=True)
+    if not trained_on_embeddings(state):
+        raise FewshotError(f"{target} is a model of images ({state['config'].preset}), with no image backbone to "
+                           f"embed with; give a shipped LEO model (`fewshot models`) or a LEO run")
+    backbone = backbone_of(state)
+    config = complete(backbone["config"])
+    if data_spec is not None:
+        config = config.unchecked_replace(data=data_spec)
+    out = Path(out)
+    check_out(out)
+    device = choose_device(device)[0]
+    dataset, refs = data.load(config, progress)
+    made = data.preprocessing(dataset, config)
+    if any(made[key] != backbone["preprocessing"][key] for key in ("dataset", "invert", "size", "channels", "mean",
+                                                                    "std")):
+        raise FewshotError(f"{config.data} is not the image dataset the backbone of {target} was pretrained on (its "
+                           f"kind, side or pixel statistics differ); give --data the dataset it names "
+                           f"({complete(backbone['config']).data})")
+    out.mkdir(parents=True, exist_ok=True)
+    model = backbone_network(backbone, device)
+    files = write_embeddings(model, dataset, refs, backbone["preprocessing"], out, crops, device, progress)
+    options = {"preset": config.preset, "data": portable(Path(dataset.root).resolve()), "split": config.split,
+               "model": config.model, "widths": config.widths, "filters": config.filters,
+               "downsample": config.downsample, "image_size": config.image_size, "seed": config.seed,
+               "from_model": str(target)}
+    checkpoint.save(out / "pretrain-best.pt", model=backbone["model"], step=backbone["step"], options=options,
+                    config=config)
+    summary = {"dim": model.features_size, "pretrain_steps": backbone["step"], "embedded_step": backbone["step"],
+               "val_metric": None, "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
+               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
+    write_text(out / "embed.json", json.dumps(summary, indent=1))
+    return {"out": str(out), "steps": backbone["step"], "stopped": False, "dim": model.features_size,
+            "files": files, "embedded_step": backbone["step"],
+            "leo_presets": leo_presets(config.dataset, model.features_size)}

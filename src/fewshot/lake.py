@@ -16,13 +16,13 @@ statistics would otherwise let it see the other test images (`evaluate.predict_a
 Every PNG is converted exactly as the run's training images were: the Omniglot
 importer's decoder (`data.omniglot.decode_png`) at the run's image size, then the
 run's own preprocessing (ink polarity, channels, normalisation: `to_float`). A LEO
-run, which learned on embeddings, sees the images through the backbone `fewshot
-embed` pretrained to make its embeddings, where that backbone is still there.
+model, which learned on embeddings, sees the images through the backbone that made
+them (`inputs.image_inputs`): the one a shipped LEO model carries, or the one `fewshot
+embed` left beside a run's embeddings.
 """
 import re
 import zipfile
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +30,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, data, models, precision
+from . import checkpoint, precision
 from .algorithms.base import Algorithm
-from .data.episodes import to_float
-from .data.images import read_dataset
 from .data.omniglot import decode_png
-from .embed import embedding_weights
 from .errors import FewshotError
 from .evaluate import confidence, load_algorithm, meta_test_steps, predict_alone, trained_run
-from .runs import local, recorded_data
+from .inputs import ImageInputs, image_inputs
 
 LABELS = "class_labels.txt"
 WAYS = 20  # training images (characters) per published run, and test items
@@ -135,54 +132,7 @@ def _read_run(files: _Files, root: str, name: str, size: int) -> LakeRun:
                    [answers[i] for i in order])
 
 
-def _leo_backbone(state: dict, device: torch.device):
-    """(image size, images -> embeddings) for a LEO run: the backbone weights `fewshot embed`
-    made the run's embeddings with (`embed.embedding_weights` of their folder), with the
-    preprocessing of the images it was pretrained on; a FewshotError if they are gone."""
-    config = state["config"]
-    where = Path(recorded_data(config, state.get("data_location")) or "")
-    candidates = [where, where.parent, where.parent.parent]
-    pretrained = next((found for found in map(embedding_weights, candidates) if found is not None), None)
-    if pretrained is None:
-        raise FewshotError(f"this LEO run learned on embeddings ({where}) and the image backbone that made them "
-                           f"(the pretrain.pt or pretrain-best.pt that `fewshot embed` writes beside them, as its "
-                           f"embed.json names) is not there, so Lake's images cannot be embedded; evaluate a run "
-                           f"trained on images, or keep the embed folder whole")
-    backbone_state = checkpoint.load(pretrained)
-    backbone_config = backbone_state["config"]
-    model = models.build(backbone_config).to(device)
-    model.load_state_dict(backbone_state["model"])
-    model.eval()
-    images = read_dataset(local(backbone_state["options"]["data"]), backbone_config.image_size)  # its conversion
-    preprocessing = data.preprocessing(images, backbone_config)
-    params = dict(model.named_parameters())
-    if model.features_size != config.embedding_dim:
-        raise FewshotError(f"{pretrained} makes {model.features_size}-d embeddings, but this LEO run reads "
-                           f"{config.embedding_dim}-d ones; it is not the backbone of this run's embeddings")
-
-    @torch.no_grad()
-    def embed(pixels: np.ndarray) -> torch.Tensor:
-        from .embed import crop_features  # as `fewshot embed` wrote the run's embeddings
-        return crop_features(model, params, to_float(pixels, preprocessing).to(device), config.embedding_crop)
-
-    return backbone_config.image_size, embed
-
-
-def model_inputs(state: dict, device: str | torch.device = "cpu") -> tuple[int, Callable[[np.ndarray], torch.Tensor]]:
-    """(image side, uint8 pixels N x 1 x side x side -> the run's input): the conversion its
-    training images went through (`to_float` with the checkpoint's preprocessing), or for a
-    LEO run the embeddings of its backbone (`_leo_backbone`)."""
-    device = torch.device(device)
-    if state["config"].algorithm == "leo":
-        return _leo_backbone(state, device)
-    preprocessing = state.get("preprocessing")
-    if preprocessing is None:
-        raise FewshotError(f"this run ({state['config'].preset}) was not trained on images; Lake's runs need a "
-                           f"model of images")
-    return preprocessing["size"], lambda pixels: to_float(pixels, preprocessing).to(device)
-
-
-def classify_run(algorithm: Algorithm, inputs: Callable[[np.ndarray], torch.Tensor], run: LakeRun,
+def classify_run(algorithm: Algorithm, inputs: ImageInputs, run: LakeRun,
                  steps: int | None = None, lr: float | None = None) -> torch.Tensor:
     """The outputs (test image x training image) of one run: adapted once on the training
     images as a 20-way 1-shot support set, each test image classified on its own."""
@@ -206,8 +156,8 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
         raise FewshotError(f"{target} is a {config.algorithm} network with a fixed {config.ways}-way output layer, "
                            f"and a Lake trial is {WAYS}-way; train a {WAYS}-way model instead (e.g. `fewshot train "
                            f"lake-anil`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
-    size, inputs = model_inputs(state, device)
-    runs = read_runs(lake, size)
+    inputs = image_inputs(state, device)
+    runs = read_runs(lake, inputs.size)
     steps = meta_test_steps(algorithm, config)
     results, errors = [], []
     with precision.configured(config.precision, device):
@@ -236,4 +186,4 @@ def describe_lake(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LakeRun", "PUBLISHED", "classify_run", "describe_lake", "evaluate_lake", "model_inputs", "read_runs"]
+__all__ = ["LakeRun", "PUBLISHED", "classify_run", "describe_lake", "evaluate_lake", "read_runs"]

@@ -24,11 +24,11 @@ import torch
 
 from . import checkpoint, precision
 from .config import meta_test
-from .data.episodes import to_float
 from .data.folder import image_files, load_image
 from .device import choose_device
 from .errors import FewshotError, whole_number
 from .evaluate import load_algorithm, predict_alone
+from .inputs import ImageInputs, image_inputs
 
 
 class Learner:
@@ -40,14 +40,16 @@ class Learner:
         self.device = device if isinstance(device, torch.device) else choose_device(device)[0]
         self.algorithm = load_algorithm(state, self.device).eval()
         self.step = state["step"]
+        self.state = state
+        self._inputs: ImageInputs | None = None
 
     def images(self, paths: list[str | Path]) -> torch.Tensor:
-        """Image files -> the model's input, converted as at training time."""
-        if self.preprocessing is None:
-            raise FewshotError("this checkpoint was not trained on images; pass tensors to adapt() and predict()")
-        size, channels = self.preprocessing["size"], self.preprocessing["channels"]
-        pixels = np.stack([load_image(p, size, channels) for p in paths])
-        return to_float(pixels, self.preprocessing).to(self.device)
+        """Image files -> the model's input, converted as at training time (for a LEO
+        model: the embeddings of its image backbone, `inputs.image_inputs`)."""
+        if self._inputs is None:
+            self._inputs = image_inputs(self.state, self.device)
+        pixels = np.stack([load_image(p, self._inputs.size, self._inputs.channels) for p in paths])
+        return self._inputs(pixels)
 
     def adapt(self, support: str | Path | torch.Tensor, labels: torch.Tensor | None = None,
               classes: list[str] | None = None, steps: int | None = None, lr: float | None = None) -> "Adapted":

@@ -11,7 +11,8 @@ predict NAME`, `fewshot train PRESET --init NAME`, `fewshot.load(NAME)`):
 A weights file is a fewshot checkpoint without the meta-training state: the config, the
 algorithm's state (network weights, batch-norm statistics, learned inner rates, and
 Reptile's inner Adam moments, which its adaptation reads), the step and the input
-preprocessing; no meta-optimizer, schedule, RNG state or path of the training machine.
+preprocessing, and for a model of embeddings (LEO) the image backbone that made them
+(inputs.py), so that it reads images; no meta-optimizer, schedule, RNG state or path of the training machine.
 
 `FEWSHOT_PRETRAINED=DIR` reads and writes another folder instead (tests, a private
 collection). `ship()` (scripts/ship_model.py) turns a trained run into a shipped model.
@@ -83,6 +84,7 @@ class Card:
     eval_command: str
     ship_command: str
     notes: str  # why a cell differs from its paper (steps short of the schedule, ...), or ""
+    backbone: str  # a model of embeddings (LEO): the image backbone its weights file carries; else ""
     shipped: str  # date, YYYY-MM-DD
     fewshot_version: str
     torch_version: str
@@ -227,6 +229,7 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
     from .config import load_preset
     from .evaluate import evaluate_checkpoint
     from .files import atomic_path, write_text
+    from .inputs import backbone_of, describe_backbone, trained_on_embeddings
     from .runs import read_metrics
     where = folder() if where is None else Path(where)
     if not NAME.fullmatch(name):
@@ -262,9 +265,11 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
     # init: the weights already hold it, and its path is of the machine that trained
     shipped_config = trained_config.replace(init=None, **evaluation)
     buffer = io.BytesIO()
+    # a model of embeddings carries the backbone that made them, so that it reads images (inputs.py)
+    backbone = backbone_of(state) if trained_on_embeddings(state) else None
     torch.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "config": shipped_config.to_dict(),
                 "algorithm": state["algorithm"], "step": state["step"],
-                "preprocessing": state.get("preprocessing")}, buffer)
+                "preprocessing": state.get("preprocessing"), **({"backbone": backbone} if backbone else {})}, buffer)
     weights = buffer.getvalue()
     replaced = sum((where / n).stat().st_size for n in (f"{name}.pt", f"{name}.yaml") if (where / n).is_file())
     if folder_bytes(where) - replaced + len(weights) > TOTAL_LIMIT_BYTES:
@@ -293,7 +298,8 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         train_commands=train_commands or rebuilt_commands(trained_config, config.init, run_folder, processes),
         eval_command=f"fewshot eval {name} --device cpu",
         ship_command=ship_command or shlex.join(["python", "scripts/ship_model.py", relative_path(run), name]),
-        notes=notes, shipped=date.today().isoformat(), fewshot_version=_version(), torch_version=str(torch.__version__),
+        notes=notes, backbone=describe_backbone(backbone) if backbone else "", shipped=date.today().isoformat(),
+        fewshot_version=_version(), torch_version=str(torch.__version__),
         validation_curve=curve)
     with atomic_path(where / made.weights) as tmp:
         Path(tmp).write_bytes(weights)
@@ -417,6 +423,8 @@ def card_lines(card: Card, where: Path | None = None) -> list[str]:
              + (f": DAMAGED, {problem}" if problem else ""),
              *[f"  trained with: {command}" for command in card.train_commands],
              f"  reproduce: {card.eval_command}"]
+    if card.backbone:
+        lines.append(f"  backbone: {card.backbone}")
     if card.notes:
         lines.append(f"  note: {card.notes}")
     return lines

@@ -54,7 +54,8 @@ def resolve(config: Config, progress: bool = True) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
         named = home() / str(spec)
-        if not is_prepared(named):
+        # a folder of embedding files (`fewshot embed --out`) is named as it is, not prepared
+        if not is_prepared(named) and not (wanted.features and named.is_dir()):
             raise FewshotError(f"data {spec!r} is neither a folder nor a dataset prepared under {home()}; "
                                f"check the path, or prepare it with `fewshot data {wanted.name} --from PATH`")
         path = named
