@@ -1,5 +1,7 @@
 """Small synthetic datasets, configs and CLI helpers shared by the tests."""
 import contextlib
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
@@ -136,3 +138,30 @@ def configure_as_on_cuda(monkeypatch, flags):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name):
+    """scripts/NAME.py as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def shipping_workplace(base):
+    """Where a test trains and ships a model: FEWSHOT_HOME = base/home holding a tagged
+    dataset named `tagged` (80 classes), the shipped models' folder base/models, the
+    working folder base; yields FEWSHOT_HOME."""
+    import pytest
+    from fewshot import zoo
+    home = base / "home"
+    tagged_dataset(home / "tagged", classes=80)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEWSHOT_HOME", str(home))
+        patch.setenv(zoo.FOLDER_VARIABLE, str(base / "models"))
+        patch.chdir(base)
+        yield home

@@ -2,8 +2,6 @@
 embeddings, reads images through the backbone that made them: beside a run's
 embeddings, or carried in a shipped model's weights file; and `fewshot embed
 --from-model` makes the same embedding files again from a shipped model's backbone."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,17 +17,9 @@ from fewshot.errors import FewshotError
 from fewshot.inputs import image_inputs
 from fewshot.train import train
 
-from helpers import one_error_line, run, tagged_dataset, tiny_config
+from helpers import one_error_line, run, script, shipping_workplace, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-leo"
-
-
-def ship_model_script():
-    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +28,14 @@ def leo(tmp_path_factory):
     user's cache), a LEO run trained on its embeddings, and that run shipped: (base
     folder, FEWSHOT_HOME, models folder, card)."""
     base = tmp_path_factory.mktemp("inputs")
-    home = base / "home"
-    tagged_dataset(home / "tagged", classes=80)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FEWSHOT_HOME", str(home))
-        patch.setenv(zoo.FOLDER_VARIABLE, str(base / "models"))
-        patch.chdir(base)
+    with shipping_workplace(base) as home:
         embed(tiny_config(data="tagged", filters=16), home / "emb", steps=4, batch_size=8, progress=False,
               crops=("center",), val_every=2)
         config = load_preset("leo-miniimagenet-conv4-5w1s").unchecked_replace(
             data="emb", embedding_dim=16, query=1, meta_batch=2, steps=4, log_every=2, val_every=2, val_tasks=3, save_every=2,
             eval_tasks=5)
         train(config, "leo-run", progress=False)
-        assert ship_model_script().main(["leo-run", NAME, "--machine", "the test machine", "--no-progress",
+        assert script("ship_model").main(["leo-run", NAME, "--machine", "the test machine", "--no-progress",
                                           "--paper", "61.76 +- 0.08%", "--source", "Rusu et al. 2019"]) == 0
         card = zoo.card(NAME)
     return base, home, base / "models", card

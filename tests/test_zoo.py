@@ -4,14 +4,12 @@ package's own folder: its size, its cards, the wheel that carries it, and the ta
 docs/results.md made from its cards."""
 import hashlib
 import os
-import importlib.util
 import json
 import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,18 +24,9 @@ from fewshot.errors import FewshotError
 from fewshot.evaluate import evaluate_checkpoint
 from fewshot.train import initial_weights, train
 
-from helpers import one_error_line, run, tagged_dataset, tiny_config
+from helpers import ROOT, one_error_line, run, script, shipping_workplace, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-omniglot"
-
-
-def script(name):
-    """scripts/NAME.py as a module (the scripts folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +35,7 @@ def shipped(tmp_path_factory):
     FEWSHOT_HOME, trained in two processes (stopped at step 2, resumed to 4), shipped
     into its own folder: (folder of models, run folder, card, FEWSHOT_HOME)."""
     base = tmp_path_factory.mktemp("zoo")
-    home = base / "home"
-    tagged_dataset(home / "tagged", classes=80)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FEWSHOT_HOME", str(home))
-        patch.setenv(zoo.FOLDER_VARIABLE, str(base / "models"))
-        patch.chdir(base)
+    with shipping_workplace(base) as home:
         config = tiny_config(preset="omniglot-5w1s", description=load_preset("omniglot-5w1s").description,
                              data="tagged", steps=4, bn_scale=load_preset("omniglot-5w1s").bn_scale)
         train(config, "run", progress=False, stop_after=2)
