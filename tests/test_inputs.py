@@ -141,3 +141,10 @@ def test_fewshot_embed_from_a_model_refuses_what_it_cannot_use(using, capsys, tm
     code, _, err = run(capsys, "embed", "--from-model", tmp_path / "image-run", "--out", tmp_path / "z")
     assert code == 2 and "a model of images" in one_error_line(err)
     assert not any((tmp_path / name).exists() for name in ("x", "y", "z"))
+
+
+def test_a_shipped_leo_model_without_its_embeddings_says_how_to_make_them(using, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_HOME", str(tmp_path))
+    code, _, err = run(capsys, "eval", NAME)
+    line = one_error_line(err)
+    assert code == 2 and f"fewshot embed --from-model MODEL --out {tmp_path / 'emb'}" in line

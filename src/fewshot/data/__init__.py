@@ -56,8 +56,11 @@ def resolve(config: Config, progress: bool = True) -> Path:
         named = home() / str(spec)
         # a folder of embedding files (`fewshot embed --out`) is named as it is, not prepared
         if not is_prepared(named) and not (wanted.features and named.is_dir()):
+            make = (f"make the embedding files there with `fewshot embed PRESET --data IMAGES --out {named}` (for a "
+                    f"shipped LEO model: `fewshot embed --from-model MODEL --out {named}`)" if wanted.features else
+                    f"prepare it with `fewshot data {wanted.name} --from PATH`")
             raise FewshotError(f"data {spec!r} is neither a folder nor a dataset prepared under {home()}; "
-                               f"check the path, or prepare it with `fewshot data {wanted.name} --from PATH`")
+                               f"check the path, or {make}")
         path = named
     path = wanted.locate(path, config)
     if is_prepared(path):
