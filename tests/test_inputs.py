@@ -148,3 +148,17 @@ def test_a_shipped_leo_model_without_its_embeddings_says_how_to_make_them(using,
     code, _, err = run(capsys, "eval", NAME)
     line = one_error_line(err)
     assert code == 2 and f"fewshot embed --from-model MODEL --out {tmp_path / 'emb'}" in line
+
+
+def test_a_leo_run_finds_its_backbone_by_the_data_it_names(using, tmp_path, monkeypatch):
+    """Beside embeddings named as a user names them: ~/..., or a name under FEWSHOT_HOME."""
+    import shutil
+    base, home, models, card = using
+    state = checkpoint.load(base / "leo-run", run=True)
+    x = pixels()
+    expected = image_inputs(state)(x)
+    shutil.copytree(home / "emb", tmp_path / "user" / "emb")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    for named in ("~/emb", "emb"):
+        moved = dict(state, config=state["config"].unchecked_replace(data=named), data_location=None)
+        torch.testing.assert_close(image_inputs(moved)(x), expected, rtol=0, atol=0)

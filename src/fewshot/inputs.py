@@ -44,11 +44,14 @@ def backbone_of(state: dict) -> dict:
     FewshotError if neither is there."""
     if state.get("backbone") is not None:
         return state["backbone"]
-    from .data.images import read_dataset
+    from .data.images import home, read_dataset
     from .embed import embedding_weights
     from .runs import local, recorded_data
     config = state["config"]
-    where = Path(recorded_data(config, state.get("data_location")) or "")
+    spec = recorded_data(config, state.get("data_location")) or ""
+    where = Path(spec).expanduser()
+    if not where.exists():  # a name under FEWSHOT_HOME
+        where = home() / spec
     candidates = [where, where.parent, where.parent.parent]  # --data may name the crop's folder or a dataset's
     pretrained = next((found for found in map(embedding_weights, candidates) if found is not None), None)
     if pretrained is None:
