@@ -326,11 +326,8 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
         model.load_state_dict(checkpoint.load(best_path)["model"])
         embedded_step = best["step"]
     files = write_embeddings(model, dataset, refs, preprocessing, out, crops, device, progress)
-    summary = {"dim": model.features_size, "pretrain_steps": step, "embedded_step": embedded_step,
-               "val_metric": best["metric"] if embedded_step == best["step"] else None, "options": options,
-               "classes": {s: len(refs[s]) for s in SPLITS},
-               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
-    write_text(out / "embed.json", json.dumps(summary, indent=1))
+    write_summary(out, model.features_size, step, embedded_step,
+                  best["metric"] if embedded_step == best["step"] else None, options, refs)
     return {"out": str(out), "steps": step, "stopped": False, "dim": model.features_size, "files": files,
             "embedded_step": embedded_step, "leo_presets": leo_presets(config.dataset, model.features_size)}
 
@@ -355,6 +352,15 @@ def write_embeddings(model: torch.nn.Module, dataset, refs: dict[str, list[Image
         for crop, embeddings in features.items():
             files.append(str(write_leo_pickles(out / crop, split, embeddings, split_labels, keys)))
     return files
+
+
+def write_summary(out: Path, dim: int, pretrain_steps: int, embedded_step: int, val_metric: float | None,
+                  options: dict, refs: dict[str, list[ImageClass]]) -> None:
+    """OUT/embed.json: what made the embedding files (`embedding_weights` reads it)."""
+    summary = {"dim": dim, "pretrain_steps": pretrain_steps, "embedded_step": embedded_step, "val_metric": val_metric,
+               "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
+               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
+    write_text(out / "embed.json", json.dumps(summary, indent=1))
 
 
 def embedding_weights(folder: str | Path) -> Path | None:
@@ -433,10 +439,7 @@ def embed_from(target: str | Path, out: str | Path, data_spec: str | None = None
                "from_model": str(target)}
     checkpoint.save(out / "pretrain-best.pt", model=backbone["model"], step=backbone["step"], options=options,
                     config=config)
-    summary = {"dim": model.features_size, "pretrain_steps": backbone["step"], "embedded_step": backbone["step"],
-               "val_metric": None, "options": options, "classes": {s: len(refs[s]) for s in SPLITS},
-               "crops": [c for c in CROPS if all((out / c / file_name(s)).is_file() for s in SPLITS)]}
-    write_text(out / "embed.json", json.dumps(summary, indent=1))
+    write_summary(out, model.features_size, backbone["step"], backbone["step"], None, options, refs)
     return {"out": str(out), "steps": backbone["step"], "stopped": False, "dim": model.features_size,
             "files": files, "embedded_step": backbone["step"],
             "leo_presets": leo_presets(config.dataset, model.features_size)}

@@ -12,7 +12,8 @@ A weights file is a fewshot checkpoint without the meta-training state: the conf
 algorithm's state (network weights, batch-norm statistics, learned inner rates, and
 Reptile's inner Adam moments, which its adaptation reads), the step and the input
 preprocessing, and for a model of embeddings (LEO) the image backbone that made them
-(inputs.py), so that it reads images; no meta-optimizer, schedule, RNG state or path of the training machine.
+(inputs.py), so that it reads images; no meta-optimizer, schedule, RNG state or path of
+the training machine.
 
 `FEWSHOT_PRETRAINED=DIR` reads and writes another folder instead (tests, a private
 collection). `ship()` (scripts/ship_model.py) turns a trained run into a shipped model.
