@@ -245,10 +245,12 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
     presets = leo["presets"] or ["LEO_PRESET"]
     dim = f" --set embedding_dim={result['dim']}" if leo["set_dim"] else ""
     others = f" (or {', '.join(presets[1:])})" if len(presets) > 1 else ""
-    weights = (f" (the weights of pretraining step {result['embedded_step']}, the best by validation)"
-               if result["embedded_step"] != result["steps"] else "")
     if args.from_model is not None:
         weights = f" with the image backbone of {args.from_model} (pretraining step {result['embedded_step']})"
+    elif result["embedded_step"] != result["steps"]:
+        weights = f" (the weights of pretraining step {result['embedded_step']}, the best by validation)"
+    else:
+        weights = ""
     print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}{weights}; train "
           f"LEO on them with `fewshot train {presets[0]} --data {result['out']} --out RUN_DIR{dim}`{others}")
 

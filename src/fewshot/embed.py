@@ -172,6 +172,20 @@ def _pixels(dataset, rows, rotations):
     return pixels
 
 
+def check_crops(crops: tuple[str, ...]) -> None:
+    unknown = sorted(set(crops) - set(CROPS))
+    if unknown or not crops:
+        raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
+
+
+def backbone_options(config: Config, dataset) -> dict:
+    """What a backbone's files record of how it was made (the pretraining's own settings
+    are added by `_embed`): its preset, images, split and network."""
+    return {"preset": config.preset, "data": portable(Path(dataset.root).resolve()), "split": config.split,
+            "model": config.model, "widths": config.widths, "filters": config.filters,
+            "downsample": config.downsample, "image_size": config.image_size, "seed": config.seed}
+
+
 def pretrainable() -> list[str]:
     """The backbones `fewshot embed` can pretrain."""
     return [name for name in models.BACKBONES.names() if PRETRAINING_KEYS <= models.BACKBONES.get(name).reads]
@@ -202,9 +216,7 @@ def embed(config: Config, out: str | Path, steps: int = 2000, batch_size: int = 
 
 def _embed(config, out, steps, batch_size, lr, save_every, device, progress, stop_after, crops, time_limit,
            val_every):
-    unknown = sorted(set(crops) - set(CROPS))
-    if unknown or not crops:
-        raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
+    check_crops(crops)
     if data.kind(config.dataset).generated or data.kind(config.dataset).features:
         raise FewshotError(f"fewshot embed needs an image dataset; the preset's dataset is {config.dataset!r}")
     if config.model not in pretrainable():
@@ -224,10 +236,7 @@ def _embed(config, out, steps, batch_size, lr, save_every, device, progress, sto
     validates = val_every > 0 and steps >= val_every
     if validates:
         check_validation(refs["val"], *task_shape)
-    options = {"preset": config.preset, "data": portable(Path(dataset.root).resolve()), "split": config.split,
-               "batch_size": batch_size, "lr": lr, "model": config.model, "widths": config.widths,
-               "filters": config.filters,
-               "downsample": config.downsample, "image_size": config.image_size, "seed": config.seed}
+    options = {**backbone_options(config, dataset), "batch_size": batch_size, "lr": lr}
     backbone_config = config.unchecked_replace(ways=len(train_refs), head=True, batch_norm="inductive",
                                                per_step_bn=False)
     torch.manual_seed(config.seed)
@@ -409,17 +418,14 @@ def embed_from(target: str | Path, out: str | Path, data_spec: str | None = None
     so that a LEO run trained on them reads images too. Returns as `embed` does."""
     from .config import complete
     from .inputs import backbone_network, backbone_of, trained_on_embeddings
-    unknown = sorted(set(crops) - set(CROPS))
-    if unknown or not crops:
-        raise FewshotError(f"--crops takes {' and/or '.join(CROPS)}, got {', '.join(crops) or 'nothing'}")
+    check_crops(crops)
     state = checkpoint.load(target, run=True)
     if not trained_on_embeddings(state):
         raise FewshotError(f"{target} is a model of images ({state['config'].preset}), with no image backbone to "
                            f"embed with; give a shipped LEO model (`fewshot models`) or a LEO run")
     backbone = backbone_of(state)
-    config = complete(backbone["config"])
-    if data_spec is not None:
-        config = config.unchecked_replace(data=data_spec)
+    pretrained_config = complete(backbone["config"])
+    config = pretrained_config if data_spec is None else pretrained_config.unchecked_replace(data=data_spec)
     out = Path(out)
     check_out(out)
     device = choose_device(device)[0]
@@ -429,14 +435,11 @@ def embed_from(target: str | Path, out: str | Path, data_spec: str | None = None
                                                                     "std")):
         raise FewshotError(f"{config.data} is not the image dataset the backbone of {target} was pretrained on (its "
                            f"kind, side or pixel statistics differ); give --data the dataset it names "
-                           f"({complete(backbone['config']).data})")
+                           f"({pretrained_config.data})")
     out.mkdir(parents=True, exist_ok=True)
     model = backbone_network(backbone, device)
     files = write_embeddings(model, dataset, refs, backbone["preprocessing"], out, crops, device, progress)
-    options = {"preset": config.preset, "data": portable(Path(dataset.root).resolve()), "split": config.split,
-               "model": config.model, "widths": config.widths, "filters": config.filters,
-               "downsample": config.downsample, "image_size": config.image_size, "seed": config.seed,
-               "from_model": str(target)}
+    options = {**backbone_options(config, dataset), "from_model": str(target)}
     checkpoint.save(out / "pretrain-best.pt", model=backbone["model"], step=backbone["step"], options=options,
                     config=config)
     write_summary(out, model.features_size, backbone["step"], backbone["step"], None, options, refs)
