@@ -140,7 +140,14 @@ def test_fewshot_embed_from_a_model_refuses_what_it_cannot_use(using, capsys, tm
     train(image_run, tmp_path / "image-run", progress=False)
     code, _, err = run(capsys, "embed", "--from-model", tmp_path / "image-run", "--out", tmp_path / "z")
     assert code == 2 and "a model of images" in one_error_line(err)
-    assert not any((tmp_path / name).exists() for name in ("x", "y", "z"))
+    # pretraining's options have nothing to set when the backbone is already trained
+    code, _, err = run(capsys, "embed", "--from-model", NAME, "--pretrain-steps", "10", "--out", tmp_path / "w")
+    line = one_error_line(err)
+    assert code == 2 and "--pretrain-steps sets pretraining" in line and "drop it" in line
+    code, _, err = run(capsys, "embed", "--from-model", NAME, "--set", "filters=8", "--backbone", "conv4",
+                       "--lr", "0.1", "--out", tmp_path / "w")
+    assert code == 2 and "--set, --backbone, --lr set pretraining" in one_error_line(err)
+    assert not any((tmp_path / name).exists() for name in ("w", "x", "y", "z"))
 
 
 def test_a_shipped_leo_model_without_its_embeddings_says_how_to_make_them(using, tmp_path, capsys, monkeypatch):

@@ -218,6 +218,12 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
     if (args.preset is None) == (args.from_model is None):
         raise FewshotError("give an image preset to pretrain a backbone (`fewshot embed PRESET --out DIR`), or "
                            "--from-model NAME to embed with a trained LEO model's backbone, not both")
+    if args.from_model is not None:
+        given = [flag for flag, value in _pretraining_options(args) if value is not None]
+        if given:
+            raise FewshotError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} pretraining, and --from-model "
+                               f"does none: it embeds with {args.from_model}'s trained backbone as it is; drop "
+                               f"{'it' if len(given) == 1 else 'them'}, or pretrain anew with `fewshot embed PRESET`")
     from .embed import check_out, embed, embed_from
     crops = tuple(c for c in args.crops.split(",") if c)
     if args.preset is not None:
@@ -233,9 +239,10 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
         result = embed_from(args.from_model, args.out, args.data, crops=crops, device=device,
                             progress=not args.no_progress)
     else:
-        result = embed(config, args.out, steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
-                       device=device, progress=not args.no_progress, crops=crops,
-                       time_limit=_minutes(args.time_limit), val_every=args.val_every)
+        given = {name: value for name, value in (("steps", args.pretrain_steps), ("batch_size", args.batch_size),
+                                                  ("lr", args.lr), ("val_every", args.val_every)) if value is not None}
+        result = embed(config, args.out, device=device, progress=not args.no_progress, crops=crops,
+                       time_limit=_minutes(args.time_limit), **given)
     if result["stopped"]:
         why = f" (the time limit of {args.time_limit:g} minutes)" if result.get("reason") == "time_limit" else ""
         print(f"stopped at pretraining step {result['steps']}{why}, saved; run the same command again to continue",
@@ -253,6 +260,13 @@ def cmd_embed(args: argparse.Namespace) -> int | None:
         weights = ""
     print(f"wrote {len(result['files'])} files of {result['dim']}-d embeddings under {result['out']}{weights}; train "
           f"LEO on them with `fewshot train {presets[0]} --data {result['out']} --out RUN_DIR{dim}`{others}")
+
+
+def _pretraining_options(args: argparse.Namespace) -> tuple[tuple[str, object], ...]:
+    """`fewshot embed`'s options that set pretraining, as (flag, value given or None)."""
+    return (("--set", args.set), ("--backbone", args.backbone), ("--pretrain-steps", args.pretrain_steps),
+            ("--batch-size", args.batch_size), ("--lr", args.lr), ("--val-every", args.val_every),
+            ("--time-limit", args.time_limit))
 
 
 def _image_counterpart(preset):
@@ -482,13 +496,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", help="network to pretrain: a backbone with a head and batch norm, one that "
                    "reads them in `fewshot presets --keys` (default: the preset's conv4)")
     _shared(s, "--out", ": the folder for center/ and multiview/ {train,val,test}_embeddings.pkl")
-    s.add_argument("--pretrain-steps", type=int, default=2000, metavar="N",
+    s.add_argument("--pretrain-steps", type=int, metavar="N",
                    help="supervised pretraining steps (default 2000)")
-    s.add_argument("--batch-size", type=int, default=64, help="pretraining batch size (default 64)")
-    s.add_argument("--lr", type=float, default=1e-3, help="pretraining Adam learning rate (default 1e-3)")
+    s.add_argument("--batch-size", type=int, help="pretraining batch size (default 64)")
+    s.add_argument("--lr", type=float, help="pretraining Adam learning rate (default 1e-3)")
     s.add_argument("--crops", default="center,multiview",
                    help="embeddings to write: center, multiview or both (default; multiview is 6 passes per image)")
-    s.add_argument("--val-every", type=int, default=1000, metavar="N",
+    s.add_argument("--val-every", type=int, metavar="N",
                    help="validate the features every N pretraining steps on the validation classes (nearest-"
                         "prototype accuracy of the preset's tasks) and embed with the best weights; 0: never "
                         "(default 1000)")
