@@ -148,6 +148,9 @@ def test_fewshot_embed_from_a_model_refuses_what_it_cannot_use(using, capsys, tm
                        "--lr", "0.1", "--out", tmp_path / "w")
     assert code == 2 and "--set, --backbone, --lr set pretraining" in one_error_line(err)
     assert not any((tmp_path / name).exists() for name in ("w", "x", "y", "z"))
+    # a model of embeddings has no pixels to shift at test
+    code, _, err = run(capsys, "eval", NAME, "--shift", "1")
+    assert code == 2 and "eval_shift: 1 would be ignored" in one_error_line(err) and "embeddings" in err
 
 
 def test_a_shipped_leo_model_without_its_embeddings_says_how_to_make_them(using, tmp_path, capsys, monkeypatch):

@@ -20,6 +20,7 @@ from fewshot.data import omniglot
 from fewshot.data.episodes import to_float
 from fewshot.data.images import read_dataset
 from fewshot.errors import FewshotError
+from fewshot.evaluate import load_algorithm, meta_test_outputs
 from fewshot.inputs import image_inputs
 from fewshot.lake import classify_run, evaluate_lake, read_runs
 from fewshot.runs import read_metrics
@@ -343,6 +344,30 @@ def test_what_is_asked_of_a_run_is_checked_as_fewshot_eval_checks_it(lake, tmp_p
         assert code == 2 and message in one_error_line(err), (flags, err)
     code, out, err = run(capsys, "eval", protonet, "--lake", lake, "--json")
     assert code == 0 and json.loads(out)["inner_steps"] == 0, err  # what was done: no inner step
+
+
+def test_lake_trials_with_test_time_shifts_are_each_still_classified_on_its_own(pngs, lake, tmp_path, capsys):
+    """--shift with --lake: every trial's outputs are its own test image's copies against the
+    run's training images and their copies (evaluate.meta_test_outputs), whatever the batch."""
+    for batch_norm in ("inductive", "transductive"):
+        config = tiny_config(algorithm="maml", ways=20, image_size=16, batch_norm=batch_norm)
+        model = checkpoint_of(tmp_path, config, OMNIGLOT_INPUT, name=f"maml-{batch_norm}.pt")
+        code, out, err = run(capsys, "eval", model, "--lake", lake, "--shift", "1", "--json")
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["shift"] == 1 and "9 copies" in result["adaptation"]
+        state = checkpoint.load(model)
+        algorithm, inputs = load_algorithm(state), image_inputs(state, "cpu")
+        for scored, lake_run in zip(result["runs"], read_runs(lake, 16)):
+            support_x = inputs(np.stack(lake_run.training)[:, None])
+            support_y = torch.arange(20)
+            each_alone = [meta_test_outputs(algorithm, support_x, support_y, inputs(np.stack([image])[:, None]), [2],
+                                            alone=True, shift=1)[2].argmax(1).item() for image in lake_run.test]
+            assert scored["predicted"] == each_alone
+    code, out, err = run(capsys, "eval", model, "--lake", lake)
+    assert code == 0 and "shifted" not in out.splitlines()[0]
+    code, _, err = run(capsys, "eval", model, "--lake", lake, "--shift", "-2")
+    assert code == 2 and "--shift must be" in one_error_line(err)
 
 
 # -- LEO, through the backbone that made its embeddings ----------------------------------------

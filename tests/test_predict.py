@@ -210,6 +210,27 @@ def test_python_api_gives_the_clis_probabilities(run_dir, sample, capsys):
     assert (without - expected).abs().max() > 1e-3
 
 
+def test_predict_with_shifts_gives_what_fewshot_eval_computes_for_each_image(run_dir, sample, capsys):
+    """--shift N (test-time augmentation) on the predict path: the support set grown by the
+    copies, each query's probabilities from its own copies averaged, as meta-test does it."""
+    from fewshot.evaluate import meta_test_outputs
+    _, document = predict_json(capsys, run_dir, sample, "--shift", "1")
+    shifted = torch.tensor([list(p["probabilities"].values()) for p in document["predictions"]])
+    learner = fewshot.load(run_dir)
+    support, labels, _ = learner.read_support(sample[0])
+    x = learner.images(expected_files(sample))
+    steps = learner.config.eval_inner_steps
+    outputs = meta_test_outputs(learner.algorithm, support, labels, x, [steps], alone=True, shift=1)[steps]
+    torch.testing.assert_close(shifted, outputs.softmax(1), rtol=0, atol=1e-6)
+    one = learner.adapt(sample[0], shift=1).predict(x[3:4])  # alone, the same answer as in the batch
+    torch.testing.assert_close(one, shifted[3:4], rtol=0, atol=1e-6)
+    _, plain = predict_json(capsys, run_dir, sample)
+    unshifted = torch.tensor([list(p["probabilities"].values()) for p in plain["predictions"]])
+    assert (unshifted - shifted).abs().max() > 1e-3
+    code, _, err = run(capsys, "predict", run_dir, *query_args(sample), "--shift", "9")
+    assert code == 2 and "eval_shift" in one_error_line(err)
+
+
 def test_an_image_alone_gets_the_answer_it_gets_in_a_batch_of_15(run_dir, sample, capsys):
     learner = fewshot.load(run_dir)
     adapted = learner.adapt(sample[0])

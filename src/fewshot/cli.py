@@ -179,19 +179,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.lake and (any(v is not None for v in (args.tasks, args.data, args.seed, args.scores, args.at_steps))
                       or args.classes != "test" or args.any_kind):
         raise FewshotError("--lake scores Lake's 20 published runs; --tasks, --classes, --data, --any-kind, --seed, "
-                           "--scores and --at-steps do not apply to it (only --inner-steps, --inner-lr, --device, "
-                           "--json)")
+                           "--scores and --at-steps do not apply to it (only --inner-steps, --inner-lr, --shift, "
+                           "--device, --json)")
     set_threads(args.threads)
     progress = not args.no_progress and not args.json
     if args.lake:
         from .lake import describe_lake as describe, evaluate_lake
         result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
-                               progress=progress)
+                               progress=progress, shift=args.shift)
     else:
         from .evaluate import describe, evaluate_checkpoint
         result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
                                      lr=args.inner_lr, data_spec=args.data, seed=args.seed, device=device,
-                                     any_kind=args.any_kind, progress=progress, at_steps=at_steps)
+                                     any_kind=args.any_kind, progress=progress, at_steps=at_steps,
+                                     shift=args.shift)
         scores = result.pop("scores")
     if args.json:
         print(json.dumps(result, indent=1))
@@ -330,7 +331,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import load
     set_threads(args.threads)
     learner = load(args.checkpoint, device=device)
-    adapted = learner.adapt(args.support, steps=args.inner_steps, lr=args.inner_lr)
+    adapted = learner.adapt(args.support, steps=args.inner_steps, lr=args.inner_lr, shift=args.shift)
     rows = adapted.classify(args.query, top_k=args.top_k, transductive=args.transductive)
     classes = [_shown(c) for c in adapted.classes]
     rows = [{**r, "file": _shown(r["file"]), "label": _shown(r["label"]),
@@ -404,6 +405,10 @@ SHARED = {
     "--time-limit": dict(type=float, metavar="MINUTES", help="stop cleanly after this many minutes"),
     "--inner-lr": dict(type=float, metavar="LR", help="inner learning rate at test (default: the checkpoint's "
                                                       "eval_inner_lr, or its learned rates)"),
+    "--shift": dict(type=int, metavar="PIXELS", help="test-time augmentation: each image also shifted by up to "
+                                                     "PIXELS each way, the support set grown by the copies and each "
+                                                     "query's outputs averaged over its own (default: the run's "
+                                                     "eval_shift, 0 unless its preset sets it)"),
 }
 
 
@@ -510,7 +515,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", action=Moved, now="--pretrain-steps")
 
     s = _command(sub, "eval", cmd_eval, "evaluate a checkpoint on a fixed set of test tasks",
-                 shared=["--device", "--json", "--threads", "--no-progress", "--inner-steps", "--inner-lr"])
+                 shared=["--device", "--json", "--threads", "--no-progress", "--inner-steps", "--inner-lr", "--shift"])
     s.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
     s.add_argument("--tasks", type=int, help="number of tasks (default: the preset's eval_tasks, 600)")
     s.add_argument("--classes", default="test", metavar="test|val|train",
@@ -538,7 +543,7 @@ def parser() -> argparse.ArgumentParser:
                    help="regression: the true curve, the K points, and predictions before and after adapting")
 
     s = _command(sub, "predict", cmd_predict, "adapt a checkpoint to a labelled support set and classify new images",
-                 shared=["--threads", "--device", "--inner-steps", "--inner-lr"])
+                 shared=["--threads", "--device", "--inner-steps", "--inner-lr", "--shift"])
     s.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder or .pt file")
     s.add_argument("--support", required=True, metavar="SUPPORT_DIR", help="<class>/<image> folders")
     s.add_argument("--query", required=True, nargs="+", metavar="QUERY", help="image files or folders")

@@ -71,6 +71,10 @@ class Config:
     affine_distortion: bool = key(False, "each meta-train image distorted by its own random affine map, as Koch "
                                   "et al. 2015 (rotation +-10 deg, shears +-0.3, scales 0.8-1.2, shifts +-2/105 of "
                                   "the side, each part with probability 1/2)", read_by=("dataset",))
+    eval_shift: int = key(0, "test-time augmentation at validation and test: each image also shifted by up to N "
+                          "pixels each way ((2N+1)^2 copies), the support set grown by the copies and each query's "
+                          "outputs averaged over its own (0: off)", low=0, read_by=("dataset",),
+                          readers=("evaluator",))
     image_size: int = key(28, "image side in pixels the network sees", low=1, readers=("data", "models"))
     channels: Literal[1, 3] = key(1, "1 (gray) or 3 (colour)", must="1 (gray) or 3 (colour)",
                                   readers=("data", "models"))
@@ -240,7 +244,8 @@ HIGH = {"image_size": 1024, "embedding_dim": 65536, "ways": 100_000, "eval_ways"
         "hidden": 65536, "out_features": 100_000, "num_latents": 65536, "meta_batch": 100_000,
         "tasks_per_pass": 100_000, "inner_batch": 1_000_000, "inner_steps": 100_000, "eval_inner_steps": 100_000,
         "eval_at_steps": 100_000, "inner_unroll_length": 100_000, "finetuning_unroll_length": 100_000,
-        "threads": 4096, "val_tasks": 10_000_000, "eval_tasks": 10_000_000}
+        "threads": 4096, "val_tasks": 10_000_000, "eval_tasks": 10_000_000,
+        "eval_shift": 8}  # 289 copies of every image
 FIELDS = tuple(f.name for f in fields(Config))
 SCHEMA = {f.name: f for f in fields(Config)}
 USER_KEYS = tuple(f.name for f in fields(Config) if f.metadata["user"])

@@ -1,7 +1,7 @@
 """Evaluation on a fixed, seeded set of tasks: two evaluations of one checkpoint
 print identical numbers."""
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,61 @@ def predict_alone(algorithm: Algorithm, adapted: Any, support_x: torch.Tensor, x
     return torch.cat([algorithm.predict(adapted, torch.cat([support_x, x[i:i + 1]]))[-1:] for i in range(len(x))])
 
 
+def shifted(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Copies of the images `x` (N, C, H, W) moved by every whole-pixel offset of at most
+    `pixels` each way, (2 pixels + 1)^2 of them with the unmoved one first, stacked as
+    (copies, N, C, H, W); the edge a move uncovers repeats the image's border pixels."""
+    if pixels == 0:
+        return x[None]
+    height, width = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (pixels,) * 4, mode="replicate")
+    offsets = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1)
+                          if dy or dx]
+    return torch.stack([padded[..., pixels + dy:pixels + dy + height, pixels + dx:pixels + dx + width]
+                        for dy, dx in offsets])
+
+
+def shifted_support(support_x: torch.Tensor, support_y: torch.Tensor,
+                    shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support set grown by each image's shifted copies (`shifted`), each in its image's class."""
+    if not shift:
+        return support_x, support_y
+    copies = shifted(support_x, shift)
+    return copies.flatten(0, 1), support_y.repeat(len(copies))
+
+
+def shift_averaged(outputs_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shift: int) -> torch.Tensor:
+    """`outputs_of(x)`, each input's outputs averaged over its shifted copies (`shifted`)."""
+    per_copy = [outputs_of(copy) for copy in shifted(x, shift)]
+    return per_copy[0] if len(per_copy) == 1 else torch.stack(per_copy).mean(0)
+
+
+def meta_test_outputs(algorithm: Algorithm, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                      counts: Iterable[int], lr: float | None = None, alone: bool = False,
+                      shift: int = 0) -> dict[int, torch.Tensor]:
+    """{count: the outputs for `query_x` after adapting on the support set with `count`
+    inner steps}. `alone`: each query classified on its own (`predict_alone`). `shift`
+    (eval_shift): test-time augmentation, the support set grown by each image's shifted
+    copies and each query's outputs averaged over its own; for ProtoNets that is the mean
+    embedding of the copies, both sides."""
+    support_x, support_y = shifted_support(support_x, support_y, shift)
+    outputs = {}
+    for count in counts:
+        adapted = algorithm.adapt(support_x, support_y, count, lr)
+        outputs[count] = shift_averaged(
+            lambda x: predict_alone(algorithm, adapted, support_x, x) if alone else algorithm.predict(adapted, x),
+            query_x, shift)
+    return outputs
+
+
+def describe_shift(shift: int) -> str:
+    """The words for a test-time augmentation by shifts, '' for none."""
+    if not shift:
+        return ""
+    return (f", each image also shifted by up to {shift} pixel{'s' if shift > 1 else ''} each way "
+            f"({(2 * shift + 1) ** 2} copies: support grown, query outputs averaged)")
+
+
 def meta_test_steps(algorithm: Algorithm, config: Config | None = None) -> int:
     """The inner steps `algorithm` takes at meta-test under `config` (its own by default):
     eval_inner_steps where it reads that key, else none (ProtoNets)."""
@@ -55,12 +110,15 @@ def meta_test_steps(algorithm: Algorithm, config: Config | None = None) -> int:
 
 def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | SinusoidSampler", n_tasks: int,
              steps: int | None = None, lr: float | None = None, device: str | torch.device = "cpu",
-             progress: bool = False, desc: str = "eval", at_steps: Iterable[int] = ()) -> dict[str, Any]:
+             progress: bool = False, desc: str = "eval", at_steps: Iterable[int] = (),
+             shift: int = 0) -> dict[str, Any]:
     """Adapt on each task's support set and score its query set; task i is the same
     for every call with the same sampler seed. `at_steps` adds the score after other
     numbers of inner steps (e.g. 0, 1) under "by_steps". A sampler of Lake-style runs
     (`sampler.alone`) has each query classified on its own. Where each task is drawn
-    within one alphabet, "by_alphabet" gives the score of each alphabet's tasks."""
+    within one alphabet, "by_alphabet" gives the score of each alphabet's tasks.
+    `shift`: test-time augmentation by shifts of up to that many pixels (eval_shift,
+    `meta_test_outputs`)."""
     alone = getattr(sampler, "alone", False)  # generated samplers (sinusoid) have no such rule
     alphabet_of = getattr(sampler, "alphabet_of", lambda index: None)
     was_training = algorithm.training
@@ -70,10 +128,8 @@ def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | S
     outputs = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
         task = sampler.batch(index, 1)[0].to(device)
-        for count in counts:
-            adapted = algorithm.adapt(task.support_x, task.support_y, count, lr)
-            out = (predict_alone(algorithm, adapted, task.support_x, task.query_x) if alone else
-                   algorithm.predict(adapted, task.query_x))
+        for count, out in meta_test_outputs(algorithm, task.support_x, task.support_y, task.query_x, counts, lr,
+                                            alone, shift).items():
             outputs[count].append((out, task.query_y))
     algorithm.train(was_training)
     # scored once every task has run: on an accelerator the tasks queue up without a
@@ -112,32 +168,33 @@ def load_algorithm(state: dict[str, Any], device: str | torch.device = "cpu") ->
 
 def trained_run(target: str | Path, steps: int | None = None, lr: float | None = None,
                 device: str | torch.device | None = "cpu",
-                at_steps: list[int] | None = None) -> tuple[dict, Config, torch.device]:
+                at_steps: list[int] | None = None, shift: int | None = None) -> tuple[dict, Config, torch.device]:
     """(checkpoint state, config, device) of a trained run made ready for meta-test: the
     device chosen, the checkpoint loaded (a pretraining refused), and the inner `steps`,
-    rate `lr` and `at_steps` asked of it checked as a preset's meta-test settings are
-    (`config.meta_test`: e.g. more steps than MAML++ learned rates for, any steps or rate
-    for ProtoNets)."""
-    if steps is not None:
-        whole_number(steps, 0, "--inner-steps")
+    rate `lr`, `at_steps` and `shift` (eval_shift) asked of it checked as a preset's
+    meta-test settings are (`config.meta_test`: e.g. more steps than MAML++ learned rates
+    for, any steps or rate for ProtoNets, no shifts of embeddings)."""
+    for value, flag in ((steps, "--inner-steps"), (shift, "--shift")):
+        if value is not None:
+            whole_number(value, 0, flag)
     device = choose_device(device)[0]
     state = checkpoint.load(target, run=True)
-    config = meta_test(state["config"], lr, **({"eval_inner_steps": steps} if steps is not None else {}),
-                       **({"eval_at_steps": list(at_steps)} if at_steps else {}))
+    asked = {"eval_inner_steps": steps, "eval_at_steps": list(at_steps) if at_steps else None, "eval_shift": shift}
+    config = meta_test(state["config"], lr, **{name: value for name, value in asked.items() if value is not None})
     return state, config, device
 
 
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
                         device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None,
-                        any_kind: bool = False) -> dict:
+                        any_kind: bool = False, shift: int | None = None) -> dict:
     """Everything `fewshot eval` does, as a dict. `device` None: the best device present.
     `data_spec`: other data to evaluate on, of the kind the run was trained on unless `any_kind`.
-    Other inner `steps`, `lr` or `at_steps` than the run's are checked by `trained_run`."""
+    Other inner `steps`, `lr`, `at_steps` or `shift` than the run's are checked by `trained_run`."""
     for value, low, flag in ((tasks, 1, "--tasks"), (seed, 0, "--seed")):
         if value is not None:
             whole_number(value, low, flag)
-    state, config, device = trained_run(target, steps, lr, device, at_steps)
+    state, config, device = trained_run(target, steps, lr, device, at_steps, shift)
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
@@ -154,7 +211,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     at_steps = config.eval_at_steps or () if at_steps is None else at_steps
     with precision.configured(config.precision, device):  # the arithmetic the run validated in
         result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
-                          at_steps=at_steps)
+                          at_steps=at_steps, shift=config.eval_shift)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
         "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,
@@ -162,7 +219,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
         "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
         "adaptation": algorithm.describe_adaptation(steps, lr), "device": str(device),
         "metric": algorithm.family.metric_name,
-        "seed": config.eval_seed if seed is None else seed,
+        "seed": config.eval_seed if seed is None else seed, "shift": config.eval_shift,
     })
     return result
 
@@ -208,7 +265,8 @@ def describe(result: dict[str, Any]) -> str:
 
     task = (f"{result['ways']}-way {result['shots']}-shot" if percent else f"{result['shots']}-shot")
     queries = f"{result['query']} {'query' if result['query'] == 1 else 'queries'} per {'class' if percent else 'task'}"
-    adaptation = result.get("adaptation") or inner_loop_words(result["inner_steps"], result["inner_lr"])
+    adaptation = ((result.get("adaptation") or inner_loop_words(result["inner_steps"], result["inner_lr"])) +
+                  describe_shift(result.get("shift", 0)))
     lines = [f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
              f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, {queries}, "
              f"{adaptation})"]
@@ -222,5 +280,6 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["confidence", "depends_on_the_batch", "describe", "evaluate", "evaluate_checkpoint", "load_algorithm",
-           "meta_test_steps", "predict_alone"]
+__all__ = ["confidence", "depends_on_the_batch", "describe", "describe_shift", "evaluate", "evaluate_checkpoint",
+           "load_algorithm", "meta_test_outputs", "meta_test_steps", "predict_alone", "shift_averaged", "shifted",
+           "shifted_support"]

@@ -34,7 +34,7 @@ from . import checkpoint, precision
 from .algorithms.base import Algorithm
 from .data.omniglot import decode_png
 from .errors import FewshotError
-from .evaluate import confidence, load_algorithm, meta_test_steps, predict_alone, trained_run
+from .evaluate import confidence, describe_shift, load_algorithm, meta_test_outputs, meta_test_steps, trained_run
 from .inputs import ImageInputs, image_inputs
 
 LABELS = "class_labels.txt"
@@ -132,22 +132,26 @@ def _read_run(files: _Files, root: str, name: str, size: int) -> LakeRun:
                    [answers[i] for i in order])
 
 
-def classify_run(algorithm: Algorithm, inputs: ImageInputs, run: LakeRun,
-                 steps: int | None = None, lr: float | None = None) -> torch.Tensor:
+def classify_run(algorithm: Algorithm, inputs: ImageInputs, run: LakeRun, steps: int | None = None,
+                 lr: float | None = None, shift: int = 0) -> torch.Tensor:
     """The outputs (test image x training image) of one run: adapted once on the training
-    images as a 20-way 1-shot support set, each test image classified on its own."""
+    images as a 20-way 1-shot support set (`steps` inner steps, by default the algorithm's
+    meta-test ones), each test image classified on its own; `shift`: test-time augmentation
+    by shifts (eval_shift, `evaluate.meta_test_outputs`)."""
+    steps = meta_test_steps(algorithm) if steps is None else steps
     support_x = inputs(np.stack(run.training)[:, None])
     support_y = torch.arange(len(run.training), device=support_x.device)
-    adapted = algorithm.adapt(support_x, support_y, steps, lr)
-    return predict_alone(algorithm, adapted, support_x, inputs(np.stack(run.test)[:, None]))
+    query_x = inputs(np.stack(run.test)[:, None])
+    return meta_test_outputs(algorithm, support_x, support_y, query_x, [steps], lr, alone=True, shift=shift)[steps]
 
 
 def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, lr: float | None = None,
-                  device: str | torch.device | None = "cpu", progress: bool = True) -> dict:
+                  device: str | torch.device | None = "cpu", progress: bool = True, shift: int | None = None) -> dict:
     """Error of a trained run (folder or checkpoint) on Lake's runs at `lake` (a zip or a
     folder): per run and overall with a 95% interval, each trial classified on its own, in
-    the arithmetic the run validated in. Inner `steps` and `lr` as `fewshot eval` takes them."""
-    state, config, device = trained_run(target, steps, lr, device)
+    the arithmetic the run validated in. Inner `steps`, `lr` and `shift` as `fewshot eval`
+    takes them."""
+    state, config, device = trained_run(target, steps, lr, device, shift=shift)
     algorithm = load_algorithm(state, device).eval()
     if algorithm.family.metric_name != "accuracy":
         raise FewshotError(f"{target} is a regression run ({config.preset}); Lake's runs need a classifier "
@@ -162,7 +166,7 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     results, errors = [], []
     with precision.configured(config.precision, device):
         for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
-            predicted = classify_run(algorithm, inputs, run, steps, lr).argmax(1).cpu().tolist()
+            predicted = classify_run(algorithm, inputs, run, steps, lr, config.eval_shift).argmax(1).cpu().tolist()
             wrong = [p != a for p, a in zip(predicted, run.answers)]
             errors += wrong
             results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong),
@@ -171,7 +175,8 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     return {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
             "algorithm": config.algorithm, "lake": str(lake),
             "inner_steps": steps, "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
-            "adaptation": algorithm.describe_adaptation(steps, lr), "device": str(device),
+            "adaptation": algorithm.describe_adaptation(steps, lr) + describe_shift(config.eval_shift),
+            "shift": config.eval_shift, "device": str(device),
             "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
             "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
 
@@ -179,7 +184,7 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
 def describe_lake(result: dict) -> str:
     lines = [f"{result['preset']} step {result['step']} on the {len(result['runs'])} Lake runs of {result['lake']}: "
              f"error {100 * result['error']:.2f}% +- {100 * result['ci95']:.2f}% (95% CI, {result['errors']} of "
-             f"{result['trials']} trials wrong, each classified on its own)"]
+             f"{result['trials']} trials wrong, each classified on its own{describe_shift(result.get('shift', 0))})"]
     lines += [f"  {r['run']}: {r['errors']:2d} of {r['trials']} wrong ({100 * r['error']:.1f}%)" for r in result["runs"]]
     lines.append("published error on these 20 runs: " +
                  ", ".join(f"{p['model']} {100 * p['error']:.1f}% ({p['source']})" for p in result["published"]))

@@ -27,7 +27,7 @@ from .config import meta_test
 from .data.folder import image_files, load_image
 from .device import choose_device
 from .errors import FewshotError, whole_number
-from .evaluate import load_algorithm, predict_alone
+from .evaluate import load_algorithm, predict_alone, shift_averaged, shifted_support
 from .inputs import ImageInputs, image_inputs
 
 
@@ -52,11 +52,14 @@ class Learner:
         return self._inputs(pixels)
 
     def adapt(self, support: str | Path | torch.Tensor, labels: torch.Tensor | None = None,
-              classes: list[str] | None = None, steps: int | None = None, lr: float | None = None) -> "Adapted":
-        """`support` is a folder of class folders, or a tensor of inputs with `labels`; `steps`
-        and `lr` replace the checkpoint's meta-test inner steps and rate."""
-        if steps is not None:
-            whole_number(steps, 0, "--inner-steps")
+              classes: list[str] | None = None, steps: int | None = None, lr: float | None = None,
+              shift: int | None = None) -> "Adapted":
+        """`support` is a folder of class folders, or a tensor of inputs with `labels`; `steps`,
+        `lr` and `shift` replace the checkpoint's meta-test inner steps, rate and test-time
+        shifts (eval_shift: `evaluate.meta_test_outputs`)."""
+        for value, flag in ((steps, "--inner-steps"), (shift, "--shift")):
+            if value is not None:
+                whole_number(value, 0, flag)
         if isinstance(support, (str, Path)):
             support, labels, classes = self.read_support(support)
         support, labels = support.to(self.device), labels.to(self.device)
@@ -68,10 +71,13 @@ class Learner:
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
         # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates), and a rate where
         # there is no inner loop
-        meta_test(self.config, lr, **({"eval_inner_steps": steps} if steps is not None else {}))
+        asked = {"eval_inner_steps": steps, "eval_shift": shift}
+        shift = meta_test(self.config, lr, **{name: value for name, value in asked.items()
+                                              if value is not None}).eval_shift
+        support, labels = shifted_support(support, labels, shift)
         with self.arithmetic():
             adapted = self.algorithm.adapt(support, labels, steps, lr)
-        return Adapted(self, adapted, classes, support)
+        return Adapted(self, adapted, classes, support, shift)
 
     def arithmetic(self) -> ContextManager[None]:
         """The run's precision, as its validation ran (precision.configured)."""
@@ -95,8 +101,10 @@ class Learner:
 class Adapted:
     """A learner adapted to one support set."""
 
-    def __init__(self, learner: Learner, state: dict, classes: list[str], support_x: torch.Tensor) -> None:
+    def __init__(self, learner: Learner, state: dict, classes: list[str], support_x: torch.Tensor,
+                 shift: int = 0) -> None:
         self.learner, self.state, self.classes, self.support_x = learner, state, classes, support_x
+        self.shift = shift  # each input's outputs averaged over its copies shifted by up to this many pixels
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
@@ -106,8 +114,9 @@ class Adapted:
         x = x.to(self.learner.device)
         with self.learner.arithmetic():
             if transductive:
-                return algorithm.predict(self.state, x)
-            return predict_alone(algorithm, self.state, self.support_x, x)
+                return shift_averaged(lambda copy: algorithm.predict(self.state, copy), x, self.shift)
+            return shift_averaged(lambda copy: predict_alone(algorithm, self.state, self.support_x, copy), x,
+                                  self.shift)
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),

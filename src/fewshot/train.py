@@ -339,7 +339,8 @@ class Trainer:
                        self.config.meta_batch,
                        sum(t.images for t in tasks) * self.size, self.device, self.per_s)
             if validate_now:
-                val = evaluate(self.algorithm, self.val_sampler, self.config.val_tasks, device=self.device)
+                val = evaluate(self.algorithm, self.val_sampler, self.config.val_tasks, device=self.device,
+                               shift=self.config.eval_shift)
                 row.update(val_metric=val["mean"], val_ci95=val["ci95"])
                 if "by_alphabet" in val:  # Lake-style validation runs: which alphabets the error comes from
                     row["val_by_alphabet"] = val["by_alphabet"]

@@ -46,8 +46,9 @@ def plain_episodes(config: Config, split: str) -> EpisodeRule:
     return EpisodeRule(distort=split == "train" and config.affine_distortion)
 
 
-# the keys every kind of stored images reads: how its meta-train episodes are drawn
-STORED_IMAGE_READS = frozenset({"affine_distortion"})
+# the keys every kind of stored images reads: how its meta-train episodes are drawn, and how its images
+# are augmented at meta-test
+STORED_IMAGE_READS = frozenset({"affine_distortion", "eval_shift"})
 
 
 @dataclass
