@@ -69,10 +69,17 @@ def shifted_support(support_x: torch.Tensor, support_y: torch.Tensor,
     return copies.flatten(0, 1), support_y.repeat(len(copies))
 
 
-def shift_averaged(outputs_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shift: int) -> torch.Tensor:
-    """`outputs_of(x)`, each input's outputs averaged over its shifted copies (`shifted`)."""
-    per_copy = [outputs_of(copy) for copy in shifted(x, shift)]
-    return per_copy[0] if len(per_copy) == 1 else torch.stack(per_copy).mean(0)
+def shift_averaged(outputs_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, shift: int,
+                   together: bool = False) -> torch.Tensor:
+    """`outputs_of(x)`, each input's outputs averaged over its shifted copies (`shifted`).
+    `together`: all copies in one call, where an input's outputs do not depend on its batch
+    (else each copy of the batch is a batch of its own, as the unshifted one is)."""
+    copies = shifted(x, shift)
+    if len(copies) == 1:
+        return outputs_of(x)
+    if together:
+        return outputs_of(copies.flatten(0, 1)).unflatten(0, copies.shape[:2]).mean(0)
+    return torch.stack([outputs_of(copy) for copy in copies]).mean(0)
 
 
 def meta_test_outputs(algorithm: Algorithm, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
@@ -89,7 +96,7 @@ def meta_test_outputs(algorithm: Algorithm, support_x: torch.Tensor, support_y: 
         adapted = algorithm.adapt(support_x, support_y, count, lr)
         outputs[count] = shift_averaged(
             lambda x: predict_alone(algorithm, adapted, support_x, x) if alone else algorithm.predict(adapted, x),
-            query_x, shift)
+            query_x, shift, together=not depends_on_the_batch(algorithm))
     return outputs
 
 

@@ -27,7 +27,7 @@ from .config import meta_test
 from .data.folder import image_files, load_image
 from .device import choose_device
 from .errors import FewshotError, whole_number
-from .evaluate import load_algorithm, predict_alone, shift_averaged, shifted_support
+from .evaluate import depends_on_the_batch, load_algorithm, predict_alone, shift_averaged, shifted_support
 from .inputs import ImageInputs, image_inputs
 
 
@@ -116,7 +116,7 @@ class Adapted:
             if transductive:
                 return shift_averaged(lambda copy: algorithm.predict(self.state, copy), x, self.shift)
             return shift_averaged(lambda copy: predict_alone(algorithm, self.state, self.support_x, copy), x,
-                                  self.shift)
+                                  self.shift, together=not depends_on_the_batch(algorithm))
 
     def predict(self, x: torch.Tensor, transductive: bool = False) -> torch.Tensor:
         """Model outputs for a batch of inputs (class probabilities for classification),
