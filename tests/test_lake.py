@@ -486,3 +486,4 @@ def test_the_lake_presets_train_validate_on_runs_and_answer_lakes_trials(pngs, l
     assert re.search(r"^  \S+ +accuracy [\d.]+% \+- [\d.]+% \(4 tasks\)$", out, re.M), out  # the one held-out alphabet
     code, out, err = run(capsys, "eval", tmp_path / "run", "--lake", lake, "--json")
     assert code == 0 and json.loads(out)["trials"] == 40, err
+    assert json.loads(out)["shift"] == {"lake-protonet": 2, "lake-anil": 0}[preset]  # the preset's eval_shift
