@@ -173,6 +173,18 @@ def load_algorithm(state: dict[str, Any], device: str | torch.device = "cpu") ->
     return algorithm.to(device)
 
 
+def asked_settings(steps: int | None = None, at_steps: list[int] | None = None,
+                   shift: int | None = None) -> dict[str, Any]:
+    """The config keys of the meta-test settings asked of a trained run by --inner-steps,
+    --at-steps and --shift (those given), each count checked to be one; `config.meta_test`
+    then checks them as a preset's are."""
+    for value, flag in ((steps, "--inner-steps"), (shift, "--shift")):
+        if value is not None:
+            whole_number(value, 0, flag)
+    asked = {"eval_inner_steps": steps, "eval_at_steps": list(at_steps) if at_steps else None, "eval_shift": shift}
+    return {name: value for name, value in asked.items() if value is not None}
+
+
 def trained_run(target: str | Path, steps: int | None = None, lr: float | None = None,
                 device: str | torch.device | None = "cpu",
                 at_steps: list[int] | None = None, shift: int | None = None) -> tuple[dict, Config, torch.device]:
@@ -181,14 +193,10 @@ def trained_run(target: str | Path, steps: int | None = None, lr: float | None =
     rate `lr`, `at_steps` and `shift` (eval_shift) asked of it checked as a preset's
     meta-test settings are (`config.meta_test`: e.g. more steps than MAML++ learned rates
     for, any steps or rate for ProtoNets, no shifts of embeddings)."""
-    for value, flag in ((steps, "--inner-steps"), (shift, "--shift")):
-        if value is not None:
-            whole_number(value, 0, flag)
+    asked = asked_settings(steps, at_steps, shift)
     device = choose_device(device)[0]
     state = checkpoint.load(target, run=True)
-    asked = {"eval_inner_steps": steps, "eval_at_steps": list(at_steps) if at_steps else None, "eval_shift": shift}
-    config = meta_test(state["config"], lr, **{name: value for name, value in asked.items() if value is not None})
-    return state, config, device
+    return state, meta_test(state["config"], lr, **asked), device
 
 
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
@@ -287,6 +295,6 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["confidence", "depends_on_the_batch", "describe", "describe_shift", "evaluate", "evaluate_checkpoint",
+__all__ = ["asked_settings", "confidence", "depends_on_the_batch", "describe", "describe_shift", "evaluate", "evaluate_checkpoint",
            "load_algorithm", "meta_test_outputs", "meta_test_steps", "predict_alone", "shift_averaged", "shifted",
            "shifted_support"]

@@ -26,8 +26,8 @@ from . import checkpoint, precision
 from .config import meta_test
 from .data.folder import image_files, load_image
 from .device import choose_device
-from .errors import FewshotError, whole_number
-from .evaluate import depends_on_the_batch, load_algorithm, predict_alone, shift_averaged, shifted_support
+from .errors import FewshotError
+from .evaluate import asked_settings, depends_on_the_batch, load_algorithm, predict_alone, shift_averaged, shifted_support
 from .inputs import ImageInputs, image_inputs
 
 
@@ -57,9 +57,7 @@ class Learner:
         """`support` is a folder of class folders, or a tensor of inputs with `labels`; `steps`,
         `lr` and `shift` replace the checkpoint's meta-test inner steps, rate and test-time
         shifts (eval_shift: `evaluate.meta_test_outputs`)."""
-        for value, flag in ((steps, "--inner-steps"), (shift, "--shift")):
-            if value is not None:
-                whole_number(value, 0, flag)
+        asked = asked_settings(steps, shift=shift)
         if isinstance(support, (str, Path)):
             support, labels, classes = self.read_support(support)
         support, labels = support.to(self.device), labels.to(self.device)
@@ -71,9 +69,7 @@ class Learner:
                                f"{ways}-way; give exactly {ways} class folders (or train a {len(classes)}-way model)")
         # refused where the run's eval_inner_steps would be (e.g. MAML++ beyond its rates), and a rate where
         # there is no inner loop
-        asked = {"eval_inner_steps": steps, "eval_shift": shift}
-        shift = meta_test(self.config, lr, **{name: value for name, value in asked.items()
-                                              if value is not None}).eval_shift
+        shift = meta_test(self.config, lr, **asked).eval_shift
         support, labels = shifted_support(support, labels, shift)
         with self.arithmetic():
             adapted = self.algorithm.adapt(support, labels, steps, lr)
