@@ -1,5 +1,7 @@
 """`fewshot eval` (evaluate.evaluate_checkpoint): the inner steps asked of a run are checked
 as a preset's are, and a run is evaluated in the arithmetic it was validated in."""
+import json
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from fewshot import algorithms, checkpoint, evaluate
 from fewshot.errors import FewshotError
 from fewshot.train import train
 
-from helpers import configure_as_on_cuda, tagged_dataset, tf32_flags, tiny_config
+from helpers import configure_as_on_cuda, one_error_line, run, tagged_dataset, tf32_flags, tiny_config
 
 
 @pytest.fixture
@@ -17,10 +19,11 @@ def data(tmp_path):
     return str(tagged_dataset(tmp_path / "data", classes=80))
 
 
-def saved_run(folder, data, **overrides):
+def saved_run(folder, data, seed=0, **overrides):
     """A checkpoint of a freshly built algorithm (no training), with its config."""
     config = tiny_config(data=data, **overrides)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     checkpoint.save(folder / "last.pt", config=config, algorithm=algorithms.build(config).state_dict(), step=0)
     return folder / "last.pt"
 
@@ -139,3 +142,60 @@ def test_validation_during_training_uses_the_runs_eval_shift(tmp_path, data):
     unshifted = evaluate.evaluate_checkpoint(tmp_path / "run" / "last.pt", tasks=20, split="val", progress=False,
                                              shift=0)
     assert unshifted["mean"] != validated["val_metric"]
+
+
+def test_an_ensemble_averages_its_members_log_probabilities_each_adapting_its_own_way(tmp_path, data):
+    """A ProtoNet (no inner loop) and a MAML network (its own 2 meta-test steps) together:
+    each query's log-probabilities averaged; for two ProtoNets that ranks the classes as
+    the distance in their embeddings put side by side does."""
+    protonet = evaluate.load_algorithm(checkpoint.load(
+        saved_run(tmp_path / "p", data, algorithm="protonet", head=False, batch_norm="inductive"))).eval()
+    maml = evaluate.load_algorithm(checkpoint.load(saved_run(tmp_path / "m", data, seed=1))).eval()
+    torch.manual_seed(2)
+    support_x, support_y, query_x = torch.rand(3, 1, 16, 16), torch.arange(3), torch.rand(6, 1, 16, 16)
+    together = evaluate.ensemble_outputs([protonet, maml], support_x, support_y, query_x)
+    alone = [evaluate.meta_test_outputs(member, support_x, support_y, query_x, [count])[count]
+             for member, count in ((protonet, 0), (maml, 2))]
+    torch.testing.assert_close(together, (alone[0].log_softmax(1) + alone[1].log_softmax(1)) / 2)
+    assert not torch.allclose(together.softmax(1), alone[0].softmax(1))
+    asked = evaluate.ensemble_outputs([protonet, maml], support_x, support_y, query_x, steps=1)
+    torch.testing.assert_close(asked, (alone[0].log_softmax(1) + evaluate.meta_test_outputs(
+        maml, support_x, support_y, query_x, [1])[1].log_softmax(1)) / 2)
+
+    other = evaluate.load_algorithm(checkpoint.load(
+        saved_run(tmp_path / "q", data, seed=3, algorithm="protonet", head=False, batch_norm="inductive"))).eval()
+    with torch.no_grad():
+        side_by_side = lambda x: torch.cat([protonet.model(x), other.model(x)], 1)  # noqa: E731
+        distances = torch.cdist(side_by_side(query_x), side_by_side(support_x))
+    pair = evaluate.ensemble_outputs([protonet, other], support_x, support_y, query_x)
+    assert torch.equal(pair.argmax(1), distances.argmin(1))
+
+
+def test_eval_of_several_runs_scores_them_together_on_the_first_runs_tasks(tmp_path, data, capsys):
+    first = saved_run(tmp_path / "a", data, algorithm="protonet", head=False, batch_norm="inductive")
+    second = saved_run(tmp_path / "b", data, seed=1, algorithm="protonet", head=False, batch_norm="inductive")
+    alone = evaluate.evaluate_checkpoint(first, tasks=6, progress=False)
+    with_itself = evaluate.evaluate_checkpoint(first, tasks=6, progress=False, ensemble=[first])
+    assert with_itself["scores"] == alone["scores"]  # the same probabilities twice: the same answers
+    together = evaluate.evaluate_checkpoint(first, tasks=6, progress=False, ensemble=[second])
+    second_alone = evaluate.evaluate_checkpoint(second, tasks=6, progress=False)
+    assert together["scores"] not in (alone["scores"], second_alone["scores"])
+    assert [m["checkpoint"] for m in together["members"]] == [str(first), str(second)]
+    assert "members" not in alone and "ensemble" not in evaluate.describe(alone)
+    text = evaluate.describe(together)
+    assert "an ensemble of 2 runs" in text and str(second) in text
+
+    code, out, err = run(capsys, "eval", first, second, "--tasks", 6, "--json", "--threads", 1)
+    assert code == 0 and json.loads(out)["mean"] == together["mean"]
+
+
+def test_an_ensemble_of_runs_that_read_different_tasks_is_refused_in_one_line(tmp_path, data, capsys):
+    first = saved_run(tmp_path / "a", data, algorithm="protonet", head=False)
+    larger = saved_run(tmp_path / "b", data, algorithm="protonet", head=False, image_size=20)
+    other_split = saved_run(tmp_path / "c", data, algorithm="protonet", head=False, split="other")
+    for other, words in ((larger, "image_size 20"), (other_split, "split 'other'")):
+        code, out, err = run(capsys, "eval", first, other, "--tasks", 2)
+        assert code == 2 and words in one_error_line(err) and "same data, split and image size" in err
+    with pytest.raises(FewshotError, match="--at-steps reports one run"):
+        evaluate.evaluate_checkpoint(saved_run(tmp_path / "m", data), tasks=2, progress=False, at_steps=[0],
+                                     ensemble=[saved_run(tmp_path / "n", data, seed=1)])

@@ -487,3 +487,33 @@ def test_the_lake_presets_train_validate_on_runs_and_answer_lakes_trials(pngs, l
     code, out, err = run(capsys, "eval", tmp_path / "run", "--lake", lake, "--json")
     assert code == 0 and json.loads(out)["trials"] == 40, err
     assert json.loads(out)["shift"] == {"lake-protonet": 2, "lake-anil": 0}[preset]  # the preset's eval_shift
+
+
+def test_an_ensemble_scores_lakes_trials_each_on_its_own_in_each_member(pngs, lake, tmp_path, capsys):
+    """`fewshot eval A B --lake`: each test image's log-probabilities from a ProtoNet and a
+    20-way MAML network (transductive batch norm, so its trials are made alone), averaged."""
+    protonet = checkpoint_of(tmp_path, tiny_config(algorithm="protonet", head=False, inner_steps=0, eval_inner_steps=0,
+                                                   ways=5, image_size=16), OMNIGLOT_INPUT, name="protonet.pt")
+    maml = checkpoint_of(tmp_path, tiny_config(algorithm="maml", ways=20, image_size=16), OMNIGLOT_INPUT,
+                         name="maml.pt")
+    code, out, err = run(capsys, "eval", protonet, maml, "--lake", lake, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [m["checkpoint"] for m in result["members"]] == [str(protonet), str(maml)]
+    members = [load_algorithm(checkpoint.load(model)).eval() for model in (protonet, maml)]
+    inputs = image_inputs(checkpoint.load(protonet), "cpu")
+    for scored, lake_run in zip(result["runs"], read_runs(lake, 16)):
+        support_x, support_y = inputs(np.stack(lake_run.training)[:, None]), torch.arange(20)
+        each_alone = []
+        for image in lake_run.test:
+            query_x = inputs(np.stack([image])[:, None])
+            outputs = [meta_test_outputs(member, support_x, support_y, query_x, [steps], alone=True)[steps].log_softmax(1)
+                       for member, steps in zip(members, (0, 2))]
+            each_alone.append(((outputs[0] + outputs[1]) / 2).argmax(1).item())
+        assert scored["predicted"] == each_alone
+    code, out, err = run(capsys, "eval", protonet, maml, "--lake", lake)
+    assert code == 0 and "an ensemble of 2 runs" in out
+    five_way = checkpoint_of(tmp_path, tiny_config(algorithm="maml", ways=5, image_size=16), OMNIGLOT_INPUT,
+                             name="five.pt")
+    code, _, err = run(capsys, "eval", protonet, five_way, "--lake", lake)
+    assert code == 2 and "five.pt is a maml network with a fixed 5-way output layer" in one_error_line(err)

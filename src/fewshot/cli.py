@@ -183,16 +183,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
                            "--device, --json)")
     set_threads(args.threads)
     progress = not args.no_progress and not args.json
+    target, *ensemble = args.target
     if args.lake:
         from .lake import describe_lake as describe, evaluate_lake
-        result = evaluate_lake(args.target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
-                               progress=progress, shift=args.shift)
+        result = evaluate_lake(target, args.lake, steps=args.inner_steps, lr=args.inner_lr, device=device,
+                               progress=progress, shift=args.shift, ensemble=ensemble)
     else:
         from .evaluate import describe, evaluate_checkpoint
-        result = evaluate_checkpoint(args.target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
+        result = evaluate_checkpoint(target, tasks=args.tasks, split=args.classes, steps=args.inner_steps,
                                      lr=args.inner_lr, data_spec=args.data, seed=args.seed, device=device,
                                      any_kind=args.any_kind, progress=progress, at_steps=at_steps,
-                                     shift=args.shift)
+                                     shift=args.shift, ensemble=ensemble)
         scores = result.pop("scores")
     if args.json:
         print(json.dumps(result, indent=1))
@@ -516,7 +517,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "eval", cmd_eval, "evaluate a checkpoint on a fixed set of test tasks",
                  shared=["--device", "--json", "--threads", "--no-progress", "--inner-steps", "--inner-lr", "--shift"])
-    s.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    s.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT", nargs="+",
+                   help="a run folder, checkpoint or shipped model's name; several: an ensemble, scored on the "
+                        "first's tasks and shifts, each adapting its own way, each query's log-probabilities averaged")
     s.add_argument("--tasks", type=int, help="number of tasks (default: the preset's eval_tasks, 600)")
     s.add_argument("--classes", default="test", metavar="test|val|train",
                    help="draw the tasks from the dataset's test classes (default), its val or its train classes")

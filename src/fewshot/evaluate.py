@@ -100,6 +100,23 @@ def meta_test_outputs(algorithm: Algorithm, support_x: torch.Tensor, support_y: 
     return outputs
 
 
+def ensemble_outputs(members: Sequence[Algorithm], support_x: torch.Tensor, support_y: torch.Tensor,
+                     query_x: torch.Tensor, steps: int | None = None, lr: float | None = None, alone: bool = False,
+                     shift: int = 0) -> torch.Tensor:
+    """The outputs of trained runs together for `query_x`: each adapts on the support set
+    its own way (`steps` inner steps for all, by default each its own meta-test ones,
+    `meta_test_outputs`), then a query's log-probabilities are averaged over the members:
+    the product of their class probabilities, renormalised (for ProtoNets, the distance
+    in their embeddings put side by side); regression outputs are averaged."""
+    outputs = []
+    for member in members:
+        count = meta_test_steps(member) if steps is None else steps
+        outputs.append(meta_test_outputs(member, support_x, support_y, query_x, [count], lr, alone, shift)[count])
+    if members[0].family.metric_name == "accuracy":
+        outputs = [output.log_softmax(-1) for output in outputs]
+    return torch.stack(outputs).mean(0)
+
+
 def describe_shift(shift: int) -> str:
     """The words for a test-time augmentation by shifts, '' for none."""
     if not shift:
@@ -115,7 +132,8 @@ def meta_test_steps(algorithm: Algorithm, config: Config | None = None) -> int:
     return config.eval_inner_steps if "eval_inner_steps" in algorithm.reads else 0
 
 
-def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | SinusoidSampler", n_tasks: int,
+def evaluate(algorithm: Algorithm | Sequence[Algorithm], sampler: "EpisodeSampler | DeviceEpisodes | SinusoidSampler",
+             n_tasks: int,
              steps: int | None = None, lr: float | None = None, device: str | torch.device = "cpu",
              progress: bool = False, desc: str = "eval", at_steps: Iterable[int] = (),
              shift: int = 0) -> dict[str, Any]:
@@ -125,23 +143,35 @@ def evaluate(algorithm: Algorithm, sampler: "EpisodeSampler | DeviceEpisodes | S
     (`sampler.alone`) has each query classified on its own. Where each task is drawn
     within one alphabet, "by_alphabet" gives the score of each alphabet's tasks.
     `shift`: test-time augmentation by shifts of up to that many pixels (eval_shift,
-    `meta_test_outputs`)."""
+    `meta_test_outputs`). Several algorithms: an ensemble (`ensemble_outputs`), each
+    adapting with `steps` or its own meta-test steps; `at_steps` needs one."""
+    members = [algorithm] if isinstance(algorithm, Algorithm) else list(algorithm)
+    if len(members) > 1 and at_steps:
+        raise FewshotError("--at-steps reports one run after other numbers of inner steps; evaluate the runs of "
+                           "an ensemble one at a time for that")
     alone = getattr(sampler, "alone", False)  # generated samplers (sinusoid) have no such rule
     alphabet_of = getattr(sampler, "alphabet_of", lambda index: None)
-    was_training = algorithm.training
-    algorithm.eval()
-    main = steps if steps is not None else meta_test_steps(algorithm)
+    was_training = [member.training for member in members]
+    for member in members:
+        member.eval()
+    main = steps if steps is not None else meta_test_steps(members[0])
     counts = sorted({main, *at_steps})
     outputs = {count: [] for count in counts}
     for index in tqdm(range(n_tasks), desc=desc, unit="task", disable=not progress, leave=False):
         task = sampler.batch(index, 1)[0].to(device)
-        for count, out in meta_test_outputs(algorithm, task.support_x, task.support_y, task.query_x, counts, lr,
-                                            alone, shift).items():
+        if len(members) == 1:
+            produced = meta_test_outputs(members[0], task.support_x, task.support_y, task.query_x, counts, lr,
+                                         alone, shift)
+        else:
+            produced = {main: ensemble_outputs(members, task.support_x, task.support_y, task.query_x, steps, lr,
+                                               alone, shift)}
+        for count, out in produced.items():
             outputs[count].append((out, task.query_y))
-    algorithm.train(was_training)
+    for member, mode in zip(members, was_training):
+        member.train(mode)
     # scored once every task has run: on an accelerator the tasks queue up without a
     # host synchronisation per task
-    scores = {count: [algorithm.family.metric(out, y) for out, y in pairs] for count, pairs in outputs.items()}
+    scores = {count: [members[0].family.metric(out, y) for out, y in pairs] for count, pairs in outputs.items()}
     mean, ci95 = confidence(scores[main])
     by_steps = {str(count): dict(zip(("mean", "ci95"), confidence(values))) for count, values in scores.items()}
     result = {"mean": mean, "ci95": ci95, "tasks": n_tasks, "scores": scores[main], "by_steps": by_steps}
@@ -199,17 +229,59 @@ def trained_run(target: str | Path, steps: int | None = None, lr: float | None =
     return state, meta_test(state["config"], lr, **asked), device
 
 
+ENSEMBLE_KEYS = ("dataset", "split", "image_size", "channels", "embedding_dataset")  # what makes the tasks
+
+
+def ensemble_runs(target: str | Path, state: dict, config: Config, others: Sequence[str | Path],
+                  steps: int | None = None, lr: float | None = None,
+                  shift: int | None = None) -> list[tuple[dict, Config]]:
+    """(state, config) of each of the `others`, the runs evaluated together with `target`
+    (`state`, `config`) as an ensemble, made ready for meta-test as `trained_run` makes it,
+    each checked to read the same tasks the same way: the same data kind, split (so that
+    the validation classes are none of its training classes), image size and conversion."""
+    loaded = []
+    for other in others:
+        other_state, other_config, _ = trained_run(other, steps, lr, "cpu", shift=shift)
+        for key in ENSEMBLE_KEYS:
+            if getattr(other_config, key) != getattr(config, key):
+                raise FewshotError(f"{other} was trained with {key} {getattr(other_config, key)!r} and {target} "
+                                   f"with {getattr(config, key)!r}; the runs of an ensemble are scored on the same "
+                                   f"tasks: give runs trained on the same data, split and image size")
+        if other_state.get("preprocessing") != state.get("preprocessing"):
+            raise FewshotError(f"{other} turns images into inputs differently from {target} "
+                               f"({other_state.get('preprocessing')} against {state.get('preprocessing')}); the runs "
+                               f"of an ensemble read the same inputs: give runs trained on the same prepared data")
+        loaded.append((other_state, other_config))
+    return loaded
+
+
+def describe_members(targets: Sequence[str | Path], states: Sequence[dict],
+                     algorithms: Sequence[Algorithm], steps: int | None, lr: float | None) -> list[dict]:
+    """The record of each run of an ensemble: its checkpoint, step, preset and adaptation."""
+    records = []
+    for target, state, algorithm in zip(targets, states, algorithms):
+        count = meta_test_steps(algorithm) if steps is None else steps
+        records.append({"checkpoint": str(checkpoint.find(target)), "step": state["step"],
+                        "preset": state["config"].preset, "algorithm": state["config"].algorithm,
+                        "inner_steps": count, "adaptation": algorithm.describe_adaptation(count, lr)})
+    return records
+
+
 def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str = "test", steps: int | None = None,
                         lr: float | None = None, data_spec: str | Path | None = None, seed: int | None = None,
                         device: str | None = "cpu", progress: bool = True, at_steps: list[int] | None = None,
-                        any_kind: bool = False, shift: int | None = None) -> dict:
+                        any_kind: bool = False, shift: int | None = None,
+                        ensemble: Sequence[str | Path] = ()) -> dict:
     """Everything `fewshot eval` does, as a dict. `device` None: the best device present.
     `data_spec`: other data to evaluate on, of the kind the run was trained on unless `any_kind`.
-    Other inner `steps`, `lr`, `at_steps` or `shift` than the run's are checked by `trained_run`."""
+    Other inner `steps`, `lr`, `at_steps` or `shift` than the run's are checked by `trained_run`.
+    `ensemble`: other runs scored together with `target` (`ensemble_outputs`) on its tasks
+    and its test-time shifts, each adapting with `steps` or its own meta-test steps."""
     for value, low, flag in ((tasks, 1, "--tasks"), (seed, 0, "--seed")):
         if value is not None:
             whole_number(value, low, flag)
     state, config, device = trained_run(target, steps, lr, device, at_steps, shift)
+    others = ensemble_runs(target, state, config, ensemble, steps, lr, shift)
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
@@ -221,18 +293,22 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
-    steps = meta_test_steps(algorithm, config)
+    members = [algorithm] + [load_algorithm(other_state, device) for other_state, _ in others]
     n_tasks = config.eval_tasks if tasks is None else tasks
-    at_steps = config.eval_at_steps or () if at_steps is None else at_steps
+    # a preset's own at_steps report one run; an ensemble reports only the steps it adapts with
+    at_steps = (config.eval_at_steps or ()) if at_steps is None and not others else (at_steps or ())
     with precision.configured(config.precision, device):  # the arithmetic the run validated in
-        result = evaluate(algorithm, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
+        result = evaluate(members, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
                           at_steps=at_steps, shift=config.eval_shift)
+    if others:
+        result["members"] = describe_members([target, *ensemble], [state] + [s for s, _ in others], members, steps, lr)
+    own_steps = meta_test_steps(algorithm, config)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,
         "preset": config.preset, "shots": config.shots, "algorithm": config.algorithm,
-        "ways": eval_ways(config), "query": eval_query(config), "inner_steps": steps,
+        "ways": eval_ways(config), "query": eval_query(config), "inner_steps": own_steps,
         "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
-        "adaptation": algorithm.describe_adaptation(steps, lr), "device": str(device),
+        "adaptation": algorithm.describe_adaptation(own_steps, lr), "device": str(device),
         "metric": algorithm.family.metric_name,
         "seed": config.eval_seed if seed is None else seed, "shift": config.eval_shift,
     })
@@ -272,6 +348,15 @@ def check_data_kind(config: Config, trained: str | None, any_kind: bool = False)
                            f"evaluate it on these anyway (converted to that size and those channels)")
 
 
+def describe_ensemble(result: dict[str, Any]) -> list[str]:
+    """The lines naming the runs of an ensemble's result, none for one run."""
+    members = result.get("members")
+    if not members:
+        return []
+    return ([f"  an ensemble of {len(members)} runs, each query's log-probabilities averaged:"] +
+            [f"    {m['checkpoint']} ({m['preset']} step {m['step']}): {m['adaptation']}" for m in members])
+
+
 def describe(result: dict[str, Any]) -> str:
     percent = result["metric"] == "accuracy"
 
@@ -284,7 +369,7 @@ def describe(result: dict[str, Any]) -> str:
                   describe_shift(result.get("shift", 0)))
     lines = [f"{result['preset']} step {result['step']}, {result['split']} split: {result['metric']} "
              f"{value(result['mean'], result['ci95'])} (95% CI, {result['tasks']} tasks, {task}, {queries}, "
-             f"{adaptation})"]
+             f"{adaptation})"] + describe_ensemble(result)
     if len(result["by_steps"]) > 1:
         lines += [f"  after {count:>3} steps: {result['metric']} {value(r['mean'], r['ci95'])}"
                   for count, r in sorted(result["by_steps"].items(), key=lambda item: int(item[0]))]
@@ -295,6 +380,7 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["asked_settings", "confidence", "depends_on_the_batch", "describe", "describe_shift", "evaluate", "evaluate_checkpoint",
+__all__ = ["asked_settings", "confidence", "depends_on_the_batch", "describe", "describe_ensemble", "describe_members",
+           "describe_shift", "ensemble_outputs", "ensemble_runs", "evaluate", "evaluate_checkpoint",
            "load_algorithm", "meta_test_outputs", "meta_test_steps", "predict_alone", "shift_averaged", "shifted",
            "shifted_support"]

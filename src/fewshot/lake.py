@@ -23,6 +23,7 @@ embed` left beside a run's embeddings.
 import re
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,11 @@ from tqdm import tqdm
 
 from . import checkpoint, precision
 from .algorithms.base import Algorithm
+from .config import Config
 from .data.omniglot import decode_png
 from .errors import FewshotError
-from .evaluate import confidence, describe_shift, load_algorithm, meta_test_outputs, meta_test_steps, trained_run
+from .evaluate import (confidence, describe_ensemble, describe_members, describe_shift, ensemble_outputs, ensemble_runs, load_algorithm,
+                       meta_test_outputs, meta_test_steps, trained_run)
 from .inputs import ImageInputs, image_inputs
 
 LABELS = "class_labels.txt"
@@ -132,27 +135,63 @@ def _read_run(files: _Files, root: str, name: str, size: int) -> LakeRun:
                    [answers[i] for i in order])
 
 
-def classify_run(algorithm: Algorithm, inputs: ImageInputs, run: LakeRun, steps: int | None = None,
-                 lr: float | None = None, shift: int = 0) -> torch.Tensor:
+def classify_run(algorithm: Algorithm | Sequence[Algorithm], inputs: ImageInputs, run: LakeRun,
+                 steps: int | None = None, lr: float | None = None, shift: int = 0) -> torch.Tensor:
     """The outputs (test image x training image) of one run: adapted once on the training
     images as a 20-way 1-shot support set (`steps` inner steps, by default the algorithm's
     meta-test ones), each test image classified on its own; `shift`: test-time augmentation
-    by shifts (eval_shift, `evaluate.meta_test_outputs`)."""
-    steps = meta_test_steps(algorithm) if steps is None else steps
+    by shifts (eval_shift, `evaluate.meta_test_outputs`). Several algorithms: an ensemble
+    (`evaluate.ensemble_outputs`), each trial still on its own in each."""
     support_x = inputs(np.stack(run.training)[:, None])
     support_y = torch.arange(len(run.training), device=support_x.device)
     query_x = inputs(np.stack(run.test)[:, None])
+    if not isinstance(algorithm, Algorithm):
+        return ensemble_outputs(algorithm, support_x, support_y, query_x, steps, lr, alone=True, shift=shift)
+    steps = meta_test_steps(algorithm) if steps is None else steps
     return meta_test_outputs(algorithm, support_x, support_y, query_x, [steps], lr, alone=True, shift=shift)[steps]
 
 
 def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, lr: float | None = None,
-                  device: str | torch.device | None = "cpu", progress: bool = True, shift: int | None = None) -> dict:
+                  device: str | torch.device | None = "cpu", progress: bool = True, shift: int | None = None,
+                  ensemble: Sequence[str | Path] = ()) -> dict:
     """Error of a trained run (folder or checkpoint) on Lake's runs at `lake` (a zip or a
     folder): per run and overall with a 95% interval, each trial classified on its own, in
     the arithmetic the run validated in. Inner `steps`, `lr` and `shift` as `fewshot eval`
-    takes them."""
+    takes them; `ensemble`: other runs scored together with it, as `fewshot eval` does."""
     state, config, device = trained_run(target, steps, lr, device, shift=shift)
-    algorithm = load_algorithm(state, device).eval()
+    others = ensemble_runs(target, state, config, ensemble, steps, lr, shift)
+    members = [load_algorithm(member_state, device).eval() for member_state in [state] + [s for s, _ in others]]
+    for name, member, member_config in zip([target, *ensemble], members, [config] + [c for _, c in others]):
+        check_classifies_lake(name, member, member_config)
+    algorithm = members[0]
+    inputs = image_inputs(state, device)
+    runs = read_runs(lake, inputs.size)
+    results, errors = [], []
+    with precision.configured(config.precision, device):
+        for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
+            outputs = classify_run(members if others else algorithm, inputs, run, steps, lr, config.eval_shift)
+            predicted = outputs.argmax(1).cpu().tolist()
+            wrong = [p != a for p, a in zip(predicted, run.answers)]
+            errors += wrong
+            results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong),
+                            "error": sum(wrong) / len(wrong), "predicted": predicted, "answers": run.answers})
+    error, ci95 = confidence(errors)
+    own_steps = meta_test_steps(algorithm, config)
+    result = {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
+              "algorithm": config.algorithm, "lake": str(lake),
+              "inner_steps": own_steps, "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
+              "adaptation": algorithm.describe_adaptation(own_steps, lr) + describe_shift(config.eval_shift),
+              "shift": config.eval_shift, "device": str(device),
+              "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
+              "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
+    if others:
+        result["members"] = describe_members([target, *ensemble], [state] + [s for s, _ in others], members, steps, lr)
+    return result
+
+
+def check_classifies_lake(target: str | Path, algorithm: Algorithm, config: Config) -> None:
+    """Refuse a run that cannot classify a Lake trial: a regression run, a fixed output
+    layer of other than 20 classes."""
     if algorithm.family.metric_name != "accuracy":
         raise FewshotError(f"{target} is a regression run ({config.preset}); Lake's runs need a classifier "
                            f"trained on images")
@@ -160,31 +199,13 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
         raise FewshotError(f"{target} is a {config.algorithm} network with a fixed {config.ways}-way output layer, "
                            f"and a Lake trial is {WAYS}-way; train a {WAYS}-way model instead (e.g. `fewshot train "
                            f"lake-anil`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
-    inputs = image_inputs(state, device)
-    runs = read_runs(lake, inputs.size)
-    steps = meta_test_steps(algorithm, config)
-    results, errors = [], []
-    with precision.configured(config.precision, device):
-        for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
-            predicted = classify_run(algorithm, inputs, run, steps, lr, config.eval_shift).argmax(1).cpu().tolist()
-            wrong = [p != a for p, a in zip(predicted, run.answers)]
-            errors += wrong
-            results.append({"run": run.name, "errors": sum(wrong), "trials": len(wrong),
-                            "error": sum(wrong) / len(wrong), "predicted": predicted, "answers": run.answers})
-    error, ci95 = confidence(errors)
-    return {"checkpoint": str(checkpoint.find(target)), "step": state["step"], "preset": config.preset,
-            "algorithm": config.algorithm, "lake": str(lake),
-            "inner_steps": steps, "inner_lr": algorithm.describe_inner_lr() if lr is None else lr,
-            "adaptation": algorithm.describe_adaptation(steps, lr) + describe_shift(config.eval_shift),
-            "shift": config.eval_shift, "device": str(device),
-            "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
-            "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
 
 
 def describe_lake(result: dict) -> str:
     lines = [f"{result['preset']} step {result['step']} on the {len(result['runs'])} Lake runs of {result['lake']}: "
              f"error {100 * result['error']:.2f}% +- {100 * result['ci95']:.2f}% (95% CI, {result['errors']} of "
-             f"{result['trials']} trials wrong, each classified on its own{describe_shift(result.get('shift', 0))})"]
+             f"{result['trials']} trials wrong, each classified on its own{describe_shift(result['shift'])})"]
+    lines += describe_ensemble(result)
     lines += [f"  {r['run']}: {r['errors']:2d} of {r['trials']} wrong ({100 * r['error']:.1f}%)" for r in result["runs"]]
     lines.append("published error on these 20 runs: " +
                  ", ".join(f"{p['model']} {100 * p['error']:.1f}% ({p['source']})" for p in result["published"]))
