@@ -196,6 +196,9 @@ def test_an_ensemble_of_runs_that_read_different_tasks_is_refused_in_one_line(tm
     for other, words in ((larger, "image_size 20"), (other_split, "split 'other'")):
         code, out, err = run(capsys, "eval", first, other, "--tasks", 2)
         assert code == 2 and words in one_error_line(err) and "same data, split and image size" in err
+    five_way = saved_run(tmp_path / "d", data, ways=5)
+    code, out, err = run(capsys, "eval", first, five_way, "--tasks", 2)
+    assert code == 2 and "fixed 5-way output layer, and the tasks of" in one_error_line(err) and "3-way" in err
     with pytest.raises(FewshotError, match="--at-steps reports one run"):
         evaluate.evaluate_checkpoint(saved_run(tmp_path / "m", data), tasks=2, progress=False, at_steps=[0],
                                      ensemble=[saved_run(tmp_path / "n", data, seed=1)])

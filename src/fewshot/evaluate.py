@@ -255,6 +255,15 @@ def ensemble_runs(target: str | Path, state: dict, config: Config, others: Seque
     return loaded
 
 
+def check_answers_ways(target: str | Path, algorithm: Algorithm, ways: int, tasks: str, hint: str) -> None:
+    """Refuse a network whose fixed output layer answers other than `ways` classes, with
+    one line naming the `tasks` it was given and a `hint`."""
+    config = algorithm.config
+    if not algorithm.any_number_of_classes and config.ways != ways:
+        raise FewshotError(f"{target} is a {config.algorithm} network with a fixed {config.ways}-way output layer, "
+                           f"and {tasks} {ways}-way; {hint}")
+
+
 def describe_members(targets: Sequence[str | Path], states: Sequence[dict],
                      algorithms: Sequence[Algorithm], steps: int | None, lr: float | None) -> list[dict]:
     """The record of each run of an ensemble: its checkpoint, step, preset and adaptation."""
@@ -294,6 +303,9 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
                            query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
     members = [algorithm] + [load_algorithm(other_state, device) for other_state, _ in others]
+    for other, member in zip(ensemble, members[1:]):
+        check_answers_ways(other, member, eval_ways(config), f"the tasks of {target} are",
+                           f"give runs that answer {eval_ways(config)} classes, or ProtoNets (any number of ways)")
     n_tasks = config.eval_tasks if tasks is None else tasks
     # a preset's own at_steps report one run; an ensemble reports only the steps it adapts with
     at_steps = (config.eval_at_steps or ()) if at_steps is None and not others else (at_steps or ())
@@ -380,7 +392,7 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["asked_settings", "confidence", "depends_on_the_batch", "describe", "describe_ensemble", "describe_members",
+__all__ = ["asked_settings", "check_answers_ways", "confidence", "depends_on_the_batch", "describe", "describe_ensemble", "describe_members",
            "describe_shift", "ensemble_outputs", "ensemble_runs", "evaluate", "evaluate_checkpoint",
            "load_algorithm", "meta_test_outputs", "meta_test_steps", "predict_alone", "shift_averaged", "shifted",
            "shifted_support"]

@@ -36,8 +36,9 @@ from .algorithms.base import Algorithm
 from .config import Config
 from .data.omniglot import decode_png
 from .errors import FewshotError
-from .evaluate import (confidence, describe_ensemble, describe_members, describe_shift, ensemble_outputs, ensemble_runs, load_algorithm,
-                       meta_test_outputs, meta_test_steps, trained_run)
+from .evaluate import (check_answers_ways, confidence, describe_ensemble, describe_members, describe_shift,
+                       ensemble_outputs, ensemble_runs, load_algorithm, meta_test_outputs, meta_test_steps,
+                       trained_run)
 from .inputs import ImageInputs, image_inputs
 
 LABELS = "class_labels.txt"
@@ -195,10 +196,9 @@ def check_classifies_lake(target: str | Path, algorithm: Algorithm, config: Conf
     if algorithm.family.metric_name != "accuracy":
         raise FewshotError(f"{target} is a regression run ({config.preset}); Lake's runs need a classifier "
                            f"trained on images")
-    if not algorithm.any_number_of_classes and config.ways != WAYS:
-        raise FewshotError(f"{target} is a {config.algorithm} network with a fixed {config.ways}-way output layer, "
-                           f"and a Lake trial is {WAYS}-way; train a {WAYS}-way model instead (e.g. `fewshot train "
-                           f"lake-anil`, or --set ways={WAYS}), or a ProtoNet (any number of ways)")
+    check_answers_ways(target, algorithm, WAYS, "a Lake trial is",
+                       f"train a {WAYS}-way model instead (e.g. `fewshot train lake-anil`, or --set ways={WAYS}), or a "
+                       f"ProtoNet (any number of ways)")
 
 
 def describe_lake(result: dict) -> str:
