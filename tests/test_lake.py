@@ -507,8 +507,8 @@ def test_an_ensemble_scores_lakes_trials_each_on_its_own_in_each_member(pngs, la
         each_alone = []
         for image in lake_run.test:
             query_x = inputs(np.stack([image])[:, None])
-            outputs = [meta_test_outputs(member, support_x, support_y, query_x, [steps], alone=True)[steps].log_softmax(1)
-                       for member, steps in zip(members, (0, 2))]
+            outputs = [meta_test_outputs(member, support_x, support_y, query_x, [steps], alone=True)[steps]
+                       .log_softmax(1) for member, steps in zip(members, (0, 2))]
             each_alone.append(((outputs[0] + outputs[1]) / 2).argmax(1).item())
         assert scored["predicted"] == each_alone
     code, out, err = run(capsys, "eval", protonet, maml, "--lake", lake)

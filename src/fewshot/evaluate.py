@@ -392,7 +392,7 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["asked_settings", "check_answers_ways", "confidence", "depends_on_the_batch", "describe", "describe_ensemble", "describe_members",
-           "describe_shift", "ensemble_outputs", "ensemble_runs", "evaluate", "evaluate_checkpoint",
-           "load_algorithm", "meta_test_outputs", "meta_test_steps", "predict_alone", "shift_averaged", "shifted",
-           "shifted_support"]
+__all__ = ["asked_settings", "check_answers_ways", "confidence", "depends_on_the_batch", "describe",
+           "describe_ensemble", "describe_members", "describe_shift", "ensemble_outputs", "ensemble_runs", "evaluate",
+           "evaluate_checkpoint", "load_algorithm", "meta_test_outputs", "meta_test_steps", "predict_alone",
+           "shift_averaged", "shifted", "shifted_support"]
