@@ -107,11 +107,14 @@ def ensemble_outputs(members: Sequence[Algorithm], support_x: torch.Tensor, supp
     its own way (`steps` inner steps for all, by default each its own meta-test ones,
     `meta_test_outputs`), then a query's log-probabilities are averaged over the members:
     the product of their class probabilities, renormalised (for ProtoNets, the distance
-    in their embeddings put side by side); regression outputs are averaged."""
+    in their embeddings put side by side); regression outputs are averaged. One member:
+    its outputs as `meta_test_outputs` gives them."""
     outputs = []
     for member in members:
         count = meta_test_steps(member) if steps is None else steps
         outputs.append(meta_test_outputs(member, support_x, support_y, query_x, [count], lr, alone, shift)[count])
+    if len(outputs) == 1:  # one run: its own outputs, unchanged
+        return outputs[0]
     if members[0].family.metric_name == "accuracy":
         outputs = [output.log_softmax(-1) for output in outputs]
     return torch.stack(outputs).mean(0)
@@ -234,12 +237,13 @@ ENSEMBLE_KEYS = ("dataset", "split", "image_size", "channels", "embedding_datase
 
 def ensemble_runs(target: str | Path, state: dict, config: Config, others: Sequence[str | Path],
                   steps: int | None = None, lr: float | None = None,
-                  shift: int | None = None) -> list[tuple[dict, Config]]:
-    """(state, config) of each of the `others`, the runs evaluated together with `target`
-    (`state`, `config`) as an ensemble, made ready for meta-test as `trained_run` makes it,
-    each checked to read the same tasks the same way: the same data kind, split (so that
-    the validation classes are none of its training classes), image size and conversion."""
-    loaded = []
+                  shift: int | None = None) -> list[tuple[str | Path, dict, Config]]:
+    """(name, state, config) of `target` (`state`, `config`), then of each of the `others`,
+    the runs evaluated together with it as an ensemble, made ready for meta-test as
+    `trained_run` makes it, each checked to read the same tasks the same way: the same data
+    kind, split (so that the validation classes are none of its training classes), image
+    size and conversion."""
+    loaded = [(target, state, config)]
     for other in others:
         other_state, other_config, _ = trained_run(other, steps, lr, "cpu", shift=shift)
         for key in ENSEMBLE_KEYS:
@@ -251,7 +255,7 @@ def ensemble_runs(target: str | Path, state: dict, config: Config, others: Seque
             raise FewshotError(f"{other} turns images into inputs differently from {target} "
                                f"({other_state.get('preprocessing')} against {state.get('preprocessing')}); the runs "
                                f"of an ensemble read the same inputs: give runs trained on the same prepared data")
-        loaded.append((other_state, other_config))
+        loaded.append((other, other_state, other_config))
     return loaded
 
 
@@ -264,11 +268,12 @@ def check_answers_ways(target: str | Path, algorithm: Algorithm, ways: int, task
                            f"and {tasks} {ways}-way; {hint}")
 
 
-def describe_members(targets: Sequence[str | Path], states: Sequence[dict],
-                     algorithms: Sequence[Algorithm], steps: int | None, lr: float | None) -> list[dict]:
-    """The record of each run of an ensemble: its checkpoint, step, preset and adaptation."""
+def describe_members(runs: Sequence[tuple[str | Path, dict, Config]], algorithms: Sequence[Algorithm],
+                     steps: int | None, lr: float | None) -> list[dict]:
+    """The record of each run of an ensemble (`ensemble_runs`): its checkpoint, step, preset
+    and adaptation."""
     records = []
-    for target, state, algorithm in zip(targets, states, algorithms):
+    for (target, state, _), algorithm in zip(runs, algorithms):
         count = meta_test_steps(algorithm) if steps is None else steps
         records.append({"checkpoint": str(checkpoint.find(target)), "step": state["step"],
                         "preset": state["config"].preset, "algorithm": state["config"].algorithm,
@@ -290,7 +295,7 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
         if value is not None:
             whole_number(value, low, flag)
     state, config, device = trained_run(target, steps, lr, device, at_steps, shift)
-    others = ensemble_runs(target, state, config, ensemble, steps, lr, shift)
+    trained = ensemble_runs(target, state, config, ensemble, steps, lr, shift)
     # the data given, else the data it was trained on, also from another folder or FEWSHOT_HOME
     where = str(data_spec) if data_spec is not None else recorded_data(config, state.get("data_location"))
     config = config.unchecked_replace(data=where)
@@ -302,18 +307,18 @@ def evaluate_checkpoint(target: str | Path, tasks: int | None = None, split: str
     sampler = data.sampler(config, dataset, refs, split, config.eval_seed if seed is None else seed,
                            query=eval_query(config), ways=eval_ways(config))
     algorithm = load_algorithm(state, device)
-    members = [algorithm] + [load_algorithm(other_state, device) for other_state, _ in others]
+    members = [algorithm] + [load_algorithm(other_state, device) for _, other_state, _ in trained[1:]]
     for other, member in zip(ensemble, members[1:]):
         check_answers_ways(other, member, eval_ways(config), f"the tasks of {target} are",
                            f"give runs that answer {eval_ways(config)} classes, or ProtoNets (any number of ways)")
     n_tasks = config.eval_tasks if tasks is None else tasks
     # a preset's own at_steps report one run; an ensemble reports only the steps it adapts with
-    at_steps = (config.eval_at_steps or ()) if at_steps is None and not others else (at_steps or ())
+    at_steps = (config.eval_at_steps or ()) if at_steps is None and not ensemble else (at_steps or ())
     with precision.configured(config.precision, device):  # the arithmetic the run validated in
         result = evaluate(members, sampler, n_tasks, steps, lr, device, progress, desc=f"eval {split}",
                           at_steps=at_steps, shift=config.eval_shift)
-    if others:
-        result["members"] = describe_members([target, *ensemble], [state] + [s for s, _ in others], members, steps, lr)
+    if ensemble:
+        result["members"] = describe_members(trained, members, steps, lr)
     own_steps = meta_test_steps(algorithm, config)
     result.update({
         "checkpoint": str(checkpoint.find(target)), "step": state["step"], "split": split,

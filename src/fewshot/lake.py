@@ -37,8 +37,7 @@ from .config import Config
 from .data.omniglot import decode_png
 from .errors import FewshotError
 from .evaluate import (check_answers_ways, confidence, describe_ensemble, describe_members, describe_shift,
-                       ensemble_outputs, ensemble_runs, load_algorithm, meta_test_outputs, meta_test_steps,
-                       trained_run)
+                       ensemble_outputs, ensemble_runs, load_algorithm, meta_test_steps, trained_run)
 from .inputs import ImageInputs, image_inputs
 
 LABELS = "class_labels.txt"
@@ -143,13 +142,11 @@ def classify_run(algorithm: Algorithm | Sequence[Algorithm], inputs: ImageInputs
     meta-test ones), each test image classified on its own; `shift`: test-time augmentation
     by shifts (eval_shift, `evaluate.meta_test_outputs`). Several algorithms: an ensemble
     (`evaluate.ensemble_outputs`), each trial still on its own in each."""
+    members = [algorithm] if isinstance(algorithm, Algorithm) else algorithm
     support_x = inputs(np.stack(run.training)[:, None])
     support_y = torch.arange(len(run.training), device=support_x.device)
     query_x = inputs(np.stack(run.test)[:, None])
-    if not isinstance(algorithm, Algorithm):
-        return ensemble_outputs(algorithm, support_x, support_y, query_x, steps, lr, alone=True, shift=shift)
-    steps = meta_test_steps(algorithm) if steps is None else steps
-    return meta_test_outputs(algorithm, support_x, support_y, query_x, [steps], lr, alone=True, shift=shift)[steps]
+    return ensemble_outputs(members, support_x, support_y, query_x, steps, lr, alone=True, shift=shift)
 
 
 def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None, lr: float | None = None,
@@ -160,9 +157,9 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     the arithmetic the run validated in. Inner `steps`, `lr` and `shift` as `fewshot eval`
     takes them; `ensemble`: other runs scored together with it, as `fewshot eval` does."""
     state, config, device = trained_run(target, steps, lr, device, shift=shift)
-    others = ensemble_runs(target, state, config, ensemble, steps, lr, shift)
-    members = [load_algorithm(member_state, device).eval() for member_state in [state] + [s for s, _ in others]]
-    for name, member, member_config in zip([target, *ensemble], members, [config] + [c for _, c in others]):
+    trained = ensemble_runs(target, state, config, ensemble, steps, lr, shift)
+    members = [load_algorithm(member_state, device).eval() for _, member_state, _ in trained]
+    for (name, _, member_config), member in zip(trained, members):
         check_classifies_lake(name, member, member_config)
     algorithm = members[0]
     inputs = image_inputs(state, device)
@@ -170,7 +167,7 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
     results, errors = [], []
     with precision.configured(config.precision, device):
         for run in tqdm(runs, desc="Lake runs", unit="run", disable=not progress, leave=False):
-            outputs = classify_run(members if others else algorithm, inputs, run, steps, lr, config.eval_shift)
+            outputs = classify_run(members, inputs, run, steps, lr, config.eval_shift)
             predicted = outputs.argmax(1).cpu().tolist()
             wrong = [p != a for p, a in zip(predicted, run.answers)]
             errors += wrong
@@ -185,8 +182,8 @@ def evaluate_lake(target: str | Path, lake: str | Path, steps: int | None = None
               "shift": config.eval_shift, "device": str(device),
               "error": error, "ci95": ci95, "errors": sum(errors), "trials": len(errors), "runs": results,
               "published": [{"model": m, "error": e / 100, "source": s} for m, e, s in PUBLISHED]}
-    if others:
-        result["members"] = describe_members([target, *ensemble], [state] + [s for s, _ in others], members, steps, lr)
+    if ensemble:
+        result["members"] = describe_members(trained, members, steps, lr)
     return result
 
 
