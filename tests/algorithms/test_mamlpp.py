@@ -181,6 +181,11 @@ AUTHORS_FILES = {
 AUTHORS_FILES["mamlpp-miniimagenet-5w5s"] = (
     "mini-imagenet_maml++-mini-imagenet_5_2_0.01_48_5_0.json",
     {**AUTHORS_FILES["mamlpp-miniimagenet-5w1s"][1], "shots": 5})
+AUTHORS_FILES["mamlpp-omniglot-20w1s"] = (
+    "omniglot_maml++-omniglot_1_8_0.1_64_20_0.json", {**AUTHORS_FILES["mamlpp-omniglot-5w1s"][1], "ways": 20})
+AUTHORS_FILES["mamlpp-omniglot-20w5s"] = (
+    "omniglot_maml++-omniglot_5_8_0.1_64_20_0.json",
+    {**AUTHORS_FILES["mamlpp-omniglot-5w1s"][1], "ways": 20, "shots": 5})
 
 
 @pytest.mark.parametrize("preset", sorted(AUTHORS_FILES))
