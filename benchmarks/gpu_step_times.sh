@@ -11,14 +11,15 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 git log --oneline -1 2>/dev/null || true
 F="python3 -m fewshot.cli"
 common="--device cuda --no-progress --set log_every=100 --set val_every=300 --set save_every=300 --set val_tasks=100"
-t() { local name=$1; shift; local start=$SECONDS; timeout 75 $F train "$@" --out $OUT/$name $common > $OUT/$name.log 2>&1; echo "$name: exit $? wall $((SECONDS - start)) s"; tail -3 $OUT/$name.log; }
+t() { local name=$1; shift; local start=$SECONDS; timeout 65 $F train "$@" --out $OUT/$name $common > $OUT/$name.log 2>&1; echo "$name: exit $? wall $((SECONDS - start)) s"; tail -3 $OUT/$name.log; }
 t o5w1s omniglot-5w1s --data $D/omniglot-28 --set steps=300
 t o5w1s_loop omniglot-5w1s --data $D/omniglot-28 --set steps=300 --set batch_tasks=false
 t o20w1s omniglot-20w1s --data $D/omniglot-28 --set steps=300
+t pp20w1s mamlpp-omniglot-20w1s --data $D/omniglot-28 --set steps=300
 t o5w1s_pt omniglot-5w1s-pytorch --data $D/omniglot-28 --set steps=300
 t proto protonet-omniglot-5w1s --data $D/omniglot-28 --set steps=300
 timeout 60 $F data miniimagenet --from $D/miniimagenet --name mini --allow-partial --no-progress 2>&1 | tail -2
 t mini1 maml-miniimagenet-5w1s --data mini --set steps=300
 # one file back: the metrics rows of every run
-for r in o5w1s o5w1s_loop o20w1s o5w1s_pt proto mini1; do echo "== $r"; cat $OUT/$r/metrics.jsonl 2>/dev/null; done > $OUT/metrics_all.txt
-for r in o5w1s o5w1s_loop o20w1s o5w1s_pt proto mini1; do rm -rf $OUT/$r; done
+for r in o5w1s o5w1s_loop o20w1s pp20w1s o5w1s_pt proto mini1; do echo "== $r"; cat $OUT/$r/metrics.jsonl 2>/dev/null; done > $OUT/metrics_all.txt
+for r in o5w1s o5w1s_loop o20w1s pp20w1s o5w1s_pt proto mini1; do rm -rf $OUT/$r; done
