@@ -4,7 +4,8 @@ gives exactly), written with a card into src/fewshot/pretrained/ ($FEWSHOT_PRETR
 if set). Then regenerate the table of docs/results.md.
 
     python scripts/ship_model.py RUN NAME [--data DATA] [--paper FIGURE --source SOURCE]
-        [--machine TEXT] [--train-command CMD ...] [--set eval_ways=20 ...] [--note TEXT] [--threads N] [--force]
+        [--machine TEXT] [--train-command CMD ...] [--set eval_ways=20 ...] [--note TEXT] [--threads N]
+        [--force | --keep-test]
     python scripts/results_table.py --shipped --write docs/results.md
 
 RUN is a run folder (its best.pt, else last.pt) or a .pt file. Bad input is one
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="why the cell differs from its paper, or how the run went")
     p.add_argument("--threads", type=int, help="torch threads for the evaluation")
     p.add_argument("--force", action="store_true", help="replace a model already shipped under NAME")
+    p.add_argument("--keep-test", action="store_true", help="replace the card of a model already shipped under NAME "
+                   "from these same weights, keeping its test figures instead of reading the test tasks again "
+                   "(to correct its note, machine or commands)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         card = zoo.ship(args.run, args.name, data=args.data, paper_figure=args.paper, paper_source=args.source,
                         machine=args.machine, train_commands=args.train_command,
                         evaluation=parse_overrides(args.set), notes=args.note, force=args.force,
+                        keep_test=args.keep_test,
                         ship_command=shlex.join(["python", "scripts/ship_model.py",
                                                  *[zoo.relative_path(a) if a == args.run else a
                                                    for a in (sys.argv[1:] if argv is None else argv)]]),

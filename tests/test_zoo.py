@@ -251,6 +251,36 @@ def test_ship_refuses_what_it_cannot_ship_and_writes_nothing(using, tmp_path, mo
     assert "not one of fewshot's presets" in one_error_line(capsys.readouterr().err)
 
 
+def test_keep_test_rewrites_a_card_without_reading_the_test_tasks_again(copy_of_models, tmp_path, monkeypatch,
+                                                                     capsys):
+    """A note corrected after shipping: the same weights, the card's test figures kept."""
+    before = zoo.card(NAME)
+    import fewshot.evaluate
+
+    def no_second_look(*args, **kwargs):
+        raise AssertionError("the test tasks were read again")
+    monkeypatch.setattr(fewshot.evaluate, "evaluate_checkpoint", no_second_look)
+    ship = script("ship_model").main
+    assert ship(["run", NAME, "--keep-test", "--note", "corrected", "--machine", "the test machine"]) == 0, \
+        capsys.readouterr().err
+    after = zoo.card(NAME)
+    assert after.notes == "corrected" and before.notes == ""
+    assert (after.test_mean, after.test_ci95, after.test_tasks, after.test_seed, after.sha256) == \
+           (before.test_mean, before.test_ci95, before.test_tasks, before.test_seed, before.sha256)
+    assert "--keep-test" in after.ship_command
+    assert zoo.weights_problem(after) is None
+    # other weights (another run) do not inherit the figures, and nothing is written
+    card_text = (copy_of_models / f"{NAME}.yaml").read_text()
+    train(tiny_config(preset="omniglot-5w1s", description=load_preset("omniglot-5w1s").description,
+                      data="tagged", steps=1), tmp_path / "other", progress=False)
+    assert ship([str(tmp_path / "other"), NAME, "--keep-test"]) == 2
+    assert "differ from those shipped as" in one_error_line(capsys.readouterr().err)
+    assert (copy_of_models / f"{NAME}.yaml").read_text() == card_text
+    # no card, no figures to keep
+    assert ship(["run", "never-shipped", "--keep-test"]) == 2
+    assert "no model named never-shipped is shipped" in one_error_line(capsys.readouterr().err)
+
+
 def test_one_run_ships_as_several_cells_with_other_evaluation_settings(using, tmp_path, monkeypatch, capsys):
     """As ProtoNets: trained once, tested 5- and 20-way; here the 3-way run tested 2-way."""
     models, run_dir, card, _ = using

@@ -212,7 +212,7 @@ def folder_bytes(where: Path | None = None) -> int:
 def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: str | None = None,
          paper_source: str | None = None, machine: str | None = None, train_commands: list[str] | None = None,
          evaluation: dict | None = None, notes: str = "", ship_command: str | None = None, force: bool = False,
-         where: Path | None = None, progress: bool = True) -> Card:
+         keep_test: bool = False, where: Path | None = None, progress: bool = True) -> Card:
     """Make run `run` (its best.pt, else last.pt; or a .pt file) shipped model `name`: the
     weights without the meta-training state, evaluated on the preset's fixed test tasks
     exactly as `fewshot eval NAME` will, then written atomically with their card.
@@ -236,7 +236,11 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
     if not NAME.fullmatch(name):
         raise FewshotError(f"model name {name!r} is not a plain name; use lowercase letters, digits, - and _ "
                            f"(e.g. maml-omniglot-5w1s), at most 64 characters")
-    if (where / f"{name}.yaml").exists() and not force:
+    card_file = where / f"{name}.yaml"
+    if keep_test and not card_file.exists():
+        raise FewshotError(f"no model named {name} is shipped in {where}, so there is no test figure to keep; "
+                           f"ship it without --keep-test")
+    if card_file.exists() and not (force or keep_test):
         raise FewshotError(f"a model named {name} is already shipped in {where}; choose another name, or "
                            f"replace it with --force")
     source = checkpoint.find(run)
@@ -277,10 +281,14 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         raise FewshotError(f"{name}'s weights ({len(weights) / 1e6:.1f} MB) would take the shipped models past "
                            f"{TOTAL_LIMIT_BYTES / 1e6:.0f} MB in all ({folder_bytes(where) / 1e6:.1f} MB now); "
                            f"ship a smaller network, or say why this one earns its size")
-    with tempfile.TemporaryDirectory() as scratch:  # evaluated as the very bytes that will be shipped
-        scratch_file = Path(scratch) / f"{name}.pt"
-        scratch_file.write_bytes(weights)
-        result = evaluate_checkpoint(scratch_file, device="cpu", progress=progress)
+    digest = hashlib.sha256(weights).hexdigest()
+    if keep_test:
+        result = _kept_test(read_card(card_file), digest, source)
+    else:
+        with tempfile.TemporaryDirectory() as scratch:  # evaluated as the very bytes that will be shipped
+            scratch_file = Path(scratch) / f"{name}.pt"
+            scratch_file.write_bytes(weights)
+            result = evaluate_checkpoint(scratch_file, device="cpu", progress=progress)
     run_folder = source.parent
     rows = read_metrics(run_folder)
     seconds, processes, curve = training_time(rows, state["step"])
@@ -295,7 +303,7 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         test_ci95=result["ci95"], test_tasks=result["tasks"],
         test_seed=result["seed"], test_inner_steps=result["inner_steps"], test_device="cpu",
         paper_figure=figure, paper_source=cited, weights=f"{name}.pt", weights_bytes=len(weights),
-        sha256=hashlib.sha256(weights).hexdigest(),
+        sha256=digest,
         train_commands=train_commands or rebuilt_commands(trained_config, config.init, run_folder, processes),
         eval_command=f"fewshot eval {name} --device cpu",
         ship_command=ship_command or shlex.join(["python", "scripts/ship_model.py", relative_path(run), name]),
@@ -304,8 +312,20 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         validation_curve=curve)
     with atomic_path(where / made.weights) as tmp:
         Path(tmp).write_bytes(weights)
-    write_text(where / f"{name}.yaml", card_text(made))  # the card last: a model exists once its card does
+    write_text(card_file, card_text(made))  # the card last: a model exists once its card does
     return made
+
+
+def _kept_test(shipped: Card, digest: str, source: Path) -> dict:
+    """The test figures of card `shipped`, in evaluate_checkpoint's keys, when its weights
+    are exactly those now shipped (sha256 `digest`, made from checkpoint `source`)."""
+    if shipped.sha256 != digest:
+        raise FewshotError(f"the weights made from {source} differ from those shipped as {shipped.name} (sha256 "
+                           f"{digest[:12]}... against {shipped.sha256[:12]}...), so its test figures do not hold "
+                           f"for them; evaluate them anew with --force instead of --keep-test")
+    return {"metric": shipped.metric, "ways": shipped.test_ways, "shots": shipped.test_shots,
+            "mean": shipped.test_mean, "ci95": shipped.test_ci95, "tasks": shipped.test_tasks,
+            "seed": shipped.test_seed, "inner_steps": shipped.test_inner_steps}
 
 
 def _version() -> str:
