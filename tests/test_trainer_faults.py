@@ -479,3 +479,25 @@ def test_the_shared_loop_finishes_a_critical_section_before_a_signal_stops_it_an
     assert ended == {"step": 2, "reason": "signal", "stopped": True, "signal": int(signal.SIGTERM)}
     assert done == [1, 2] and saved == [2]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_a_run_started_ignoring_sigint_keeps_ignoring_it(tmp_path, data):
+    """`nohup fewshot train ... &` from a script starts with SIGINT ignored, so that a
+    Ctrl-C at the terminal leaves it running: the trainer keeps that (SIGTERM still stops it)."""
+    config = tiny_config(data=data, steps=10 ** 6, save_every=10 ** 6, log_every=50, val_every=10 ** 6)
+    out = tmp_path / "run"
+
+    def ignoring_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os._exit(128 + train(config, out, progress=False)["signal"])
+    pid = _in_child(ignoring_sigint)
+    deadline = time.monotonic() + 120
+    while not read_metrics(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0), "SIGINT stopped a run started ignoring it"
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 143
+    assert checkpoint.load(out / "last.pt")["step"] >= 50

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import FewshotError
+from .loop import take_over_stop_signals
 
 # seconds the other workers get to finish (and fail on their own) after one has failed
 GRACE_S = 30
@@ -139,8 +140,7 @@ def spawn(function: Callable[..., Any], procs: int, *args: Any, backend: str = "
     previous = {}
     try:
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                previous[number] = signal.signal(number, pass_on)
+            previous = take_over_stop_signals(pass_on)
         for process in processes:
             process.start()
         _wait(processes)
@@ -198,8 +198,7 @@ def _entry(rank, procs, port, function, args, request, outcome, backend):
     global _parent
     _parent = request
     # until the training loop takes them over, signals are requests to stop, as they are there
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, _record)
+    take_over_stop_signals(_record)
     _die_with_parent()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(procs),
                       LOCAL_RANK=str(rank))

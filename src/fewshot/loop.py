@@ -40,6 +40,18 @@ class StopRequested(Exception):
     pass
 
 
+def take_over_stop_signals(handler: Callable[[int, FrameType | None], None]) -> dict:
+    """Make `handler` the handler of SIGINT and SIGTERM, except of one this process was
+    started ignoring (`nohup cmd &` from a script ignores SIGINT, so that a Ctrl-C at the
+    terminal leaves it running; Python keeps that, and so do we). Returns the handlers
+    replaced, for signal.signal to put back. Main thread only."""
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            previous[number] = signal.signal(number, handler)
+    return previous
+
+
 class Signals:
     """SIGINT and SIGTERM as stop requests. A request raises StopRequested at once,
     except inside `with signals:` (a critical section), where it waits for the
@@ -53,8 +65,7 @@ class Signals:
 
     def install(self) -> "Signals":
         if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self.previous[number] = signal.signal(number, self.handle)
+            self.previous = take_over_stop_signals(self.handle)
         return self
 
     def restore(self) -> None:
