@@ -92,13 +92,18 @@ def test_signals_during_the_final_save_are_ignored_until_it_is_written(tmp_path,
             os.kill(os.getpid(), signal.SIGINT)
         real_save(path, **state)
     monkeypatch.setattr(checkpoint, "save", save)
-    # What was there before, not Python's defaults: a shell starting pytest in the
-    # background hands it SIGINT already ignored.
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    result = train(config, tmp_path / "run", progress=False)
-    assert result["signal"] == number and result["step"] == 5
-    assert saves == [0, 5] and checkpoint.load(tmp_path / "run" / "last.pt")["step"] == 5
-    assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
+    # SIGINT as a run started from a terminal has it: a shell starting pytest in the
+    # background hands it SIGINT ignored, and the trainer keeps an ignored SIGINT ignored
+    # (test_a_run_started_ignoring_sigint_keeps_ignoring_it)
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        result = train(config, tmp_path / "run", progress=False)
+        assert result["signal"] == number and result["step"] == 5
+        assert saves == [0, 5] and checkpoint.load(tmp_path / "run" / "last.pt")["step"] == 5
+        assert {sig: signal.getsignal(sig) for sig in before} == before  # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 def test_sigterm_during_validation_keeps_that_validation_row(tmp_path, data, monkeypatch):
