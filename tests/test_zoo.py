@@ -267,7 +267,9 @@ def test_keep_test_rewrites_a_card_without_reading_the_test_tasks_again(copy_of_
     assert after.notes == "corrected" and before.notes == ""
     assert (after.test_mean, after.test_ci95, after.test_tasks, after.test_seed, after.sha256) == \
            (before.test_mean, before.test_ci95, before.test_tasks, before.test_seed, before.sha256)
-    assert "--keep-test" in after.ship_command
+    # the figures name the command that measured them, then the rewrite
+    measured, rewrite = after.ship_command.split("; card rewritten, its test figures kept: ")
+    assert measured == before.ship_command and "--keep-test" in rewrite
     assert zoo.weights_problem(after) is None
     # other weights (another run) do not inherit the figures, and nothing is written
     card_text = (copy_of_models / f"{NAME}.yaml").read_text()

@@ -282,8 +282,12 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
                            f"{TOTAL_LIMIT_BYTES / 1e6:.0f} MB in all ({folder_bytes(where) / 1e6:.1f} MB now); "
                            f"ship a smaller network, or say why this one earns its size")
     digest = hashlib.sha256(weights).hexdigest()
+    command = ship_command or shlex.join(["python", "scripts/ship_model.py", relative_path(run), name])
     if keep_test:
-        result = _kept_test(read_card(card_file), digest, source)
+        shipped = read_card(card_file)
+        result = _kept_test(shipped, digest, source)
+        # the figures are still those of the command that measured them: the card names it first
+        command = f"{shipped.ship_command}; card rewritten, its test figures kept: {command}"
     else:
         with tempfile.TemporaryDirectory() as scratch:  # evaluated as the very bytes that will be shipped
             scratch_file = Path(scratch) / f"{name}.pt"
@@ -306,7 +310,7 @@ def ship(run: str | Path, name: str, *, data: str | None = None, paper_figure: s
         sha256=digest,
         train_commands=train_commands or rebuilt_commands(trained_config, config.init, run_folder, processes),
         eval_command=f"fewshot eval {name} --device cpu",
-        ship_command=ship_command or shlex.join(["python", "scripts/ship_model.py", relative_path(run), name]),
+        ship_command=command,
         notes=notes, backbone=describe_backbone(backbone) if backbone else "", shipped=date.today().isoformat(),
         fewshot_version=_version(), torch_version=str(torch.__version__),
         validation_curve=curve)
