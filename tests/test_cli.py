@@ -165,7 +165,9 @@ def test_bad_checkpoints_and_busy_or_taken_run_folders(tmp_path, small_run, smal
     code, _, err = run(capsys, "train", "--resume", tmp_path, "--no-progress")
     assert code == 2 and "no run to resume" in one_error_line(err)
     code, _, err = run(capsys, "train", "--resume", trained, "--init", trained, "--no-progress")
-    assert code == 2 and "drop PRESET, --data, --set and --init" in one_error_line(err)
+    assert code == 2 and "drop PRESET, --data and --init" in one_error_line(err)
+    code, _, err = run(capsys, "train", "--resume", trained, "--set", "inner_lr=0.5", "--no-progress")
+    assert code == 2 and "inner_lr would make it another run" in one_error_line(err)
     code, _, err = run(capsys, "train", "omniglot-20w1s", "--data", small_data, "--init", trained, "--out",
                        tmp_path / "transfer", *FAST)
     assert code == 2 and "does not fit this run" in one_error_line(err) and not (tmp_path / "transfer").exists()
@@ -224,6 +226,15 @@ def test_resume_with_steps_extends_a_finished_run(small_run, capsys):
     from fewshot import checkpoint
     assert checkpoint.load(small_run / "last.pt")["step"] == 6
     assert checkpoint.load(small_run / "last.pt")["config"].steps == 6
+
+
+def test_resume_with_set_changes_how_a_step_is_computed_and_records_it(small_run, capsys):
+    code, stdout, _ = run(capsys, "train", "--resume", small_run, "--steps", "5", "--set", "batch_tasks=true",
+                          "--threads", "1", "--no-progress")
+    assert code == 0 and "steps 4 -> 5; batch_tasks null -> true" in stdout and "done: 5 steps" in stdout
+    from fewshot import checkpoint
+    assert checkpoint.load(small_run / "last.pt")["config"].batch_tasks is True
+    assert "batch_tasks: true" in (small_run / "config.yaml").read_text().splitlines()
 
 
 def test_prediction_lines_are_aligned_under_a_header():

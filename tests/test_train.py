@@ -224,6 +224,41 @@ def test_steps_on_resume_is_refused_below_the_runs_step_and_without_resume(tmp_p
     assert not (tmp_path / "new").exists()
 
 
+def test_a_resume_that_batches_the_tasks_continues_with_the_same_gradient(tmp_path, data, capsys):
+    # the 4-step run computed task by task, continued to 6 with all tasks in one pass: the
+    # weights of the uninterrupted per-task run, to float32 rounding (not bitwise: the batched
+    # pass sums in another order). Not the convolutions' biases: batch norm cancels them, so
+    # their gradient is zero but for rounding, which Adam's division scales into steps
+    settings = dict(data=data, save_every=2, log_every=1, val_every=100, batch_tasks=False)
+    train(tiny_config(steps=6, **settings), tmp_path / "full", progress=False)
+    train(tiny_config(steps=4, **settings), tmp_path / "part", progress=False)
+    capsys.readouterr()
+    train(out=tmp_path / "part", resume=True, steps=6, changes={"batch_tasks": True}, progress=False)
+    assert f"resuming {tmp_path / 'part'} at step 4: steps 4 -> 6; batch_tasks false -> true" in capsys.readouterr().out
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "part")
+    compared = [name for name in a if not name.endswith("conv.bias")]
+    assert len(compared) > len(a) - 5
+    for name in compared:
+        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-7), name
+    assert "batch_tasks: true" in (tmp_path / "part" / "config.yaml").read_text().splitlines()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"inner_lr": 0.5}, "a resume may change only steps, compile, batch_tasks, tasks_per_pass"),
+    ({"tasks_per_pass": 0}, "tasks_per_pass"),
+    ({"steps": 5}, "--steps 6 and --set steps=5 disagree")])
+def test_a_resume_refuses_a_change_of_objective_and_leaves_the_run_as_it_was(tmp_path, data, changes, message):
+    out = tmp_path / "run"
+    train(tiny_config(data=data, steps=4), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(FewshotError, match=message):
+        train(out=out, resume=True, steps=6, changes=changes, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(FewshotError, match="changes go with resume=True"):
+        train(tiny_config(data=data), tmp_path / "new", changes={"compile": True}, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
 def test_sinusoid_rows_count_points_not_images(tmp_path, capsys):
     from fewshot.config import load_preset
     config = load_preset("sinusoid-10shot").replace(steps=2, log_every=1, val_every=2, val_tasks=2)

@@ -146,9 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     time_limit = _minutes(args.time_limit)
     if args.resume or args.out:
         _check_run_out(args.resume or args.out)
-    if args.resume and (args.preset or args.set or args.data or args.init):
-        raise FewshotError("--resume continues a run with its own config; drop PRESET, --data, --set and --init "
-                           "(--steps N extends it)")
+    if args.resume and (args.preset or args.data or args.init):
+        raise FewshotError("--resume continues a run with its own config; drop PRESET, --data and --init (--steps N "
+                           "extends it; --set compile=true, batch_tasks=... or tasks_per_pass=... changes how a step "
+                           "is computed)")
     if not args.resume and not args.preset:
         raise FewshotError("name a preset (see `fewshot presets`) or give --resume RUN_DIR")
     if not args.resume and not args.out:
@@ -161,13 +162,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
     result = train(config, args.resume or args.out, resume=bool(args.resume), device=device,
                    progress=not args.no_progress, threads=args.threads, procs=args.procs, time_limit=time_limit,
-                   steps=args.steps)
+                   steps=args.steps, changes=_resume_changes(args))
     # train() itself says why a run stopped early (a signal, the time limit) and that it saved
     if result.get("signal"):  # a nonzero status, so that `fewshot train ... && fewshot eval ...` stops here
         return 128 + int(result["signal"])
     if not result["stopped"] and leader:
         print(f"done: {result['step']} steps in {result['out']}; evaluate with `fewshot eval {result['out']}`")
     return 0
+
+
+def _resume_changes(args):
+    """--set of a resume: the settings train() lets a resume change (train.RESUME_KEYS)."""
+    if not args.resume:
+        return None
+    from .config import parse_overrides
+    return parse_overrides(args.set)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -485,7 +494,8 @@ def parser() -> argparse.ArgumentParser:
     _shared(s, "--out", ": the run folder, for config, logs and checkpoints")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     s.add_argument("--steps", type=int, metavar="N", help="with --resume: train until meta-step N (extends a "
-                   "finished or stopped run; the schedule follows the new length)")
+                   "finished or stopped run; the schedule follows the new length); --set with --resume changes "
+                   "only how a step is computed: compile, batch_tasks, tasks_per_pass")
     s.add_argument("--init", metavar="CHECKPOINT", help="start from another run's weights (a run folder: its "
                    "best.pt; or a .pt file), with a fresh optimizer and step 0: transfer learning")
     _shared(s, "--threads", "; overrides the preset's `threads`")

@@ -12,11 +12,15 @@ as an uninterrupted one.
 The loop never waits for the device: a step's metrics stay tensors until the next log
 row reads the whole window at once, and on CUDA the episodes are built on the device.
 
-Extending a run. `train(out=RUN, resume=True, steps=N)` (`fewshot train --resume RUN
---steps N`) continues a finished or stopped run up to N steps in all. `steps` is the
-only setting a resume may change (RESUME_KEYS); config.yaml is rewritten with it, and
-schedules that span the run follow the new length as optim.py describes.
+Changing a run on resume. `train(out=RUN, resume=True, steps=N)` (`fewshot train --resume
+RUN --steps N`) continues a finished or stopped run up to N steps in all; schedules that
+span the run follow the new length as optim.py describes. `changes={"compile": True}`
+(`--set compile=true`) continues it with a step computed another way: the same gradient
+to rounding (tests/test_compiled.py, tests/algorithms/test_batched.py), e.g. a CPU run
+continued compiled, or on a GPU batched. Those are the only settings a resume may change
+(RESUME_KEYS); config.yaml is rewritten with them.
 """
+import json
 import math
 import os
 import sys
@@ -46,8 +50,9 @@ from .tasks import Regression, better
 EPISODES_ON_DEVICE = ("cuda",)
 # the settings that make a checkpoint another run's, not this one's
 IDENTITY_KEYS = ("preset", "algorithm", "model", "dataset")
-# the settings `train(out=RUN, resume=True, ...)` may change: the length of the schedule
-RESUME_KEYS = ("steps",)
+# the settings `train(out=RUN, resume=True, ...)` may change: the length of the schedule, and
+# how a step is computed, not what it computes
+RESUME_KEYS = ("steps", "compile", "batch_tasks", "tasks_per_pass")
 
 __all__ = ["train", "initial_weights", "default_threads", "RESUME_KEYS"]
 
@@ -61,31 +66,36 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _extended(config, out, steps):
-    """`config` with `steps` (a resume's new length), and the line that says what changed;
-    refuses a length the run has already passed."""
-    if steps is None or steps == config.steps:
+def _resumed(config, out, changes):
+    """The run's `config` with a resume's `changes` (RESUME_KEYS only), and the line that
+    says what changed (None: nothing did); refuses a length the run has already passed."""
+    refused = sorted(set(changes) - set(RESUME_KEYS))
+    if refused:
+        raise FewshotError(f"a resume may change only {', '.join(RESUME_KEYS)} (the length, and how a step is "
+                           f"computed); {', '.join(refused)} would make it another run: start one with --out")
+    changed = validate({**config.to_dict(), **changes})
+    differ = [name for name in RESUME_KEYS if getattr(changed, name) != getattr(config, name)]
+    if not differ:
         return config, None
-    done = 0
-    if (out / "last.pt").exists():
-        done = checkpoint.load(out / "last.pt").get("step", 0)
-    if steps < done:
+    done = checkpoint.load(out / "last.pt").get("step", 0) if (out / "last.pt").exists() else 0
+    if changed.steps < done:
         raise FewshotError(f"{out} is already at step {done}; --steps gives the run's new total length, so it "
                            f"must be at least {done} (e.g. --steps {done + config.steps})")
-    changed = config.replace(steps=steps)
-    schedule = {"cosine": f"the cosine schedule now spans {steps} steps",
-                "linear": f"the linear schedule now spans {steps} steps"}.get(
-        config.lr_schedule, "the learning-rate schedule does not depend on steps")
-    return changed, (f"resuming {out} at step {done}: steps {config.steps} -> {steps} (the only setting a "
-                     f"resume changes); {schedule}")
+    said = [f"{name} {json.dumps(getattr(config, name))} -> {json.dumps(getattr(changed, name))}" for name in differ]
+    if "steps" in differ:
+        said.append({"cosine": f"the cosine schedule now spans {changed.steps} steps",
+                     "linear": f"the linear schedule now spans {changed.steps} steps"}.get(
+            config.lr_schedule, "the learning-rate schedule does not depend on steps"))
+    return changed, f"resuming {out} at step {done}: {'; '.join(said)}"
 
 
 def train(config: Config | Mapping | None = None, out: str | Path | None = None, resume: bool = False,
           device: str | None = "cpu", progress: bool = True, stop_after: int | None = None, threads: int | None = None,
-          procs: int = 1, time_limit: float | None = None, steps: int | None = None) -> dict:
+          procs: int = 1, time_limit: float | None = None, steps: int | None = None,
+          changes: Mapping | None = None) -> dict:
     """Meta-train into run folder `out`; with `resume`, continue the run there.
-    `steps` (with `resume` only) extends or shortens the run to that many steps in all:
-    the one setting a resume may change (RESUME_KEYS).
+    `steps` (with `resume` only) extends or shortens the run to that many steps in all;
+    `changes` (with `resume` only) sets the others of RESUME_KEYS, e.g. {"compile": True}.
     `procs` > 1 splits each meta-batch across that many local processes.
     `threads` overrides the config's torch thread count (per process).
     `device`: cpu, cuda, cuda:N or mps; None, the best device present (device.choose_device).
@@ -102,12 +112,18 @@ def train(config: Config | Mapping | None = None, out: str | Path | None = None,
                            "the config: --set steps=N")
     if steps is not None:
         whole_number(steps, 1, "--steps")
+    if steps is not None and changes and changes.get("steps", steps) != steps:
+        raise FewshotError(f"--steps {steps} and --set steps={changes['steps']} disagree; give one")
+    if changes and not resume:
+        raise FewshotError("changes go with resume=True (they change a run being continued); a new run takes "
+                           "them from its config")
     device = str(choose_device(device)[0])  # checked before any folder exists; processes get the name
     leader = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 owns the run folder
     created, extension = None, None
     if resume:
         out = prepare_run(out, resume=True)[0] if leader else Path(out)
-        config, extension = _extended(read_config(out), Path(out), steps)
+        config, extension = _resumed(read_config(out), Path(out),
+                                     {**(changes or {}), **({} if steps is None else {"steps": steps})})
     elif config is None:
         raise FewshotError("train() needs a config (fewshot.load_preset(NAME), or a dict of keys), or resume=True "
                            "to continue the run in `out`")
