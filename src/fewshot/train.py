@@ -73,7 +73,8 @@ def _resumed(config, out, changes):
     if refused:
         raise FewshotError(f"a resume may change only {', '.join(RESUME_KEYS)} (the length, and how a step is "
                            f"computed); {', '.join(refused)} would make it another run: start one with --out")
-    changed = validate({**config.to_dict(), **changes})
+    checked = validate({**config.to_dict(), **changes})  # the values refused as a new run's would be
+    changed = config.replace(**{name: getattr(checked, name) for name in changes})
     differ = [name for name in RESUME_KEYS if getattr(changed, name) != getattr(config, name)]
     if not differ:
         return config, None
