@@ -247,7 +247,7 @@ def test_a_resume_that_batches_the_tasks_continues_with_the_same_gradient(tmp_pa
     ({"inner_lr": 0.5}, "a resume may change only steps, compile, batch_tasks, tasks_per_pass"),
     ({"tasks_per_pass": 0}, "tasks_per_pass"),
     ({"steps": 5}, "--steps 6 and --set steps=5 disagree")])
-def test_a_resume_refuses_a_change_of_objective_and_leaves_the_run_as_it_was(tmp_path, data, changes, message):
+def test_a_resume_refuses_another_objective_a_bad_value_or_two_lengths_and_leaves_the_run_as_it_was(tmp_path, data, changes, message):
     out = tmp_path / "run"
     train(tiny_config(data=data, steps=4), out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
